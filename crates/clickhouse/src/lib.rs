@@ -1,0 +1,79 @@
+//! ClickHouse access for Touchstream: connection, schema migrations, and (for the
+//! processor) the row types it writes.
+//!
+//! Data comes from the processor's batches and from `touchstream migrate`; it goes to the
+//! tables analysts query (SPEC §6). The client is built with the official `clickhouse`
+//! crate over HTTP; schema validation is off because ClickHouse 18.16, which our tests run
+//! on, lacks `RowBinaryWithNamesAndTypes`.
+
+pub mod migrate;
+
+use touchstream_core::config::ClickHouseConfig;
+
+pub use migrate::{migrate, plan_sql, MigrateError, MigrationOutcome, MigrationReport};
+
+/// A client bound to the configured database.
+pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
+    server_client(cfg).with_database(&cfg.database)
+}
+
+/// A client with no database selected (for `CREATE DATABASE` and `version()`).
+pub fn server_client(cfg: &ClickHouseConfig) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password)
+        .with_validation(false)
+}
+
+/// A server version as (major, minor), e.g. (18, 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion(pub u32, pub u32);
+
+impl std::str::FromStr for ServerVersion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut it = s.trim().split('.');
+        let mut num = |what: &str| {
+            it.next()
+                .and_then(|p| p.parse::<u32>().ok())
+                .ok_or_else(|| format!("bad server version {s:?}: no {what}"))
+        };
+        Ok(ServerVersion(num("major")?, num("minor")?))
+    }
+}
+
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+/// Ask the server for its version.
+pub async fn server_version(client: &clickhouse::Client) -> Result<ServerVersion, MigrateError> {
+    let v: String = client
+        .query("SELECT version()")
+        .fetch_one()
+        .await
+        .map_err(MigrateError::ClickHouse)?;
+    v.parse().map_err(MigrateError::Parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            "18.16.1".parse::<ServerVersion>().unwrap(),
+            ServerVersion(18, 16)
+        );
+        assert_eq!(
+            "26.9.1.1".parse::<ServerVersion>().unwrap(),
+            ServerVersion(26, 9)
+        );
+        assert!(ServerVersion(18, 16) < ServerVersion(20, 3));
+        assert!("x".parse::<ServerVersion>().is_err());
+    }
+}

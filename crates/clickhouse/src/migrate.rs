@@ -1,0 +1,295 @@
+//! Ordered, recorded, idempotent schema migrations (SPEC §6).
+//!
+//! Migrations are the `deploy/clickhouse/NNNN_name.sql` files, embedded at build time and
+//! applied in file-name order. Each applied file is recorded in `<db>.schema_migrations`
+//! with a checksum; a recorded file is never run again, and a recorded file whose text
+//! changed is an error (write a new migration instead). Statements use `IF NOT EXISTS`, so
+//! a run interrupted half-way is safe to repeat.
+//!
+//! A file may start with `-- touchstream: min_server_version = X.Y`: on an older server
+//! it is skipped and *not* recorded, so the first run after a server upgrade applies it.
+//! That is how features a newer server has (codecs, skipping indexes) reach current
+//! ClickHouse without breaking 18.16.
+
+use clickhouse::Row;
+use serde::Deserialize;
+use touchstream_core::config::ClickHouseConfig;
+
+use crate::{client, server_client, server_version, ServerVersion};
+
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// Why migration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The server rejected a statement or could not be reached.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[source] clickhouse::error::Error),
+    /// A statement of a migration failed.
+    #[error("migration {file} failed at statement {index}: {source}")]
+    Statement {
+        /// Migration file.
+        file: String,
+        /// 1-based statement number in the file.
+        index: usize,
+        /// Server error.
+        source: clickhouse::error::Error,
+    },
+    /// An applied migration's text differs from the recorded checksum.
+    #[error("migration {file} was applied with checksum {recorded} but the file now has {current}; never edit an applied migration, add a new one")]
+    Changed {
+        /// Migration file.
+        file: String,
+        /// Checksum in the table.
+        recorded: String,
+        /// Checksum of the embedded file.
+        current: String,
+    },
+    /// A header or version could not be parsed.
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// What happened to one migration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationOutcome {
+    /// Ran now and recorded.
+    Applied,
+    /// Recorded earlier; nothing to do.
+    AlreadyApplied,
+    /// Needs a newer server; not recorded.
+    Skipped {
+        /// Version the file requires.
+        requires: ServerVersion,
+    },
+}
+
+/// Per-file outcome of a `migrate` run.
+#[derive(Debug, Clone)]
+pub struct MigrationReport {
+    /// Server version found.
+    pub server: ServerVersion,
+    /// (file name, outcome), in apply order.
+    pub files: Vec<(String, MigrationOutcome)>,
+}
+
+/// One parsed migration file.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// File name, e.g. `0001_init.sql`.
+    pub name: String,
+    /// Version number from the file name prefix.
+    pub version: u32,
+    /// Minimum server version, when the file declares one.
+    pub min_server: Option<ServerVersion>,
+    /// Statements with `{db}` still in place.
+    pub statements: Vec<String>,
+    /// FNV-1a 64 of the file text, hex.
+    pub checksum: String,
+}
+
+/// Parse the embedded migration files.
+pub fn embedded() -> Result<Vec<Migration>, MigrateError> {
+    MIGRATIONS.iter().map(|(n, t)| parse(n, t)).collect()
+}
+
+/// Parse one migration file.
+pub fn parse(name: &str, text: &str) -> Result<Migration, MigrateError> {
+    let version = name
+        .split('_')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+        .ok_or_else(|| {
+            MigrateError::Parse(format!(
+                "migration {name}: name must start with a number, e.g. 0003_x.sql"
+            ))
+        })?;
+    let mut min_server = None;
+    let mut body = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("-- touchstream:") {
+            let v = rest
+                .trim()
+                .strip_prefix("min_server_version")
+                .and_then(|r| r.trim().strip_prefix('='))
+                .ok_or_else(|| {
+                    MigrateError::Parse(format!("migration {name}: unknown directive {t:?}"))
+                })?;
+            min_server = Some(v.trim().parse().map_err(MigrateError::Parse)?);
+        } else if !t.starts_with("--") {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    let statements = body
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    Ok(Migration {
+        name: name.to_string(),
+        version,
+        min_server,
+        statements,
+        checksum: format!("{:016x}", fnv1a(text.as_bytes())),
+    })
+}
+
+/// FNV-1a, 64 bit: stable across builds and Rust versions, unlike `DefaultHasher`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Quote an identifier for ClickHouse (backticks).
+fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[derive(Row, Deserialize)]
+struct Applied {
+    name: String,
+    checksum: String,
+}
+
+/// The statements `migrate` would run on an empty database of a server of `version`,
+/// with `{db}` resolved — for reviewing a deployment, or for checking the SQL on another
+/// engine (the test suite runs them on chDB, a current ClickHouse).
+pub fn plan_sql(database: &str, version: ServerVersion) -> Result<Vec<String>, MigrateError> {
+    let db = ident(database);
+    let mut out = vec![format!("CREATE DATABASE IF NOT EXISTS {db}")];
+    for m in embedded()? {
+        if m.min_server.is_some_and(|req| version < req) {
+            continue;
+        }
+        out.extend(m.statements.iter().map(|s| s.replace("{db}", &db)));
+    }
+    Ok(out)
+}
+
+/// Apply pending migrations to the configured database, creating it if needed.
+pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, MigrateError> {
+    migrate_files(cfg, &embedded()?).await
+}
+
+/// Apply the given migrations (tests pass their own to check ordering and skipping).
+pub async fn migrate_files(
+    cfg: &ClickHouseConfig,
+    migrations: &[Migration],
+) -> Result<MigrationReport, MigrateError> {
+    let server = server_client(cfg);
+    let version = server_version(&server).await?;
+    let db = ident(&cfg.database);
+    server
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .execute()
+        .await
+        .map_err(MigrateError::ClickHouse)?;
+    let ch = client(cfg);
+    ch.query(&format!(
+        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+         (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
+         ENGINE = MergeTree ORDER BY version"
+    ))
+    .execute()
+    .await
+    .map_err(MigrateError::ClickHouse)?;
+    let applied: Vec<Applied> = ch
+        .query(&format!(
+            "SELECT name, checksum FROM {db}.schema_migrations"
+        ))
+        .fetch_all()
+        .await
+        .map_err(MigrateError::ClickHouse)?;
+
+    let mut report = MigrationReport {
+        server: version,
+        files: Vec::new(),
+    };
+    for m in migrations {
+        if let Some(a) = applied.iter().find(|a| a.name == m.name) {
+            if a.checksum != m.checksum {
+                return Err(MigrateError::Changed {
+                    file: m.name.clone(),
+                    recorded: a.checksum.clone(),
+                    current: m.checksum.clone(),
+                });
+            }
+            report
+                .files
+                .push((m.name.clone(), MigrationOutcome::AlreadyApplied));
+            continue;
+        }
+        if let Some(req) = m.min_server {
+            if version < req {
+                tracing::info!(file = %m.name, server = %version, requires = %req, "skipping migration that needs a newer server");
+                report
+                    .files
+                    .push((m.name.clone(), MigrationOutcome::Skipped { requires: req }));
+                continue;
+            }
+        }
+        for (i, stmt) in m.statements.iter().enumerate() {
+            let sql = stmt.replace("{db}", &db);
+            ch.query(&sql)
+                .execute()
+                .await
+                .map_err(|source| MigrateError::Statement {
+                    file: m.name.clone(),
+                    index: i + 1,
+                    source,
+                })?;
+        }
+        ch.query(&format!(
+            "INSERT INTO {db}.schema_migrations (version, name, checksum) VALUES ({}, '{}', '{}')",
+            m.version,
+            m.name.replace('\'', ""),
+            m.checksum
+        ))
+        .execute()
+        .await
+        .map_err(MigrateError::ClickHouse)?;
+        tracing::info!(file = %m.name, "applied migration");
+        report
+            .files
+            .push((m.name.clone(), MigrationOutcome::Applied));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_files_parse_in_order() {
+        let ms = embedded().unwrap();
+        assert!(ms.len() >= 2);
+        assert!(ms.windows(2).all(|w| w[0].version < w[1].version));
+        assert_eq!(ms[0].name, "0001_init.sql");
+        assert!(ms[0].min_server.is_none());
+        assert!(ms[0]
+            .statements
+            .iter()
+            .any(|s| s.contains("{db}.touchpoints")));
+        assert_eq!(ms[1].min_server, Some(ServerVersion(20, 3)));
+    }
+
+    #[test]
+    fn parse_splits_statements_and_strips_comments() {
+        let m = parse("0007_x.sql", "-- hi; there\nCREATE A;\n\n-- c\nCREATE B;\n").unwrap();
+        assert_eq!(m.version, 7);
+        assert_eq!(m.statements, vec!["CREATE A", "CREATE B"]);
+        assert!(parse("x.sql", "").is_err());
+        assert!(parse("0001_x.sql", "-- touchstream: bogus\n").is_err());
+    }
+
+    #[test]
+    fn checksum_is_stable() {
+        assert_eq!(format!("{:016x}", fnv1a(b"")), "cbf29ce484222325");
+        assert_eq!(format!("{:016x}", fnv1a(b"a")), "af63dc4c8601ec8c");
+    }
+}

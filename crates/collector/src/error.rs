@@ -1,0 +1,81 @@
+//! Request-level errors and their one mapping to HTTP status and body (STYLE §5).
+//!
+//! Per-message problems are not errors here: they become DLQ records and are listed in a
+//! 200 response. These are the cases where the request as a whole is refused.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Why a whole request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No write key, or one no source has.
+    #[error("missing or unknown write key")]
+    Unauthorized,
+    /// Body, inflated body or one message over its limit, or too many messages.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body is not JSON of the expected shape.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A content encoding other than gzip/identity.
+    #[error("unsupported content encoding {0:?}; send gzip or none")]
+    UnsupportedEncoding(String),
+    /// The write key exceeded its configured request rate.
+    #[error("rate limit exceeded for this write key")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// Kafka did not acknowledge in time, or the collector is saturated or shutting down.
+    /// Retryable: the client should send the same request again later.
+    #[error("{reason}; retry later")]
+    Unavailable {
+        /// What happened.
+        reason: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+}
+
+impl ApiError {
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Whether the client should retry the same request.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Unavailable { .. } | ApiError::RateLimited { .. }
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body =
+            json!({"success": false, "error": self.to_string(), "retryable": self.is_retryable()});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::Unavailable {
+            retry_after_secs, ..
+        }
+        | ApiError::RateLimited { retry_after_secs } = self
+        {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,101 @@
+//! Kafka client settings and topic administration shared by collector and processor.
+//!
+//! All clients start from [`client_config`], so pass-through properties (TLS, SASL) set
+//! once in config reach every producer, consumer and admin client.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+/// What went wrong talking to Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// Client creation failed (bad property, unreachable library state).
+    #[error("creating kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// The broker refused or timed out a topic creation.
+    #[error("creating topic {topic}: {reason}")]
+    CreateTopic {
+        /// Topic name.
+        topic: String,
+        /// Broker's answer.
+        reason: String,
+    },
+}
+
+/// Base client settings: brokers plus the configured pass-through properties.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.client_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// An idempotent, acks=all producer (SPEC §2: 200 only after a durable ack).
+///
+/// `message_timeout_ms` bounds how long librdkafka retries one message before failing it,
+/// so callers learn of a dead broker in bounded time.
+pub fn producer(
+    cfg: &KafkaConfig,
+    message_timeout_ms: u64,
+) -> Result<FutureProducer, KafkaSetupError> {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", message_timeout_ms.to_string())
+        .set("queue.buffering.max.kbytes", "262144");
+    c.create().map_err(KafkaSetupError::Client)
+}
+
+/// Create `raw_topic` and `dlq_topic` with the configured partitions. Topics that already
+/// exist are left as they are, so this is safe to run any number of times. Returns, per
+/// topic, whether it was created now.
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    extra: &[&str],
+) -> Result<Vec<(String, bool)>, KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg)
+        .create()
+        .map_err(KafkaSetupError::Client)?;
+    let mut names: Vec<&str> = vec![cfg.raw_topic.as_str(), cfg.dlq_topic.as_str()];
+    names.extend_from_slice(extra);
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            NewTopic::new(
+                n,
+                cfg.partitions,
+                TopicReplication::Fixed(cfg.replication_factor),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(topics.iter(), &opts)
+        .await
+        .map_err(KafkaSetupError::Client)?;
+    let mut out = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => out.push((name, true)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
