@@ -144,7 +144,8 @@ start_kafka() {
   local bin storage
   bin=$(tansu_bin) || die "tansu not installed; run 'up'"
   if [[ $KAFKA_STORAGE == sqlite ]]; then
-    mkdir -p "$LOCAL/tansu"; storage="sqlite://$LOCAL/tansu/tansu.db"
+    # tansu resolves the sqlite path against its working directory.
+    mkdir -p "$LOCAL/tansu"; cd "$LOCAL/tansu"; storage="sqlite://tansu.db"
   else
     storage="memory://tansu/"
   fi

@@ -71,3 +71,104 @@ pub fn artifacts_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     dir
 }
+
+/// A collector running in-process on an ephemeral port, stopped on drop.
+pub struct CollectorHandle {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Cancels the collector.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The server task.
+    pub task: Option<tokio::task::JoinHandle<Result<(), touchstream_collector::CollectorError>>>,
+}
+
+impl CollectorHandle {
+    /// Start a collector with this config on 127.0.0.1:0.
+    pub async fn start(config: touchstream_core::Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(touchstream_collector::run(
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        Self {
+            base,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stop and wait for a clean exit.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await
+                .expect("collector task")
+                .expect("collector exits cleanly");
+        }
+    }
+}
+
+impl Drop for CollectorHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Read every record of `topic` until `idle` passes without a new one.
+pub async fn drain_topic(
+    brokers: &str,
+    topic: &str,
+    idle: Duration,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("it-drain"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    // The first record may take a while (group join); later ones arrive quickly.
+    let mut wait = Duration::from_secs(15).max(idle);
+    while let Ok(Some(Ok(m))) =
+        tokio::time::timeout(wait, async { Some(consumer.recv().await) }).await
+    {
+        out.push((
+            m.key().map(<[u8]>::to_vec),
+            m.payload().unwrap_or_default().to_vec(),
+        ));
+        wait = idle;
+    }
+    out
+}
+
+/// Where the tansu binary is: `TANSU_BIN`, else PATH, else `~/.cargo/bin/tansu`.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu")
+}
+
+/// A free TCP port on loopback (bind to 0, read it, release it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -85,7 +85,7 @@ struct AppState {
     cfg: CollectorConfig,
     kafka: KafkaConfig,
     sources: Sources,
-    producer: FutureProducer,
+    producer: ProducerCell,
     metrics: Metrics,
     in_flight: Semaphore,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
@@ -108,7 +108,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
     let cfg = config.collector.clone();
-    let producer = touchstream_core::kafka::producer(&config.kafka, cfg.produce_timeout_ms)?;
+    let producer = ProducerCell::new(&config.kafka, cfg.produce_timeout_ms)?;
     let limiter = NonZeroU32::new(cfg.rate_limit_per_key).map(|rate| {
         let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
         RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
@@ -144,7 +144,7 @@ pub async fn run(
 
     // Every request has been answered; flush whatever librdkafka still holds (DLQ
     // records of answered requests are already acked, so this is normally instant).
-    let producer = state.producer.clone();
+    let producer = state.producer.get();
     match tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "flushing producer at shutdown"),
@@ -229,7 +229,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     }
     let fresh = now_ms() - st.broker_ok_at_ms.load(Ordering::Relaxed) < 2000;
     let ok = fresh || {
-        let producer = st.producer.clone();
+        let producer = st.producer.get();
         let reachable = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -407,14 +407,15 @@ async fn ingest_inner(
     }
     let accepted = messages.len() - rejected.len();
 
-    produce_all(
-        &st.producer,
+    let produced = produce_all(
+        &st.producer.get(),
         &records,
         Duration::from_millis(st.cfg.produce_timeout_ms),
         &st.metrics,
     )
-    .await
-    .map_err(|e| ApiError::Unavailable {
+    .await;
+    st.producer.observe(&produced);
+    produced.map_err(|e| ApiError::Unavailable {
         reason: e.to_string(),
         retry_after_secs,
     })?;
@@ -437,6 +438,64 @@ async fn ingest_inner(
         Json(json!({"success": true, "accepted": accepted, "rejected": rejected_json}))
             .into_response(),
     )
+}
+
+/// The producer, replaced by a fresh one after repeated delivery failures.
+///
+/// An idempotent producer can end up permanently failing after a broker restart (its
+/// producer id/sequence state no longer matches the broker's, or librdkafka raised a fatal
+/// error); librdkafka's documented remedy is a new producer instance. Without this, the
+/// collector would answer 503 until restarted by hand.
+struct ProducerCell {
+    current: std::sync::RwLock<FutureProducer>,
+    consecutive_failures: std::sync::atomic::AtomicU32,
+    kafka: KafkaConfig,
+    timeout_ms: u64,
+}
+
+/// Delivery failures in a row after which the producer is recreated.
+const RECREATE_AFTER_FAILURES: u32 = 3;
+
+impl ProducerCell {
+    fn new(kafka: &KafkaConfig, timeout_ms: u64) -> Result<Self, CollectorError> {
+        Ok(Self {
+            current: std::sync::RwLock::new(touchstream_core::kafka::producer(kafka, timeout_ms)?),
+            consecutive_failures: std::sync::atomic::AtomicU32::new(0),
+            kafka: kafka.clone(),
+            timeout_ms,
+        })
+    }
+
+    fn get(&self) -> FutureProducer {
+        match self.current.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn observe(&self, result: &Result<(), crate::sink::SinkError>) {
+        let Err(e) = result else {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return;
+        };
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let fatal = self.get().client().fatal_error().is_some();
+        if !fatal && failures < RECREATE_AFTER_FAILURES {
+            return;
+        }
+        match touchstream_core::kafka::producer(&self.kafka, self.timeout_ms) {
+            Ok(fresh) => {
+                tracing::warn!(error = %e, failures, fatal, "recreating the kafka producer after delivery failures");
+                let mut guard = match self.current.write() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                *guard = fresh;
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            Err(err) => tracing::warn!(error = %err, "recreating the kafka producer failed"),
+        }
+    }
 }
 
 struct GaugeGuard<'a>(&'a Metrics, i64);

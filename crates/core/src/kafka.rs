@@ -47,13 +47,18 @@ pub fn producer(
     cfg: &KafkaConfig,
     message_timeout_ms: u64,
 ) -> Result<FutureProducer, KafkaSetupError> {
-    let mut c = client_config(cfg);
+    let mut c = ClientConfig::new();
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("queue.buffering.max.kbytes", "262144");
+    // Configured properties come last so an operator can override any of the above.
+    c.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.client_properties {
+        c.set(k, v);
+    }
     c.create().map_err(KafkaSetupError::Client)
 }
 

@@ -1,0 +1,410 @@
+//! Stage-2 rules (SPEC §4 sessions, lateness; §5 funnels through the watermark;
+//! re-attribution), worked by hand.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+use crate::catalog::Channel;
+use crate::event::{JourneyEvent, Kind};
+use crate::funnel::Outcome;
+use crate::hash::{hex128, id128};
+use crate::identity::{IdentityConfig, IdentityOutput, IdentityStage};
+
+const MIN: i64 = 60_000;
+
+fn funnels() -> FunnelSet {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/funnels.toml");
+    FunnelSet::load(&path).expect("deploy/funnels.toml")
+}
+
+fn stage() -> JourneyStage {
+    JourneyStage::new(JourneyConfig::default(), Catalog::default(), funnels())
+}
+
+fn event(id: &str, name: &str, t: i64) -> JourneyEvent {
+    JourneyEvent {
+        event_id: id.into(),
+        kind: Kind::Track,
+        event: Some(name.into()),
+        anonymous_id: None,
+        user_id: None,
+        previous_id: None,
+        event_time_ms: t,
+        channel: None,
+        properties: Default::default(),
+    }
+}
+
+fn routed(customer: &str, id: &str, name: &str, t: i64, version: u64) -> RoutedEvent {
+    RoutedEvent {
+        customer_id: customer.into(),
+        event: event(id, name, t),
+        version,
+        reattributed: false,
+    }
+}
+
+/// ClickHouse after `FINAL`: newest version per key, tombstones removed.
+#[derive(Default)]
+struct Tables {
+    touchpoints: BTreeMap<String, TouchpointRow>,
+    sessions: BTreeMap<String, SessionRow>,
+    attempts: BTreeMap<String, FunnelAttemptRow>,
+}
+
+impl Tables {
+    fn apply(&mut self, out: JourneyOutput) {
+        for r in out.touchpoints {
+            let newer = self
+                .touchpoints
+                .get(&r.event_id)
+                .is_none_or(|old| r.version > old.version);
+            if newer {
+                self.touchpoints.insert(r.event_id.clone(), r);
+            }
+        }
+        for r in out.sessions {
+            self.sessions.insert(r.session_id.clone(), r);
+        }
+        for r in out.attempts {
+            self.attempts.insert(r.attempt_id.clone(), r);
+        }
+        self.sessions.retain(|_, r| !r.is_deleted);
+        self.attempts.retain(|_, r| !r.is_deleted);
+    }
+
+    fn session_of(&self, event_id: &str) -> &str {
+        &self.touchpoints[event_id].session_id
+    }
+}
+
+/// Feed routed events with seq = position, flush, return the tables.
+fn run(events: Vec<RoutedEvent>) -> (Tables, JourneyStage) {
+    let mut st = stage();
+    let mut tables = Tables::default();
+    let n = events.len() as u64;
+    for (seq, e) in events.into_iter().enumerate() {
+        st.process(e, seq as u64);
+        tables.apply(st.take_output());
+    }
+    st.flush_all(n);
+    tables.apply(st.take_output());
+    (tables, st)
+}
+
+#[test]
+fn session_gap_of_exactly_30_min_continues_one_ms_more_splits() {
+    let (t, _) = run(vec![
+        routed("c", "e1", "Home", 0, 1),
+        routed("c", "e2", "Home", 30 * MIN, 2),
+        routed("c", "e3", "Home", 60 * MIN + 1, 3),
+    ]);
+    assert_eq!(t.session_of("e1"), t.session_of("e2"));
+    assert_ne!(t.session_of("e2"), t.session_of("e3"));
+    let first = &t.sessions[t.session_of("e1")];
+    assert_eq!(
+        (first.start_ms, first.end_ms, first.event_count),
+        (0, 30 * MIN, 2)
+    );
+    assert_eq!(first.first_event_id, "e1");
+    assert_eq!(t.sessions.len(), 2);
+}
+
+#[test]
+fn session_ids_are_deterministic_hashes_of_customer_and_first_event() {
+    let events = || {
+        vec![
+            routed("c", "e1", "Home", 0, 1),
+            RoutedEvent {
+                event: JourneyEvent {
+                    channel: Some("browser".into()),
+                    ..event("e2", "Product Viewed", MIN)
+                },
+                ..routed("c", "e2", "", 0, 2)
+            },
+        ]
+    };
+    let (a, _) = run(events());
+    let (b, _) = run(events());
+    let expected = hex128(id128(&["c", "e1"]));
+    assert_eq!(a.session_of("e2"), expected);
+    assert_eq!(
+        a.sessions.keys().collect::<Vec<_>>(),
+        b.sessions.keys().collect::<Vec<_>>()
+    );
+    let s = &a.sessions[&expected];
+    assert_eq!(
+        (s.entry_event.as_str(), s.exit_event.as_str()),
+        ("Home", "Product Viewed")
+    );
+    assert_eq!(s.channels, vec![Channel::Web, Channel::Other]);
+}
+
+#[test]
+fn late_within_lateness_is_placed_in_order() {
+    // Watermark 10 min; an event at 6 min is 4 min behind (lateness 5): placed first.
+    let (t, st) = run(vec![
+        routed("c", "e10", "Home", 10 * MIN, 1),
+        routed("c", "e6", "Home", 6 * MIN, 2),
+    ]);
+    let s = &t.sessions[t.session_of("e10")];
+    assert_eq!(
+        (s.first_event_id.as_str(), s.start_ms, s.event_count),
+        ("e6", 6 * MIN, 2)
+    );
+    assert!(!t.touchpoints["e6"].is_late);
+    assert_eq!(st.counters().late_events, 0);
+}
+
+#[test]
+fn exactly_lateness_behind_is_placed_one_ms_more_is_too_late_stored_and_counted() {
+    let (t, st) = run(vec![
+        routed("c", "e20", "Home", 20 * MIN, 1),
+        routed("c", "e15", "Home", 15 * MIN, 2),
+        routed("c", "e14", "Home", 15 * MIN - 1, 3),
+    ]);
+    assert!(!t.touchpoints["e15"].is_late);
+    assert_eq!(t.sessions[t.session_of("e20")].first_event_id, "e15");
+    let late = &t.touchpoints["e14"];
+    assert!(late.is_late && late.session_id.is_empty());
+    assert_eq!(late.customer_id, "c");
+    assert_eq!(st.counters().late_events, 1);
+    assert_eq!(t.sessions.len(), 1);
+}
+
+#[test]
+fn funnel_drops_only_when_the_watermark_passes_the_window() {
+    // Lateness 5 min: the release frontier is watermark − 5 min.
+    let mut st = stage();
+    let mut t = Tables::default();
+    st.process(routed("c", "v", "Product Viewed", 0, 1), 1);
+    st.process(routed("c", "a", "Product Added", MIN, 2), 2);
+    // Another customer moves the watermark to 65 min → frontier exactly 60 min: still open.
+    st.process(routed("d", "x", "Home", 65 * MIN, 3), 3);
+    t.apply(st.take_output());
+    assert!(t.attempts.is_empty());
+    st.process(routed("d", "y", "Home", 65 * MIN + 1, 4), 4);
+    t.apply(st.take_output());
+    let row = t.attempts.values().next().expect("dropped attempt");
+    assert_eq!(row.outcome, Outcome::Dropped);
+    assert_eq!((row.reached_step, row.total_steps), (2, 4));
+    assert_eq!((row.start_ms, row.closed_ms), (0, 60 * MIN));
+    assert_eq!(row.step_event_ids, vec!["v", "a"]);
+    assert_eq!(row.attempt_id, hex128(id128(&["web_checkout", "c", "v"])));
+}
+
+#[test]
+fn funnel_converts_and_a_new_attempt_follows() {
+    let names = [
+        "Product Viewed",
+        "Product Added",
+        "Checkout Started",
+        "Order Completed",
+    ];
+    let mut events: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| routed("c", &format!("s{i}"), n, i as i64 * MIN, i as u64))
+        .collect();
+    events.push(routed("c", "again", "Product Viewed", 10 * MIN, 9));
+    events.push(routed("c", "late-step", "Product Added", 80 * MIN, 10));
+    let (t, _) = run(events);
+    let mut rows: Vec<_> = t.attempts.values().collect();
+    rows.sort_by_key(|r| r.start_ms);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].outcome, Outcome::Converted);
+    assert_eq!((rows[0].closed_ms, rows[0].reached_step), (3 * MIN, 4));
+    assert_eq!(rows[0].step_times_ms, vec![0, MIN, 2 * MIN, 3 * MIN]);
+    // The second attempt's Product Added came after its window: dropped at step 1.
+    assert_eq!(rows[1].outcome, Outcome::Dropped);
+    assert_eq!(
+        (rows[1].start_ms, rows[1].closed_ms, rows[1].reached_step),
+        (10 * MIN, 70 * MIN, 1)
+    );
+}
+
+/// Stage 1 then stage 2, one partition each, as the proptest does.
+fn pipeline(events: Vec<JourneyEvent>) -> (Tables, JourneyStage) {
+    let mut ids = IdentityStage::new(IdentityConfig::default());
+    let mut st = stage();
+    let mut t = Tables::default();
+    let mut seq2 = 0;
+    for (seq1, e) in events.into_iter().enumerate() {
+        for out in ids.process(e, seq1 as u64 + 1) {
+            seq2 += 1;
+            match out {
+                IdentityOutput::Event(r) => st.process(r, seq2),
+                IdentityOutput::Retract(r) => st.retract(&r, seq2),
+                _ => {}
+            }
+            t.apply(st.take_output());
+        }
+    }
+    st.flush_all(seq2 + 1);
+    t.apply(st.take_output());
+    (t, st)
+}
+
+fn with_ids(mut e: JourneyEvent, anon: Option<&str>, user: Option<&str>) -> JourneyEvent {
+    e.anonymous_id = anon.map(Into::into);
+    e.user_id = user.map(Into::into);
+    e
+}
+
+#[test]
+fn reattribution_moves_anonymous_events_sessions_and_attempts_to_the_user() {
+    let (t, st) = pipeline(vec![
+        // Logged in on another device first.
+        with_ids(event("u-home", "Home", 20 * MIN), None, Some("u")),
+        // Anonymous browsing, earlier than the user's first event…
+        with_ids(event("a-view", "Product Viewed", 10 * MIN), Some("a"), None),
+        with_ids(event("a-add", "Product Added", 21 * MIN), Some("a"), None),
+        // …then login on the anonymous device, and the purchase.
+        with_ids(event("login", "Signed In", 22 * MIN), Some("a"), Some("u")),
+        with_ids(event("co", "Checkout Started", 23 * MIN), Some("a"), None),
+        with_ids(event("oc", "Order Completed", 24 * MIN), None, Some("u")),
+    ]);
+    // Everything is the user's, in one session starting with the anonymous view.
+    for id in ["u-home", "a-view", "a-add", "login", "co", "oc"] {
+        assert_eq!(t.touchpoints[id].customer_id, "u", "{id}");
+    }
+    let sid = hex128(id128(&["u", "a-view"]));
+    assert!(t.touchpoints.values().all(|r| r.session_id == sid));
+    assert_eq!(t.sessions.len(), 1, "{:?}", t.sessions);
+    assert_eq!(t.sessions[&sid].event_count, 6);
+    // The anonymous attempt became the user's, and converted.
+    assert_eq!(t.attempts.len(), 1);
+    let a = t.attempts.values().next().expect("attempt");
+    assert_eq!(
+        (a.customer_id.as_str(), a.outcome),
+        ("u", Outcome::Converted)
+    );
+    assert_eq!(a.step_event_ids, vec!["a-view", "a-add", "co", "oc"]);
+    assert_eq!(st.counters().retractions, 1);
+}
+
+#[test]
+fn retraction_tombstones_rows_and_writes_buffered_events() {
+    let mut st = stage();
+    let mut t = Tables::default();
+    st.process(routed("a", "v", "Product Viewed", 0, 1), 1);
+    st.process(routed("a", "w", "Home", 6 * MIN, 2), 2); // releases v only
+    t.apply(st.take_output());
+    assert_eq!(t.sessions.len(), 1);
+    st.retract(
+        &Retract {
+            customer_id: "a".into(),
+        },
+        3,
+    );
+    let out = st.take_output();
+    assert!(out.sessions.iter().all(|r| r.is_deleted && r.start_ms == 0));
+    t.apply(out);
+    assert!(t.sessions.is_empty());
+    let w = &t.touchpoints["w"];
+    assert!(w.session_id.is_empty() && !w.is_late);
+    assert_eq!(st.customer_count(), 0);
+    assert_eq!(st.buffered_events(), 0);
+}
+
+#[test]
+fn duplicates_are_placed_once() {
+    let (t, st) = run(vec![
+        routed("c", "e1", "Home", 0, 1),
+        routed("c", "e1", "Home", 0, 2),
+    ]);
+    assert_eq!(t.sessions.values().next().map(|s| s.event_count), Some(1));
+    assert_eq!(st.counters().duplicates, 1);
+}
+
+#[test]
+fn snapshot_resume_writes_the_same_rows() {
+    let events: Vec<_> = (0..12)
+        .map(|i| {
+            routed(
+                "c",
+                &format!("e{i}"),
+                "Product Viewed",
+                i * 7 * MIN,
+                i as u64,
+            )
+        })
+        .collect();
+    let mut whole = stage();
+    let mut split = stage();
+    let mut out_whole = Vec::new();
+    let mut out_split = Vec::new();
+    for (i, e) in events.into_iter().enumerate() {
+        whole.process(e.clone(), i as u64);
+        out_whole.push(whole.take_output());
+        if i == 6 {
+            let json = serde_json::to_string(&split.snapshot()).expect("serialize");
+            let snap = serde_json::from_str(&json).expect("deserialize");
+            split = JourneyStage::from_snapshot(
+                JourneyConfig::default(),
+                Catalog::default(),
+                funnels(),
+                snap,
+            );
+        }
+        split.process(e, i as u64);
+        out_split.push(split.take_output());
+    }
+    assert_eq!(out_whole, out_split);
+}
+
+#[test]
+fn idle_customers_are_forgotten_after_the_horizon() {
+    let config = JourneyConfig {
+        reattribution_horizon_secs: Some(3600),
+        ..JourneyConfig::default()
+    };
+    let mut st = JourneyStage::new(config, Catalog::default(), funnels());
+    st.process(routed("c", "e1", "Home", 0, 1), 1);
+    st.process(routed("d", "e2", "Home", 6 * MIN, 2), 2);
+    assert_eq!(st.customer_count(), 1);
+    // c's last event + max(gap, 7 d window) + horizon must pass the frontier.
+    let far = 7 * 24 * 60 * MIN + 60 * MIN + 5 * MIN + 1;
+    st.process(routed("d", "e3", "Home", far, 3), 3);
+    st.process(routed("d", "e4", "Home", far + 1, 4), 4);
+    assert_eq!(st.counters().customers_expired, 1);
+    // A re-attributed event older than the horizon is stored late, not placed.
+    st.process(
+        RoutedEvent {
+            reattributed: true,
+            ..routed("c", "old", "Home", MIN, 5)
+        },
+        5,
+    );
+    let out = st.take_output();
+    let old = out
+        .touchpoints
+        .iter()
+        .find(|r| r.event_id == "old")
+        .expect("row");
+    assert!(old.is_late && old.session_id.is_empty());
+    assert_eq!(st.counters().reattributed_too_old, 1);
+}
+
+#[test]
+fn memory_per_customer_with_few_events_is_small() {
+    let mut st = stage();
+    for i in 0..3 {
+        st.process(
+            routed(
+                "customer-0001",
+                &format!("{i:036}"),
+                "Product Viewed",
+                i * MIN,
+                1,
+            ),
+            1,
+        );
+    }
+    st.flush_all(2);
+    let json = serde_json::to_vec(&st.snapshot().customers).expect("serialize");
+    // Serialized size as a proxy for heap use (see report): 3 events, one session, one
+    // open attempt.
+    assert!(json.len() < 2048, "{} bytes", json.len());
+}

@@ -1,0 +1,390 @@
+//! Stage 1: identity stitching, keyed by anonymous id.
+//!
+//! Input: every accepted message in partition order (the raw topic is keyed by
+//! `anonymousId`, else `userId`). Output: each event routed to its `customer_id`, plus
+//! identity links, conflicts and re-attributions for stage 2 and the `identities` /
+//! `identity_conflicts` tables (SPEC §4 "Identity").
+//!
+//! Why re-attribution lives here: only this stage knows which events were routed under an
+//! anonymous id before that id got linked. It keeps those events (bounded, see
+//! [`IdentityConfig`]) and re-sends them under the user when the link appears, then tells
+//! stage 2 to [`Retract`] the anonymous customer.
+//!
+//! Routing caveat for the I/O layer: all messages naming an anonymous id must reach the
+//! same stage-1 partition in order. An `alias` without `anonymousId` is keyed by `userId`
+//! on the raw topic, so re-key it by `previousId` before this stage.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{JourneyEvent, Kind, Retract, RoutedEvent};
+
+/// True for ids broken clients send instead of an identity (`anonymous`, `null`,
+/// `undefined`, `0`, empty, whitespace), compared trimmed and case-insensitively.
+pub fn is_placeholder_id(id: &str) -> bool {
+    let id = id.trim();
+    id.is_empty()
+        || ["anonymous", "null", "undefined", "0"]
+            .iter()
+            .any(|p| id.eq_ignore_ascii_case(p))
+}
+
+/// Stage-1 tuning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Events kept per not-yet-linked anonymous id for re-attribution. Default 500.
+    /// Past it the oldest are dropped from re-attribution (they keep the anonymous id as
+    /// customer) and counted in [`IdentityCounters::reattribution_skipped`] at link time.
+    pub max_unlinked_history_events: usize,
+    /// An unlinked anonymous id's history is forgotten once the partition's newest event
+    /// time is this far past the id's last event, seconds. Default 691200 (8 days: longer
+    /// than stage 2's default re-attribution horizon, beyond which re-sent events would
+    /// only become late rows).
+    pub unlinked_history_ttl_secs: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            max_unlinked_history_events: 500,
+            unlinked_history_ttl_secs: 8 * 24 * 3600,
+        }
+    }
+}
+
+/// How a link was learned (`identities.link_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkType {
+    /// A track/page/screen message carried both ids.
+    BothIds,
+    /// An identify call.
+    Identify,
+    /// An alias call (previousId → userId).
+    Alias,
+}
+
+impl LinkType {
+    /// Value stored in `identities.link_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkType::BothIds => "both_ids",
+            LinkType::Identify => "identify",
+            LinkType::Alias => "alias",
+        }
+    }
+}
+
+/// A new anonymous → user link: one `identities` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The anonymous (or alias previous) id.
+    pub anonymous_id: String,
+    /// The user it now belongs to.
+    pub user_id: String,
+    /// Event time of the linking message, ms.
+    pub linked_at_ms: i64,
+    /// `messageId` of the linking message.
+    pub link_event_id: String,
+    /// How the link was learned.
+    pub link_type: LinkType,
+    /// Row version (the stage-1 seq).
+    pub version: u64,
+}
+
+/// A rejected later link: one `identity_conflicts` row. Never applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The anonymous id already linked.
+    pub anonymous_id: String,
+    /// The user it stays linked to (first link wins).
+    pub linked_user_id: String,
+    /// The user the rejected message tried to link it to.
+    pub conflicting_user_id: String,
+    /// `messageId` of the rejected message.
+    pub event_id: String,
+    /// Its event time, ms.
+    pub event_time_ms: i64,
+    /// Row version (the stage-1 seq).
+    pub version: u64,
+}
+
+/// Why stage 1 refused an event (the collector should already have rejected it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Neither `anonymousId` nor `userId` is a real id.
+    #[error("message has no anonymousId or userId that is not a placeholder")]
+    NoIdentity,
+    /// An alias lacks a real `previousId` or `userId`.
+    #[error("alias needs previousId and userId that are not placeholders")]
+    AliasWithoutIds,
+}
+
+/// One output of [`IdentityStage::process`], in the order it must be forwarded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum IdentityOutput {
+    /// To stage 2, keyed by `customer_id`.
+    Event(RoutedEvent),
+    /// To the `identities` table.
+    Link(Link),
+    /// To the `identity_conflicts` table and the conflicts metric.
+    Conflict(Conflict),
+    /// To stage 2, keyed by `customer_id` (after that id's re-sent events).
+    Retract(Retract),
+    /// To the dead-letter topic with the reason; not part of any journey.
+    Rejected {
+        /// The event as received.
+        event: JourneyEvent,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Monotonic counts for metrics (`_total` counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityCounters {
+    /// Links created.
+    pub links: u64,
+    /// Conflicting links recorded and ignored.
+    pub conflicts: u64,
+    /// Earlier events re-sent under a newly linked user.
+    pub reattributed_events: u64,
+    /// Earlier events not re-sent because the per-id history had overflowed.
+    pub reattribution_skipped: u64,
+    /// Unlinked histories forgotten by TTL.
+    pub histories_expired: u64,
+    /// Events rejected for lack of a usable id.
+    pub rejected: u64,
+}
+
+/// Events routed under a not-yet-linked anonymous id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct AnonHistory {
+    /// Oldest first, at most `max_unlinked_history_events`.
+    events: VecDeque<JourneyEvent>,
+    /// Events that overflowed `events`.
+    dropped: u64,
+    /// Newest event time, for the TTL.
+    last_time_ms: i64,
+}
+
+/// Serializable stage-1 state, for the caller to persist with its offsets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdentitySnapshot {
+    links: BTreeMap<String, String>,
+    unlinked: BTreeMap<String, AnonHistory>,
+    watermark_ms: Option<i64>,
+    counters: IdentityCounters,
+}
+
+/// Stage 1 state machine. One per stage-1 partition.
+#[derive(Debug, Clone)]
+pub struct IdentityStage {
+    config: IdentityConfig,
+    /// anonymous id → user id; first link processed wins. Never shrinks: it is the
+    /// identity graph (persisted in `identities` too).
+    links: BTreeMap<String, String>,
+    unlinked: BTreeMap<String, AnonHistory>,
+    /// (last event time, anonymous id) of every entry of `unlinked`, for the TTL sweep.
+    expiry: BTreeSet<(i64, String)>,
+    watermark_ms: Option<i64>,
+    counters: IdentityCounters,
+}
+
+fn real_id(id: Option<String>) -> Option<String> {
+    id.filter(|s| !is_placeholder_id(s))
+}
+
+impl IdentityStage {
+    /// Empty state.
+    pub fn new(config: IdentityConfig) -> Self {
+        Self::from_snapshot(config, IdentitySnapshot::default())
+    }
+
+    /// Resume from a snapshot taken by [`IdentityStage::snapshot`].
+    pub fn from_snapshot(config: IdentityConfig, snapshot: IdentitySnapshot) -> Self {
+        let expiry = snapshot
+            .unlinked
+            .iter()
+            .map(|(anon, h)| (h.last_time_ms, anon.clone()))
+            .collect();
+        Self {
+            config,
+            links: snapshot.links,
+            unlinked: snapshot.unlinked,
+            expiry,
+            watermark_ms: snapshot.watermark_ms,
+            counters: snapshot.counters,
+        }
+    }
+
+    /// The state to persist alongside the consumed offset.
+    pub fn snapshot(&self) -> IdentitySnapshot {
+        IdentitySnapshot {
+            links: self.links.clone(),
+            unlinked: self.unlinked.clone(),
+            watermark_ms: self.watermark_ms,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn counters(&self) -> &IdentityCounters {
+        &self.counters
+    }
+
+    /// The user an anonymous id is linked to, if any.
+    pub fn linked_user(&self, anonymous_id: &str) -> Option<&str> {
+        self.links.get(anonymous_id).map(String::as_str)
+    }
+
+    /// Route one event. `seq` must not decrease within the partition (the Kafka offset
+    /// ordinal); it becomes the version of every record produced here.
+    pub fn process(&mut self, mut event: JourneyEvent, seq: u64) -> Vec<IdentityOutput> {
+        event.anonymous_id = real_id(event.anonymous_id.take());
+        event.user_id = real_id(event.user_id.take());
+        event.previous_id = real_id(event.previous_id.take());
+        let rejected = if event.kind == Kind::Alias {
+            (event.previous_id.is_none() || event.user_id.is_none())
+                .then_some(RejectReason::AliasWithoutIds)
+        } else {
+            (event.anonymous_id.is_none() && event.user_id.is_none())
+                .then_some(RejectReason::NoIdentity)
+        };
+        if let Some(reason) = rejected {
+            self.counters.rejected += 1;
+            return vec![IdentityOutput::Rejected { event, reason }];
+        }
+
+        let mut out = Vec::new();
+        if let Some(user) = event.user_id.clone() {
+            if let (Kind::Alias, Some(prev)) = (event.kind, event.previous_id.clone()) {
+                self.link(&prev, &user, LinkType::Alias, &event, seq, &mut out);
+            }
+            if let Some(anon) = event.anonymous_id.clone() {
+                let link_type = match event.kind {
+                    Kind::Identify => LinkType::Identify,
+                    Kind::Alias => LinkType::Alias,
+                    _ => LinkType::BothIds,
+                };
+                self.link(&anon, &user, link_type, &event, seq, &mut out);
+            }
+        }
+
+        let customer_id = match (&event.user_id, &event.anonymous_id) {
+            (Some(user), _) => user.clone(),
+            (None, Some(anon)) => match self.links.get(anon) {
+                Some(user) => user.clone(),
+                None => {
+                    self.remember_unlinked(anon.clone(), event.clone());
+                    anon.clone()
+                }
+            },
+            // Unreachable after the rejection above; route by event id rather than panic.
+            (None, None) => event.event_id.clone(),
+        };
+        self.advance_watermark(event.event_time_ms);
+        out.push(IdentityOutput::Event(RoutedEvent {
+            customer_id,
+            event,
+            version: seq,
+            reattributed: false,
+        }));
+        out
+    }
+
+    fn link(
+        &mut self,
+        anon: &str,
+        user: &str,
+        link_type: LinkType,
+        event: &JourneyEvent,
+        seq: u64,
+        out: &mut Vec<IdentityOutput>,
+    ) {
+        if anon == user {
+            return;
+        }
+        if let Some(linked) = self.links.get(anon) {
+            if linked != user {
+                self.counters.conflicts += 1;
+                out.push(IdentityOutput::Conflict(Conflict {
+                    anonymous_id: anon.to_owned(),
+                    linked_user_id: linked.clone(),
+                    conflicting_user_id: user.to_owned(),
+                    event_id: event.event_id.clone(),
+                    event_time_ms: event.event_time_ms,
+                    version: seq,
+                }));
+            }
+            return;
+        }
+        self.links.insert(anon.to_owned(), user.to_owned());
+        self.counters.links += 1;
+        out.push(IdentityOutput::Link(Link {
+            anonymous_id: anon.to_owned(),
+            user_id: user.to_owned(),
+            linked_at_ms: event.event_time_ms,
+            link_event_id: event.event_id.clone(),
+            link_type,
+            version: seq,
+        }));
+        if let Some(history) = self.unlinked.remove(anon) {
+            self.expiry.remove(&(history.last_time_ms, anon.to_owned()));
+            self.counters.reattributed_events += history.events.len() as u64;
+            self.counters.reattribution_skipped += history.dropped;
+            for earlier in history.events {
+                out.push(IdentityOutput::Event(RoutedEvent {
+                    customer_id: user.to_owned(),
+                    event: earlier,
+                    version: seq,
+                    reattributed: true,
+                }));
+            }
+            out.push(IdentityOutput::Retract(Retract {
+                customer_id: anon.to_owned(),
+            }));
+        }
+    }
+
+    fn remember_unlinked(&mut self, anon: String, event: JourneyEvent) {
+        let cap = self.config.max_unlinked_history_events;
+        let history = self.unlinked.entry(anon.clone()).or_default();
+        let fresh = history.events.is_empty() && history.dropped == 0;
+        if fresh {
+            history.last_time_ms = event.event_time_ms;
+        } else {
+            self.expiry.remove(&(history.last_time_ms, anon.clone()));
+            history.last_time_ms = history.last_time_ms.max(event.event_time_ms);
+        }
+        history.events.push_back(event);
+        while history.events.len() > cap {
+            history.events.pop_front();
+            history.dropped += 1;
+        }
+        self.expiry.insert((history.last_time_ms, anon));
+    }
+
+    fn advance_watermark(&mut self, time_ms: i64) {
+        let wm = self.watermark_ms.map_or(time_ms, |w| w.max(time_ms));
+        self.watermark_ms = Some(wm);
+        let ttl = i64::try_from(self.config.unlinked_history_ttl_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let horizon = wm.saturating_sub(ttl);
+        while let Some((last, anon)) = self.expiry.first().cloned() {
+            if last >= horizon {
+                break;
+            }
+            self.expiry.pop_first();
+            self.unlinked.remove(&anon);
+            self.counters.histories_expired += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "identity_tests.rs"]
+mod tests;

@@ -1,0 +1,284 @@
+//! Stage-1 rules, SPEC §4 "Identity", worked by hand.
+
+use super::*;
+
+fn ev(id: &str, kind: Kind, anon: Option<&str>, user: Option<&str>, t: i64) -> JourneyEvent {
+    JourneyEvent {
+        event_id: id.into(),
+        kind,
+        event: (kind == Kind::Track).then(|| "Product Viewed".to_owned()),
+        anonymous_id: anon.map(Into::into),
+        user_id: user.map(Into::into),
+        previous_id: None,
+        event_time_ms: t,
+        channel: None,
+        properties: Default::default(),
+    }
+}
+
+fn track(id: &str, anon: Option<&str>, user: Option<&str>, t: i64) -> JourneyEvent {
+    ev(id, Kind::Track, anon, user, t)
+}
+
+fn alias(id: &str, previous: &str, user: &str, t: i64) -> JourneyEvent {
+    let mut e = ev(id, Kind::Alias, None, Some(user), t);
+    e.previous_id = Some(previous.into());
+    e
+}
+
+/// (customer_id, event_id, reattributed) of routed events.
+fn routed(out: &[IdentityOutput]) -> Vec<(String, String, bool)> {
+    out.iter()
+        .filter_map(|o| match o {
+            IdentityOutput::Event(r) => Some((
+                r.customer_id.clone(),
+                r.event.event_id.clone(),
+                r.reattributed,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn links(out: &[IdentityOutput]) -> Vec<&Link> {
+    out.iter()
+        .filter_map(|o| match o {
+            IdentityOutput::Link(l) => Some(l),
+            _ => None,
+        })
+        .collect()
+}
+
+fn s(v: &str) -> String {
+    v.to_owned()
+}
+
+#[test]
+fn placeholder_ids() {
+    for p in [
+        "anonymous",
+        "ANONYMOUS",
+        "null",
+        "Null",
+        "undefined",
+        "0",
+        "",
+        "   ",
+        " null ",
+        "\t",
+    ] {
+        assert!(is_placeholder_id(p), "{p:?}");
+    }
+    for real in ["a1", "00", "nullable", "anon", "user-0"] {
+        assert!(!is_placeholder_id(real), "{real:?}");
+    }
+}
+
+#[test]
+fn placeholder_only_messages_are_rejected_and_placeholders_never_link() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    let out = stage.process(track("e1", Some("undefined"), Some("null"), 0), 1);
+    assert!(matches!(
+        out.as_slice(),
+        [IdentityOutput::Rejected {
+            reason: RejectReason::NoIdentity,
+            ..
+        }]
+    ));
+    let out = stage.process(alias("e2", "anonymous", "u1", 0), 2);
+    assert!(matches!(
+        out.as_slice(),
+        [IdentityOutput::Rejected {
+            reason: RejectReason::AliasWithoutIds,
+            ..
+        }]
+    ));
+    // A placeholder anonymous id next to a real user id: routed to the user, no link.
+    let out = stage.process(track("e3", Some("0"), Some("u1"), 0), 3);
+    assert_eq!(routed(&out), vec![(s("u1"), s("e3"), false)]);
+    assert!(links(&out).is_empty());
+    assert_eq!(stage.counters().rejected, 2);
+}
+
+#[test]
+fn customer_id_is_user_else_link_else_anonymous() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    assert_eq!(
+        routed(&stage.process(track("e1", None, Some("u1"), 0), 1)),
+        vec![(s("u1"), s("e1"), false)]
+    );
+    assert_eq!(
+        routed(&stage.process(track("e2", Some("a1"), None, 0), 2)),
+        vec![(s("a1"), s("e2"), false)]
+    );
+}
+
+#[test]
+fn both_ids_link_and_reattribute_earlier_anonymous_events() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    stage.process(track("e1", Some("a1"), None, 10), 1);
+    stage.process(track("e2", Some("a1"), None, 20), 2);
+    let out = stage.process(track("e3", Some("a1"), Some("u1"), 30), 3);
+    let l = links(&out);
+    assert_eq!(l.len(), 1);
+    assert_eq!(
+        (
+            l[0].anonymous_id.as_str(),
+            l[0].user_id.as_str(),
+            l[0].link_type
+        ),
+        ("a1", "u1", LinkType::BothIds)
+    );
+    assert_eq!(
+        (l[0].linked_at_ms, l[0].link_event_id.as_str(), l[0].version),
+        (30, "e3", 3)
+    );
+    // Earlier events re-sent under the user, with the link's version, then the retraction,
+    // then the linking event itself.
+    assert_eq!(
+        routed(&out),
+        vec![
+            (s("u1"), s("e1"), true),
+            (s("u1"), s("e2"), true),
+            (s("u1"), s("e3"), false)
+        ]
+    );
+    assert!(out.iter().all(|o| match o {
+        IdentityOutput::Event(r) => r.version == 3,
+        _ => true,
+    }));
+    let retract_at = out
+        .iter()
+        .position(|o| matches!(o, IdentityOutput::Retract(r) if r.customer_id == "a1"));
+    assert_eq!(retract_at, Some(out.len() - 2));
+    // Future anonymous-only events belong to the user.
+    assert_eq!(
+        routed(&stage.process(track("e4", Some("a1"), None, 40), 4)),
+        vec![(s("u1"), s("e4"), false)]
+    );
+    assert_eq!(stage.counters().reattributed_events, 2);
+}
+
+#[test]
+fn identify_and_alias_links() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    let out = stage.process(ev("i1", Kind::Identify, Some("a1"), Some("u1"), 0), 1);
+    assert_eq!(links(&out)[0].link_type, LinkType::Identify);
+    // Identify without an anonymous id links nothing.
+    let out = stage.process(ev("i2", Kind::Identify, None, Some("u2"), 0), 2);
+    assert!(links(&out).is_empty());
+
+    stage.process(track("e1", Some("a2"), None, 5), 3);
+    let out = stage.process(alias("al", "a2", "u2", 9), 4);
+    let l = links(&out);
+    assert_eq!(
+        (
+            l[0].anonymous_id.as_str(),
+            l[0].user_id.as_str(),
+            l[0].link_type
+        ),
+        ("a2", "u2", LinkType::Alias)
+    );
+    assert_eq!(
+        routed(&out),
+        vec![(s("u2"), s("e1"), true), (s("u2"), s("al"), false)]
+    );
+    assert_eq!(stage.linked_user("a2"), Some("u2"));
+}
+
+#[test]
+fn first_link_wins_and_conflicts_are_recorded_not_applied() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    stage.process(track("e1", Some("a1"), Some("u1"), 0), 1);
+    let out = stage.process(ev("e2", Kind::Identify, Some("a1"), Some("u2"), 50), 2);
+    assert!(links(&out).is_empty());
+    let conflict = out.iter().find_map(|o| match o {
+        IdentityOutput::Conflict(c) => Some(c.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        conflict,
+        Some(Conflict {
+            anonymous_id: s("a1"),
+            linked_user_id: s("u1"),
+            conflicting_user_id: s("u2"),
+            event_id: s("e2"),
+            event_time_ms: 50,
+            version: 2,
+        })
+    );
+    // The message's own user id is canonical for the message itself…
+    assert_eq!(routed(&out), vec![(s("u2"), s("e2"), false)]);
+    // …but the anonymous id stays with the first user.
+    assert_eq!(
+        routed(&stage.process(track("e3", Some("a1"), None, 60), 3)),
+        vec![(s("u1"), s("e3"), false)]
+    );
+    // A repeat of the same link is neither a link nor a conflict.
+    let out = stage.process(track("e4", Some("a1"), Some("u1"), 70), 4);
+    assert!(links(&out).is_empty() && out.len() == 1);
+    assert_eq!(stage.counters().conflicts, 1);
+    assert_eq!(stage.counters().links, 1);
+}
+
+#[test]
+fn user_ids_are_never_merged() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    // An event carrying only user ids never links them.
+    stage.process(track("e1", None, Some("u1"), 0), 1);
+    stage.process(track("e2", None, Some("u2"), 0), 2);
+    assert_eq!(stage.snapshot().links.len(), 0);
+}
+
+#[test]
+fn history_overflow_drops_oldest_from_reattribution_and_counts() {
+    let config = IdentityConfig {
+        max_unlinked_history_events: 2,
+        ..IdentityConfig::default()
+    };
+    let mut stage = IdentityStage::new(config);
+    for (i, id) in ["e1", "e2", "e3"].iter().enumerate() {
+        stage.process(track(id, Some("a1"), None, i as i64), i as u64 + 1);
+    }
+    let out = stage.process(track("e4", Some("a1"), Some("u1"), 9), 4);
+    assert_eq!(
+        routed(&out),
+        vec![
+            (s("u1"), s("e2"), true),
+            (s("u1"), s("e3"), true),
+            (s("u1"), s("e4"), false)
+        ]
+    );
+    // Still retracted: e1's sessions under a1 are deleted even though e1 stays with a1.
+    assert!(out.iter().any(|o| matches!(o, IdentityOutput::Retract(_))));
+    assert_eq!(stage.counters().reattribution_skipped, 1);
+}
+
+#[test]
+fn unlinked_history_expires_by_event_time() {
+    let config = IdentityConfig {
+        unlinked_history_ttl_secs: 10,
+        ..IdentityConfig::default()
+    };
+    let mut stage = IdentityStage::new(config);
+    stage.process(track("e1", Some("a1"), None, 0), 1);
+    stage.process(track("e2", Some("a2"), None, 10_000), 2); // exactly the TTL: kept
+    assert_eq!(stage.counters().histories_expired, 0);
+    stage.process(track("e3", Some("a2"), None, 10_001), 3);
+    assert_eq!(stage.counters().histories_expired, 1);
+    let out = stage.process(track("e4", Some("a1"), Some("u1"), 10_002), 4);
+    assert_eq!(routed(&out), vec![(s("u1"), s("e4"), false)]);
+}
+
+#[test]
+fn snapshot_round_trips_through_json() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    stage.process(track("e1", Some("a1"), None, 0), 1);
+    stage.process(track("e2", Some("a2"), Some("u2"), 0), 2);
+    let json = serde_json::to_string(&stage.snapshot()).expect("serialize");
+    let restored: IdentitySnapshot = serde_json::from_str(&json).expect("deserialize");
+    let mut resumed = IdentityStage::from_snapshot(IdentityConfig::default(), restored);
+    let mut original = stage.clone();
+    let e = track("e3", Some("a1"), Some("u1"), 5);
+    assert_eq!(resumed.process(e.clone(), 3), original.process(e, 3));
+}

@@ -1,0 +1,77 @@
+//! Touchstream's journey logic: the deterministic state machines of the stream processor,
+//! with no I/O (SPEC §4–5).
+//!
+//! The processor runs in two Kafka stages and this crate is the pure core of both:
+//!
+//! 1. [`IdentityStage`] (partitioned by anonymous id): placeholder ids, anonymous → user
+//!    links (first wins, conflicts recorded), `customer_id` routing, and re-attribution of
+//!    events seen before a link ([`RoutedEvent`] with `reattributed`, then [`Retract`]).
+//! 2. [`JourneyStage`] (partitioned by customer id): watermark and reorder buffer, late
+//!    events, the touchpoint [`Catalog`], sessions and anchored funnel attempts
+//!    ([`FunnelSet`]), emitted as ClickHouse-shaped rows ([`JourneyOutput`]).
+//!
+//! The I/O layer decodes messages into [`JourneyEvent`], forwards stage outputs, writes
+//! rows, and persists both stages' snapshots with the offsets they correspond to. Every
+//! output is a function of the input order and `seq`s, so replaying from a snapshot
+//! writes identical rows with identical versions (idempotent under `FINAL`).
+
+mod catalog;
+mod engine;
+mod event;
+mod funnel;
+mod hash;
+mod identity;
+mod rows;
+mod session;
+
+use std::path::{Path, PathBuf};
+
+pub use catalog::{Catalog, Channel, Stage, Touchpoint};
+pub use engine::{JourneyConfig, JourneyCounters, JourneySnapshot, JourneyStage};
+pub use event::{JourneyEvent, Kind, Retract, RoutedEvent};
+pub use funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
+pub use identity::{
+    is_placeholder_id, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,
+    IdentitySnapshot, IdentityStage, Link, LinkType, RejectReason,
+};
+pub use rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+
+/// Why journey configuration could not be loaded. Always permanent: fix the file.
+#[derive(Debug, thiserror::Error)]
+pub enum JourneyError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The file did not parse or failed validation; the message names the key or value.
+    #[error("invalid {what}{}: {message}", .origin.as_deref().map(|o| format!(" in {o}")).unwrap_or_default())]
+    Invalid {
+        /// `catalog` or `funnels`.
+        what: &'static str,
+        /// File the problem came from, when known.
+        origin: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl JourneyError {
+    fn invalid(what: &'static str, origin: Option<&str>, message: impl std::fmt::Display) -> Self {
+        JourneyError::Invalid {
+            what,
+            origin: origin.map(str::to_owned),
+            message: message.to_string(),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, JourneyError> {
+    std::fs::read_to_string(path).map_err(|source| JourneyError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}

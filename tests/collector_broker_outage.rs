@@ -1,0 +1,145 @@
+//! With the broker down the collector answers 503 + Retry-After within its produce
+//! timeout, never 200, and recovers by itself when the broker returns.
+//!
+//! Runs its own tansu (sqlite storage, so topics survive the restart) on a free port, so
+//! stopping it does not disturb the other tests' broker.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use touchstream_core::config::{Config, SourceConfig};
+use touchstream_tests::{self as support, CollectorHandle};
+
+struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    fn start(port: u16, dir: &std::path::Path) -> Self {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(support::tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // tansu resolves the sqlite path against its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (set TANSU_BIN or run deploy/local/services.sh up once)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn broker_outage_gives_503_never_200_and_recovers() {
+    let port = support::free_port();
+    let dir = std::env::temp_dir().join(support::unique("tansu-outage"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let broker = Broker::start(port, &dir);
+
+    let mut config = Config {
+        kafka: support::kafka_config("outage"),
+        ..Config::default()
+    };
+    config.kafka.brokers = format!("127.0.0.1:{port}");
+    config.collector.produce_timeout_ms = 2000;
+    config.collector.retry_after_secs = 3;
+    config.collector.sources = vec![SourceConfig {
+        name: "web".into(),
+        write_key: "k".into(),
+        default_channel: "web".into(),
+    }];
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let c = CollectorHandle::start(config.clone()).await;
+    let client = reqwest::Client::new();
+    let send = |id: String| {
+        client
+            .post(format!("{}/v1/track", c.base))
+            .basic_auth("k", Some(""))
+            .json(&json!({"event": "Order Completed", "userId": "u-1", "messageId": id}))
+            .timeout(Duration::from_secs(30))
+            .send()
+    };
+    assert_eq!(send("before".into()).await.expect("req").status(), 200);
+
+    broker.kill();
+    let mut refused = 0;
+    for i in 0..4 {
+        let t = Instant::now();
+        let r = send(format!("down-{i}"))
+            .await
+            .expect("the collector still answers");
+        let took = t.elapsed();
+        assert_eq!(r.status(), 503, "request {i} while the broker is down");
+        assert_eq!(r.headers()["retry-after"], "3");
+        // Bounded: produce timeout (2 s) plus scheduling slack, not a hang.
+        assert!(took < Duration::from_secs(8), "503 took {took:?}");
+        refused += 1;
+    }
+    let ready = client
+        .get(format!("{}/readyz", c.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503, "not ready while the broker is down");
+
+    let _broker = Broker::start(port, &dir);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut recovered = false;
+    while Instant::now() < deadline {
+        let r = send("after".into()).await.expect("req");
+        if r.status() == 200 {
+            recovered = true;
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        recovered,
+        "ingestion resumed without restarting the collector"
+    );
+    assert_eq!(refused, 4);
+
+    let ids: Vec<String> = support::drain_topic(
+        &config.kafka.brokers,
+        &config.kafka.raw_topic,
+        Duration::from_secs(2),
+    )
+    .await
+    .into_iter()
+    .map(|(_, v)| touchstream_core::avro::decode(&v).expect("avro").event_id)
+    .collect();
+    assert!(
+        ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),
+        "{ids:?}"
+    );
+    c.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
