@@ -12,13 +12,16 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 11] = [
+    "events",
     "funnel_attempts",
     "funnel_step_minute",
     "identities",
     "identity_conflicts",
+    "processor_state",
     "schema_migrations",
     "sessions",
+    "touchpoint_journey",
     "touchpoints",
     "touchpoints_daily",
 ];
@@ -73,16 +76,23 @@ async fn migrations_create_tables_and_are_idempotent() {
         .count() as u64;
     assert_eq!(recorded, applied, "each applied file recorded once");
 
-    // The tables take a row shaped like the processor's.
+    // Raw event plus two journey versions: the touchpoints view shows the newest.
     client
         .query(
-            "INSERT INTO touchpoints (event_id, event_date, event_time, event_time_ms, customer_id, version) \
-             VALUES ('e1', '2026-11-25', '2026-11-25 10:00:00', 1795600800000, 'c1', 1), \
-                    ('e1', '2026-11-25', '2026-11-25 10:00:00', 1795600800000, 'c2', 2)",
+            "INSERT INTO events (event_id, event_date, event_time, event_time_ms, event) \
+             VALUES ('e1', '2026-11-25', '2026-11-25 10:00:00', 1795600800000, 'Order Completed')",
         )
         .execute()
         .await
-        .expect("insert");
+        .expect("insert event");
+    client
+        .query(
+            "INSERT INTO touchpoint_journey (event_id, event_date, customer_id, version) \
+             VALUES ('e1', '2026-11-25', 'c1', 1), ('e1', '2026-11-25', 'c2', 2)",
+        )
+        .execute()
+        .await
+        .expect("insert journey");
     let customer: String = client
         .query("SELECT customer_id FROM touchpoints FINAL WHERE event_id = 'e1'")
         .fetch_one()

@@ -8,7 +8,8 @@
 -- (e.g. an anonymous event re-attributed to a user) replace the earlier one.
 -- `{db}` is replaced by the configured database.
 
-CREATE TABLE IF NOT EXISTS {db}.touchpoints
+-- Every accepted event as the collector received it (written once by the identity stage).
+CREATE TABLE IF NOT EXISTS {db}.events
 (
     event_id        String,
     event_date      Date,
@@ -19,24 +20,58 @@ CREATE TABLE IF NOT EXISTS {db}.touchpoints
     event           String,
     anonymous_id    String,
     user_id         String,
-    customer_id     String,
-    session_id      String,
-    stage           String,
-    channel         String,
+    previous_id     String,
     source          String,
+    message_channel String,
     properties      String,
     traits          String,
     context         String,
     ip              String,
     user_agent      String,
-    is_late         UInt8,
     kafka_partition Int32,
-    kafka_offset    Int64,
+    kafka_offset    Int64
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(event_date)
+ORDER BY event_id;
+
+-- What the journey stage decided for each event. Rewritten (higher version) when an
+-- anonymous event is re-attributed to a user or its session changes.
+CREATE TABLE IF NOT EXISTS {db}.touchpoint_journey
+(
+    event_id        String,
+    event_date      Date,
+    customer_id     String,
+    session_id      String,
+    stage           String,
+    channel         String,
+    is_late         UInt8,
     version         UInt64
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(event_date)
 ORDER BY event_id;
+
+-- SPEC §6 `touchpoints`: every accepted event enriched with customer_id, session_id,
+-- stage and channel. Deduplicated (FINAL) on both sides.
+CREATE VIEW IF NOT EXISTS {db}.touchpoints AS
+SELECT
+    event_id, event_date, event_time, event_time_ms, received_at_ms, type, event,
+    anonymous_id, user_id, previous_id, source, properties, traits, context, ip, user_agent,
+    kafka_partition, kafka_offset,
+    customer_id, session_id, stage, channel, is_late
+FROM
+(
+    SELECT event_id, event_date, event_time, event_time_ms, received_at_ms, type, event,
+           anonymous_id, user_id, previous_id, source, properties, traits, context, ip,
+           user_agent, kafka_partition, kafka_offset
+    FROM {db}.events FINAL
+) AS e
+ANY LEFT JOIN
+(
+    SELECT event_id, customer_id, session_id, stage, channel, is_late
+    FROM {db}.touchpoint_journey FINAL
+) AS j USING event_id;
 
 CREATE TABLE IF NOT EXISTS {db}.identities
 (
@@ -118,6 +153,21 @@ ARRAY JOIN arrayMap(x -> toUInt8(x + 1), range(reached_step)) AS step
 WHERE is_deleted = 0
 GROUP BY funnel, minute, step;
 
+-- Processor state snapshots, one live row per (stage, partition): the position in the
+-- input topics and the stage's serialized state at that position. A restarted or newly
+-- assigned processor resumes from here (see schemas/README.md).
+CREATE TABLE IF NOT EXISTS {db}.processor_state
+(
+    stage       String,
+    partition   Int32,
+    offsets     String,
+    snapshot    String,
+    saved_at_ms Int64,
+    version     UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (stage, partition);
+
 -- Dashboard aggregate: touchpoints per day, stage and channel.
 CREATE VIEW IF NOT EXISTS {db}.touchpoints_daily AS
 SELECT
@@ -126,5 +176,5 @@ SELECT
     channel,
     count() AS events,
     uniqExact(customer_id) AS customers
-FROM {db}.touchpoints FINAL
+FROM {db}.touchpoints
 GROUP BY event_date, stage, channel;

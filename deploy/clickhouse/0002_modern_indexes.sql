@@ -4,10 +4,10 @@
 -- On an older server this migration is skipped and not recorded, so it is applied by
 -- the first `touchstream migrate` after the server is upgraded.
 
-ALTER TABLE {db}.touchpoints ADD INDEX IF NOT EXISTS idx_customer customer_id TYPE bloom_filter(0.01) GRANULARITY 4;
+ALTER TABLE {db}.touchpoint_journey ADD INDEX IF NOT EXISTS idx_customer customer_id TYPE bloom_filter(0.01) GRANULARITY 4;
 
-ALTER TABLE {db}.touchpoints MODIFY COLUMN properties String CODEC(ZSTD(3));
+ALTER TABLE {db}.events MODIFY COLUMN properties String CODEC(ZSTD(3));
 
-ALTER TABLE {db}.touchpoints MODIFY COLUMN context String CODEC(ZSTD(3));
+ALTER TABLE {db}.events MODIFY COLUMN context String CODEC(ZSTD(3));
 
 ALTER TABLE {db}.funnel_attempts ADD INDEX IF NOT EXISTS idx_customer customer_id TYPE bloom_filter(0.01) GRANULARITY 4;

@@ -12,7 +12,7 @@ import tempfile
 import chdb.session
 
 BIN = os.environ.get("TS_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/touchstream"))
-TABLES = {"touchpoints", "identities", "identity_conflicts", "sessions", "funnel_attempts",
+TABLES = {"events", "touchpoint_journey", "processor_state", "touchpoints", "identities", "identity_conflicts", "sessions", "funnel_attempts",
           "funnel_step_minute", "touchpoints_daily"}
 
 
@@ -37,7 +37,7 @@ def test_migrations_apply_twice_on_current_clickhouse():
         found = {n.strip('"') for n in names.bytes().decode().split()}
         assert TABLES <= found, TABLES - found
         cols = sess.query("SELECT compression_codec FROM system.columns WHERE database='ts_chdb' "
-                          "AND table='touchpoints' AND name='properties'", "CSV").bytes().decode()
+                          "AND table='events' AND name='properties'", "CSV").bytes().decode()
         assert "ZSTD" in cols
         # A funnel attempt flows into the per-minute aggregate view.
         sess.query("INSERT INTO ts_chdb.funnel_attempts (attempt_id, funnel, customer_id, closed_at, "

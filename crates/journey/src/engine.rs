@@ -314,6 +314,16 @@ impl JourneyStage {
         }
     }
 
+    /// Move the watermark to at least `ms` without an event: the processor calls this
+    /// with the wall clock when a partition has been idle, so that attempts in a quiet
+    /// partition still close as dropped. Events older than the new frontier that arrive
+    /// later are late, exactly as if a newer event had moved the watermark.
+    pub fn advance_watermark(&mut self, ms: i64, seq: u64) {
+        self.bump_seq(seq);
+        self.watermark_ms = Some(self.watermark_ms.map_or(ms, |w| w.max(ms)));
+        self.advance(false);
+    }
+
     /// End of input: release every buffered event and treat the watermark as final for
     /// dropping attempts (an attempt drops once the watermark is past start + window).
     pub fn flush_all(&mut self, seq: u64) {

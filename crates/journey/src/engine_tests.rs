@@ -195,6 +195,29 @@ fn funnel_drops_only_when_the_watermark_passes_the_window() {
 }
 
 #[test]
+fn an_idle_watermark_advance_closes_attempts_without_new_events() {
+    let mut st = stage();
+    let mut t = Tables::default();
+    st.process(routed("c", "v", "Product Viewed", 0, 1), 1);
+    st.advance_watermark(65 * MIN, 1);
+    t.apply(st.take_output());
+    assert!(
+        t.attempts.is_empty(),
+        "frontier exactly at start + window: still open"
+    );
+    // Never moves backwards.
+    st.advance_watermark(10 * MIN, 1);
+    assert_eq!(st.watermark_ms(), Some(65 * MIN));
+    st.advance_watermark(65 * MIN + 1, 2);
+    t.apply(st.take_output());
+    let row = t.attempts.values().next().expect("dropped attempt");
+    assert_eq!((row.outcome, row.reached_step), (Outcome::Dropped, 1));
+    // An event behind the new frontier is now late.
+    st.process(routed("c", "late", "Product Added", MIN, 3), 3);
+    assert_eq!(st.counters().late_events, 1);
+}
+
+#[test]
 fn funnel_converts_and_a_new_attempt_follows() {
     let names = [
         "Product Viewed",
