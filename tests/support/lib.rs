@@ -38,6 +38,8 @@ pub fn kafka_config(test: &str) -> KafkaConfig {
         brokers: kafka_brokers(),
         raw_topic: format!("it.{id}.raw"),
         dlq_topic: format!("it.{id}.dlq"),
+        aliases_topic: format!("it.{id}.aliases"),
+        routed_topic: format!("it.{id}.routed"),
         partitions: 3,
         ..KafkaConfig::default()
     }

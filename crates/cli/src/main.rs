@@ -63,6 +63,13 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Run the stream processor (Kafka → identity, sessions, funnels → ClickHouse). Run
+    /// several copies for more throughput; stops cleanly on SIGTERM/Ctrl-C.
+    Processor {
+        /// Metrics listen address; overrides processor.metrics_listen.
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
     /// Print the effective configuration (defaults + file + env), secrets masked.
     Config,
 }
@@ -165,6 +172,14 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding the collector to {addr}"))?;
             let shutdown = shutdown_on_signal();
             touchstream_collector::run(config, listener, shutdown).await?;
+        }
+        Command::Processor { metrics_listen } => {
+            let addr = metrics_listen.unwrap_or_else(|| config.processor.metrics_listen.clone());
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding processor metrics to {addr}"))?;
+            let shutdown = shutdown_on_signal();
+            touchstream_processor::run(config, Some(listener), shutdown).await?;
         }
         Command::Config => {
             println!("{config:#?}");

@@ -64,6 +64,12 @@ pub struct KafkaConfig {
     pub raw_topic: String,
     /// Dead-letter topic (JSON). Default `touchpoints.dlq`.
     pub dlq_topic: String,
+    /// Internal topic: aliases without `anonymousId`, re-keyed by `previousId` so the
+    /// identity stage that owns that id decides the link. Default `touchpoints.aliases`.
+    pub aliases_topic: String,
+    /// Internal topic: events routed by customer id, from the identity stage to the
+    /// journey stage (JSON, see schemas/README.md). Default `touchpoints.by_customer`.
+    pub routed_topic: String,
     /// Partitions created for each topic by `touchstream topics`. Default 6: the unit of
     /// processor parallelism, so more than the processors you expect to run.
     pub partitions: i32,
@@ -82,6 +88,8 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             raw_topic: "touchpoints.raw".into(),
             dlq_topic: "touchpoints.dlq".into(),
+            aliases_topic: "touchpoints.aliases".into(),
+            routed_topic: "touchpoints.by_customer".into(),
             partitions: 6,
             replication_factor: 1,
             client_properties: BTreeMap::new(),
@@ -244,6 +252,13 @@ pub struct ProcessorConfig {
     pub funnels_path: PathBuf,
     /// Touchpoint catalog file (event → stage, channel). Default `deploy/catalog.toml`.
     pub catalog_path: PathBuf,
+    /// After this many seconds without input, a journey partition's watermark moves to
+    /// the wall clock so open funnel attempts still close as dropped. 0 turns it off
+    /// (replays of old data). Default 30.
+    pub idle_watermark_secs: u64,
+    /// Pause before a stage that failed (e.g. Kafka produce errors) restarts from its last
+    /// saved state, ms. Default 1000.
+    pub restart_backoff_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -257,6 +272,8 @@ impl Default for ProcessorConfig {
             batch_max_ms: 1000,
             funnels_path: PathBuf::from("deploy/funnels.toml"),
             catalog_path: PathBuf::from("deploy/catalog.toml"),
+            idle_watermark_secs: 30,
+            restart_backoff_ms: 1000,
         }
     }
 }

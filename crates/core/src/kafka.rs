@@ -62,7 +62,7 @@ pub fn producer(
     c.create().map_err(KafkaSetupError::Client)
 }
 
-/// Create `raw_topic` and `dlq_topic` with the configured partitions. Topics that already
+/// Create the raw, DLQ and internal topics (plus `extra`) with the configured partitions. Topics that already
 /// exist are left as they are, so this is safe to run any number of times. Returns, per
 /// topic, whether it was created now.
 pub async fn ensure_topics(
@@ -72,7 +72,12 @@ pub async fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> = client_config(cfg)
         .create()
         .map_err(KafkaSetupError::Client)?;
-    let mut names: Vec<&str> = vec![cfg.raw_topic.as_str(), cfg.dlq_topic.as_str()];
+    let mut names: Vec<&str> = vec![
+        cfg.raw_topic.as_str(),
+        cfg.dlq_topic.as_str(),
+        cfg.aliases_topic.as_str(),
+        cfg.routed_topic.as_str(),
+    ];
     names.extend_from_slice(extra);
     let topics: Vec<NewTopic<'_>> = names
         .iter()

@@ -1,0 +1,53 @@
+//! Everything one flush writes: records for internal topics and the DLQ, and rows per
+//! ClickHouse table. Stages fill it; the runner writes it in a fixed order.
+
+use crate::convert::{AttemptDbRow, ConflictRow, EventRow, IdentityRow, JourneyRow, SessionDbRow};
+use crate::store::Store;
+use crate::ProcessorError;
+
+/// A Kafka record to produce before the batch's offsets are committed.
+pub struct Record {
+    /// Topic.
+    pub topic: String,
+    /// Key, if any.
+    pub key: Option<String>,
+    /// Value.
+    pub payload: Vec<u8>,
+}
+
+/// Outputs accumulated since the last flush.
+#[derive(Default)]
+pub struct Batch {
+    /// Internal-topic and DLQ records, in production order.
+    pub records: Vec<Record>,
+    /// `events` rows.
+    pub events: Vec<EventRow>,
+    /// `identities` rows.
+    pub identities: Vec<IdentityRow>,
+    /// `identity_conflicts` rows.
+    pub conflicts: Vec<ConflictRow>,
+    /// `touchpoint_journey` rows.
+    pub journey: Vec<JourneyRow>,
+    /// `sessions` rows.
+    pub sessions: Vec<SessionDbRow>,
+    /// `funnel_attempts` rows.
+    pub attempts: Vec<AttemptDbRow>,
+}
+
+impl Batch {
+    /// Write every table's rows (each retried until stored).
+    pub async fn write(&self, store: &Store) -> Result<(), ProcessorError> {
+        store.insert("events", &self.events).await?;
+        store.insert("identities", &self.identities).await?;
+        store.insert("identity_conflicts", &self.conflicts).await?;
+        store.insert("touchpoint_journey", &self.journey).await?;
+        store.insert("sessions", &self.sessions).await?;
+        store.insert("funnel_attempts", &self.attempts).await?;
+        Ok(())
+    }
+
+    /// Forget everything (after a write, or when a failed flush is abandoned).
+    pub fn clear(&mut self) {
+        *self = Batch::default();
+    }
+}

@@ -1,0 +1,209 @@
+//! Stage 2: sessions, journeys and funnels, partitioned by customer id
+//! (`touchpoints.by_customer`).
+//!
+//! Reads routed JSON from stage 1; writes `touchpoint_journey`, `sessions` and
+//! `funnel_attempts`; counts funnel outcomes per step for Prometheus. When a partition is
+//! idle its watermark follows the wall clock, so attempts close even in quiet hours.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use touchstream_journey::{
+    Catalog, FunnelSet, JourneyConfig, JourneyOutput, JourneySnapshot, JourneyStage, Outcome,
+};
+
+use crate::batch::Batch;
+use crate::convert::{AttemptDbRow, JourneyRow, Routed, SessionDbRow};
+use crate::identity_stage::dlq_record;
+use crate::metrics::Metrics;
+use crate::runner::Stage;
+
+/// Stage 2 wiring.
+pub struct Journey {
+    /// `touchpoints.by_customer`.
+    pub routed_topic: String,
+    /// `touchpoints.dlq`.
+    pub dlq_topic: String,
+    /// Session gap, lateness, horizon.
+    pub config: JourneyConfig,
+    /// Touchpoint catalog.
+    pub catalog: Catalog,
+    /// Funnels.
+    pub funnels: FunnelSet,
+    /// Idle time after which the watermark follows the wall clock (`None`: never).
+    pub idle_watermark: Option<Duration>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-partition state: the engine plus metric bookkeeping (not snapshotted).
+pub struct JourneyState {
+    engine: JourneyStage,
+    /// Attempts already counted in metrics (re-emitted rows are not counted twice).
+    counted: HashSet<String>,
+    late_seen: u64,
+    /// Output produced by idle watermark moves, written with the next drain.
+    stash: Vec<JourneyOutput>,
+}
+
+/// Bound on remembered attempt ids; past it the set restarts (a rare double count).
+const MAX_COUNTED: usize = 1_000_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Stage for Journey {
+    type State = JourneyState;
+
+    fn name(&self) -> &'static str {
+        "journey"
+    }
+
+    fn topics(&self) -> Vec<String> {
+        vec![self.routed_topic.clone()]
+    }
+
+    fn new_state(&self) -> JourneyState {
+        JourneyState {
+            engine: JourneyStage::new(
+                self.config.clone(),
+                self.catalog.clone(),
+                self.funnels.clone(),
+            ),
+            counted: HashSet::new(),
+            late_seen: 0,
+            stash: Vec::new(),
+        }
+    }
+
+    fn restore(&self, snapshot: &str) -> Result<JourneyState, String> {
+        let snap: JourneySnapshot = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
+        let engine = JourneyStage::from_snapshot(
+            self.config.clone(),
+            self.catalog.clone(),
+            self.funnels.clone(),
+            snap,
+        );
+        let late_seen = engine.counters().late_events;
+        Ok(JourneyState {
+            engine,
+            counted: HashSet::new(),
+            late_seen,
+            stash: Vec::new(),
+        })
+    }
+
+    fn snapshot(&self, state: &JourneyState) -> Result<String, String> {
+        serde_json::to_string(&state.engine.snapshot()).map_err(|e| e.to_string())
+    }
+
+    fn handle(
+        &self,
+        state: &mut JourneyState,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        seq: u64,
+        batch: &mut Batch,
+    ) {
+        match serde_json::from_slice::<Routed>(payload) {
+            Ok(Routed::Event(e)) => state.engine.process(e, seq),
+            Ok(Routed::Retract(r)) => state.engine.retract(&r, seq),
+            Err(e) => {
+                self.metrics
+                    .messages
+                    .with_label_values(&["journey", "undecodable"])
+                    .inc();
+                batch.records.push(dlq_record(
+                    &self.dlq_topic,
+                    "undecodable",
+                    &e.to_string(),
+                    topic,
+                    partition,
+                    offset,
+                    payload,
+                ));
+            }
+        }
+    }
+
+    fn drain(&self, state: &mut JourneyState, partition: i32, batch: &mut Batch) {
+        let out = state.engine.take_output();
+        let late = state.engine.counters().late_events;
+        if late > state.late_seen {
+            self.metrics
+                .late_events
+                .with_label_values(&["journey"])
+                .inc_by(late - state.late_seen);
+            state.late_seen = late;
+        }
+        if let Some(w) = state.engine.watermark_ms() {
+            self.metrics
+                .watermark_seconds
+                .with_label_values(&[&partition.to_string()])
+                .set(w / 1000);
+        }
+        for out in state.stash.drain(..).chain(std::iter::once(out)) {
+            for a in out.attempts.iter().filter(|a| !a.is_deleted) {
+                if !state.counted.insert(a.attempt_id.clone()) {
+                    continue;
+                }
+                if state.counted.len() >= MAX_COUNTED {
+                    state.counted.clear();
+                }
+                let funnel = a.funnel.as_str();
+                self.metrics
+                    .funnel_attempts
+                    .with_label_values(&[funnel, a.outcome.as_str()])
+                    .inc();
+                for step in 1..=a.reached_step {
+                    self.metrics
+                        .funnel_step_reached
+                        .with_label_values(&[funnel, &step.to_string()])
+                        .inc();
+                }
+                match a.outcome {
+                    Outcome::Dropped => self
+                        .metrics
+                        .funnel_step_dropped
+                        .with_label_values(&[funnel, &a.reached_step.to_string()])
+                        .inc(),
+                    Outcome::Converted => self
+                        .metrics
+                        .funnel_converted
+                        .with_label_values(&[funnel])
+                        .inc(),
+                }
+            }
+            batch
+                .attempts
+                .extend(out.attempts.iter().map(AttemptDbRow::from));
+            batch
+                .journey
+                .extend(out.touchpoints.into_iter().map(JourneyRow::from));
+            batch
+                .sessions
+                .extend(out.sessions.into_iter().map(SessionDbRow::from));
+        }
+    }
+
+    fn idle(&self, state: &mut JourneyState, idle: Duration, seq: u64) -> bool {
+        match self.idle_watermark {
+            Some(limit) if idle >= limit => {
+                state.engine.advance_watermark(now_ms(), seq);
+                let out = state.engine.take_output();
+                let changed = !out.is_empty();
+                if changed {
+                    state.stash.push(out);
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The processor: Touchstream's stream processor (SPEC §4–6).
+//!
+//! Two Kafka consumer-group stages run in every processor process (see
+//! `schemas/README.md` for the topology):
+//! 1. [`identity_stage`] reads `touchpoints.raw`, stitches identities and routes each
+//!    event to `touchpoints.by_customer` keyed by customer id;
+//! 2. [`journey_stage`] reads that topic and builds sessions, journeys and funnel attempts.
+//!
+//! The pure state machines live in `touchstream-journey`; this crate is the I/O around
+//! them ([`runner`]): consuming, batching, writing ClickHouse ([`store`]), snapshotting
+//! state and committing offsets only after the rows are stored. Run N processes with the
+//! same config and Kafka spreads the partitions over them; results are the same as with one.
+
+pub mod batch;
+pub mod convert;
+pub mod identity_stage;
+pub mod journey_stage;
+pub mod metrics;
+pub mod runner;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use rdkafka::producer::Producer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use touchstream_core::Config;
+use touchstream_journey::{Catalog, FunnelSet, IdentityConfig, JourneyConfig, JourneyError};
+
+use crate::metrics::Metrics;
+use crate::runner::{run_stage, RunCtx};
+use crate::store::Store;
+
+/// Why the processor (or one stage run) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// Catalog or funnel file invalid. Permanent.
+    #[error(transparent)]
+    Journey(#[from] JourneyError),
+    /// Kafka client error. Retryable (the stage restarts).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Kafka client could not be created. Permanent.
+    #[error(transparent)]
+    KafkaSetup(#[from] touchstream_core::kafka::KafkaSetupError),
+    /// Producing to an internal topic failed. Retryable.
+    #[error("producing to an internal topic: {0}")]
+    Produce(String),
+    /// A saved state could not be read or written. Permanent until fixed.
+    #[error("processor state: {0}")]
+    State(String),
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Metrics listener failed.
+    #[error("metrics server: {0}")]
+    Io(#[from] std::io::Error),
+    /// Shutdown was requested while waiting.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A stage task panicked or was cancelled.
+    #[error("stage task: {0}")]
+    Task(String),
+}
+
+/// Run both stages until `shutdown`; serve `/metrics` on `metrics_listener` if given.
+pub async fn run(
+    config: Config,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ProcessorError> {
+    let pc = &config.processor;
+    let catalog = Catalog::load(&pc.catalog_path)?;
+    let funnels = FunnelSet::load(&pc.funnels_path)?;
+    let metrics = Metrics::new()?;
+
+    let server = match metrics_listener {
+        Some(listener) => {
+            let m = metrics.clone();
+            let app = Router::new()
+                .route("/metrics", get(move || async move { m.render() }))
+                .route("/healthz", get(|| async { "ok" }));
+            let token = shutdown.clone();
+            tracing::info!(addr = %listener.local_addr()?, "processor metrics listening");
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
+
+    let store = Store::new(
+        touchstream_clickhouse::client(&config.clickhouse),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let producer = touchstream_core::kafka::producer(&config.kafka, 30_000)?;
+    let ctx = |stage: &str| RunCtx {
+        kafka: config.kafka.clone(),
+        group_id: format!("{}-{stage}", pc.group_id),
+        producer: producer.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        batch_max_rows: pc.batch_max_rows.max(1),
+        batch_max: Duration::from_millis(pc.batch_max_ms.max(10)),
+        restart_backoff: Duration::from_millis(pc.restart_backoff_ms),
+        shutdown: shutdown.clone(),
+    };
+    let identity = identity_stage::Identity {
+        raw_topic: config.kafka.raw_topic.clone(),
+        aliases_topic: config.kafka.aliases_topic.clone(),
+        routed_topic: config.kafka.routed_topic.clone(),
+        dlq_topic: config.kafka.dlq_topic.clone(),
+        config: IdentityConfig::default(),
+        metrics: metrics.clone(),
+    };
+    let journey = journey_stage::Journey {
+        routed_topic: config.kafka.routed_topic.clone(),
+        dlq_topic: config.kafka.dlq_topic.clone(),
+        config: JourneyConfig {
+            session_gap_secs: pc.session_gap_secs,
+            allowed_lateness_secs: pc.allowed_lateness_secs,
+            ..JourneyConfig::default()
+        },
+        catalog,
+        funnels,
+        idle_watermark: (pc.idle_watermark_secs > 0)
+            .then(|| Duration::from_secs(pc.idle_watermark_secs)),
+        metrics: metrics.clone(),
+    };
+    let s1 = tokio::spawn(run_stage(identity, ctx("identity")));
+    let s2 = tokio::spawn(run_stage(journey, ctx("journey")));
+    let (r1, r2) = tokio::join!(s1, s2);
+    r1.map_err(|e| ProcessorError::Task(e.to_string()))??;
+    r2.map_err(|e| ProcessorError::Task(e.to_string()))??;
+
+    let p = producer.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await
+    {
+        tracing::warn!(error = %e, "flushing producer at shutdown");
+    }
+    if let Some(s) = server {
+        let _ = s.await;
+    }
+    tracing::info!("processor stopped");
+    Ok(())
+}
+
+/// Shared so tests can hold it.
+pub type SharedMetrics = Arc<Metrics>;

@@ -1,0 +1,152 @@
+//! The processor's Prometheus metrics, declared once (STYLE §8).
+//!
+//! `touchstream_processor_<name>_<unit>`; labels are stage, table, topic partition number,
+//! funnel name and step number: all bounded by configuration, never ids.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All processor metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Input messages by stage and outcome (`processed`, `skipped_replay`, `undecodable`).
+    pub messages: IntCounterVec,
+    /// Consumer lag in messages, by stage, topic and partition (from librdkafka statistics).
+    pub consumer_lag: IntGaugeVec,
+    /// Rows per ClickHouse insert, by table.
+    pub batch_rows: HistogramVec,
+    /// ClickHouse insert latency, by table.
+    pub insert_seconds: HistogramVec,
+    /// Failed ClickHouse insert attempts (each retried), by table.
+    pub insert_failures: IntCounterVec,
+    /// Events that arrived behind the allowed lateness (stored, not placed in a session).
+    pub late_events: IntCounterVec,
+    /// Later conflicting identity links, recorded and not applied.
+    pub identity_conflicts: IntCounterVec,
+    /// Closed funnel attempts by funnel and outcome (`converted`, `dropped`).
+    pub funnel_attempts: IntCounterVec,
+    /// Closed attempts that reached a step, by funnel and step (1-based).
+    pub funnel_step_reached: IntCounterVec,
+    /// Closed attempts that dropped at a step (reached it, not the next), by funnel and step.
+    pub funnel_step_dropped: IntCounterVec,
+    /// Closed attempts that converted, by funnel.
+    pub funnel_converted: IntCounterVec,
+    /// Event-time watermark of each partition, seconds since the epoch.
+    pub watermark_seconds: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let messages = counter(
+            "touchstream_processor_messages_total",
+            "Input messages by stage and outcome",
+            &["stage", "outcome"],
+        )?;
+        let insert_failures = counter(
+            "touchstream_processor_clickhouse_insert_failures_total",
+            "Failed ClickHouse insert attempts (retried with backoff)",
+            &["table"],
+        )?;
+        let late_events = counter(
+            "touchstream_processor_late_events_total",
+            "Events behind the allowed lateness: stored raw, not placed in order",
+            &["stage"],
+        )?;
+        let identity_conflicts = counter(
+            "touchstream_processor_identity_conflicts_total",
+            "Conflicting anonymous-to-user links, recorded and not applied",
+            &["stage"],
+        )?;
+        let funnel_attempts = counter(
+            "touchstream_processor_funnel_attempts_total",
+            "Closed funnel attempts by outcome",
+            &["funnel", "outcome"],
+        )?;
+        let funnel_step_reached = counter(
+            "touchstream_processor_funnel_step_reached_total",
+            "Closed funnel attempts that reached a step",
+            &["funnel", "step"],
+        )?;
+        let funnel_step_dropped = counter(
+            "touchstream_processor_funnel_step_dropped_total",
+            "Closed funnel attempts that dropped at a step",
+            &["funnel", "step"],
+        )?;
+        let funnel_converted = counter(
+            "touchstream_processor_funnel_converted_total",
+            "Closed funnel attempts that converted",
+            &["funnel"],
+        )?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_consumer_lag",
+                "Messages behind the partition's end",
+            ),
+            &["stage", "topic", "partition"],
+        )?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        let watermark_seconds = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_watermark_seconds",
+                "Event-time watermark per journey partition",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(watermark_seconds.clone()))?;
+        let batch_rows = HistogramVec::new(
+            HistogramOpts::new(
+                "touchstream_processor_batch_rows",
+                "Rows per ClickHouse insert",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 4.0, 10)?),
+            &["table"],
+        )?;
+        registry.register(Box::new(batch_rows.clone()))?;
+        let insert_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "touchstream_processor_clickhouse_insert_duration_seconds",
+                "ClickHouse insert latency",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["table"],
+        )?;
+        registry.register(Box::new(insert_seconds.clone()))?;
+        Ok(Arc::new(Self {
+            registry,
+            messages,
+            consumer_lag,
+            batch_rows,
+            insert_seconds,
+            insert_failures,
+            late_events,
+            identity_conflicts,
+            funnel_attempts,
+            funnel_step_reached,
+            funnel_step_dropped,
+            funnel_converted,
+            watermark_seconds,
+        }))
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

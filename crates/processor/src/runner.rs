@@ -1,0 +1,409 @@
+//! The consume → process → write → snapshot → commit loop shared by both stages.
+//!
+//! Each input partition has its own state, restored from `processor_state` the first time
+//! the partition shows up. The loop keeps, per partition, the next offset it expects on
+//! each input topic:
+//! - an older offset (Kafka resumed from an earlier commit) is a replay of work already in
+//!   the state: skipped;
+//! - a newer one means another instance moved on and saved a newer snapshot: the state is
+//!   reloaded, and if it is still behind, the consumer seeks back to it.
+//!
+//! A flush writes every row of the batch (retrying while ClickHouse is away), then the
+//! snapshots, then commits the offsets: offsets never pass rows that are not stored. If a
+//! flush fails for a reason other than shutdown (e.g. Kafka produce errors), the stage
+//! drops its in-memory state and restarts from the last snapshots; outputs are
+//! deterministic, so re-emitted rows replace themselves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use touchstream_core::config::KafkaConfig;
+
+use crate::batch::Batch;
+use crate::metrics::Metrics;
+use crate::store::{StateRow, Store};
+use crate::ProcessorError;
+
+/// The stage-specific part of the loop. All methods are synchronous and CPU-only.
+pub trait Stage: Send + Sync + 'static {
+    /// Per-partition state.
+    type State: Send;
+    /// `identity` or `journey` (metric label, state key).
+    fn name(&self) -> &'static str;
+    /// Input topics (co-partitioned when more than one).
+    fn topics(&self) -> Vec<String>;
+    /// State of a partition never seen before.
+    fn new_state(&self) -> Self::State;
+    /// State from a saved snapshot.
+    fn restore(&self, snapshot: &str) -> Result<Self::State, String>;
+    /// Snapshot of a state.
+    fn snapshot(&self, state: &Self::State) -> Result<String, String>;
+    /// Process one input message.
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &self,
+        state: &mut Self::State,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        seq: u64,
+        batch: &mut Batch,
+    );
+    /// Move outputs the state holds into the batch (called before every flush).
+    fn drain(&self, state: &mut Self::State, partition: i32, batch: &mut Batch);
+    /// The partition had no input for `idle`; return true if the state changed.
+    fn idle(&self, _state: &mut Self::State, _idle: Duration, _seq: u64) -> bool {
+        false
+    }
+}
+
+/// Where the stage runs and writes.
+pub struct RunCtx {
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
+    /// Consumer group of this stage.
+    pub group_id: String,
+    /// Shared producer (internal topics and DLQ).
+    pub producer: FutureProducer,
+    /// ClickHouse.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Flush at this many input messages.
+    pub batch_max_rows: usize,
+    /// Flush at least this often.
+    pub batch_max: Duration,
+    /// Pause before restarting after a failure.
+    pub restart_backoff: Duration,
+    /// Process-wide shutdown.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Position {
+    seq: u64,
+    next: BTreeMap<String, i64>,
+}
+
+struct Part<S> {
+    state: S,
+    pos: Position,
+    dirty: bool,
+    last_input: Instant,
+    gap_reloaded: bool,
+    seek_tried: bool,
+}
+
+/// Publishes librdkafka's per-partition consumer lag.
+pub struct LagContext {
+    stage: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[self.stage, topic, &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// Run a stage until shutdown, restarting from saved state after failures.
+pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorError> {
+    loop {
+        match run_once(&stage, &ctx).await {
+            Ok(()) | Err(ProcessorError::ShuttingDown) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(stage = stage.name(), error = %e, "stage failed; restarting from saved state");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(ctx.restart_backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+fn state_key(ctx: &RunCtx, stage: &str) -> String {
+    format!("{}/{stage}", ctx.group_id)
+}
+
+async fn load_part<S: Stage>(
+    stage: &S,
+    ctx: &RunCtx,
+    partition: i32,
+) -> Result<Part<S::State>, ProcessorError> {
+    let key = state_key(ctx, stage.name());
+    let (state, pos) = match ctx.store.load_state(&key, partition).await? {
+        Some((offsets, snapshot, _)) => {
+            let pos: Position = serde_json::from_str(&offsets)
+                .map_err(|e| ProcessorError::State(format!("{key}/{partition} offsets: {e}")))?;
+            let state = stage
+                .restore(&snapshot)
+                .map_err(|e| ProcessorError::State(format!("{key}/{partition} snapshot: {e}")))?;
+            tracing::info!(
+                stage = stage.name(),
+                partition,
+                seq = pos.seq,
+                "restored partition state"
+            );
+            (state, pos)
+        }
+        None => (stage.new_state(), Position::default()),
+    };
+    Ok(Part {
+        state,
+        pos,
+        dirty: false,
+        last_input: Instant::now(),
+        gap_reloaded: false,
+        seek_tried: false,
+    })
+}
+
+async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorError> {
+    let consumer: StreamConsumer<LagContext> = touchstream_core::kafka::client_config(&ctx.kafka)
+        .set("group.id", &ctx.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Range assignment gives partition p of every input topic to the same member:
+        // the co-partitioning the identity stage relies on.
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create_with_context(LagContext {
+            stage: stage.name(),
+            metrics: ctx.metrics.clone(),
+        })?;
+    let topics = stage.topics();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(stage = stage.name(), group = %ctx.group_id, topics = ?topics, "stage consuming");
+
+    let mut parts: HashMap<i32, Part<S::State>> = HashMap::new();
+    let mut batch = Batch::default();
+    let mut pending_msgs = 0usize;
+    let mut last_flush = Instant::now();
+    let mut tick = tokio::time::interval(
+        ctx.batch_max
+            .min(Duration::from_millis(500))
+            .max(Duration::from_millis(10)),
+    );
+
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                flush(stage, ctx, &consumer, &mut parts, &mut batch).await?;
+                tracing::info!(stage = stage.name(), "stage stopped after a final flush");
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                for part in parts.values_mut() {
+                    let idle = part.last_input.elapsed();
+                    if idle >= Duration::from_secs(1) && stage.idle(&mut part.state, idle, part.pos.seq) {
+                        part.dirty = true;
+                    }
+                }
+                let due = last_flush.elapsed() >= ctx.batch_max;
+                if due && (pending_msgs > 0 || parts.values().any(|p| p.dirty)) {
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch).await?;
+                    pending_msgs = 0;
+                    last_flush = Instant::now();
+                }
+            }
+            msg = consumer.recv() => {
+                let msg = msg?;
+                let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(partition) {
+                    v.insert(load_part(stage, ctx, partition).await?);
+                }
+                let admit = admit(stage, ctx, &consumer, &mut parts, &topic, partition, offset).await?;
+                if !admit {
+                    ctx.metrics.messages.with_label_values(&[stage.name(), "skipped_replay"]).inc();
+                    continue;
+                }
+                if let Some(part) = parts.get_mut(&partition) {
+                    part.pos.seq += 1;
+                    part.pos.next.insert(topic.clone(), offset + 1);
+                    part.dirty = true;
+                    part.last_input = Instant::now();
+                    stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut batch);
+                }
+                ctx.metrics.messages.with_label_values(&[stage.name(), "processed"]).inc();
+                pending_msgs += 1;
+                if pending_msgs >= ctx.batch_max_rows {
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch).await?;
+                    pending_msgs = 0;
+                    last_flush = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Decide whether to process `offset`, repairing the partition's position if needed.
+async fn admit<S: Stage>(
+    stage: &S,
+    ctx: &RunCtx,
+    consumer: &StreamConsumer<LagContext>,
+    parts: &mut HashMap<i32, Part<S::State>>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<bool, ProcessorError> {
+    let Some(part) = parts.get_mut(&partition) else {
+        return Ok(false);
+    };
+    let next = match part.pos.next.get(topic) {
+        None => {
+            part.pos.next.insert(topic.to_string(), offset);
+            return Ok(true);
+        }
+        Some(n) => *n,
+    };
+    if offset == next {
+        return Ok(true);
+    }
+    if offset < next {
+        return Ok(false);
+    }
+    // Ahead of our state: someone else processed and saved further.
+    if !part.gap_reloaded {
+        let mut fresh = load_part(stage, ctx, partition).await?;
+        fresh.gap_reloaded = true;
+        let fresh_next = fresh.pos.next.get(topic).copied();
+        *part = fresh;
+        tracing::info!(
+            stage = stage.name(),
+            partition,
+            topic,
+            offset,
+            "input ahead of local state; reloaded the saved state"
+        );
+        match fresh_next {
+            None => {
+                part.pos.next.insert(topic.to_string(), offset);
+                return Ok(true);
+            }
+            Some(n) if n == offset => return Ok(true),
+            Some(n) if offset < n => return Ok(false),
+            Some(_) => {}
+        }
+    }
+    let next = part.pos.next.get(topic).copied().unwrap_or(offset);
+    if !part.seek_tried {
+        part.seek_tried = true;
+        tracing::warn!(
+            stage = stage.name(),
+            partition,
+            topic,
+            offset,
+            expected = next,
+            "seeking back to the saved position"
+        );
+        consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(next),
+            Duration::from_secs(5),
+        )?;
+        return Ok(false);
+    }
+    // The broker no longer has the records in between (retention): nothing to replay.
+    tracing::warn!(
+        stage = stage.name(),
+        partition,
+        topic,
+        offset,
+        expected = next,
+        "records missing between saved position and input; continuing"
+    );
+    part.pos.next.insert(topic.to_string(), offset);
+    Ok(true)
+}
+
+async fn flush<S: Stage>(
+    stage: &S,
+    ctx: &RunCtx,
+    consumer: &StreamConsumer<LagContext>,
+    parts: &mut HashMap<i32, Part<S::State>>,
+    batch: &mut Batch,
+) -> Result<(), ProcessorError> {
+    for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
+        stage.drain(&mut part.state, *p, batch);
+    }
+    // 1. Internal topics and DLQ: every record acknowledged before anything is committed.
+    let mut acks = Vec::with_capacity(batch.records.len());
+    for r in &batch.records {
+        let mut rec = FutureRecord::to(&r.topic).payload(&r.payload);
+        if let Some(k) = &r.key {
+            rec = rec.key(k);
+        }
+        acks.push(ctx.producer.send(rec, Duration::from_secs(30)));
+    }
+    for ack in join_all(acks).await {
+        if let Err((e, _)) = ack {
+            batch.clear();
+            return Err(ProcessorError::Produce(e.to_string()));
+        }
+    }
+    // 2. Rows.
+    let res = batch.write(&ctx.store).await;
+    if let Err(e) = res {
+        batch.clear();
+        return Err(e);
+    }
+    batch.clear();
+    // 3. Snapshots, then 4. offsets.
+    let key = state_key(ctx, stage.name());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut states = Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
+        let snapshot = stage.snapshot(&part.state).map_err(ProcessorError::State)?;
+        let offsets =
+            serde_json::to_string(&part.pos).map_err(|e| ProcessorError::State(e.to_string()))?;
+        states.push(StateRow {
+            stage: key.clone(),
+            partition: *p,
+            offsets,
+            snapshot,
+            saved_at_ms: now_ms,
+            version: part.pos.seq,
+        });
+        for (topic, next) in &part.pos.next {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+        }
+        part.dirty = false;
+    }
+    ctx.store.insert("processor_state", &states).await?;
+    if tpl.count() > 0 {
+        // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
+        // partition moved in a rebalance) only means a longer skip-replay next time.
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset commit failed");
+        }
+    }
+    Ok(())
+}
