@@ -42,6 +42,11 @@ pub struct JourneyConfig {
     /// placed into sessions and attempts, seconds; also how long an idle customer is kept.
     /// Default: longest funnel window + session gap.
     pub reattribution_horizon_secs: Option<u64>,
+    /// When true, events do not move the watermark; only [`JourneyStage::advance_watermark`]
+    /// does. The processor sets it because its input is repartitioned: events from
+    /// several upstream partitions interleave, so the safe watermark is the minimum of the
+    /// upstream partitions' watermarks, which they send in-band. Default false.
+    pub external_watermark: bool,
 }
 
 impl Default for JourneyConfig {
@@ -50,6 +55,7 @@ impl Default for JourneyConfig {
             session_gap_secs: 1800,
             allowed_lateness_secs: 300,
             reattribution_horizon_secs: None,
+            external_watermark: false,
         }
     }
 }
@@ -135,6 +141,7 @@ pub struct JourneyStage {
     gap_ms: i64,
     lateness_ms: i64,
     horizon_ms: i64,
+    external_watermark: bool,
     watermark_ms: Option<i64>,
     /// Every event before it has been released.
     frontier_ms: Option<i64>,
@@ -189,6 +196,7 @@ impl JourneyStage {
             funnels,
             gap_ms,
             lateness_ms: secs_to_ms(config.allowed_lateness_secs),
+            external_watermark: config.external_watermark,
             horizon_ms,
             watermark_ms: snapshot.watermark_ms,
             frontier_ms: snapshot.frontier_ms,
@@ -266,6 +274,18 @@ impl JourneyStage {
                 return;
             }
         } else {
+            // A replayed copy of an event already placed (e.g. the upstream stage re-sent
+            // its output after a restart) must not come back as a late row and replace the
+            // placed one.
+            let placed = self.customers.get(&routed.customer_id).is_some_and(|c| {
+                c.history
+                    .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
+                    .is_ok()
+            });
+            if placed {
+                self.counters.duplicates += 1;
+                return;
+            }
             let too_late = self
                 .watermark_ms
                 .is_some_and(|w| hist.time_ms < w.saturating_sub(self.lateness_ms));
@@ -274,10 +294,12 @@ impl JourneyStage {
                 self.emit_unplaced(&routed.customer_id, &hist, true);
                 return;
             }
-            self.watermark_ms = Some(
-                self.watermark_ms
-                    .map_or(hist.time_ms, |w| w.max(hist.time_ms)),
-            );
+            if !self.external_watermark {
+                self.watermark_ms = Some(
+                    self.watermark_ms
+                        .map_or(hist.time_ms, |w| w.max(hist.time_ms)),
+                );
+            }
         }
         let key = (hist.time_ms, hist.event_id.clone(), routed.customer_id);
         if let Some(kept) = self.buffer.get_mut(&key) {

@@ -218,6 +218,52 @@ fn an_idle_watermark_advance_closes_attempts_without_new_events() {
 }
 
 #[test]
+fn an_external_watermark_alone_releases_and_judges_lateness() {
+    let config = JourneyConfig {
+        external_watermark: true,
+        ..JourneyConfig::default()
+    };
+    let mut st = JourneyStage::new(config, Catalog::default(), funnels());
+    let mut t = Tables::default();
+    // Far-apart events do not move the watermark: nothing is released or late yet.
+    st.process(
+        routed("c", "late-day", "Product Viewed", 24 * 60 * MIN, 1),
+        1,
+    );
+    st.process(routed("d", "early", "Product Viewed", 0, 2), 2);
+    assert_eq!(st.watermark_ms(), None);
+    assert_eq!(st.counters().late_events, 0);
+    st.advance_watermark(10 * MIN, 3);
+    t.apply(st.take_output());
+    assert_eq!(
+        t.touchpoints.len(),
+        1,
+        "only the event behind the frontier is released"
+    );
+    assert!(!t.touchpoints["early"].session_id.is_empty());
+    // Now an event more than the lateness behind the external watermark is late.
+    st.process(routed("e", "old", "Home", MIN, 4), 4);
+    assert_eq!(st.counters().late_events, 1);
+}
+
+#[test]
+fn a_replayed_copy_behind_the_watermark_does_not_replace_the_placed_row() {
+    let mut st = stage();
+    let mut t = Tables::default();
+    st.process(routed("c", "e1", "Product Viewed", 0, 1), 1);
+    st.process(routed("d", "e2", "Home", 60 * MIN, 2), 2);
+    t.apply(st.take_output());
+    let placed = t.touchpoints["e1"].clone();
+    assert!(!placed.session_id.is_empty());
+    // The same event again, now far behind the watermark.
+    st.process(routed("c", "e1", "Product Viewed", 0, 1), 3);
+    t.apply(st.take_output());
+    assert_eq!(t.touchpoints["e1"], placed);
+    assert_eq!(st.counters().late_events, 0);
+    assert_eq!(st.counters().duplicates, 1);
+}
+
+#[test]
 fn funnel_converts_and_a_new_attempt_follows() {
     let names = [
         "Product Viewed",

@@ -209,6 +209,7 @@ fn config(horizon_secs: Option<u64>) -> JourneyConfig {
         session_gap_secs: GAP_SECS,
         allowed_lateness_secs: LATENESS_SECS,
         reattribution_horizon_secs: horizon_secs,
+        external_watermark: false,
     }
 }
 

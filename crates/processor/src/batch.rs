@@ -11,6 +11,8 @@ pub struct Record {
     pub topic: String,
     /// Key, if any.
     pub key: Option<String>,
+    /// Explicit partition (watermarks go to every partition); else by key.
+    pub partition: Option<i32>,
     /// Value.
     pub payload: Vec<u8>,
 }

@@ -22,6 +22,14 @@ pub enum Routed {
     Event(RoutedEvent),
     /// Delete an anonymous customer's journey (its events are re-sent under a user).
     Retract(Retract),
+    /// An identity-stage partition's event-time watermark, sent to every journey
+    /// partition: a journey partition's watermark is the minimum over all of them.
+    Watermark {
+        /// Identity-stage (raw topic) partition.
+        source_partition: i32,
+        /// Newest event time that partition has routed, ms.
+        watermark_ms: i64,
+    },
 }
 
 /// The journey view of a touchpoint.

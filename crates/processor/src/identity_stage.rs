@@ -8,10 +8,15 @@
 //! `touchpoints.aliases` keyed by `previousId`, where the owner of that id links it.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use serde_json::json;
 use touchstream_core::{avro, MessageType};
-use touchstream_journey::{IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage};
+use touchstream_journey::{
+    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, RoutedEvent,
+};
 
 use crate::batch::{Batch, Record};
 use crate::convert::{journey_event, ConflictRow, EventRow, IdentityRow, Routed};
@@ -30,6 +35,10 @@ pub struct Identity {
     pub dlq_topic: String,
     /// Limits of the stage.
     pub config: IdentityConfig,
+    /// Partitions of `touchpoints.by_customer` (watermarks go to each).
+    pub routed_partitions: i32,
+    /// Idle time after which the partition's watermark follows the wall clock.
+    pub idle_watermark: Option<Duration>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -56,12 +65,34 @@ pub fn dlq_record(
     Record {
         topic: dlq_topic.to_string(),
         key: None,
+        partition: None,
         payload: doc.to_string().into_bytes(),
     }
 }
 
+/// Per-partition state: links and history, plus the partition's event-time watermark.
+pub struct IdentityState {
+    identity: IdentityStage,
+    /// Newest event time routed from this partition, ms.
+    watermark_ms: Option<i64>,
+    /// Last watermark sent downstream (not saved: resent after a restart).
+    sent_ms: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedIdentity {
+    identity: IdentitySnapshot,
+    watermark_ms: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl Stage for Identity {
-    type State = IdentityStage;
+    type State = IdentityState;
 
     fn name(&self) -> &'static str {
         "identity"
@@ -71,22 +102,34 @@ impl Stage for Identity {
         vec![self.raw_topic.clone(), self.aliases_topic.clone()]
     }
 
-    fn new_state(&self) -> IdentityStage {
-        IdentityStage::new(self.config.clone())
+    fn new_state(&self) -> IdentityState {
+        IdentityState {
+            identity: IdentityStage::new(self.config.clone()),
+            watermark_ms: None,
+            sent_ms: None,
+        }
     }
 
-    fn restore(&self, snapshot: &str) -> Result<IdentityStage, String> {
-        let snap: IdentitySnapshot = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
-        Ok(IdentityStage::from_snapshot(self.config.clone(), snap))
+    fn restore(&self, snapshot: &str) -> Result<IdentityState, String> {
+        let saved: SavedIdentity = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
+        Ok(IdentityState {
+            identity: IdentityStage::from_snapshot(self.config.clone(), saved.identity),
+            watermark_ms: saved.watermark_ms,
+            sent_ms: None,
+        })
     }
 
-    fn snapshot(&self, state: &IdentityStage) -> Result<String, String> {
-        serde_json::to_string(&state.snapshot()).map_err(|e| e.to_string())
+    fn snapshot(&self, state: &IdentityState) -> Result<String, String> {
+        serde_json::to_string(&SavedIdentity {
+            identity: state.identity.snapshot(),
+            watermark_ms: state.watermark_ms,
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn handle(
         &self,
-        state: &mut IdentityStage,
+        state: &mut IdentityState,
         topic: &str,
         partition: i32,
         offset: i64,
@@ -114,21 +157,47 @@ impl Stage for Identity {
                 return;
             }
         };
+        state.watermark_ms = Some(
+            state
+                .watermark_ms
+                .map_or(tp.event_time_ms, |w| w.max(tp.event_time_ms)),
+        );
         if topic == self.raw_topic {
             batch.events.push(EventRow::new(&tp, partition, offset));
             if tp.message_type == MessageType::Alias && tp.anonymous_id.is_none() {
-                if let Some(prev) = &tp.previous_id {
+                if let (Some(prev), Some(user)) = (&tp.previous_id, &tp.user_id) {
+                    // The alias event is the user's touchpoint: route it now, in order with
+                    // the user's other events. The link itself is decided by the owner of
+                    // previousId, which gets the alias through the aliases topic.
+                    push_routed(
+                        batch,
+                        &self.routed_topic,
+                        user.clone(),
+                        &Routed::Event(RoutedEvent {
+                            customer_id: user.clone(),
+                            event: journey_event(&tp),
+                            version: seq,
+                            reattributed: false,
+                        }),
+                    );
                     batch.records.push(Record {
                         topic: self.aliases_topic.clone(),
                         key: Some(prev.clone()),
+                        partition: None,
                         payload: payload.to_vec(),
                     });
                     return;
                 }
             }
         }
-        for out in state.process(journey_event(&tp), seq) {
+        let forwarded_alias = topic == self.aliases_topic;
+        for out in state.identity.process(journey_event(&tp), seq) {
             match out {
+                // Already routed by the userId's partition (above).
+                IdentityOutput::Event(routed)
+                    if forwarded_alias
+                        && !routed.reattributed
+                        && routed.event.event_id == tp.event_id => {}
                 IdentityOutput::Event(routed) => {
                     let key = routed.customer_id.clone();
                     push_routed(batch, &self.routed_topic, key, &Routed::Event(routed));
@@ -161,7 +230,43 @@ impl Stage for Identity {
         }
     }
 
-    fn drain(&self, _state: &mut IdentityStage, _partition: i32, _batch: &mut Batch) {}
+    fn drain(&self, state: &mut IdentityState, partition: i32, batch: &mut Batch) {
+        let Some(w) = state.watermark_ms else {
+            return;
+        };
+        if state.sent_ms == Some(w) {
+            return;
+        }
+        // After this partition's events, so each journey partition sees them first.
+        let payload = serde_json::to_vec(&Routed::Watermark {
+            source_partition: partition,
+            watermark_ms: w,
+        })
+        .unwrap_or_default();
+        for p in 0..self.routed_partitions {
+            batch.records.push(Record {
+                topic: self.routed_topic.clone(),
+                key: None,
+                partition: Some(p),
+                payload: payload.clone(),
+            });
+        }
+        state.sent_ms = Some(w);
+    }
+
+    fn idle(&self, state: &mut IdentityState, idle: Duration, _seq: u64) -> bool {
+        match self.idle_watermark {
+            Some(limit) if idle >= limit => {
+                let now = now_ms();
+                if state.watermark_ms.is_some_and(|w| w >= now) {
+                    return false;
+                }
+                state.watermark_ms = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn push_routed(batch: &mut Batch, topic: &str, key: String, routed: &Routed) {
@@ -171,6 +276,7 @@ fn push_routed(batch: &mut Batch, topic: &str, key: String, routed: &Routed) {
     batch.records.push(Record {
         topic: topic.to_string(),
         key: Some(key),
+        partition: None,
         payload,
     });
 }

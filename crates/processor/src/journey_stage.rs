@@ -2,15 +2,17 @@
 //! (`touchpoints.by_customer`).
 //!
 //! Reads routed JSON from stage 1; writes `touchpoint_journey`, `sessions` and
-//! `funnel_attempts`; counts funnel outcomes per step for Prometheus. When a partition is
-//! idle its watermark follows the wall clock, so attempts close even in quiet hours.
+//! `funnel_attempts`; counts funnel outcomes per step for Prometheus. Its input is
+//! repartitioned, so event times from different identity partitions interleave; the
+//! watermark is therefore the minimum of the identity partitions' watermarks, which they
+//! send in-band ([`Routed::Watermark`]), not the newest event time seen here.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelSet, JourneyConfig, JourneyOutput, JourneySnapshot, JourneyStage, Outcome,
+    Catalog, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage, Outcome,
 };
 
 use crate::batch::Batch;
@@ -31,8 +33,9 @@ pub struct Journey {
     pub catalog: Catalog,
     /// Funnels.
     pub funnels: FunnelSet,
-    /// Idle time after which the watermark follows the wall clock (`None`: never).
-    pub idle_watermark: Option<Duration>,
+    /// Partitions of the identity stage's input (`touchpoints.raw`): the watermark waits
+    /// for all of them.
+    pub source_partitions: i32,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -43,18 +46,18 @@ pub struct JourneyState {
     /// Attempts already counted in metrics (re-emitted rows are not counted twice).
     counted: HashSet<String>,
     late_seen: u64,
-    /// Output produced by idle watermark moves, written with the next drain.
-    stash: Vec<JourneyOutput>,
+    /// Watermark of each identity-stage partition, ms.
+    sources: BTreeMap<i32, i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedJourney {
+    engine: JourneySnapshot,
+    sources: BTreeMap<i32, i64>,
 }
 
 /// Bound on remembered attempt ids; past it the set restarts (a rare double count).
 const MAX_COUNTED: usize = 1_000_000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 impl Stage for Journey {
     type State = JourneyState;
@@ -76,29 +79,33 @@ impl Stage for Journey {
             ),
             counted: HashSet::new(),
             late_seen: 0,
-            stash: Vec::new(),
+            sources: BTreeMap::new(),
         }
     }
 
     fn restore(&self, snapshot: &str) -> Result<JourneyState, String> {
-        let snap: JourneySnapshot = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
+        let saved: SavedJourney = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
         let engine = JourneyStage::from_snapshot(
             self.config.clone(),
             self.catalog.clone(),
             self.funnels.clone(),
-            snap,
+            saved.engine,
         );
         let late_seen = engine.counters().late_events;
         Ok(JourneyState {
             engine,
             counted: HashSet::new(),
             late_seen,
-            stash: Vec::new(),
+            sources: saved.sources,
         })
     }
 
     fn snapshot(&self, state: &JourneyState) -> Result<String, String> {
-        serde_json::to_string(&state.engine.snapshot()).map_err(|e| e.to_string())
+        serde_json::to_string(&SavedJourney {
+            engine: state.engine.snapshot(),
+            sources: state.sources.clone(),
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn handle(
@@ -114,6 +121,21 @@ impl Stage for Journey {
         match serde_json::from_slice::<Routed>(payload) {
             Ok(Routed::Event(e)) => state.engine.process(e, seq),
             Ok(Routed::Retract(r)) => state.engine.retract(&r, seq),
+            Ok(Routed::Watermark {
+                source_partition,
+                watermark_ms,
+            }) => {
+                let w = state
+                    .sources
+                    .entry(source_partition)
+                    .or_insert(watermark_ms);
+                *w = (*w).max(watermark_ms);
+                let all = i32::try_from(state.sources.len()).unwrap_or(i32::MAX)
+                    >= self.source_partitions;
+                if let (true, Some(min)) = (all, state.sources.values().min()) {
+                    state.engine.advance_watermark(*min, seq);
+                }
+            }
             Err(e) => {
                 self.metrics
                     .messages
@@ -148,7 +170,7 @@ impl Stage for Journey {
                 .with_label_values(&[&partition.to_string()])
                 .set(w / 1000);
         }
-        for out in state.stash.drain(..).chain(std::iter::once(out)) {
+        {
             for a in out.attempts.iter().filter(|a| !a.is_deleted) {
                 if !state.counted.insert(a.attempt_id.clone()) {
                     continue;
@@ -189,21 +211,6 @@ impl Stage for Journey {
             batch
                 .sessions
                 .extend(out.sessions.into_iter().map(SessionDbRow::from));
-        }
-    }
-
-    fn idle(&self, state: &mut JourneyState, idle: Duration, seq: u64) -> bool {
-        match self.idle_watermark {
-            Some(limit) if idle >= limit => {
-                state.engine.advance_watermark(now_ms(), seq);
-                let out = state.engine.take_output();
-                let changed = !out.is_empty();
-                if changed {
-                    state.stash.push(out);
-                }
-                changed
-            }
-            _ => false,
         }
     }
 }

@@ -111,12 +111,22 @@ pub async fn run(
         restart_backoff: Duration::from_millis(pc.restart_backoff_ms),
         shutdown: shutdown.clone(),
     };
+    // Partition counts drive the in-band watermarks between the stages.
+    let kafka = config.kafka.clone();
+    let (source_partitions, routed_partitions) =
+        tokio::task::spawn_blocking(move || partition_counts(&kafka))
+            .await
+            .map_err(|e| ProcessorError::Task(e.to_string()))??;
+    let idle_watermark =
+        (pc.idle_watermark_secs > 0).then(|| Duration::from_secs(pc.idle_watermark_secs));
     let identity = identity_stage::Identity {
         raw_topic: config.kafka.raw_topic.clone(),
         aliases_topic: config.kafka.aliases_topic.clone(),
         routed_topic: config.kafka.routed_topic.clone(),
         dlq_topic: config.kafka.dlq_topic.clone(),
         config: IdentityConfig::default(),
+        routed_partitions,
+        idle_watermark,
         metrics: metrics.clone(),
     };
     let journey = journey_stage::Journey {
@@ -125,12 +135,12 @@ pub async fn run(
         config: JourneyConfig {
             session_gap_secs: pc.session_gap_secs,
             allowed_lateness_secs: pc.allowed_lateness_secs,
+            external_watermark: true,
             ..JourneyConfig::default()
         },
         catalog,
         funnels,
-        idle_watermark: (pc.idle_watermark_secs > 0)
-            .then(|| Duration::from_secs(pc.idle_watermark_secs)),
+        source_partitions,
         metrics: metrics.clone(),
     };
     let s1 = tokio::spawn(run_stage(identity, ctx("identity")));
@@ -149,6 +159,29 @@ pub async fn run(
     }
     tracing::info!("processor stopped");
     Ok(())
+}
+
+/// Partition counts of the raw and routed topics, from broker metadata.
+fn partition_counts(
+    kafka: &touchstream_core::config::KafkaConfig,
+) -> Result<(i32, i32), ProcessorError> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        touchstream_core::kafka::client_config(kafka).create()?;
+    let count = |topic: &str| -> Result<i32, ProcessorError> {
+        let md = rdkafka::consumer::Consumer::fetch_metadata(
+            &consumer,
+            Some(topic),
+            Duration::from_secs(10),
+        )?;
+        let n = md.topics().first().map_or(0, |t| t.partitions().len());
+        if n == 0 {
+            return Err(ProcessorError::State(format!(
+                "topic {topic} has no partitions; run `touchstream topics` first"
+            )));
+        }
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
+    };
+    Ok((count(&kafka.raw_topic)?, count(&kafka.routed_topic)?))
 }
 
 /// Shared so tests can hold it.

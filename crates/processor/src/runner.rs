@@ -358,6 +358,9 @@ async fn flush<S: Stage>(
         if let Some(k) = &r.key {
             rec = rec.key(k);
         }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
         acks.push(ctx.producer.send(rec, Duration::from_secs(30)));
     }
     for ack in join_all(acks).await {
