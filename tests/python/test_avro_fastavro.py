@@ -8,7 +8,6 @@ Avro single-object encoding (schemas/README.md).
 import io
 import json
 import os
-import struct
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -24,9 +23,10 @@ def load_schema():
 
 def decode_single_object(schema, data):
     assert data[:2] == b"\xc3\x01", "single-object marker"
-    (fp,) = struct.unpack("<Q", data[2:10])
-    expected = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
-    assert fp == expected, f"fingerprint {fp:016x} != schema's {expected:016x}"
+    # fastavro's hex string is the fingerprint's 8 bytes in little-endian order, which is
+    # exactly what the single-object header carries.
+    expected = fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
+    assert data[2:10].hex() == expected, f"header fingerprint {data[2:10].hex()} != schema's {expected}"
     buf = io.BytesIO(data[10:])
     record = fastavro.schemaless_reader(buf, schema, schema)
     assert buf.read() == b"", "no trailing bytes"
@@ -61,6 +61,6 @@ def test_fastavro_written_value_has_our_framing():
         "previous_id": None, "event_time": 1, "timestamp": None, "sent_at": None,
         "received_at": 2, "source": "web", "channel": "web", "properties": "{}",
         "traits": "{}", "context": "{}", "ip": None, "user_agent": None})
-    fp = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
-    framed = b"\xc3\x01" + struct.pack("<Q", fp) + buf.getvalue()
+    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+    framed = b"\xc3\x01" + fp + buf.getvalue()
     assert decode_single_object(schema, framed)["event"] == "Home"

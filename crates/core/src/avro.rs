@@ -10,7 +10,6 @@
 
 use std::sync::OnceLock;
 
-use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
@@ -66,12 +65,12 @@ fn codec() -> &'static Codec {
         let schema = SCHEMA.get_or_init(|| {
             Schema::parse_str(TOUCHPOINT_SCHEMA_JSON).expect("embedded touchpoint.avsc parses")
         });
-        let fp = schema.fingerprint::<Rabin>();
-        let mut le = [0u8; 8];
-        le.copy_from_slice(&fp.bytes[..8]);
+        #[allow(clippy::expect_used)]
+        let json: serde_json::Value =
+            serde_json::from_str(TOUCHPOINT_SCHEMA_JSON).expect("embedded touchpoint.avsc is JSON");
         #[allow(clippy::expect_used)]
         Codec {
-            fingerprint: u64::from_le_bytes(le),
+            fingerprint: crc64_avro(parsing_canonical_form(&json, None).as_bytes()),
             schema,
             writer: GenericDatumWriter::builder(schema)
                 .build()
@@ -91,6 +90,118 @@ pub fn schema() -> &'static Schema {
 /// CRC-64-AVRO fingerprint of the schema, as carried (little-endian) in each value's header.
 pub fn fingerprint() -> u64 {
     codec().fingerprint
+}
+
+/// CRC-64-AVRO (Rabin) fingerprint, exactly as the Avro specification's reference code.
+pub fn crc64_avro(bytes: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    static TABLE: OnceLock<[u64; 256]> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u64; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut fp = i as u64;
+            for _ in 0..8 {
+                fp = (fp >> 1) ^ (EMPTY & 0u64.wrapping_sub(fp & 1));
+            }
+            *slot = fp;
+        }
+        t
+    });
+    bytes.iter().fold(EMPTY, |fp, b| {
+        (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize]
+    })
+}
+
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+/// The schema's Parsing Canonical Form (Avro spec: PRIMITIVES, FULLNAMES, STRIP, ORDER,
+/// STRINGS, WHITESPACE). Written here because apache-avro 0.22 keeps
+/// `{"type":"long"}` for logical-type fields instead of reducing it to `"long"`, which gives
+/// a fingerprint no other Avro library agrees with.
+pub fn parsing_canonical_form(schema: &serde_json::Value, namespace: Option<&str>) -> String {
+    use serde_json::Value as J;
+    let quote = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let fullname = |name: &str, ns: Option<&str>| match (name.contains('.'), ns) {
+        (false, Some(ns)) if !ns.is_empty() => format!("{ns}.{name}"),
+        _ => name.to_string(),
+    };
+    match schema {
+        J::String(s) if PRIMITIVES.contains(&s.as_str()) => quote(s),
+        J::String(s) => quote(&fullname(s, namespace)),
+        J::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| parsing_canonical_form(i, namespace))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        J::Object(m) => {
+            let ty = m.get("type");
+            match ty.and_then(J::as_str) {
+                Some(t) if PRIMITIVES.contains(&t) => quote(t),
+                Some(t @ ("record" | "error" | "enum" | "fixed")) => {
+                    let own_ns = m.get("namespace").and_then(J::as_str).or(namespace);
+                    let name = fullname(
+                        m.get("name").and_then(J::as_str).unwrap_or_default(),
+                        own_ns,
+                    );
+                    let inner_ns = name.rsplit_once('.').map(|(ns, _)| ns.to_string());
+                    let mut out = format!("{{\"name\":{},\"type\":{}", quote(&name), quote(t));
+                    match t {
+                        "enum" => {
+                            let symbols = m.get("symbols").cloned().unwrap_or(J::Array(Vec::new()));
+                            out.push_str(&format!(",\"symbols\":{symbols}"));
+                        }
+                        "fixed" => {
+                            let size = m.get("size").cloned().unwrap_or(J::Null);
+                            out.push_str(&format!(",\"size\":{size}"));
+                        }
+                        _ => {
+                            let fields: Vec<String> = m
+                                .get("fields")
+                                .and_then(J::as_array)
+                                .map(|fs| {
+                                    fs.iter()
+                                        .map(|f| {
+                                            format!(
+                                                "{{\"name\":{},\"type\":{}}}",
+                                                quote(
+                                                    f.get("name")
+                                                        .and_then(J::as_str)
+                                                        .unwrap_or_default()
+                                                ),
+                                                parsing_canonical_form(
+                                                    f.get("type").unwrap_or(&J::Null),
+                                                    inner_ns.as_deref()
+                                                )
+                                            )
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            out.push_str(&format!(",\"fields\":[{}]", fields.join(",")));
+                        }
+                    }
+                    out.push('}');
+                    out
+                }
+                Some("array") => format!(
+                    "{{\"type\":\"array\",\"items\":{}}}",
+                    parsing_canonical_form(m.get("items").unwrap_or(&J::Null), namespace)
+                ),
+                Some("map") => format!(
+                    "{{\"type\":\"map\",\"values\":{}}}",
+                    parsing_canonical_form(m.get("values").unwrap_or(&J::Null), namespace)
+                ),
+                Some(named) => quote(&fullname(named, namespace)),
+                None => parsing_canonical_form(ty.unwrap_or(&J::Null), namespace),
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 fn opt_string(v: &Option<String>) -> Value {
@@ -344,6 +455,28 @@ mod tests {
         garbage.extend_from_slice(&[0x01, 0xff, 0xff]);
         let res = decode(&garbage);
         assert!(res.is_err(), "{res:?}");
+    }
+
+    #[test]
+    fn crc64_avro_matches_the_spec_vector() {
+        // Avro spec / fastavro: fingerprint of "int" is 0x7275d51a3f395c8f.
+        assert_eq!(crc64_avro(br#""int""#), 0x7275_d51a_3f39_5c8f);
+    }
+
+    #[test]
+    fn canonical_form_reduces_logical_types_and_qualifies_names() {
+        let json: serde_json::Value = serde_json::from_str(TOUCHPOINT_SCHEMA_JSON).unwrap();
+        let pcf = parsing_canonical_form(&json, None);
+        assert!(pcf.starts_with(r#"{"name":"io.touchstream.Touchpoint","type":"record","fields":[{"name":"event_id","type":"string"}"#), "{pcf}");
+        assert!(pcf.contains(r#"{"name":"event_time","type":"long"}"#));
+        assert!(pcf.contains(r#"{"name":"timestamp","type":["null","long"]}"#));
+        assert!(pcf.contains(r#""type":{"name":"io.touchstream.MessageType","type":"enum","symbols":["track","page","screen","identify","alias"]}"#));
+        assert!(!pcf.contains("doc") && !pcf.contains("default") && !pcf.contains(' '));
+        // The value fastavro computes for schemas/touchpoint.avsc (LE bytes f3fc1a836256a037).
+        assert_eq!(
+            fingerprint().to_le_bytes(),
+            [0xf3, 0xfc, 0x1a, 0x83, 0x62, 0x56, 0xa0, 0x37]
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub fn journey_event(tp: &Touchpoint) -> JourneyEvent {
         user_id: tp.user_id.clone(),
         previous_id: tp.previous_id.clone(),
         event_time_ms: tp.event_time_ms,
-        channel: Some(tp.channel.clone()),
+        // The collector fills the message's channel or the source's default; a source whose
+        // default is `other` leaves the choice to the touchpoint catalog.
+        channel: (tp.channel != "other").then(|| tp.channel.clone()),
         properties,
     }
 }

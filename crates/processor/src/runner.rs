@@ -217,6 +217,17 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 return Ok(());
             }
             _ = tick.tick() => {
+                // Partitions assigned but silent so far still need a state, so that idle
+                // handling (e.g. the identity stage's watermark) covers them too.
+                let assigned: Vec<i32> = consumer
+                    .assignment()
+                    .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+                    .unwrap_or_default();
+                for p in assigned {
+                    if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(p) {
+                        v.insert(load_part(stage, ctx, p).await?);
+                    }
+                }
                 for part in parts.values_mut() {
                     let idle = part.last_input.elapsed();
                     if idle >= Duration::from_secs(1) && stage.idle(&mut part.state, idle, part.pos.seq) {
