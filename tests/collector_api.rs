@@ -81,6 +81,7 @@ async fn mixed_batch_lands_valid_in_raw_and_invalid_in_dlq() {
         "context": {"library": {"name": "analytics-node", "version": "2.1.0"}},
         "batch": [
             {"type": "track", "event": "Product Viewed", "messageId": "m-1", "anonymousId": "anon-1",
+             "integrations": {"All": true}, "writeKey": "must-not-be-stored",
              "timestamp": "2026-01-01T10:00:00.000Z", "properties": {"sku": "SKU-9", "price": 12.5}},
             {"type": "track", "messageId": "m-bad-1", "anonymousId": "anon-1"},
             {"type": "page", "name": "Checkout", "messageId": "m-2", "userId": "user-7",
@@ -138,6 +139,10 @@ async fn mixed_batch_lands_valid_in_raw_and_invalid_in_dlq() {
     assert_eq!(t1.sent_at_ms, Some(1_767_261_605_000));
     assert_eq!(t1.event_time_ms, t1.received_at_ms - 5_000);
     assert!(t1.received_at_ms >= started);
+    assert_eq!(
+        t1.extra, r#"{"integrations":{"All":true}}"#,
+        "unknown fields kept, writeKey not"
+    );
 
     let (k2, t2) = &raw[1];
     assert_eq!(k2, "user-7", "no anonymousId: keyed by userId");

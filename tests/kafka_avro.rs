@@ -31,6 +31,7 @@ fn sample() -> Touchpoint {
         context: r#"{"page":{"path":"/cart"},"locale":"fr-FR"}"#.into(),
         ip: Some("198.51.100.23".into()),
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
+        extra: r#"{"integrations":{"All":true},"_metadata":{"bundled":["Segment.io"]}}"#.into(),
     }
 }
 

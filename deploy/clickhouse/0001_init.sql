@@ -4,7 +4,7 @@
 --
 -- Every table is a ReplacingMergeTree keyed by a deterministic id so that replaying Kafka
 -- offsets, or a crash between insert and offset commit, leaves one row per key after
--- FINAL / background merges. `version` (a processing epoch in ms) lets a corrected row
+-- FINAL / background merges. `version` (derived from input sequence numbers) lets a corrected row
 -- (e.g. an anonymous event re-attributed to a user) replace the earlier one.
 -- `{db}` is replaced by the configured database.
 
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS {db}.events
     context         String,
     ip              String,
     user_agent      String,
+    extra           String,
     kafka_partition Int32,
     kafka_offset    Int64
 )
@@ -58,13 +59,13 @@ CREATE VIEW IF NOT EXISTS {db}.touchpoints AS
 SELECT
     event_id, event_date, event_time, event_time_ms, received_at_ms, type, event,
     anonymous_id, user_id, previous_id, source, properties, traits, context, ip, user_agent,
-    kafka_partition, kafka_offset,
+    extra, kafka_partition, kafka_offset,
     customer_id, session_id, stage, channel, is_late
 FROM
 (
     SELECT event_id, event_date, event_time, event_time_ms, received_at_ms, type, event,
            anonymous_id, user_id, previous_id, source, properties, traits, context, ip,
-           user_agent, kafka_partition, kafka_offset
+           user_agent, extra, kafka_partition, kafka_offset
     FROM {db}.events FINAL
 ) AS e
 ANY LEFT JOIN

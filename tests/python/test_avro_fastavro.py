@@ -43,7 +43,7 @@ def test_fastavro_decodes_bytes_consumed_from_kafka():
     assert rec["event_id"] == want["event_id"]
     assert rec["type"] == want["message_type"]
     for field in ("event", "anonymous_id", "user_id", "previous_id", "source", "channel",
-                  "properties", "traits", "context", "ip", "user_agent"):
+                  "properties", "traits", "context", "ip", "user_agent", "extra"):
         assert rec[field] == want[field], field
     assert to_ms(rec["event_time"]) == want["event_time_ms"]
     assert to_ms(rec["received_at"]) == want["received_at_ms"]
@@ -60,7 +60,7 @@ def test_fastavro_written_value_has_our_framing():
         "event_id": "x", "type": "page", "event": "Home", "anonymous_id": "a", "user_id": None,
         "previous_id": None, "event_time": 1, "timestamp": None, "sent_at": None,
         "received_at": 2, "source": "web", "channel": "web", "properties": "{}",
-        "traits": "{}", "context": "{}", "ip": None, "user_agent": None})
+        "traits": "{}", "context": "{}", "ip": None, "user_agent": None, "extra": "{}"})
     fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
     framed = b"\xc3\x01" + fp + buf.getvalue()
     assert decode_single_object(schema, framed)["event"] == "Home"

@@ -12,6 +12,26 @@ use touchstream_core::{is_placeholder_id, Channel, MessageType, Touchpoint};
 /// Events more than this far after `received_at` are clamped to it (SPEC §2, Time).
 pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 
+/// Message fields with a column of their own (and `writeKey`, a secret never stored);
+/// any other top-level field goes to `extra`.
+const KNOWN_FIELDS: [&str; 15] = [
+    "type",
+    "messageId",
+    "anonymousId",
+    "userId",
+    "previousId",
+    "event",
+    "name",
+    "properties",
+    "traits",
+    "context",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "channel",
+    "writeKey",
+];
+
 /// Namespace of deterministic ids for messages without `messageId`.
 const MESSAGE_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x7c1c_9a5e_0f3b_4e8e_9d51_5e7a_11d0_c0de);
@@ -291,6 +311,13 @@ pub fn to_touchpoint(
         }
     };
 
+    // Everything else the client sent is kept, except the secret write key.
+    let extra: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
     let json = |m: Option<&Map<String, Value>>| {
         m.map_or_else(
             || "{}".to_string(),
@@ -315,6 +342,7 @@ pub fn to_touchpoint(
         context: Value::Object(context).to_string(),
         ip: meta.ip.clone(),
         user_agent,
+        extra: Value::Object(extra).to_string(),
     })
 }
 
@@ -416,6 +444,20 @@ mod tests {
         assert_eq!(tp.properties, r#"{"sku":"X"}"#);
         assert_eq!(tp.ip.as_deref(), Some("192.0.2.1"));
         assert_eq!(tp.identity_key(), "a-1");
+        assert_eq!(tp.extra, "{}");
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_but_not_the_write_key() {
+        let tp = ok(
+            json!({"type": "page", "anonymousId": "a", "writeKey": "secret",
+                           "integrations": {"All": false}, "_metadata": {"bundled": []}}),
+        );
+        let extra: Value = serde_json::from_str(&tp.extra).unwrap();
+        assert_eq!(
+            extra,
+            json!({"integrations": {"All": false}, "_metadata": {"bundled": []}})
+        );
     }
 
     #[test]

@@ -251,6 +251,7 @@ pub fn encode(tp: &Touchpoint) -> Result<Vec<u8>, CodecError> {
         ("context".into(), Value::String(tp.context.clone())),
         ("ip".into(), opt_string(&tp.ip)),
         ("user_agent".into(), opt_string(&tp.user_agent)),
+        ("extra".into(), Value::String(tp.extra.clone())),
     ]);
     let datum = c
         .writer
@@ -351,6 +352,7 @@ fn from_value(value: Value) -> Result<Touchpoint, CodecError> {
         context: String::new(),
         ip: None,
         user_agent: None,
+        extra: String::new(),
     };
     for (name, v) in fields {
         match name.as_str() {
@@ -378,6 +380,7 @@ fn from_value(value: Value) -> Result<Touchpoint, CodecError> {
             "context" => tp.context = take_string("context", v)?,
             "ip" => tp.ip = take_opt("ip", v, take_string)?,
             "user_agent" => tp.user_agent = take_opt("user_agent", v, take_string)?,
+            "extra" => tp.extra = take_string("extra", v)?,
             // A newer schema may add fields; the fingerprint check above already pins the
             // schema, so this only happens if the embedded schema grows without this match.
             _ => {}
@@ -410,6 +413,7 @@ mod tests {
             context: r#"{"locale":"de-DE"}"#.into(),
             ip: Some("203.0.113.7".into()),
             user_agent: Some("Mozilla/5.0".into()),
+            extra: r#"{"integrations":{"All":true}}"#.into(),
         }
     }
 
@@ -472,10 +476,10 @@ mod tests {
         assert!(pcf.contains(r#"{"name":"timestamp","type":["null","long"]}"#));
         assert!(pcf.contains(r#""type":{"name":"io.touchstream.MessageType","type":"enum","symbols":["track","page","screen","identify","alias"]}"#));
         assert!(!pcf.contains("doc") && !pcf.contains("default") && !pcf.contains(' '));
-        // The value fastavro computes for schemas/touchpoint.avsc (LE bytes f3fc1a836256a037).
+        // The value fastavro computes for schemas/touchpoint.avsc (LE bytes c254d4c5c78e604e).
         assert_eq!(
             fingerprint().to_le_bytes(),
-            [0xf3, 0xfc, 0x1a, 0x83, 0x62, 0x56, 0xa0, 0x37]
+            [0xc2, 0x54, 0xd4, 0xc5, 0xc7, 0x8e, 0x60, 0x4e]
         );
     }
 

@@ -174,6 +174,8 @@ pub struct Touchpoint {
     pub ip: Option<String>,
     /// Client user agent.
     pub user_agent: Option<String>,
+    /// JSON object text of the message's other top-level fields.
+    pub extra: String,
 }
 
 impl Touchpoint {

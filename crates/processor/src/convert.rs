@@ -91,6 +91,7 @@ pub struct EventRow {
     pub context: String,
     pub ip: String,
     pub user_agent: String,
+    pub extra: String,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
 }
@@ -117,6 +118,7 @@ impl EventRow {
             context: tp.context.clone(),
             ip: s(&tp.ip),
             user_agent: s(&tp.user_agent),
+            extra: tp.extra.clone(),
             kafka_partition: partition,
             kafka_offset: offset,
         }
