@@ -39,6 +39,15 @@ def test_migrations_apply_twice_on_current_clickhouse():
         cols = sess.query("SELECT compression_codec FROM system.columns WHERE database='ts_chdb' "
                           "AND table='events' AND name='properties'", "CSV").bytes().decode()
         assert "ZSTD" in cols
+        ddl = sess.query("SHOW CREATE TABLE ts_chdb.sessions", "TSVRaw").bytes().decode()
+        assert "non_replicated_deduplication_window = 10000" in ddl, ddl
+        # A retried insert with the same deduplication token is dropped (what the processor
+        # relies on for servers 22.2+).
+        for _ in range(2):
+            sess.query("INSERT INTO ts_chdb.identities (anonymous_id, user_id, version) "
+                       "SETTINGS insert_deduplication_token = 't1' VALUES ('a', 'u', 1)")
+        n = sess.query("SELECT count() FROM ts_chdb.identities", "CSV").bytes().decode().strip()
+        assert n == "1", n
         # A funnel attempt flows into the per-minute aggregate view.
         sess.query("INSERT INTO ts_chdb.funnel_attempts (attempt_id, funnel, customer_id, closed_at, "
                    "outcome, reached_step, total_steps, version) VALUES "

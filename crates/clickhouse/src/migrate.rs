@@ -276,6 +276,7 @@ mod tests {
             .iter()
             .any(|s| s.contains("{db}.touchpoints")));
         assert_eq!(ms[1].min_server, Some(ServerVersion(20, 3)));
+        assert_eq!(ms[2].min_server, Some(ServerVersion(22, 2)));
     }
 
     #[test]

@@ -38,13 +38,21 @@ pub struct Batch {
 
 impl Batch {
     /// Write every table's rows (each retried until stored).
-    pub async fn write(&self, store: &Store) -> Result<(), ProcessorError> {
-        store.insert("events", &self.events).await?;
-        store.insert("identities", &self.identities).await?;
-        store.insert("identity_conflicts", &self.conflicts).await?;
-        store.insert("touchpoint_journey", &self.journey).await?;
-        store.insert("sessions", &self.sessions).await?;
-        store.insert("funnel_attempts", &self.attempts).await?;
+    /// `scope` names the input offset ranges of the batch (deduplication tokens).
+    pub async fn write(&self, store: &Store, scope: &str) -> Result<(), ProcessorError> {
+        let scope = Some(scope);
+        store.insert("events", &self.events, scope).await?;
+        store.insert("identities", &self.identities, scope).await?;
+        store
+            .insert("identity_conflicts", &self.conflicts, scope)
+            .await?;
+        store
+            .insert("touchpoint_journey", &self.journey, scope)
+            .await?;
+        store.insert("sessions", &self.sessions, scope).await?;
+        store
+            .insert("funnel_attempts", &self.attempts, scope)
+            .await?;
         Ok(())
     }
 

@@ -94,11 +94,15 @@ pub async fn run(
         None => None,
     };
 
-    let store = Store::new(
-        touchstream_clickhouse::client(&config.clickhouse),
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let ch = touchstream_clickhouse::client(&config.clickhouse);
+    let dedup_tokens = match touchstream_clickhouse::server_version(&ch).await {
+        Ok(v) => v >= store::DEDUP_TOKEN_SINCE,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the ClickHouse version; inserting without deduplication tokens");
+            false
+        }
+    };
+    let store = Store::new(ch, metrics.clone(), shutdown.clone(), dedup_tokens);
     let producer = touchstream_core::kafka::producer(&config.kafka, 30_000)?;
     let ctx = |stage: &str| RunCtx {
         kafka: config.kafka.clone(),

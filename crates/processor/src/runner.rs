@@ -201,6 +201,8 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
 
     let mut parts: HashMap<i32, Part<S::State>> = HashMap::new();
     let mut batch = Batch::default();
+    // Input offsets (first, last) per topic-partition in the current batch.
+    let mut ranges: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
     let mut pending_msgs = 0usize;
     let mut last_flush = Instant::now();
     let mut tick = tokio::time::interval(
@@ -212,7 +214,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                flush(stage, ctx, &consumer, &mut parts, &mut batch).await?;
+                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges).await?;
                 tracing::info!(stage = stage.name(), "stage stopped after a final flush");
                 return Ok(());
             }
@@ -236,7 +238,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 }
                 let due = last_flush.elapsed() >= ctx.batch_max;
                 if due && (pending_msgs > 0 || parts.values().any(|p| p.dirty)) {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch).await?;
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges).await?;
                     pending_msgs = 0;
                     last_flush = Instant::now();
                 }
@@ -259,10 +261,14 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     part.last_input = Instant::now();
                     stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut batch);
                 }
+                ranges
+                    .entry((topic.clone(), partition))
+                    .and_modify(|r| r.1 = offset)
+                    .or_insert((offset, offset));
                 ctx.metrics.messages.with_label_values(&[stage.name(), "processed"]).inc();
                 pending_msgs += 1;
                 if pending_msgs >= ctx.batch_max_rows {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch).await?;
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges).await?;
                     pending_msgs = 0;
                     last_flush = Instant::now();
                 }
@@ -358,7 +364,18 @@ async fn flush<S: Stage>(
     consumer: &StreamConsumer<LagContext>,
     parts: &mut HashMap<i32, Part<S::State>>,
     batch: &mut Batch,
+    ranges: &mut BTreeMap<(String, i32), (i64, i64)>,
 ) -> Result<(), ProcessorError> {
+    let scope = format!(
+        "{}:{}",
+        state_key(ctx, stage.name()),
+        ranges
+            .iter()
+            .map(|((t, p), (a, b))| format!("{t}#{p}:{a}-{b}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    ranges.clear();
     for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
         stage.drain(&mut part.state, *p, batch);
     }
@@ -381,7 +398,7 @@ async fn flush<S: Stage>(
         }
     }
     // 2. Rows.
-    let res = batch.write(&ctx.store).await;
+    let res = batch.write(&ctx.store, &scope).await;
     if let Err(e) = res {
         batch.clear();
         return Err(e);
@@ -411,7 +428,7 @@ async fn flush<S: Stage>(
         }
         part.dirty = false;
     }
-    ctx.store.insert("processor_state", &states).await?;
+    ctx.store.insert("processor_state", &states, None).await?;
     if tpl.count() > 0 {
         // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
         // partition moved in a rebalance) only means a longer skip-replay next time.
