@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage, Outcome,
+    Catalog, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage, Kind, Outcome,
 };
 
 use crate::batch::Batch;
@@ -119,7 +119,25 @@ impl Stage for Journey {
         batch: &mut Batch,
     ) {
         match serde_json::from_slice::<Routed>(payload) {
-            Ok(Routed::Event(e)) => state.engine.process(e, seq),
+            Ok(Routed::Event(e)) => {
+                if !e.reattributed {
+                    let tp = self.catalog.classify(&e.event);
+                    let name = match e.event.kind {
+                        Kind::Track => e
+                            .event
+                            .event
+                            .as_deref()
+                            .filter(|n| self.catalog.events.contains_key(*n))
+                            .unwrap_or("other"),
+                        kind => kind.as_str(),
+                    };
+                    self.metrics
+                        .touchpoints
+                        .with_label_values(&[name, tp.stage.as_str(), tp.channel.as_str()])
+                        .inc();
+                }
+                state.engine.process(e, seq)
+            }
             Ok(Routed::Retract(r)) => state.engine.retract(&r, seq),
             Ok(Routed::Watermark {
                 source_partition,
@@ -183,6 +201,14 @@ impl Stage for Journey {
                     .funnel_attempts
                     .with_label_values(&[funnel, a.outcome.as_str()])
                     .inc();
+                if let Some(first) = a.step_times_ms.first() {
+                    for (k, t) in a.step_times_ms.iter().enumerate().skip(1) {
+                        self.metrics
+                            .step_delay_seconds
+                            .with_label_values(&[funnel, &(k + 1).to_string()])
+                            .observe((t - first).max(0) as f64 / 1000.0);
+                    }
+                }
                 for step in 1..=a.reached_step {
                     self.metrics
                         .funnel_step_reached

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub funnel_converted: IntCounterVec,
     /// Event-time watermark of each partition, seconds since the epoch.
     pub watermark_seconds: IntGaugeVec,
+    /// Touchpoints by event name (catalog events only; others by kind or `other`), stage
+    /// and channel: complaint spikes and channel mix for dashboards.
+    pub touchpoints: IntCounterVec,
+    /// Time from step 1 to each later step of closed attempts (e.g. complaint → staff
+    /// follow-up), seconds.
+    pub step_delay_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -88,6 +94,23 @@ impl Metrics {
             "Closed funnel attempts that converted",
             &["funnel"],
         )?;
+        let touchpoints = counter(
+            "touchstream_processor_touchpoints_total",
+            "Touchpoints placed or stored by the journey stage, by catalog event, stage and channel",
+            &["event", "stage", "channel"],
+        )?;
+        let step_delay_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "touchstream_processor_funnel_step_delay_seconds",
+                "Time from a closed attempt's first step to each later step it reached",
+            )
+            .buckets(vec![
+                60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0,
+                345600.0, 604800.0,
+            ]),
+            &["funnel", "step"],
+        )?;
+        registry.register(Box::new(step_delay_seconds.clone()))?;
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "touchstream_processor_consumer_lag",
@@ -138,6 +161,8 @@ impl Metrics {
             funnel_step_dropped,
             funnel_converted,
             watermark_seconds,
+            touchpoints,
+            step_delay_seconds,
         }))
     }
 
