@@ -14,7 +14,7 @@ step "local services (first run on a machine installs ClickHouse/Prometheus and 
 deploy/local/services.sh up
 
 step "python test environment ($VENV)"
-if ! "$VENV/bin/python" -c 'import fastavro, chdb, pytest' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import fastavro, chdb, pytest, yaml' 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 fi

@@ -70,8 +70,76 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<String>,
     },
+    /// The main job: migrate, create topics, run a collector and a processor, send
+    /// generated journeys through the HTTP API, and print a funnel report from ClickHouse.
+    /// Needs the local services (deploy/local/demo.sh starts them first).
+    Demo {
+        #[command(flatten)]
+        gen: GenArgs,
+        /// Target events per second; 0 = as fast as the collector answers.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Seconds to wait for the pipeline to catch up after sending.
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
+    /// Send generated customer journeys to any collector (test data, load).
+    Generate {
+        #[command(flatten)]
+        gen: GenArgs,
+        /// Collector base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Write key of the web source.
+        #[arg(long, default_value = "demo-web-key")]
+        web_key: String,
+        /// Write key of the call-centre source.
+        #[arg(long, default_value = "demo-crm-key")]
+        crm_key: String,
+        /// Target events per second; 0 = as fast as the collector answers.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
     /// Print the effective configuration (defaults + file + env), secrets masked.
     Config,
+}
+
+/// Journey generator settings shared by `demo` and `generate`.
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Customers to generate.
+    #[arg(long, default_value_t = 2000)]
+    customers: usize,
+    /// Seed: the same seed gives the same journeys.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Days over which journeys start (they end 8 days before now, so every window closes).
+    #[arg(long, default_value_t = 7)]
+    days: i64,
+    /// Web checkout drop-off at steps 1-3 (Product Viewed, Product Added, Checkout Started).
+    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.45, 0.35, 0.25])]
+    checkout_dropoff: Vec<f64>,
+    /// Service recovery drop-off at steps 1-2 (Complaint Filed, Follow-up Completed).
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [0.2, 0.5])]
+    service_dropoff: Vec<f64>,
+}
+
+impl GenArgs {
+    fn config(&self) -> anyhow::Result<touchstream_demo::generator::GeneratorConfig> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let mut c = touchstream_demo::generator::GeneratorConfig::new(now);
+        c.customers = self.customers;
+        c.seed = self.seed;
+        c.days = self.days;
+        c.checkout_dropoff = <[f64; 3]>::try_from(self.checkout_dropoff.as_slice())
+            .map_err(|_| anyhow::anyhow!("--checkout-dropoff takes 3 values"))?;
+        c.service_dropoff = <[f64; 2]>::try_from(self.service_dropoff.as_slice())
+            .map_err(|_| anyhow::anyhow!("--service-dropoff takes 2 values"))?;
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
 }
 
 /// One token for the whole process, cancelled on SIGTERM or Ctrl-C (STYLE §7).
@@ -180,6 +248,55 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding processor metrics to {addr}"))?;
             let shutdown = shutdown_on_signal();
             touchstream_processor::run(config, Some(listener), shutdown).await?;
+        }
+        Command::Demo {
+            gen,
+            rate,
+            wait_secs,
+        } => {
+            let opts = touchstream_demo::demo::DemoOptions {
+                generator: gen.config()?,
+                rate_per_sec: rate,
+                wait: std::time::Duration::from_secs(wait_secs),
+                progress: true,
+            };
+            let clickhouse = config.clickhouse.clone();
+            let result = touchstream_demo::demo::run(config, opts).await?;
+            println!("{}", result.report);
+            println!(
+                "Query ClickHouse: clickhouse-client --port 9000 -d {} (or HTTP {}); example queries in docs/queries/ and the README.\n\
+                 Metrics: run `touchstream collector` / `touchstream processor` and scrape :8080/metrics and :9464/metrics; \
+                 Prometheus http://127.0.0.1:9090, Alertmanager http://127.0.0.1:9093.",
+                clickhouse.database, clickhouse.url
+            );
+        }
+        Command::Generate {
+            gen,
+            url,
+            web_key,
+            crm_key,
+            rate,
+        } => {
+            let g = gen.config()?;
+            let (messages, summary) = touchstream_demo::generator::plan(&g);
+            let bar = indicatif::ProgressBar::new(summary.messages as u64);
+            let stats = touchstream_demo::sender::send(
+                &messages,
+                &touchstream_demo::sender::SendConfig {
+                    url,
+                    web_key,
+                    crm_key,
+                    rate_per_sec: rate,
+                    batch: 100,
+                },
+                Some(&bar),
+            )
+            .await?;
+            bar.finish();
+            println!(
+                "sent {} messages ({} accepted, {} rejected) in {} requests",
+                summary.messages, stats.accepted, stats.rejected, stats.requests
+            );
         }
         Command::Config => {
             println!("{config:#?}");

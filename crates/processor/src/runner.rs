@@ -99,6 +99,8 @@ struct Part<S> {
     pos: Position,
     dirty: bool,
     last_input: Instant,
+    /// Whether any input arrived since the partition was loaded.
+    seen_input: bool,
     gap_reloaded: bool,
     seek_tried: bool,
 }
@@ -174,6 +176,7 @@ async fn load_part<S: Stage>(
         pos,
         dirty: false,
         last_input: Instant::now(),
+        seen_input: false,
         gap_reloaded: false,
         seek_tried: false,
     })
@@ -231,7 +234,13 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     }
                 }
                 for part in parts.values_mut() {
-                    let idle = part.last_input.elapsed();
+                    // A partition silent since it was loaded may still be fetching a
+                    // backlog: it counts as idle ten times more slowly.
+                    let idle = if part.seen_input {
+                        part.last_input.elapsed()
+                    } else {
+                        part.last_input.elapsed() / 10
+                    };
                     if idle >= Duration::from_secs(1) && stage.idle(&mut part.state, idle, part.pos.seq) {
                         part.dirty = true;
                     }
@@ -259,6 +268,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     part.pos.next.insert(topic.clone(), offset + 1);
                     part.dirty = true;
                     part.last_input = Instant::now();
+                    part.seen_input = true;
                     stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut batch);
                 }
                 ranges

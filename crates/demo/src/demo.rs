@@ -1,0 +1,198 @@
+//! `touchstream demo`: migrate, create topics, run a collector and a processor in this
+//! process, play generated journeys through the collector's HTTP API, wait for the
+//! pipeline to catch up, and report from ClickHouse.
+//!
+//! The local services must be up (`deploy/local/services.sh up`, which
+//! `deploy/local/demo.sh` runs first).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use touchstream_core::Config;
+
+use crate::generator::{plan, GeneratorConfig};
+use crate::report::{closed_attempts, measure, render, Measured};
+use crate::sender::{send, SendConfig};
+
+/// Demo settings beyond the deployment config.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// What to generate.
+    pub generator: GeneratorConfig,
+    /// Target events per second (0: as fast as the collector answers).
+    pub rate_per_sec: f64,
+    /// How long to wait for the pipeline after sending.
+    pub wait: Duration,
+    /// Show progress bars (off in tests).
+    pub progress: bool,
+}
+
+/// The outcome, for callers that check it (the demo test).
+pub struct DemoResult {
+    /// The printed report.
+    pub report: String,
+    /// The measured figures.
+    pub measured: Measured,
+    /// What the generator planned.
+    pub plan: crate::generator::PlanSummary,
+}
+
+fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    let style =
+        ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    b.set_style(style);
+    b.set_message(what.to_string());
+    b
+}
+
+fn key_for(config: &Config, channel: &str) -> anyhow::Result<String> {
+    config
+        .collector
+        .sources
+        .iter()
+        .find(|s| s.default_channel == channel)
+        .or_else(|| config.collector.sources.first())
+        .map(|s| s.write_key.clone())
+        .context("collector.sources is empty: the demo needs a write key")
+}
+
+/// Run the demo end to end. The processor uses short lateness (60 s) and a 5 s idle
+/// watermark so that the backdated journeys close as soon as the input stops.
+pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoResult> {
+    opts.generator.validate().map_err(anyhow::Error::msg)?;
+    config.processor.allowed_lateness_secs = 60;
+    config.processor.idle_watermark_secs = 5;
+
+    let report = touchstream_clickhouse::migrate(&config.clickhouse)
+        .await
+        .with_context(|| {
+            format!(
+                "migrating ClickHouse at {} (are the local services up?)",
+                config.clickhouse.url
+            )
+        })?;
+    println!(
+        "ClickHouse {} migrated ({} migration files)",
+        report.server,
+        report.files.len()
+    );
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .with_context(|| format!("creating topics on {}", config.kafka.brokers))?;
+    println!("Kafka topics ready on {}", config.kafka.brokers);
+
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind(&config.collector.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the collector to {} (is another collector running?)",
+                config.collector.listen
+            )
+        })?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let collector = tokio::spawn(touchstream_collector::run(
+        config.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let metrics = TcpListener::bind(&config.processor.metrics_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding processor metrics to {}",
+                config.processor.metrics_listen
+            )
+        })?;
+    let processor = tokio::spawn(touchstream_processor::run(
+        config.clone(),
+        Some(metrics),
+        shutdown.clone(),
+    ));
+    println!(
+        "collector on {base}, processor metrics on http://{}",
+        config.processor.metrics_listen
+    );
+
+    let result = drive(&config, &opts, &base).await;
+
+    shutdown.cancel();
+    let _ = collector.await;
+    let _ = processor.await;
+    println!("collector and processor stopped");
+    result
+}
+
+async fn drive(config: &Config, opts: &DemoOptions, base: &str) -> anyhow::Result<DemoResult> {
+    let g = &opts.generator;
+    let (messages, summary) = plan(g);
+    let start_ms = messages.first().map_or(g.now_ms, |m| m.time_ms);
+    println!(
+        "generating {} customers (seed {}): {} messages over {} simulated days",
+        g.customers, g.seed, summary.messages, g.days
+    );
+    let send_cfg = SendConfig {
+        url: base.to_string(),
+        web_key: key_for(config, "web")?,
+        crm_key: key_for(config, "call_center")?,
+        rate_per_sec: opts.rate_per_sec,
+        batch: 100,
+    };
+    let b = bar(opts.progress, summary.messages as u64, "events sent");
+    let stats = send(&messages, &send_cfg, Some(&b)).await?;
+    b.finish();
+    if stats.rejected > 0 {
+        bail!(
+            "the collector rejected {} generated messages (see touchpoints.dlq)",
+            stats.rejected
+        );
+    }
+    println!(
+        "sent {} events in {} requests",
+        stats.accepted, stats.requests
+    );
+
+    let ch = touchstream_clickhouse::client(&config.clickhouse);
+    let b = bar(
+        opts.progress,
+        summary.attempts as u64,
+        "funnel attempts closed",
+    );
+    let deadline = Instant::now() + opts.wait;
+    loop {
+        let closed = closed_attempts(&ch, g, start_ms).await.unwrap_or(0);
+        b.set_position(closed.min(summary.attempts as u64));
+        if closed >= summary.attempts as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            b.abandon();
+            bail!(
+                "the pipeline closed {closed} of {} funnel attempts within {:?}; see .local/log and the processor metrics",
+                summary.attempts,
+                opts.wait
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.finish();
+    // Let the last journey rows land (they are written in the same batches, but a
+    // touchpoint may trail its attempt by one flush).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let measured = measure(&ch, g, start_ms).await?;
+    let text = render(g, &summary, &measured);
+    Ok(DemoResult {
+        report: text,
+        measured,
+        plan: summary,
+    })
+}

@@ -1,0 +1,425 @@
+//! The journey generator: a seeded, repeatable plan of multi-channel customer journeys.
+//!
+//! Customers browse anonymously, view and add products, check out, buy or abandon their
+//! cart (with a sendBeacon-style `Cart Abandoned`), identify on the way, visit stores,
+//! complain to the call centre, get staff follow-ups and buy again. Drop-off at each
+//! funnel step is *allocated*, not sampled: of the customers reaching a step, exactly the
+//! configured share (rounded) stops there, chosen by the seeded shuffle. So the rates the
+//! pipeline measures can be compared with the configured ones without sampling noise,
+//! and any gap is the pipeline's.
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+/// What to generate. Rates are fractions (0.35 = 35 %).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratorConfig {
+    /// Customers. Default 2000.
+    pub customers: usize,
+    /// Seed of every random choice. Default 42.
+    pub seed: u64,
+    /// Share of customers who shop on the web (the rest are call-centre service cases
+    /// and store visitors). Default 0.75.
+    pub web_share: f64,
+    /// Share of customers with a complaint (service recovery). Default 0.2.
+    pub service_share: f64,
+    /// Drop-off at web checkout steps 1–3 (Product Viewed, Product Added, Checkout
+    /// Started), each among those who reached the step. Default 0.45, 0.35, 0.25.
+    pub checkout_dropoff: [f64; 3],
+    /// Drop-off at service recovery steps 1–2 (Complaint Filed, Follow-up Completed).
+    /// Default 0.2, 0.5.
+    pub service_dropoff: [f64; 2],
+    /// Share of web shoppers who never reach checkout but still sign in. Default 0.3.
+    pub identify_share: f64,
+    /// Journeys start over this many days, ending 8 days before `now_ms` so every
+    /// funnel window (the longest is 7 days) has passed. Default 7.
+    pub days: i64,
+    /// The wall clock the plan ends at, epoch ms.
+    pub now_ms: i64,
+}
+
+impl GeneratorConfig {
+    /// Defaults, ending at `now_ms`.
+    pub fn new(now_ms: i64) -> Self {
+        Self {
+            customers: 2000,
+            seed: 42,
+            web_share: 0.75,
+            service_share: 0.2,
+            checkout_dropoff: [0.45, 0.35, 0.25],
+            service_dropoff: [0.2, 0.5],
+            identify_share: 0.3,
+            days: 7,
+            now_ms,
+        }
+    }
+
+    /// Rates must be fractions and shares must leave room for each other.
+    pub fn validate(&self) -> Result<(), String> {
+        let frac = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be between 0 and 1, got {v}"))
+            }
+        };
+        frac("web_share", self.web_share)?;
+        frac("service_share", self.service_share)?;
+        frac("identify_share", self.identify_share)?;
+        for v in self.checkout_dropoff {
+            frac("checkout drop-off", v)?;
+        }
+        for v in self.service_dropoff {
+            frac("service drop-off", v)?;
+        }
+        if self.web_share + self.service_share > 1.0 + 1e-9 {
+            return Err("web_share + service_share must not exceed 1".into());
+        }
+        if self.customers == 0 || self.days < 1 {
+            return Err("need at least one customer and one day".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a message is sent, as the frontend that produces it would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A web page's batch (analytics.js), write key of the web source.
+    Web,
+    /// `navigator.sendBeacon` on page unload: text/plain, write key in the body.
+    Beacon,
+    /// The call-centre CRM / store systems, write key of the call-center source.
+    Crm,
+}
+
+/// One message of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// Event time, epoch ms.
+    pub time_ms: i64,
+    /// How it is sent.
+    pub transport: Transport,
+    /// The Segment message (without `timestamp`, set from `time_ms` when sent).
+    pub message: Value,
+}
+
+/// What the plan contains, to print beside what the pipeline measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanSummary {
+    /// Web checkout attempts reaching steps 1..=4.
+    pub checkout_reached: [usize; 4],
+    /// Service recovery attempts reaching steps 1..=3.
+    pub service_reached: [usize; 3],
+    /// Complaint → follow-up delays, minutes, sorted.
+    pub follow_up_minutes: Vec<f64>,
+    /// Closed funnel attempts the pipeline must end up with.
+    pub attempts: usize,
+    /// Messages in the plan.
+    pub messages: usize,
+}
+
+impl PlanSummary {
+    /// Drop-off at a step (1-based) from reached counts.
+    pub fn dropoff(reached: &[usize], step: usize) -> Option<f64> {
+        let here = *reached.get(step - 1)?;
+        let next = reached.get(step).copied().unwrap_or(here);
+        (here > 0).then(|| (here - next) as f64 / here as f64)
+    }
+
+    /// Quantile of the follow-up delays, defined as ClickHouse's `quantileExact` (the
+    /// element at index ⌊q·n⌋ of the sorted values), so the two can be compared.
+    pub fn follow_up_quantile(&self, q: f64) -> Option<f64> {
+        let v = &self.follow_up_minutes;
+        if v.is_empty() {
+            return None;
+        }
+        let idx = ((q * v.len() as f64).floor() as usize).min(v.len() - 1);
+        v.get(idx).copied()
+    }
+}
+
+/// Of `ids`, keep exactly `round(len × (1 − dropoff))`, chosen by the shuffle.
+fn allocate(ids: &[usize], dropoff: f64, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let keep = ((ids.len() as f64) * (1.0 - dropoff)).round() as usize;
+    let mut v = ids.to_vec();
+    v.shuffle(rng);
+    v.truncate(keep.min(ids.len()));
+    v.sort_unstable();
+    v
+}
+
+/// Build the plan, sorted by event time.
+pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let n = cfg.customers;
+    let n_web = ((n as f64) * cfg.web_share).round() as usize;
+    let n_service = (((n as f64) * cfg.service_share).round() as usize).min(n - n_web);
+    let start = cfg.now_ms - (cfg.days + 8) * DAY;
+    let span = cfg.days * DAY;
+    let mut out: Vec<Planned> = Vec::new();
+    let mut summary = PlanSummary::default();
+    let s = cfg.seed;
+
+    // Who gets how far, allocated exactly.
+    let web: Vec<usize> = (0..n_web).collect();
+    let added = allocate(&web, cfg.checkout_dropoff[0], &mut rng);
+    let checkout = allocate(&added, cfg.checkout_dropoff[1], &mut rng);
+    let bought = allocate(&checkout, cfg.checkout_dropoff[2], &mut rng);
+    summary.checkout_reached = [web.len(), added.len(), checkout.len(), bought.len()];
+    let service: Vec<usize> = (n_web..n_web + n_service).collect();
+    let followed = allocate(&service, cfg.service_dropoff[0], &mut rng);
+    let rebought = allocate(&followed, cfg.service_dropoff[1], &mut rng);
+    summary.service_reached = [service.len(), followed.len(), rebought.len()];
+    summary.attempts = web.len() + service.len();
+
+    let mut msg_no = 0usize;
+    let mut push = |out: &mut Vec<Planned>, t: i64, transport: Transport, mut m: Value| {
+        msg_no += 1;
+        m["messageId"] = json!(format!("gen-{s}-{msg_no}"));
+        out.push(Planned {
+            time_ms: t,
+            transport,
+            message: m,
+        });
+    };
+
+    for i in web.iter().copied() {
+        let anon = format!("anon-{s}-{i}");
+        let user = format!("user-{s}-{i}");
+        let mut t = start + rng.random_range(0..span);
+        let step = |rng: &mut ChaCha8Rng| rng.random_range(MIN..12 * MIN);
+        let entry = match rng.random_range(0..3) {
+            0 => {
+                json!({"type": "track", "event": "Ad Clicked", "anonymousId": anon, "properties": {"campaign": "autumn"}})
+            }
+            1 => {
+                json!({"type": "track", "event": "Email Link Clicked", "anonymousId": anon, "properties": {"campaign": "newsletter"}})
+            }
+            _ => {
+                json!({"type": "page", "name": "Home", "anonymousId": anon, "properties": {"path": "/"}})
+            }
+        };
+        push(&mut out, t, Transport::Web, entry);
+        t += step(&mut rng);
+        push(
+            &mut out,
+            t,
+            Transport::Web,
+            json!({"type": "page", "name": "Product List", "anonymousId": anon}),
+        );
+        t += step(&mut rng);
+        let sku = format!("SKU-{}", rng.random_range(1..40));
+        push(
+            &mut out,
+            t,
+            Transport::Web,
+            json!({"type": "track", "event": "Product Viewed", "anonymousId": anon, "properties": {"sku": sku}}),
+        );
+        let reached_add = added.binary_search(&i).is_ok();
+        let reached_checkout = checkout.binary_search(&i).is_ok();
+        let reached_buy = bought.binary_search(&i).is_ok();
+        if !reached_checkout && rng.random_bool(cfg.identify_share) {
+            t += step(&mut rng);
+            push(
+                &mut out,
+                t,
+                Transport::Web,
+                json!({"type": "identify", "anonymousId": anon, "userId": user, "traits": {"newsletter": true}}),
+            );
+        }
+        if reached_add {
+            t += step(&mut rng);
+            push(
+                &mut out,
+                t,
+                Transport::Web,
+                json!({"type": "track", "event": "Product Added", "anonymousId": anon, "properties": {"sku": sku, "quantity": 1}}),
+            );
+            if !reached_checkout {
+                t += step(&mut rng);
+                push(
+                    &mut out,
+                    t,
+                    Transport::Beacon,
+                    json!({"type": "track", "event": "Cart Abandoned", "anonymousId": anon, "properties": {"sku": sku}}),
+                );
+            }
+        }
+        if reached_checkout {
+            // Signing in to check out links the anonymous browsing to the user.
+            t += step(&mut rng);
+            push(
+                &mut out,
+                t,
+                Transport::Web,
+                json!({"type": "identify", "anonymousId": anon, "userId": user}),
+            );
+            push(
+                &mut out,
+                t + 1000,
+                Transport::Web,
+                json!({"type": "track", "event": "Checkout Started", "anonymousId": anon, "userId": user}),
+            );
+            t += 1000;
+        }
+        if reached_buy {
+            t += step(&mut rng);
+            push(
+                &mut out,
+                t,
+                Transport::Web,
+                json!({"type": "track", "event": "Order Completed", "userId": user, "properties": {"order_id": format!("O-{s}-{i}"), "revenue": 20 + i % 80}}),
+            );
+            push(
+                &mut out,
+                t + DAY,
+                Transport::Crm,
+                json!({"type": "track", "event": "Order Shipped", "userId": user, "channel": "email"}),
+            );
+            if rng.random_bool(0.3) {
+                push(
+                    &mut out,
+                    t + 4 * DAY,
+                    Transport::Web,
+                    json!({"type": "track", "event": "Survey Completed", "userId": user, "properties": {"score": rng.random_range(1..=5)}}),
+                );
+            }
+        }
+    }
+
+    for i in service.iter().copied() {
+        let user = format!("user-{s}-{i}");
+        let t = start + rng.random_range(0..span);
+        push(
+            &mut out,
+            t,
+            Transport::Crm,
+            json!({"type": "track", "event": "Complaint Filed", "userId": user, "properties": {"topic": "late delivery"}}),
+        );
+        if followed.binary_search(&i).is_ok() {
+            // Log-uniform between 15 min and 36 h: most quickly, a long tail.
+            let ln = rng.random_range((15.0f64).ln()..(36.0f64 * 60.0).ln());
+            let delay_min = ln.exp();
+            summary
+                .follow_up_minutes
+                .push((delay_min * 60_000.0).round() / 60_000.0);
+            let tf = t + (delay_min * 60_000.0) as i64;
+            push(
+                &mut out,
+                tf,
+                Transport::Crm,
+                json!({"type": "track", "event": "Follow-up Completed", "userId": user, "properties": {"agent": format!("staff-{}", i % 17)}}),
+            );
+            if rebought.binary_search(&i).is_ok() {
+                let tr = tf + rng.random_range(DAY..4 * DAY);
+                push(
+                    &mut out,
+                    tr,
+                    Transport::Web,
+                    json!({"type": "track", "event": "Order Completed", "userId": user, "properties": {"order_id": format!("R-{s}-{i}")}}),
+                );
+            }
+        }
+    }
+
+    for i in n_web + n_service..n {
+        let user = format!("user-{s}-{i}");
+        let t = start + rng.random_range(0..span);
+        push(
+            &mut out,
+            t,
+            Transport::Crm,
+            json!({"type": "track", "event": "Store Visited", "userId": user, "channel": "store", "properties": {"store": "Leeds"}}),
+        );
+        if rng.random_bool(0.5) {
+            push(
+                &mut out,
+                t + 30 * MIN,
+                Transport::Crm,
+                json!({"type": "track", "event": "Survey Completed", "userId": user, "channel": "store"}),
+            );
+        }
+    }
+
+    out.sort_by_key(|m| m.time_ms);
+    summary.follow_up_minutes.sort_by(f64::total_cmp);
+    summary.messages = out.len();
+    (out, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> GeneratorConfig {
+        GeneratorConfig {
+            customers: 400,
+            ..GeneratorConfig::new(1_800_000_000_000)
+        }
+    }
+
+    #[test]
+    fn same_seed_same_plan_other_seed_other_plan() {
+        assert_eq!(plan(&cfg()).0, plan(&cfg()).0);
+        let other = GeneratorConfig { seed: 7, ..cfg() };
+        assert_ne!(plan(&cfg()).0, plan(&other).0);
+    }
+
+    #[test]
+    fn drop_off_is_allocated_exactly() {
+        let (_, s) = plan(&cfg());
+        assert_eq!(s.checkout_reached, [300, 165, 107, 80]);
+        assert_eq!(s.service_reached, [80, 64, 32]);
+        assert_eq!(s.attempts, 380);
+        let d1 = PlanSummary::dropoff(&s.checkout_reached, 1).unwrap();
+        assert!((d1 - 0.45).abs() < 0.005, "{d1}");
+        assert_eq!(PlanSummary::dropoff(&s.checkout_reached, 4), Some(0.0));
+    }
+
+    #[test]
+    fn plan_is_time_ordered_and_ends_before_now() {
+        let c = cfg();
+        let (p, s) = plan(&c);
+        assert_eq!(p.len(), s.messages);
+        assert!(p.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
+        assert!(p.iter().all(|m| m.time_ms < c.now_ms));
+        // Every message is one the collector accepts: ids, types, names.
+        for m in &p {
+            let msg = &m.message;
+            assert!(msg["messageId"].is_string());
+            assert!(msg["anonymousId"].is_string() || msg["userId"].is_string());
+            if msg["type"] == "track" {
+                assert!(msg["event"].is_string());
+            }
+        }
+        assert!(p.iter().any(|m| m.transport == Transport::Beacon));
+        assert_eq!(s.follow_up_minutes.len(), 64);
+        let median = s.follow_up_quantile(0.5).unwrap();
+        assert!((15.0..=2160.0).contains(&median));
+    }
+
+    #[test]
+    fn bad_rates_are_refused() {
+        assert!(GeneratorConfig {
+            checkout_dropoff: [1.5, 0.0, 0.0],
+            ..cfg()
+        }
+        .validate()
+        .is_err());
+        assert!(GeneratorConfig {
+            web_share: 0.9,
+            service_share: 0.2,
+            ..cfg()
+        }
+        .validate()
+        .is_err());
+        assert!(cfg().validate().is_ok());
+    }
+}
