@@ -1,0 +1,300 @@
+//! Poison input on `touchpoints.raw`: records the processor cannot decode go to the DLQ
+//! with where they came from, and never stop the stream.
+//!
+//! Valid Avro touchpoints, then on every partition garbage bytes, a JSON text, a value
+//! with the right `C3 01` marker but an unknown schema fingerprint, a truncated Avro value
+//! and an empty value, then more valid touchpoints, all produced straight to the raw topic
+//! (as a broken producer other than the collector could). Every valid event must reach
+//! ClickHouse `events`; each undecodable record must appear once in the DLQ as JSON with
+//! `reason = "undecodable"` and the topic, partition and offset its delivery report gave;
+//! the processor must still run and store the events that came after the poison.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use touchstream_core::config::Config;
+use touchstream_core::{avro, MessageType, Touchpoint};
+use touchstream_tests as support;
+
+/// Valid events per partition before the poison, and again after it.
+const VALID_PER_PARTITION: usize = 5;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn config() -> Config {
+    let mut c = Config {
+        kafka: support::kafka_config("poison"),
+        clickhouse: support::clickhouse_config("poison"),
+        ..Config::default()
+    };
+    c.processor.group_id = support::unique("it-poison");
+    c.processor.funnels_path = repo("deploy/funnels.toml");
+    c.processor.catalog_path = repo("deploy/catalog.toml");
+    c.processor.batch_max_ms = 200;
+    c.processor.idle_watermark_secs = 0;
+    c
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+fn touchpoint(event_id: &str, anonymous_id: &str, t: i64) -> Touchpoint {
+    Touchpoint {
+        event_id: event_id.to_string(),
+        message_type: MessageType::Track,
+        event: Some("Product Viewed".into()),
+        anonymous_id: Some(anonymous_id.to_string()),
+        user_id: None,
+        previous_id: None,
+        event_time_ms: t,
+        timestamp_ms: Some(t),
+        sent_at_ms: None,
+        received_at_ms: t,
+        source: "web".into(),
+        channel: "web".into(),
+        properties: r#"{"sku":"SKU-1"}"#.into(),
+        traits: "{}".into(),
+        context: "{}".into(),
+        ip: None,
+        user_agent: None,
+        extra: "{}".into(),
+    }
+}
+
+/// Produce one record to an explicit partition; returns the (partition, offset) of its
+/// delivery report.
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: Option<&str>,
+    payload: Option<&[u8]>,
+) -> (i32, i64) {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).partition(partition);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    let delivery = producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}/{partition}: {e}"));
+    assert_eq!(delivery.partition, partition);
+    (delivery.partition, delivery.offset)
+}
+
+/// The undecodable values produced to each partition, by name.
+fn poison_values() -> Vec<(&'static str, Option<Vec<u8>>)> {
+    let valid = avro::encode(&touchpoint("poison-template", "anon-x", now_ms())).expect("encode");
+    let mut wrong_fingerprint = valid.clone();
+    let other = (avro::fingerprint() ^ 0xdead_beef).to_le_bytes();
+    wrong_fingerprint[2..avro::HEADER_LEN].copy_from_slice(&other);
+    let truncated = valid[..valid.len() / 2].to_vec();
+    vec![
+        (
+            "garbage",
+            Some(
+                (0u16..300)
+                    .map(|i| (i.wrapping_mul(37) ^ 0xa5) as u8)
+                    .collect(),
+            ),
+        ),
+        (
+            "json",
+            Some(br#"{"type":"track","event":"Product Viewed","userId":"u-1"}"#.to_vec()),
+        ),
+        ("wrong fingerprint", Some(wrong_fingerprint)),
+        ("truncated avro", Some(truncated)),
+        ("empty value", None),
+    ]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct EventId {
+    event_id: String,
+}
+
+async fn stored_event_ids(ch: &clickhouse::Client) -> BTreeSet<String> {
+    ch.query("SELECT DISTINCT event_id FROM events")
+        .fetch_all::<EventId>()
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
+    support::require_port("Kafka", &support::kafka_brokers());
+    let config = config();
+    touchstream_clickhouse::migrate(&config.clickhouse)
+        .await
+        .expect("migrate");
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let topic = config.kafka.raw_topic.clone();
+    let producer = touchstream_core::kafka::producer(&config.kafka, 10_000).expect("producer");
+    let t0 = now_ms() - 60_000;
+
+    // Each anonymous id stays in one partition, as its identity key would keep it.
+    let mut before = BTreeSet::new();
+    let mut after = BTreeSet::new();
+    let mut n = 0i64;
+    let mut send_valid = |phase: &'static str, p: i32| {
+        let mut batch = Vec::new();
+        for i in 0..VALID_PER_PARTITION {
+            n += 1;
+            let id = format!("{phase}-{p}-{i}");
+            let anon = format!("anon-{p}-{i}");
+            batch.push((
+                id.clone(),
+                anon.clone(),
+                touchpoint(&id, &anon, t0 + n * 10),
+            ));
+        }
+        batch
+    };
+
+    let mut poison: BTreeMap<(i32, i64), (&'static str, Vec<u8>)> = BTreeMap::new();
+    for p in 0..config.kafka.partitions {
+        for (id, anon, tp) in send_valid("before", p) {
+            let bytes = avro::encode(&tp).expect("encode");
+            produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
+            before.insert(id);
+        }
+        for (name, value) in poison_values() {
+            let at = produce(&producer, &topic, p, Some("anon-poison"), value.as_deref()).await;
+            poison.insert(at, (name, value.unwrap_or_default()));
+        }
+        for (id, anon, tp) in send_valid("after", p) {
+            let bytes = avro::encode(&tp).expect("encode");
+            produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
+            after.insert(id);
+        }
+    }
+
+    let token = CancellationToken::new();
+    let task = tokio::spawn(touchstream_processor::run(
+        config.clone(),
+        None,
+        token.clone(),
+    ));
+
+    // Every valid event, including those behind the poison, reaches ClickHouse.
+    let ch = touchstream_clickhouse::client(&config.clickhouse);
+    let want: BTreeSet<String> = before.union(&after).cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let stored = loop {
+        let stored = stored_event_ids(&ch).await;
+        if stored.is_superset(&want) {
+            break stored;
+        }
+        assert!(
+            !task.is_finished(),
+            "the processor stopped on poison input: {:?}",
+            tokio::time::timeout(Duration::from_secs(5), task).await
+        );
+        assert!(
+            Instant::now() < deadline,
+            "events missing from ClickHouse: {:?}",
+            want.difference(&stored).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(stored, want, "only the valid events are stored");
+
+    // Each undecodable record is in the DLQ once, with where it was read from.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dead: BTreeMap<(i32, i64), Value> = loop {
+        let records = support::drain_topic(
+            &config.kafka.brokers,
+            &config.kafka.dlq_topic,
+            Duration::from_secs(3),
+        )
+        .await;
+        let mut dead = BTreeMap::new();
+        for (_, v) in records {
+            let doc: Value = serde_json::from_slice(&v).expect("DLQ records are JSON");
+            if doc["reason"] != "undecodable" {
+                continue;
+            }
+            let at = (
+                doc["kafka_partition"].as_i64().expect("kafka_partition") as i32,
+                doc["kafka_offset"].as_i64().expect("kafka_offset"),
+            );
+            assert!(
+                dead.insert(at, doc).is_none(),
+                "record at {at:?} dead-lettered twice"
+            );
+        }
+        if dead.len() >= poison.len() || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(
+        dead.keys().collect::<Vec<_>>(),
+        poison.keys().collect::<Vec<_>>(),
+        "one DLQ record per undecodable record, at the partition/offset it was produced to"
+    );
+    for (at, (name, bytes)) in &poison {
+        let doc = &dead[at];
+        assert_eq!(doc["kafka_topic"], topic.as_str(), "{name} at {at:?}");
+        assert_eq!(doc["source"], "processor", "{name} at {at:?}");
+        assert_eq!(doc["payload_hex"], hex(bytes), "{name} at {at:?}: payload");
+        assert!(
+            doc["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{name} at {at:?}: a detail says why: {doc}"
+        );
+    }
+    let wrong_fp = poison
+        .iter()
+        .find(|(_, (name, _))| *name == "wrong fingerprint")
+        .map(|(at, _)| &dead[at])
+        .expect("wrong fingerprint record");
+    assert!(
+        wrong_fp["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fingerprint"),
+        "{wrong_fp}"
+    );
+
+    // Still running: it did not exit or crash on the poison, and it stops cleanly.
+    assert!(!task.is_finished(), "the processor is still running");
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("processor stops in time")
+        .expect("join")
+        .expect("processor exits cleanly");
+
+    touchstream_clickhouse::server_client(&config.clickhouse)
+        .query(&format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            config.clickhouse.database
+        ))
+        .execute()
+        .await
+        .expect("drop");
+}
