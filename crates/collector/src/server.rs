@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use touchstream_core::config::{CollectorConfig, KafkaConfig};
 use touchstream_core::{avro, Config, MessageType};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument as _;
 
 use crate::auth::{basic_username, Source, Sources};
 use crate::body;
@@ -281,7 +282,10 @@ async fn ingest(
     ep: Endpoint,
 ) -> Response {
     let started = Instant::now();
-    let result = ingest_inner(&st, peer, &headers, body, ep).await;
+    // A span per request: counts and reasons only, never bodies or ids.
+    let result = ingest_inner(&st, peer, &headers, body, ep)
+        .instrument(tracing::debug_span!("ingest", endpoint = ep.label()))
+        .await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {

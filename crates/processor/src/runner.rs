@@ -26,6 +26,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use touchstream_core::config::KafkaConfig;
+use tracing::Instrument as _;
 
 use crate::batch::Batch;
 use crate::metrics::Metrics;
@@ -217,7 +218,9 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges).await?;
+                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                    .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
+                    .await?;
                 tracing::info!(stage = stage.name(), "stage stopped after a final flush");
                 return Ok(());
             }
@@ -247,7 +250,9 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 }
                 let due = last_flush.elapsed() >= ctx.batch_max;
                 if due && (pending_msgs > 0 || parts.values().any(|p| p.dirty)) {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges).await?;
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                    .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
+                    .await?;
                     pending_msgs = 0;
                     last_flush = Instant::now();
                 }
@@ -278,7 +283,9 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 ctx.metrics.messages.with_label_values(&[stage.name(), "processed"]).inc();
                 pending_msgs += 1;
                 if pending_msgs >= ctx.batch_max_rows {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges).await?;
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                    .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
+                    .await?;
                     pending_msgs = 0;
                     last_flush = Instant::now();
                 }
