@@ -4,7 +4,8 @@
 //! Valid Avro touchpoints, then on every partition garbage bytes, a JSON text, a value
 //! with the right `C3 01` marker but an unknown schema fingerprint, a truncated Avro value
 //! and an empty value, then more valid touchpoints, all produced straight to the raw topic
-//! (as a broken producer other than the collector could). Every valid event must reach
+//! (as a broken producer other than the collector could), plus valid touchpoints with
+//! extreme past event times (epoch 0, year 0, `i64::MIN`). Every valid event must reach
 //! ClickHouse `events`; each undecodable record must appear once in the DLQ as JSON with
 //! `reason = "undecodable"` and the topic, partition and offset its delivery report gave;
 //! the processor must still run and store the events that came after the poison.
@@ -179,6 +180,29 @@ async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
     for p in 0..config.kafka.partitions {
         for (id, anon, tp) in send_valid("before", p) {
             let bytes = avro::encode(&tp).expect("encode");
+            produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
+            before.insert(id);
+        }
+        // Decodable but extreme: event times a direct producer could write (the
+        // collector clamps future times, but not the past).
+        for (i, t) in [0, -62_167_219_200_000, i64::MIN, i64::MAX]
+            .into_iter()
+            .enumerate()
+        {
+            let id = format!("extreme-{p}-{i}");
+            let anon = format!("anon-{p}-extreme");
+            let bytes = avro::encode(&touchpoint(&id, &anon, t)).expect("encode");
+            produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
+            before.insert(id);
+        }
+        // Decodable but extreme: past event times a direct producer could write (the
+        // collector clamps future times, but not the past). Far-future times are left
+        // out on purpose: one such record moves the partition's watermark for good (see
+        // docs/guarantees.md, "Not yet guaranteed").
+        for (i, t) in [0, -62_167_219_200_000, i64::MIN].into_iter().enumerate() {
+            let id = format!("extreme-{p}-{i}");
+            let anon = format!("anon-{p}-extreme");
+            let bytes = avro::encode(&touchpoint(&id, &anon, t)).expect("encode");
             produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
             before.insert(id);
         }

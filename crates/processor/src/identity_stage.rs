@@ -254,6 +254,10 @@ impl Stage for Identity {
         state.sent_ms = Some(w);
     }
 
+    fn idle_after(&self) -> Option<Duration> {
+        self.idle_watermark
+    }
+
     fn idle(&self, state: &mut IdentityState, idle: Duration, _seq: u64) -> bool {
         match self.idle_watermark {
             Some(limit) if idle >= limit => {

@@ -61,10 +61,41 @@ pub trait Stage: Send + Sync + 'static {
     );
     /// Move outputs the state holds into the batch (called before every flush).
     fn drain(&self, state: &mut Self::State, partition: i32, batch: &mut Batch);
-    /// The partition had no input for `idle`; return true if the state changed.
+    /// After how long without input a caught-up partition counts as idle (`None`: never).
+    fn idle_after(&self) -> Option<Duration> {
+        None
+    }
+    /// The partition is caught up and had no input for `idle`; return true if the state
+    /// changed.
     fn idle(&self, _state: &mut Self::State, _idle: Duration, _seq: u64) -> bool {
         false
     }
+}
+
+/// Whether every input topic of `partition` has been processed up to its end: the high
+/// watermark librdkafka's statistics last reported (every second; no broker round trip,
+/// so the loop never blocks on it). A topic this partition never delivered and the
+/// statistics do not know yet counts as caught up (an unused co-partitioned topic such as
+/// `touchpoints.aliases`); one we did read but without statistics does not.
+fn caught_up(
+    consumer: &StreamConsumer<LagContext>,
+    topics: &[String],
+    partition: i32,
+    pos: &Position,
+) -> bool {
+    let Ok(high) = consumer.context().high.lock() else {
+        return false;
+    };
+    topics.iter().all(|topic| {
+        let next = pos.next.get(topic).copied();
+        match (high.get(&(topic.clone(), partition)), next) {
+            (Some((h, _)), Some(n)) => n >= *h,
+            // Not read since start: librdkafka's own lag (from its fetch position) says.
+            (Some((h, lag)), None) => *h == 0 || *lag == 0,
+            (None, Some(_)) => false,
+            (None, None) => true,
+        }
+    })
 }
 
 /// Where the stage runs and writes.
@@ -100,16 +131,17 @@ struct Part<S> {
     pos: Position,
     dirty: bool,
     last_input: Instant,
-    /// Whether any input arrived since the partition was loaded.
-    seen_input: bool,
     gap_reloaded: bool,
     seek_tried: bool,
 }
 
-/// Publishes librdkafka's per-partition consumer lag.
+/// Publishes librdkafka's per-partition consumer lag, and keeps each partition's high
+/// watermark from the same statistics for the idle check.
 pub struct LagContext {
     stage: &'static str,
     metrics: Arc<Metrics>,
+    /// (high watermark, consumer lag) per topic partition.
+    high: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
 }
 
 impl ClientContext for LagContext {
@@ -121,6 +153,11 @@ impl ClientContext for LagContext {
                         .consumer_lag
                         .with_label_values(&[self.stage, topic, &p.to_string()])
                         .set(part.consumer_lag);
+                }
+                if *p >= 0 && part.hi_offset >= 0 {
+                    if let Ok(mut high) = self.high.lock() {
+                        high.insert((topic.clone(), *p), (part.hi_offset, part.consumer_lag));
+                    }
                 }
             }
         }
@@ -177,7 +214,6 @@ async fn load_part<S: Stage>(
         pos,
         dirty: false,
         last_input: Instant::now(),
-        seen_input: false,
         gap_reloaded: false,
         seek_tried: false,
     })
@@ -191,12 +227,13 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         // Range assignment gives partition p of every input topic to the same member:
         // the co-partitioning the identity stage relies on.
         .set("partition.assignment.strategy", "range")
-        .set("statistics.interval.ms", "5000")
+        .set("statistics.interval.ms", "1000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .create_with_context(LagContext {
             stage: stage.name(),
             metrics: ctx.metrics.clone(),
+            high: std::sync::Mutex::new(HashMap::new()),
         })?;
     let topics = stage.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -236,16 +273,17 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                         v.insert(load_part(stage, ctx, p).await?);
                     }
                 }
-                for part in parts.values_mut() {
-                    // A partition silent since it was loaded may still be fetching a
-                    // backlog: it counts as idle ten times more slowly.
-                    let idle = if part.seen_input {
-                        part.last_input.elapsed()
-                    } else {
-                        part.last_input.elapsed() / 10
-                    };
-                    if idle >= Duration::from_secs(1) && stage.idle(&mut part.state, idle, part.pos.seq) {
-                        part.dirty = true;
+                if let Some(limit) = stage.idle_after() {
+                    for (p, part) in parts.iter_mut() {
+                        let idle = part.last_input.elapsed();
+                        // Silent is not idle while a backlog waits (a rebalance or restart
+                        // pauses consumption): only a caught-up partition counts.
+                        if idle >= limit
+                            && caught_up(&consumer, &topics, *p, &part.pos)
+                            && stage.idle(&mut part.state, idle, part.pos.seq)
+                        {
+                            part.dirty = true;
+                        }
                     }
                 }
                 let due = last_flush.elapsed() >= ctx.batch_max;
@@ -273,7 +311,6 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     part.pos.next.insert(topic.clone(), offset + 1);
                     part.dirty = true;
                     part.last_input = Instant::now();
-                    part.seen_input = true;
                     stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut batch);
                 }
                 ranges
