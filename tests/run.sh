@@ -25,11 +25,11 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "cargo build the touchstream binary (the crash test and the python tests run it)"
+cargo build --quiet -p touchstream
+
 step "cargo test (unit + integration against the local services)"
 cargo test --workspace --quiet
-
-step "cargo build the touchstream binary for the python tests"
-cargo build --quiet -p touchstream
 
 step "python tests"
 TS_BIN="$ROOT/target/debug/touchstream" "$VENV/bin/python" -m pytest -q tests/python

@@ -288,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
                     crm_key,
                     rate_per_sec: rate,
                     batch: 100,
+                    sent_at: true,
                 },
                 Some(&bar),
             )

@@ -9,8 +9,7 @@ use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::OffsetDateTime;
 use touchstream_core::{is_placeholder_id, Channel, MessageType, Touchpoint};
 
-/// Events more than this far after `received_at` are clamped to it (SPEC §2, Time).
-pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+pub use touchstream_core::event::MAX_FUTURE_MS;
 
 /// Message fields with a column of their own (and `writeKey`, a secret never stored);
 /// any other top-level field goes to `extra`.

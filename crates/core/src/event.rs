@@ -191,6 +191,11 @@ impl Touchpoint {
     }
 }
 
+/// An event time more than this after `received_at` is treated as `received_at`
+/// (SPEC §2, Time): the collector clamps, and the processor never lets such a time move a
+/// watermark (a record written by another producer could carry any time).
+pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+
 /// Ids that broken clients send instead of a real one (SPEC §4): `anonymous`, `null`,
 /// `undefined`, `0`, empty or whitespace, compared trimmed and case-insensitively.
 /// They are never identities; a message carrying one is rejected.

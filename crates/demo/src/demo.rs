@@ -146,6 +146,7 @@ async fn drive(config: &Config, opts: &DemoOptions, base: &str) -> anyhow::Resul
         crm_key: key_for(config, "call_center")?,
         rate_per_sec: opts.rate_per_sec,
         batch: 100,
+        sent_at: true,
     };
     let b = bar(opts.progress, summary.messages as u64, "events sent");
     let stats = send(&messages, &send_cfg, Some(&b)).await?;

@@ -26,6 +26,9 @@ pub struct SendConfig {
     pub rate_per_sec: f64,
     /// Messages per batch request. Default 100.
     pub batch: usize,
+    /// Send `sentAt` (as SDKs do, for clock-skew correction). Off makes event times
+    /// exactly the planned ones, so two runs of one plan are comparable to the ms.
+    pub sent_at: bool,
 }
 
 /// Why sending stopped.
@@ -151,7 +154,9 @@ async fn post(
             Transport::Beacon => {
                 let mut m = messages.first().cloned().unwrap_or(Value::Null);
                 m["writeKey"] = json!(cfg.web_key);
-                m["sentAt"] = json!(sent_at);
+                if cfg.sent_at {
+                    m["sentAt"] = json!(sent_at);
+                }
                 client
                     .post(format!("{}/v1/track", cfg.url))
                     .header("content-type", "text/plain;charset=UTF-8")
@@ -166,7 +171,11 @@ async fn post(
                 client
                     .post(format!("{}/v1/batch", cfg.url))
                     .basic_auth(key, Some(""))
-                    .json(&json!({"batch": messages, "sentAt": sent_at}))
+                    .json(&if cfg.sent_at {
+                        json!({"batch": messages, "sentAt": sent_at})
+                    } else {
+                        json!({"batch": messages})
+                    })
             }
         };
         let resp = req.send().await.map_err(|source| SendError::Http {

@@ -157,11 +157,13 @@ impl Stage for Identity {
                 return;
             }
         };
-        state.watermark_ms = Some(
-            state
-                .watermark_ms
-                .map_or(tp.event_time_ms, |w| w.max(tp.event_time_ms)),
+        // A time far past its receipt (only another producer could write one) must not drag
+        // the watermark into the future and make every later event late.
+        let t = tp.event_time_ms.min(
+            tp.received_at_ms
+                .saturating_add(touchstream_core::event::MAX_FUTURE_MS),
         );
+        state.watermark_ms = Some(state.watermark_ms.map_or(t, |w| w.max(t)));
         if topic == self.raw_topic {
             batch.events.push(EventRow::new(&tp, partition, offset));
             if tp.message_type == MessageType::Alias && tp.anonymous_id.is_none() {

@@ -230,6 +230,11 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         .set("statistics.interval.ms", "1000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // Also the rebalance timeout: how long a rebalance waits for a member that died
+        // without leaving (SIGKILL). The default 5 min would stall every partition that
+        // long; a flush retrying through a ClickHouse outage longer than this makes the
+        // member leave and rejoin, which the snapshots make safe.
+        .set("max.poll.interval.ms", "60000")
         .create_with_context(LagContext {
             stage: stage.name(),
             metrics: ctx.metrics.clone(),

@@ -1,0 +1,323 @@
+//! Processors die and come back, and a second one joins and leaves, while a generated log
+//! streams through: the deduplicated tables must equal those of an uninterrupted run.
+//!
+//! The uninterrupted run uses an in-process processor; the faulty run uses the real
+//! `touchstream processor` binary (target/debug/touchstream) as child processes, killed
+//! with SIGKILL mid-stream twice, plus a second member that joins (rebalance) and later
+//! leaves with SIGTERM.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clickhouse::Row;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use touchstream_core::Config;
+use touchstream_demo::generator::{plan, GeneratorConfig, PlanSummary};
+use touchstream_demo::report::closed_attempts;
+use touchstream_demo::sender::{send, SendConfig};
+use touchstream_tests::{self as support, CollectorHandle};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn config(test: &str) -> Config {
+    let mut c = Config {
+        kafka: support::kafka_config(test),
+        clickhouse: support::clickhouse_config(test),
+        ..Config::default()
+    };
+    c.processor.group_id = support::unique(&format!("it-{test}"));
+    c.processor.funnels_path = repo().join("deploy/funnels.toml");
+    c.processor.catalog_path = repo().join("deploy/catalog.toml");
+    c.processor.batch_max_ms = 200;
+    c.processor.allowed_lateness_secs = 60;
+    c.processor.idle_watermark_secs = 5;
+    c
+}
+
+/// The same config as environment overrides for a child `touchstream processor`.
+fn env_of(c: &Config) -> Vec<(String, String)> {
+    let k = &c.kafka;
+    let p = &c.processor;
+    [
+        ("KAFKA__BROKERS", k.brokers.clone()),
+        ("KAFKA__RAW_TOPIC", k.raw_topic.clone()),
+        ("KAFKA__DLQ_TOPIC", k.dlq_topic.clone()),
+        ("KAFKA__ALIASES_TOPIC", k.aliases_topic.clone()),
+        ("KAFKA__ROUTED_TOPIC", k.routed_topic.clone()),
+        ("CLICKHOUSE__URL", c.clickhouse.url.clone()),
+        ("CLICKHOUSE__DATABASE", c.clickhouse.database.clone()),
+        ("PROCESSOR__GROUP_ID", p.group_id.clone()),
+        (
+            "PROCESSOR__FUNNELS_PATH",
+            p.funnels_path.display().to_string(),
+        ),
+        (
+            "PROCESSOR__CATALOG_PATH",
+            p.catalog_path.display().to_string(),
+        ),
+    ]
+    .into_iter()
+    // Quoted: strings stay strings even when they look like numbers.
+    .map(|(k, v)| (format!("TOUCHSTREAM__{k}"), format!("\"{v}\"")))
+    .chain([
+        (
+            "TOUCHSTREAM__PROCESSOR__BATCH_MAX_MS".to_string(),
+            p.batch_max_ms.to_string(),
+        ),
+        (
+            "TOUCHSTREAM__PROCESSOR__ALLOWED_LATENESS_SECS".to_string(),
+            p.allowed_lateness_secs.to_string(),
+        ),
+        (
+            "TOUCHSTREAM__PROCESSOR__IDLE_WATERMARK_SECS".to_string(),
+            p.idle_watermark_secs.to_string(),
+        ),
+    ])
+    .collect()
+}
+
+fn start_child(c: &Config) -> Child {
+    let bin = repo().join("target/debug/touchstream");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p touchstream` (tests/run.sh does)",
+        bin.display()
+    );
+    let log = std::fs::File::create(std::env::temp_dir().join(format!(
+        "{}-{}.log",
+        c.processor.group_id,
+        support::unique("p")
+    )))
+    .expect("log file");
+    Command::new(bin)
+        .args(["processor", "--metrics-listen", "127.0.0.1:0"])
+        .envs(env_of(c))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start touchstream processor")
+}
+
+fn sigterm(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "processor did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Tp {
+    event_id: String,
+    customer_id: String,
+    session_id: String,
+    stage: String,
+    channel: String,
+    is_late: u8,
+}
+
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Sess {
+    session_id: String,
+    customer_id: String,
+    start_ms: i64,
+    end_ms: i64,
+    event_count: u32,
+}
+
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Att {
+    attempt_id: String,
+    funnel: String,
+    customer_id: String,
+    outcome: String,
+    reached_step: u8,
+    closed_ms: i64,
+}
+
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Link {
+    anonymous_id: String,
+    user_id: String,
+}
+
+#[derive(Debug, PartialEq)]
+struct Tables {
+    touchpoints: BTreeSet<Tp>,
+    sessions: BTreeSet<Sess>,
+    attempts: BTreeSet<Att>,
+    links: BTreeSet<Link>,
+    events: u64,
+}
+
+async fn tables(c: &Config) -> Tables {
+    let ch = touchstream_clickhouse::client(&c.clickhouse);
+    Tables {
+        touchpoints: ch
+            .query("SELECT event_id, customer_id, session_id, stage, channel, is_late FROM touchpoints")
+            .fetch_all()
+            .await
+            .expect("touchpoints")
+            .into_iter()
+            .collect(),
+        sessions: ch
+            .query("SELECT session_id, customer_id, start_ms, end_ms, event_count FROM sessions FINAL WHERE is_deleted = 0")
+            .fetch_all()
+            .await
+            .expect("sessions")
+            .into_iter()
+            .collect(),
+        attempts: ch
+            .query("SELECT attempt_id, funnel, customer_id, outcome, reached_step, closed_ms FROM funnel_attempts FINAL WHERE is_deleted = 0")
+            .fetch_all()
+            .await
+            .expect("attempts")
+            .into_iter()
+            .collect(),
+        links: ch
+            .query("SELECT anonymous_id, user_id FROM identities FINAL")
+            .fetch_all()
+            .await
+            .expect("identities")
+            .into_iter()
+            .collect(),
+        events: ch.query("SELECT count() FROM events FINAL").fetch_one().await.expect("events"),
+    }
+}
+
+async fn settle(c: &Config, g: &GeneratorConfig, start_ms: i64, summary: &PlanSummary) -> Tables {
+    let ch = touchstream_clickhouse::client(&c.clickhouse);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut last: Option<Tables> = None;
+    loop {
+        let closed = closed_attempts(&ch, g, start_ms).await.unwrap_or(0);
+        if closed >= summary.attempts as u64 {
+            let t = tables(c).await;
+            if t.events == summary.messages as u64
+                && t.touchpoints.iter().all(|r| !r.customer_id.is_empty())
+                && last.as_ref() == Some(&t)
+            {
+                return t;
+            }
+            last = Some(t);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} closed {closed} of {} attempts",
+            c.clickhouse.database,
+            summary.attempts
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn prepare(c: &Config) -> CollectorHandle {
+    touchstream_clickhouse::migrate(&c.clickhouse)
+        .await
+        .expect("migrate");
+    touchstream_core::kafka::ensure_topics(&c.kafka, &[])
+        .await
+        .expect("topics");
+    CollectorHandle::start(c.clone()).await
+}
+
+fn sender(base: &str, rate: f64) -> SendConfig {
+    SendConfig {
+        url: base.to_string(),
+        web_key: "demo-web-key".into(),
+        crm_key: "demo-crm-key".into(),
+        rate_per_sec: rate,
+        batch: 20,
+        sent_at: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_restarts_and_rebalances_lose_and_duplicate_nothing() {
+    support::require_port("Kafka", &support::kafka_brokers());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let g = GeneratorConfig {
+        customers: 200,
+        seed: 99,
+        ..GeneratorConfig::new(now)
+    };
+    let (messages, summary) = plan(&g);
+    let start_ms = messages.first().map_or(now, |m| m.time_ms);
+
+    // Uninterrupted reference run.
+    let a = config("crash_ref");
+    let collector_a = prepare(&a).await;
+    let stop = CancellationToken::new();
+    let p = tokio::spawn(touchstream_processor::run(a.clone(), None, stop.clone()));
+    send(&messages, &sender(&collector_a.base, 0.0), None)
+        .await
+        .expect("send");
+    let reference = settle(&a, &g, start_ms, &summary).await;
+    stop.cancel();
+    let _ = p.await;
+    collector_a.stop().await;
+    assert_eq!(reference.attempts.len(), summary.attempts);
+    assert!(reference.touchpoints.iter().all(|t| t.is_late == 0));
+
+    // The same log, with faults.
+    let b = config("crash_faults");
+    let collector_b = prepare(&b).await;
+    let base = collector_b.base.clone();
+    let msgs = messages.clone();
+    // ~10 s of traffic so the faults land mid-stream.
+    let rate = (summary.messages as f64 / 10.0).max(50.0);
+    let sending = tokio::spawn(async move { send(&msgs, &sender(&base, rate), None).await });
+
+    let mut p1 = start_child(&b);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p1.kill().expect("SIGKILL 1"); // mid-stream, no chance to flush or commit
+    let _ = p1.wait();
+    let mut p1 = start_child(&b);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut p2 = start_child(&b); // joins: rebalance
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p1.kill().expect("SIGKILL 2");
+    let _ = p1.wait();
+    let mut p1 = start_child(&b);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    sigterm(&mut p2); // leaves: rebalance
+    sending.await.expect("join").expect("send");
+    let faulty = settle(&b, &g, start_ms, &summary).await;
+    sigterm(&mut p1);
+    collector_b.stop().await;
+
+    assert_eq!(
+        faulty.events, reference.events,
+        "events: none lost, none doubled"
+    );
+    assert_eq!(faulty.links, reference.links, "identities");
+    assert_eq!(faulty.attempts, reference.attempts, "funnel attempts");
+    assert_eq!(faulty.sessions, reference.sessions, "sessions");
+    assert_eq!(faulty.touchpoints, reference.touchpoints, "touchpoints");
+
+    for c in [&a, &b] {
+        touchstream_clickhouse::server_client(&c.clickhouse)
+            .query(&format!(
+                "DROP DATABASE IF EXISTS `{}`",
+                c.clickhouse.database
+            ))
+            .execute()
+            .await
+            .expect("drop");
+    }
+}
