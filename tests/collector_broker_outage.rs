@@ -2,7 +2,8 @@
 //! timeout, never 200, and recovers by itself when the broker returns.
 //!
 //! Runs its own tansu (sqlite storage, so topics survive the restart) on a free port, so
-//! stopping it does not disturb the other tests' broker.
+//! stopping it does not disturb the other tests' broker. A processor on the same broker
+//! checks the other half of the promise: every event answered 200 reaches ClickHouse.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,6 +78,24 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
         .await
         .expect("topics");
     let c = CollectorHandle::start(config.clone()).await;
+    // A processor on the same broker, writing to its own database: after the restart,
+    // every event answered 200 must reach ClickHouse.
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    config.clickhouse = support::clickhouse_config("outage");
+    config.processor.group_id = support::unique("it-outage");
+    config.processor.funnels_path = repo.join("deploy/funnels.toml");
+    config.processor.catalog_path = repo.join("deploy/catalog.toml");
+    config.processor.batch_max_ms = 200;
+    config.processor.restart_backoff_ms = 500;
+    touchstream_clickhouse::migrate(&config.clickhouse)
+        .await
+        .expect("migrate");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let processor = tokio::spawn(touchstream_processor::run(
+        config.clone(),
+        None,
+        stop.clone(),
+    ));
     let client = reqwest::Client::new();
     let send = |id: String| {
         client
@@ -140,6 +159,38 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
         ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),
         "{ids:?}"
     );
+    // Every event that got a 200 is in ClickHouse, once.
+    let ch = touchstream_clickhouse::client(&config.clickhouse);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored: Vec<String> = ch
+            .query("SELECT event_id FROM events FINAL ORDER BY event_id")
+            .fetch_all()
+            .await
+            .unwrap_or_default();
+        // A 503'd request may have partly landed (at-least-once); the 200s must all be there.
+        if stored.iter().any(|e| e == "before") && stored.iter().any(|e| e == "after") {
+            let mut unique = stored.clone();
+            unique.dedup();
+            assert_eq!(unique, stored, "no duplicates after FINAL");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events in ClickHouse after the broker restart: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.cancel();
+    let _ = processor.await;
     c.stop().await;
+    touchstream_clickhouse::server_client(&config.clickhouse)
+        .query(&format!(
+            "DROP DATABASE IF EXISTS `{}`",
+            config.clickhouse.database
+        ))
+        .execute()
+        .await
+        .expect("drop");
     let _ = std::fs::remove_dir_all(&dir);
 }

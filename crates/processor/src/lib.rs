@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use rdkafka::producer::Producer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
@@ -103,17 +102,21 @@ pub async fn run(
         }
     };
     let store = Store::new(ch, metrics.clone(), shutdown.clone(), dedup_tokens);
-    let producer = touchstream_core::kafka::producer(&config.kafka, 30_000)?;
-    let ctx = |stage: &str| RunCtx {
-        kafka: config.kafka.clone(),
-        group_id: format!("{}-{stage}", pc.group_id),
-        producer: producer.clone(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        batch_max_rows: pc.batch_max_rows.max(1),
-        batch_max: Duration::from_millis(pc.batch_max_ms.max(10)),
-        restart_backoff: Duration::from_millis(pc.restart_backoff_ms),
-        shutdown: shutdown.clone(),
+    let ctx = |stage: &str| -> Result<RunCtx, ProcessorError> {
+        Ok(RunCtx {
+            kafka: config.kafka.clone(),
+            group_id: format!("{}-{stage}", pc.group_id),
+            producer: std::sync::Mutex::new(touchstream_core::kafka::producer(
+                &config.kafka,
+                runner::PRODUCE_TIMEOUT_MS,
+            )?),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            batch_max_rows: pc.batch_max_rows.max(1),
+            batch_max: Duration::from_millis(pc.batch_max_ms.max(10)),
+            restart_backoff: Duration::from_millis(pc.restart_backoff_ms),
+            shutdown: shutdown.clone(),
+        })
     };
     // Partition counts drive the in-band watermarks between the stages.
     let kafka = config.kafka.clone();
@@ -147,17 +150,12 @@ pub async fn run(
         source_partitions,
         metrics: metrics.clone(),
     };
-    let s1 = tokio::spawn(run_stage(identity, ctx("identity")));
-    let s2 = tokio::spawn(run_stage(journey, ctx("journey")));
+    let s1 = tokio::spawn(run_stage(identity, ctx("identity")?));
+    let s2 = tokio::spawn(run_stage(journey, ctx("journey")?));
     let (r1, r2) = tokio::join!(s1, s2);
     r1.map_err(|e| ProcessorError::Task(e.to_string()))??;
     r2.map_err(|e| ProcessorError::Task(e.to_string()))??;
 
-    let p = producer.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10))).await
-    {
-        tracing::warn!(error = %e, "flushing producer at shutdown");
-    }
     if let Some(s) = server {
         let _ = s.await;
     }

@@ -104,8 +104,9 @@ pub struct RunCtx {
     pub kafka: KafkaConfig,
     /// Consumer group of this stage.
     pub group_id: String,
-    /// Shared producer (internal topics and DLQ).
-    pub producer: FutureProducer,
+    /// This stage's producer (internal topics and DLQ); replaced after a failed run, since
+    /// an idempotent producer can stay failed after a broker restart.
+    pub producer: std::sync::Mutex<FutureProducer>,
     /// ClickHouse.
     pub store: Store,
     /// Metrics.
@@ -170,17 +171,39 @@ impl ConsumerContext for LagContext {}
 pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorError> {
     loop {
         match run_once(&stage, &ctx).await {
-            Ok(()) | Err(ProcessorError::ShuttingDown) => return Ok(()),
+            Ok(()) | Err(ProcessorError::ShuttingDown) => break,
             Err(e) => {
                 tracing::warn!(stage = stage.name(), error = %e, "stage failed; restarting from saved state");
+                match touchstream_core::kafka::producer(&ctx.kafka, PRODUCE_TIMEOUT_MS) {
+                    Ok(fresh) => match ctx.producer.lock() {
+                        Ok(mut p) => *p = fresh,
+                        Err(poisoned) => *poisoned.into_inner() = fresh,
+                    },
+                    Err(e) => tracing::warn!(error = %e, "recreating the producer failed"),
+                }
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    _ = ctx.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(ctx.restart_backoff) => {}
                 }
             }
         }
     }
+    let producer = match ctx.producer.lock() {
+        Ok(p) => p.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+    })
+    .await
+    {
+        tracing::warn!(stage = stage.name(), error = %e, "flushing producer at shutdown");
+    }
+    Ok(())
 }
+
+/// How long the processor's producer retries a record before failing it, ms.
+pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
 
 fn state_key(ctx: &RunCtx, stage: &str) -> String {
     format!("{}/{stage}", ctx.group_id)
@@ -438,6 +461,10 @@ async fn flush<S: Stage>(
     for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
         stage.drain(&mut part.state, *p, batch);
     }
+    let producer = match ctx.producer.lock() {
+        Ok(p) => p.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
     // 1. Internal topics and DLQ: every record acknowledged before anything is committed.
     let mut acks = Vec::with_capacity(batch.records.len());
     for r in &batch.records {
@@ -448,7 +475,7 @@ async fn flush<S: Stage>(
         if let Some(p) = r.partition {
             rec = rec.partition(p);
         }
-        acks.push(ctx.producer.send(rec, Duration::from_secs(30)));
+        acks.push(producer.send(rec, Duration::from_secs(30)));
     }
     for ack in join_all(acks).await {
         if let Err((e, _)) = ack {
