@@ -129,6 +129,22 @@ async fn metric(url: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Sum of the identity stage's consumer lag gauges.
+async fn identity_lag(url: &str) -> f64 {
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("touchstream_processor_consumer_lag{") && l.contains("stage=\"identity\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
     support::require_port("Kafka", &support::kafka_brokers());
@@ -229,6 +245,9 @@ async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
     )
     .await;
     assert!(failures > 0.0, "insert failures are counted");
+    // The backlog is reported while the flush is stuck retrying.
+    let lag = identity_lag(&metrics_url).await;
+    assert!(lag > 0.0, "consumer lag reported during the outage");
     // Backoff: a retry every ≤ 10 s, not a hot loop (about 5–10 retries per table in 50 s).
     assert!(
         failures - failures_early < 200.0,
@@ -258,6 +277,11 @@ async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let after = committed(&config, config.kafka.partitions);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while identity_lag(&metrics_url).await > 0.0 {
+        assert!(Instant::now() < deadline, "lag back to 0 after recovery");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     assert!(
         after.iter().zip(&during).all(|(a, d)| a >= d) && after != during,
         "offsets move again after recovery"

@@ -283,18 +283,22 @@ async fn sigkill_restarts_and_rebalances_lose_and_duplicate_nothing() {
     let rate = (summary.messages as f64 / 10.0).max(50.0);
     let sending = tokio::spawn(async move { send(&msgs, &sender(&base, rate), None).await });
 
+    // Kill points vary run to run (seed printed, so a failure can be replayed by eye).
+    let seed = now as u64;
+    let pause = |k: u64| Duration::from_millis(1000 + (seed.rotate_left(k as u32 * 7) % 3000));
+    println!("kill schedule seed {seed}");
     let mut p1 = start_child(&b);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(pause(1)).await;
     p1.kill().expect("SIGKILL 1"); // mid-stream, no chance to flush or commit
     let _ = p1.wait();
     let mut p1 = start_child(&b);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(pause(2)).await;
     let mut p2 = start_child(&b); // joins: rebalance
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(pause(3)).await;
     p1.kill().expect("SIGKILL 2");
     let _ = p1.wait();
     let mut p1 = start_child(&b);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(pause(4)).await;
     sigterm(&mut p2); // leaves: rebalance
     sending.await.expect("join").expect("send");
     let faulty = settle(&b, &g, start_ms, &summary).await;

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod convert;
 pub mod identity_stage;
 pub mod journey_stage;
+pub mod lag;
 pub mod metrics;
 pub mod runner;
 pub mod store;
@@ -150,6 +151,25 @@ pub async fn run(
         source_partitions,
         metrics: metrics.clone(),
     };
+    for (stage, topics) in [
+        (
+            "identity",
+            vec![
+                config.kafka.raw_topic.clone(),
+                config.kafka.aliases_topic.clone(),
+            ],
+        ),
+        ("journey", vec![config.kafka.routed_topic.clone()]),
+    ] {
+        tokio::spawn(lag::monitor(
+            config.kafka.clone(),
+            format!("{}-{stage}", pc.group_id),
+            topics,
+            stage,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let s1 = tokio::spawn(run_stage(identity, ctx("identity")?));
     let s2 = tokio::spawn(run_stage(journey, ctx("journey")?));
     let (r1, r2) = tokio::join!(s1, s2);

@@ -14,7 +14,8 @@ pub struct Metrics {
     registry: Registry,
     /// Input messages by stage and outcome (`processed`, `skipped_replay`, `undecodable`).
     pub messages: IntCounterVec,
-    /// Consumer lag in messages, by stage, topic and partition (from librdkafka statistics).
+    /// Messages not yet committed (end offset − committed offset), by stage, topic and
+    /// partition; measured every 5 s by [`crate::lag`].
     pub consumer_lag: IntGaugeVec,
     /// Rows per ClickHouse insert, by table.
     pub batch_rows: HistogramVec,

@@ -136,11 +136,10 @@ struct Part<S> {
     seek_tried: bool,
 }
 
-/// Publishes librdkafka's per-partition consumer lag, and keeps each partition's high
-/// watermark from the same statistics for the idle check.
+/// Keeps each partition's high watermark and lag from librdkafka's statistics for the
+/// idle check. (The lag metric comes from [`crate::lag`], which does not depend on the
+/// loop polling.)
 pub struct LagContext {
-    stage: &'static str,
-    metrics: Arc<Metrics>,
     /// (high watermark, consumer lag) per topic partition.
     high: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
 }
@@ -149,12 +148,6 @@ impl ClientContext for LagContext {
     fn stats(&self, stats: Statistics) {
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[self.stage, topic, &p.to_string()])
-                        .set(part.consumer_lag);
-                }
                 if *p >= 0 && part.hi_offset >= 0 {
                     if let Ok(mut high) = self.high.lock() {
                         high.insert((topic.clone(), *p), (part.hi_offset, part.consumer_lag));
@@ -259,8 +252,6 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         // member leave and rejoin, which the snapshots make safe.
         .set("max.poll.interval.ms", "60000")
         .create_with_context(LagContext {
-            stage: stage.name(),
-            metrics: ctx.metrics.clone(),
             high: std::sync::Mutex::new(HashMap::new()),
         })?;
     let topics = stage.topics();
