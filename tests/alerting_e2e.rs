@@ -286,13 +286,6 @@ async fn dropoff_spike_fires_reaches_alertmanager_and_resolves() {
     stop.cancel();
     let _ = processor.await;
     collector.stop().await;
-    touchstream_clickhouse::server_client(&config.clickhouse)
-        .query(&format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            config.clickhouse.database
-        ))
-        .execute()
-        .await
-        .expect("drop");
+    support::drop_database(&config.clickhouse).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,9 +103,5 @@ async fn migrations_create_tables_and_are_idempotent() {
         "ReplacingMergeTree keeps the highest version"
     );
 
-    touchstream_clickhouse::server_client(&cfg)
-        .query(&format!("DROP DATABASE IF EXISTS `{}`", cfg.database))
-        .execute()
-        .await
-        .expect("drop test database");
+    support::drop_database(&cfg).await;
 }

@@ -184,13 +184,6 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
     stop.cancel();
     let _ = processor.await;
     c.stop().await;
-    touchstream_clickhouse::server_client(&config.clickhouse)
-        .query(&format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            config.clickhouse.database
-        ))
-        .execute()
-        .await
-        .expect("drop");
+    support::drop_database(&config.clickhouse).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

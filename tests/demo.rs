@@ -89,12 +89,5 @@ async fn demo_report_matches_the_configured_rates() {
         .iter()
         .any(|r| r.stage == "service" && r.channel == "call_center"));
 
-    touchstream_clickhouse::server_client(&config.clickhouse)
-        .query(&format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            config.clickhouse.database
-        ))
-        .execute()
-        .await
-        .expect("drop");
+    support::drop_database(&config.clickhouse).await;
 }

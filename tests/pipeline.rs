@@ -657,9 +657,5 @@ async fn generated_log_through_collector_and_two_processors() {
         .expect("replay processor exits cleanly");
     collector.stop().await;
 
-    touchstream_clickhouse::server_client(&config.clickhouse)
-        .query(&format!("DROP DATABASE IF EXISTS `{db}`"))
-        .execute()
-        .await
-        .expect("drop");
+    support::drop_database(&config.clickhouse).await;
 }

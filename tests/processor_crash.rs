@@ -345,14 +345,7 @@ async fn compare_with_uninterrupted(faults: Faults, name: &str) {
     assert_eq!(faulty.touchpoints, reference.touchpoints, "touchpoints");
 
     for c in [&a, &b] {
-        touchstream_clickhouse::server_client(&c.clickhouse)
-            .query(&format!(
-                "DROP DATABASE IF EXISTS `{}`",
-                c.clickhouse.database
-            ))
-            .execute()
-            .await
-            .expect("drop");
+        support::drop_database(&c.clickhouse).await;
     }
 }
 

@@ -313,12 +313,5 @@ async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
         .expect("join")
         .expect("processor exits cleanly");
 
-    touchstream_clickhouse::server_client(&config.clickhouse)
-        .query(&format!(
-            "DROP DATABASE IF EXISTS `{}`",
-            config.clickhouse.database
-        ))
-        .execute()
-        .await
-        .expect("drop");
+    support::drop_database(&config.clickhouse).await;
 }

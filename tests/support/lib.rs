@@ -174,3 +174,12 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Drop a test's own database at the end of the test.
+pub async fn drop_database(cfg: &ClickHouseConfig) {
+    touchstream_clickhouse::server_client(cfg)
+        .query(&format!("DROP DATABASE IF EXISTS `{}`", cfg.database))
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("dropping test database {}: {e}", cfg.database));
+}
