@@ -100,8 +100,71 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
     },
+    /// Measure the pipeline on the local services: raw Kafka/ClickHouse baselines,
+    /// collector and processor throughput, latency at a fixed rate, processor memory per
+    /// customer. Prints a table and writes JSON (see docs/bench.md).
+    Bench(BenchArgs),
     /// Print the effective configuration (defaults + file + env), secrets masked.
     Config,
+}
+
+/// `touchstream bench` options; unset sizes come from `--size`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Preset sizes: tiny (seconds, what CI runs), small (minutes), full (the issue's:
+    /// 1M events, memory at 10k/100k/1M customers).
+    #[arg(long, default_value = "small")]
+    size: touchstream_bench::Size,
+    /// Events of the baseline, collector and processor phases.
+    #[arg(long)]
+    events: Option<usize>,
+    /// Active-customer counts of the memory phase, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    customers: Option<Vec<usize>>,
+    /// Concurrent HTTP keep-alive clients of the collector phase.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Offered rate of the latency phase, events/s.
+    #[arg(long)]
+    latency_rate: Option<f64>,
+    /// Seconds the latency phase sends for.
+    #[arg(long)]
+    latency_secs: Option<f64>,
+    /// Phases to run, comma separated: baseline, collector, processor, latency, memory.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<touchstream_bench::Phase>>,
+    /// Where to write the JSON report (default target/bench/bench-<run id>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the run's databases, topics, child configs and logs for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+impl BenchArgs {
+    fn options(&self) -> touchstream_bench::BenchOptions {
+        let mut o = touchstream_bench::BenchOptions::preset(self.size);
+        if let Some(n) = self.events {
+            o.events = n;
+        }
+        if let Some(c) = &self.customers {
+            o.customers.clone_from(c);
+        }
+        if let Some(n) = self.clients {
+            o.clients = n;
+        }
+        if let Some(r) = self.latency_rate {
+            o.latency_rate = r;
+        }
+        if let Some(s) = self.latency_secs {
+            o.latency_secs = s;
+        }
+        if let Some(p) = &self.only {
+            o.phases.clone_from(p);
+        }
+        o.keep = self.keep;
+        o
+    }
 }
 
 /// Journey generator settings shared by `demo` and `generate`.
@@ -172,9 +235,9 @@ fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
     token
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -187,7 +250,12 @@ fn init_tracing(format: LogFormat) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The bench draws progress bars; its info lines (migrations) would only break them.
+    let default_level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, default_level);
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = Config::load(cli.config.as_deref(), &env).context("loading configuration")?;
 
@@ -298,6 +366,23 @@ async fn main() -> anyhow::Result<()> {
                 "sent {} messages ({} accepted, {} rejected) in {} requests",
                 summary.messages, stats.accepted, stats.rejected, stats.requests
             );
+        }
+        Command::Bench(args) => {
+            let report =
+                touchstream_bench::run(config, args.options(), shutdown_on_signal()).await?;
+            println!("{}", report.table());
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            let path = args
+                .json
+                .clone()
+                .unwrap_or_else(|| touchstream_bench::default_json_path(&report));
+            touchstream_bench::write_json(&report, &path)?;
+            println!("JSON report: {}", path.display());
+            if !report.errors.is_empty() {
+                anyhow::bail!("{} bench phase(s) failed (see above)", report.errors.len());
+            }
         }
         Command::Config => {
             println!("{config:#?}");

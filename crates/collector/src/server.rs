@@ -518,7 +518,14 @@ type Split<'a> = (
 );
 
 /// Split a body into raw messages, enforcing count and per-message size limits.
-fn split<'a>(text: &'a str, ep: Endpoint, cfg: &CollectorConfig) -> Result<Split<'a>, ApiError> {
+///
+/// Public only so `benches/ingest.rs` can measure the real per-request path.
+#[doc(hidden)]
+pub fn split<'a>(
+    text: &'a str,
+    ep: Endpoint,
+    cfg: &CollectorConfig,
+) -> Result<Split<'a>, ApiError> {
     let too_big = |i: usize| {
         ApiError::TooLarge(format!(
             "message {i} is over {} bytes",

@@ -1,0 +1,217 @@
+//! Raw Kafka traffic: producing prepared records as fast as the broker takes them, and
+//! reading a topic back as fast as it is served.
+//!
+//! Produce uses the collector's own producer ([`touchstream_core::kafka::producer`]:
+//! idempotent, acks=all, lz4, same linger and queue), so the baseline differs from the
+//! collector only by HTTP, JSON and validation. Consume uses a plain `BaseConsumer`
+//! assigned every partition from the beginning (no group join), the fastest a Rust
+//! process on this box can read.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use indicatif::ProgressBar;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use touchstream_core::config::KafkaConfig;
+
+use crate::error::BenchError;
+
+/// Records waiting for their ack at most; bounds this process's memory, far above what
+/// the producer needs to keep the broker busy.
+const IN_FLIGHT: usize = 100_000;
+
+/// How long one record may wait for its ack before the produce fails.
+const MESSAGE_TIMEOUT_MS: u64 = 60_000;
+
+/// Produce every record to `topic` and wait for all acks. The first record is sent and
+/// acknowledged before the clock starts (it pays for the connection and the idempotent
+/// producer's id, one-off costs a running collector has behind it). Returns how many
+/// records were timed and the seconds from their first send to the last ack.
+pub async fn produce<I, K, V>(
+    kafka: &KafkaConfig,
+    topic: &str,
+    records: I,
+    bar: &ProgressBar,
+) -> Result<(u64, f64), BenchError>
+where
+    I: IntoIterator<Item = Result<(K, V), BenchError>>,
+    K: AsRef<str>,
+    V: AsRef<[u8]>,
+{
+    let producer = touchstream_core::kafka::producer(kafka, MESSAGE_TIMEOUT_MS)?;
+    let mut pending = FuturesUnordered::new();
+    let mut acked: u64 = 0;
+    let mut records = records.into_iter();
+    if let Some(first) = records.next() {
+        let (key, value) = first?;
+        let ack = producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key.as_ref())
+                    .payload(value.as_ref()),
+                Duration::from_secs(30),
+            )
+            .await;
+        if let Err((e, _)) = ack {
+            return Err(BenchError::kafka(format!("producing to {topic}"), e));
+        }
+        bar.inc(1);
+    }
+    let started = Instant::now();
+    for rec in records {
+        let (key, value) = rec?;
+        loop {
+            match producer.send_result(
+                FutureRecord::to(topic)
+                    .key(key.as_ref())
+                    .payload(value.as_ref()),
+            ) {
+                Ok(fut) => {
+                    pending.push(fut);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // librdkafka's queue is full: wait for an ack (or a moment) and retry.
+                    if pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        let r = pending.next().await;
+                        settle(r, &mut acked, topic, bar)?;
+                    }
+                }
+                Err((e, _)) => return Err(BenchError::kafka(format!("producing to {topic}"), e)),
+            }
+        }
+        if pending.len() >= IN_FLIGHT {
+            let r = pending.next().await;
+            settle(r, &mut acked, topic, bar)?;
+        }
+    }
+    while let Some(r) = pending.next().await {
+        settle(Some(r), &mut acked, topic, bar)?;
+    }
+    bar.inc(acked % 1024);
+    Ok((acked, started.elapsed().as_secs_f64()))
+}
+
+type Ack = Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>;
+
+/// Count one acknowledgement, or fail on a delivery error.
+fn settle(
+    res: Option<Ack>,
+    acked: &mut u64,
+    topic: &str,
+    bar: &ProgressBar,
+) -> Result<(), BenchError> {
+    match res {
+        Some(Ok(Ok(_))) => {
+            *acked += 1;
+            if *acked % 1024 == 0 {
+                bar.inc(1024);
+            }
+            Ok(())
+        }
+        Some(Ok(Err((e, _)))) => Err(BenchError::kafka(format!("producing to {topic}"), e)),
+        Some(Err(_)) => Err(BenchError::kafka(
+            format!("producing to {topic}"),
+            KafkaError::Canceled,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Read `n` records of `topic` from the beginning of every partition. Returns the
+/// seconds from the first record to the `n`-th (connection and metadata excluded, as
+/// they are one-off costs), and the total including them. Blocking: run it on a
+/// blocking thread.
+pub fn consume(
+    kafka: &KafkaConfig,
+    topic: &str,
+    n: u64,
+    bar: &ProgressBar,
+    timeout: Duration,
+) -> Result<(f64, f64), BenchError> {
+    let consumer: BaseConsumer = touchstream_core::kafka::client_config(kafka)
+        .set("group.id", format!("{topic}.bench-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| BenchError::kafka("creating a consumer", e))?;
+    let started = Instant::now();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| BenchError::kafka(format!("metadata of {topic}"), e))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(|e| BenchError::kafka("assigning partitions", e))?;
+        }
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| BenchError::kafka("assigning partitions", e))?;
+    let mut seen: u64 = 0;
+    let mut bytes: u64 = 0;
+    let mut first: Option<Instant> = None;
+    while seen < n {
+        if started.elapsed() > timeout {
+            return Err(BenchError::Timeout {
+                what: format!("{n} records from {topic} (read {seen})"),
+                after: timeout,
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                // Touch the payload so the read is real.
+                bytes += m.payload().map_or(0, |p| p.len() as u64);
+                seen += 1;
+                if seen % 1024 == 0 {
+                    bar.set_position(seen);
+                }
+            }
+            Some(Err(e)) => return Err(BenchError::kafka(format!("consuming {topic}"), e)),
+            None => {}
+        }
+    }
+    bar.set_position(seen);
+    tracing::debug!(bytes, "consumed");
+    let total = started.elapsed().as_secs_f64();
+    let steady = first.map_or(total, |f| f.elapsed().as_secs_f64());
+    Ok((steady, total))
+}
+
+/// Delete topics the run created. The broker may not support deletion (tansu in memory
+/// mode forgets them on restart anyway); the error is returned for the report's notes.
+pub async fn delete_topics(kafka: &KafkaConfig, topics: &[String]) -> Result<(), String> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = touchstream_core::kafka::client_config(kafka)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .delete_topics(&names, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err())
+        .filter(|(_, code)| *code != RDKafkaErrorCode::UnknownTopicOrPartition)
+        .map(|(t, code)| format!("{t}: {code}"))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join(", "))
+    }
+}

@@ -1,0 +1,289 @@
+//! The collector and processor under test, as child processes of this binary, and what
+//! Linux's /proc says about them (CPU time, RSS) and about the machine.
+//!
+//! Children rather than tasks in this process so that CPU time and memory are the
+//! component's own, exactly as an operator would see them with `top`. A [`ChildProc`]
+//! kills its process when dropped, so no exit path (error, panic, Ctrl-C) leaves one
+//! running.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::error::BenchError;
+use crate::report::Machine;
+
+/// A running `touchstream collector` or `touchstream processor`.
+pub struct ChildProc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl ChildProc {
+    /// Start `exe --config <config> <args>` with stderr to `log`. Environment overrides
+    /// (`TOUCHSTREAM__*`, `TOUCHSTREAM_CONFIG`) are removed: the config file already is
+    /// the effective configuration, and applying them twice could undo the bench's own
+    /// settings (topic names, database).
+    pub fn spawn(
+        name: &str,
+        exe: &Path,
+        config: &Path,
+        args: &[&str],
+        log: PathBuf,
+    ) -> Result<Self, BenchError> {
+        let file = std::fs::File::create(&log)
+            .map_err(|e| BenchError::io(format!("creating {}", log.display()), e))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--config").arg(config).args(args);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TOUCHSTREAM_") {
+                cmd.env_remove(&k);
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .map_err(|e| BenchError::io(format!("starting {} {name}", exe.display()), e))?;
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fail if the process has exited (it never should during a phase).
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::ChildExited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                log: self.log.clone(),
+                tail: log_tail(&self.log, 4096),
+            }),
+            Err(e) => Err(BenchError::io(format!("checking {}", self.name), e)),
+        }
+    }
+
+    /// User + system CPU time so far, seconds (all threads, librdkafka's included).
+    pub fn cpu_secs(&self) -> Result<f64, BenchError> {
+        cpu_secs_of(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// CPU seconds so far per thread name (`comm`, e.g. `tokio-runtime-w`,
+    /// `rdk:broker1`), threads of one name summed. Threads that exited are missing, so
+    /// compare two readings only for long-lived threads.
+    pub fn thread_cpu_secs(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let name = stat
+                .split_once('(')
+                .and_then(|(_, r)| r.rsplit_once(')'))
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_default();
+            if let Some(ticks) = parse_stat_cpu_ticks(&stat) {
+                *out.entry(name).or_insert(0.0) += ticks as f64 / clk_tck();
+            }
+        }
+        out
+    }
+
+    /// Resident set size now, bytes (`VmRSS`).
+    pub fn rss_bytes(&self) -> Result<u64, BenchError> {
+        status_kib(self.pid(), "VmRSS:").map(|k| k * 1024)
+    }
+
+    /// Peak resident set size, bytes (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> Result<u64, BenchError> {
+        status_kib(self.pid(), "VmHWM:").map(|k| k * 1024)
+    }
+
+    /// SIGTERM (clean shutdown: drain, flush, commit), then SIGKILL after `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Drop kills.
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The last `max` bytes of a log file, for error messages.
+pub fn log_tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return "(no log)".into();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s
+}
+
+/// Clock ticks per second of /proc CPU times (`getconf CLK_TCK`, 100 on Linux).
+fn clk_tck() -> f64 {
+    static TCK: OnceLock<f64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+fn cpu_secs_of(stat_path: &str) -> Result<f64, BenchError> {
+    let text = std::fs::read_to_string(stat_path)
+        .map_err(|e| BenchError::io(format!("reading {stat_path}"), e))?;
+    parse_stat_cpu_ticks(&text)
+        .map(|t| t as f64 / clk_tck())
+        .ok_or_else(|| {
+            BenchError::io(
+                format!("parsing {stat_path}"),
+                std::io::Error::other("unexpected format"),
+            )
+        })
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/<pid>/stat line, in ticks. The command
+/// name (field 2) may contain spaces and parentheses, so fields are counted after the
+/// last `)`.
+fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14 → index 11.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time of this process (the load generator), seconds.
+pub fn self_cpu_secs() -> Result<f64, BenchError> {
+    cpu_secs_of("/proc/self/stat")
+}
+
+fn status_kib(pid: u32, key: &str) -> Result<u64, BenchError> {
+    let path = format!("/proc/{pid}/status");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| BenchError::io(format!("reading {path}"), e))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            BenchError::io(
+                format!("reading {key} from {path}"),
+                std::io::Error::other("field missing"),
+            )
+        })
+}
+
+/// Facts about the box (what /proc and git say; blanks where they say nothing).
+pub fn machine(clickhouse_version: String, kafka_brokers: String) -> Machine {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let memory_bytes = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |k| k * 1024);
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let git_commit = git(&["rev-parse", "HEAD"]);
+    let git_dirty = git_commit
+        .as_ref()
+        .and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"]))
+        .map(|s| !s.is_empty());
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_bytes,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        cpu_model,
+        git_commit,
+        git_dirty,
+        clickhouse_version,
+        kafka_brokers,
+        release_build: !cfg!(debug_assertions),
+    }
+}
+
+/// A free TCP port on loopback (bind to 0, read it, release it).
+pub fn free_port() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BenchError::io("finding a free port", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_after_a_tricky_command_name() {
+        let line = "1234 (touch (stream) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 9 0 100 1000 200";
+        assert_eq!(parse_stat_cpu_ticks(line), Some(325));
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        assert!(self_cpu_secs().unwrap() >= 0.0);
+        let m = machine(String::new(), String::new());
+        assert!(m.nproc >= 1);
+        assert!(m.memory_bytes > 0);
+    }
+}

@@ -1,0 +1,335 @@
+//! The figures a run produced, their ratios to the baselines and targets, the printed
+//! table and the JSON written so runs can be compared.
+//!
+//! Every figure has a stable `name` (the JSON key runs are compared by), a value and a
+//! unit. A figure may name the baseline figures it is measured against (the ratio uses
+//! the smallest of them: the tightest limit) and carry the issue's targets.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::{BenchOptions, Phase};
+
+/// A goal a figure should meet (the issue's targets, for 2 cores and `--size full`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum Target {
+    /// Value ≥ this.
+    AtLeast(f64),
+    /// Value ≤ this.
+    AtMost(f64),
+    /// Ratio to the baseline ≥ this.
+    RatioAtLeast(f64),
+}
+
+impl Target {
+    fn met(self, value: f64, ratio: Option<f64>) -> Option<bool> {
+        match self {
+            Target::AtLeast(t) => Some(value >= t),
+            Target::AtMost(t) => Some(value <= t),
+            Target::RatioAtLeast(t) => ratio.map(|r| r >= t),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Target::AtLeast(t) => format!("≥ {}", human(t)),
+            Target::AtMost(t) => format!("≤ {}", human(t)),
+            Target::RatioAtLeast(t) => format!("≥ {t}×"),
+        }
+    }
+}
+
+/// One measured number.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Figure {
+    /// Stable key, e.g. `collector_events_per_sec`.
+    pub name: String,
+    /// The phase that measured it.
+    pub phase: Phase,
+    /// What it is, for the table.
+    pub label: String,
+    /// The number.
+    pub value: f64,
+    /// Its unit (`ev/s`, `ms`, `bytes`, ...).
+    pub unit: String,
+    /// Baseline figures this one is compared with; the smallest present is used.
+    pub baselines: Vec<String>,
+    /// `value / baseline`, filled by [`Report::finish`].
+    pub ratio: Option<f64>,
+    /// Goals, all of which must hold.
+    pub targets: Vec<Target>,
+    /// Whether every target held (`None` without targets or without the baseline a
+    /// ratio target needs).
+    pub pass: Option<bool>,
+}
+
+impl Figure {
+    /// A figure without baseline or target (informational).
+    pub fn info(phase: Phase, name: &str, label: &str, value: f64, unit: &str) -> Self {
+        Self {
+            name: name.into(),
+            phase,
+            label: label.into(),
+            value,
+            unit: unit.into(),
+            baselines: Vec::new(),
+            ratio: None,
+            targets: Vec::new(),
+            pass: None,
+        }
+    }
+
+    /// Compare with these baseline figures (the smallest present counts).
+    pub fn against(mut self, baselines: &[&str]) -> Self {
+        self.baselines = baselines.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Add a target.
+    pub fn target(mut self, t: Target) -> Self {
+        self.targets.push(t);
+        self
+    }
+}
+
+/// A phase that failed, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseError {
+    /// The phase.
+    pub phase: Phase,
+    /// The error, with its causes.
+    pub error: String,
+}
+
+/// Where the run happened, so figures from different boxes are not mixed up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Machine {
+    /// Logical CPUs available to the process.
+    pub nproc: usize,
+    /// `MemTotal` from /proc/meminfo, bytes.
+    pub memory_bytes: u64,
+    /// Kernel release.
+    pub kernel: String,
+    /// CPU model from /proc/cpuinfo.
+    pub cpu_model: String,
+    /// `git rev-parse HEAD` of the working directory, when it is a checkout.
+    pub git_commit: Option<String>,
+    /// Whether the checkout had uncommitted changes.
+    pub git_dirty: Option<bool>,
+    /// ClickHouse `version()`.
+    pub clickhouse_version: String,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Whether the binary was built with optimizations (debug figures mean little).
+    pub release_build: bool,
+}
+
+/// The whole result of a run (this is the JSON file).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// JSON layout version; bump when a field changes meaning.
+    pub format: u32,
+    /// Run id (also in database and topic names).
+    pub run_id: String,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// Wall time of the whole run, seconds.
+    pub duration_secs: f64,
+    /// The box.
+    pub machine: Machine,
+    /// Sizes and knobs.
+    pub options: BenchOptions,
+    /// Workload facts (message and payload sizes).
+    pub workload: serde_json::Map<String, serde_json::Value>,
+    /// Where time and bytes went (e.g. the processor's ClickHouse insert time and bytes
+    /// by table), for finding bottlenecks; not compared between runs.
+    pub diagnostics: serde_json::Map<String, serde_json::Value>,
+    /// The numbers.
+    pub figures: Vec<Figure>,
+    /// Phases that failed.
+    pub errors: Vec<PhaseError>,
+    /// Things worth knowing that are not figures (cleanup failures, caveats).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Fill ratios and pass/miss from the baselines present.
+    pub fn finish(&mut self) {
+        let values: Vec<(String, f64)> = self
+            .figures
+            .iter()
+            .map(|f| (f.name.clone(), f.value))
+            .collect();
+        for f in &mut self.figures {
+            let base = f
+                .baselines
+                .iter()
+                .filter_map(|b| values.iter().find(|(n, _)| n == b).map(|(_, v)| *v))
+                .filter(|v| *v > 0.0)
+                .reduce(f64::min);
+            f.ratio = base.map(|b| f.value / b);
+            f.pass = f
+                .targets
+                .iter()
+                .map(|t| t.met(f.value, f.ratio))
+                .try_fold(true, |acc, m| m.map(|m| acc && m))
+                .filter(|_| !f.targets.is_empty());
+        }
+    }
+
+    /// A figure by name.
+    pub fn figure(&self, name: &str) -> Option<&Figure> {
+        self.figures.iter().find(|f| f.name == name)
+    }
+
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<[String; 7]> = vec![[
+            "phase".into(),
+            "figure".into(),
+            "value".into(),
+            "unit".into(),
+            "× baseline".into(),
+            "target".into(),
+            "result".into(),
+        ]];
+        for f in &self.figures {
+            rows.push([
+                f.phase.to_string(),
+                f.label.clone(),
+                human(f.value),
+                f.unit.clone(),
+                f.ratio.map_or_else(String::new, |r| format!("{r:.2}×")),
+                f.targets
+                    .iter()
+                    .map(|t| t.describe())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                match f.pass {
+                    Some(true) => "pass".into(),
+                    Some(false) => "MISS".into(),
+                    None => String::new(),
+                },
+            ]);
+        }
+        let mut widths = [0usize; 7];
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for (i, r) in rows.iter().enumerate() {
+            let mut line = String::new();
+            for (j, (c, w)) in r.iter().zip(widths).enumerate() {
+                let pad = w - c.chars().count();
+                // Numbers right-aligned, text left-aligned.
+                if j == 2 || j == 4 {
+                    let _ = write!(line, "{}{c}  ", " ".repeat(pad));
+                } else {
+                    let _ = write!(line, "{c}{}  ", " ".repeat(pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+            if i == 0 {
+                let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+                out.push_str(&"-".repeat(total));
+                out.push('\n');
+            }
+        }
+        for e in &self.errors {
+            let _ = writeln!(out, "FAILED {}: {}", e.phase, e.error);
+        }
+        out
+    }
+}
+
+/// A number for people: thousands separators, 3 significant decimals for small values.
+pub fn human(v: f64) -> String {
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    if v.abs() >= 1000.0 {
+        let n = v.round() as i128;
+        let s = n.abs().to_string();
+        let mut out = String::new();
+        for (i, ch) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        if n < 0 {
+            out.insert(0, '-');
+        }
+        out
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Size;
+
+    fn report(figures: Vec<Figure>) -> Report {
+        Report {
+            format: 1,
+            run_id: "r".into(),
+            started_at: "t".into(),
+            duration_secs: 1.0,
+            machine: Machine::default(),
+            options: BenchOptions::preset(Size::Tiny),
+            workload: serde_json::Map::new(),
+            diagnostics: serde_json::Map::new(),
+            figures,
+            errors: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_use_the_smallest_baseline_and_targets_combine() {
+        let mut r = report(vec![
+            Figure::info(Phase::Baseline, "a", "a", 100.0, "ev/s"),
+            Figure::info(Phase::Baseline, "b", "b", 80.0, "ev/s"),
+            Figure::info(Phase::Processor, "p", "p", 60.0, "ev/s")
+                .against(&["a", "b", "missing"])
+                .target(Target::RatioAtLeast(0.5))
+                .target(Target::AtLeast(50.0)),
+            Figure::info(Phase::Processor, "q", "q", 10.0, "ev/s")
+                .against(&["missing"])
+                .target(Target::RatioAtLeast(0.5)),
+            Figure::info(Phase::Latency, "l", "l", 3.0, "ms").target(Target::AtMost(2.0)),
+        ]);
+        r.finish();
+        let p = r.figure("p").unwrap();
+        assert_eq!(p.ratio, Some(0.75));
+        assert_eq!(p.pass, Some(true));
+        assert_eq!(r.figure("q").unwrap().pass, None);
+        assert_eq!(r.figure("l").unwrap().pass, Some(false));
+        assert_eq!(r.figure("a").unwrap().pass, None);
+        let t = r.table();
+        assert!(
+            t.contains("0.75×") && t.contains("MISS") && t.contains("pass"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn human_numbers() {
+        assert_eq!(human(1_234_567.4), "1,234,567");
+        assert_eq!(human(1000.4), "1,000");
+        assert_eq!(human(-12_345.0), "-12,345");
+        assert_eq!(human(0.12345), "0.123");
+        assert_eq!(human(12.34), "12.3");
+    }
+}

@@ -1,0 +1,125 @@
+//! `touchstream bench --size tiny` runs end to end against the local services and writes
+//! a JSON report with every figure present and sane.
+//!
+//! Not a timed test: tiny figures are dominated by start-up costs (and this is a debug
+//! build), so no threshold is checked, only that each phase produced its numbers. Runs
+//! the real binary (target/debug/touchstream, built by tests/run.sh) because the bench
+//! starts collector and processor children of that same binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use touchstream_tests as support;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Figures that count or time real work: must be positive.
+const POSITIVE: &[&str] = &[
+    "raw_produce_msgs_per_sec",
+    "raw_consume_msgs_per_sec",
+    "raw_insert_events_per_sec",
+    "collector_events_per_sec",
+    "collector_cpu_secs_per_100k_events",
+    "collector_rss_bytes",
+    "processor_events_per_sec",
+    "processor_cpu_secs_per_100k_events",
+    "processor_total_secs",
+    "processor_peak_rss_bytes",
+    "latency_events_per_sec",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "latency_enriched_p50_ms",
+    "latency_enriched_p99_ms",
+    "latency_processor_cpu_cores",
+    "memory_idle_rss_bytes",
+    "memory_rss_bytes_2000",
+    "memory_peak_rss_bytes_2000",
+];
+
+/// Figures that may legitimately be zero (or, for a difference of two RSS readings at a
+/// tiny size, slightly negative): present and finite is all that is asked.
+const FINITE: &[&str] = &[
+    "collector_503_answers",
+    "load_generator_cpu_secs_per_100k_events",
+    "processor_startup_secs",
+    "latency_collector_cpu_cores",
+    "memory_bytes_per_customer_2000",
+];
+
+#[tokio::test]
+async fn tiny_bench_reports_every_figure() {
+    support::require_port("Kafka", &support::kafka_brokers());
+    let ch = support::clickhouse_url();
+    support::require_port("ClickHouse", ch.trim_start_matches("http://"));
+    let bin = repo().join("target/debug/touchstream");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p touchstream` (tests/run.sh does)",
+        bin.display()
+    );
+    let json = std::env::temp_dir().join(format!("{}.json", support::unique("bench-smoke")));
+    // Blocking on purpose: this test does nothing else meanwhile.
+    let out = Command::new(&bin)
+        .current_dir(repo())
+        .args(["bench", "--size", "tiny", "--json"])
+        .arg(&json)
+        .env("TOUCHSTREAM__KAFKA__BROKERS", support::kafka_brokers())
+        .env("TOUCHSTREAM__CLICKHOUSE__URL", &ch)
+        .output()
+        .expect("run touchstream bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("× baseline"), "no table printed:\n{stdout}");
+
+    let text = std::fs::read_to_string(&json).expect("JSON report written");
+    let _ = std::fs::remove_file(&json);
+    let report: Value = serde_json::from_str(&text).expect("report is JSON");
+    assert_eq!(report["format"], 1);
+    assert_eq!(report["options"]["size"], "tiny");
+    assert_eq!(report["errors"].as_array().map(Vec::len), Some(0), "{text}");
+    assert!(report["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
+    let figures = report["figures"].as_array().expect("figures");
+    let value = |name: &str| -> f64 {
+        let f = figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("figure {name} missing from {text}"));
+        f["value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("figure {name} has no finite value: {f}"))
+    };
+    for name in POSITIVE {
+        let v = value(name);
+        assert!(v.is_finite() && v > 0.0, "{name} = {v}");
+    }
+    for name in FINITE {
+        assert!(value(name).is_finite(), "{name}");
+    }
+    // Ratios are filled where the baselines ran.
+    for name in ["collector_events_per_sec", "processor_events_per_sec"] {
+        let f = figures.iter().find(|f| f["name"] == name).expect(name);
+        let r = f["ratio"].as_f64().unwrap_or(f64::NAN);
+        assert!(r.is_finite() && r > 0.0, "{name} ratio {r}");
+    }
+    // The run dropped its databases.
+    let run_id = report["run_id"].as_str().expect("run_id");
+    let cfg = touchstream_core::config::ClickHouseConfig {
+        url: ch,
+        ..Default::default()
+    };
+    let left: u64 = touchstream_clickhouse::server_client(&cfg)
+        .query("SELECT count() FROM system.databases WHERE startsWith(name, ?)")
+        .bind(format!("touchstream_bench_{run_id}"))
+        .fetch_one()
+        .await
+        .expect("count databases");
+    assert_eq!(left, 0, "bench databases left behind");
+}
