@@ -259,6 +259,12 @@ pub struct ProcessorConfig {
     /// Pause before a stage that failed (e.g. Kafka produce errors) restarts from its last
     /// saved state, ms. Default 1000.
     pub restart_backoff_ms: u64,
+    /// Stable name of this processor replica (e.g. the pod name of a StatefulSet), used
+    /// as Kafka static group membership (`group.instance.id`, suffixed per stage): a
+    /// replica that crashes and restarts under the same name gets its partitions back
+    /// without the group waiting for the dead member's session to expire. Every running
+    /// replica needs its own name. Default empty: dynamic membership.
+    pub instance_id: String,
 }
 
 impl Default for ProcessorConfig {
@@ -274,6 +280,7 @@ impl Default for ProcessorConfig {
             catalog_path: PathBuf::from("deploy/catalog.toml"),
             idle_watermark_secs: 30,
             restart_backoff_ms: 1000,
+            instance_id: String::new(),
         }
     }
 }

@@ -107,6 +107,8 @@ pub async fn run(
         Ok(RunCtx {
             kafka: config.kafka.clone(),
             group_id: format!("{}-{stage}", pc.group_id),
+            instance_id: (!pc.instance_id.is_empty())
+                .then(|| format!("{}-{stage}", pc.instance_id)),
             producer: std::sync::Mutex::new(touchstream_core::kafka::producer(
                 &config.kafka,
                 runner::PRODUCE_TIMEOUT_MS,

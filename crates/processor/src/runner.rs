@@ -104,6 +104,8 @@ pub struct RunCtx {
     pub kafka: KafkaConfig,
     /// Consumer group of this stage.
     pub group_id: String,
+    /// Static membership id of this stage's consumer (`group.instance.id`), if any.
+    pub instance_id: Option<String>,
     /// This stage's producer (internal topics and DLQ); replaced after a failed run, since
     /// an idempotent producer can stay failed after a broker restart.
     pub producer: std::sync::Mutex<FutureProducer>,
@@ -142,6 +144,10 @@ struct Part<S> {
 pub struct LagContext {
     /// (high watermark, consumer lag) per topic partition.
     high: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// Revocations seen so far. The loop compares it with its own count: a partition
+    /// that was revoked may have been processed by another member in between, so its
+    /// in-memory state is stale and is reloaded from the saved snapshot.
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl ClientContext for LagContext {
@@ -158,7 +164,19 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            self.revocations
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
 
 /// Run a stage until shutdown, restarting from saved state after failures.
 pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorError> {
@@ -236,7 +254,11 @@ async fn load_part<S: Stage>(
 }
 
 async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorError> {
-    let consumer: StreamConsumer<LagContext> = touchstream_core::kafka::client_config(&ctx.kafka)
+    let mut config = touchstream_core::kafka::client_config(&ctx.kafka);
+    if let Some(id) = &ctx.instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<LagContext> = config
         .set("group.id", &ctx.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -253,6 +275,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         .set("max.poll.interval.ms", "60000")
         .create_with_context(LagContext {
             high: std::sync::Mutex::new(HashMap::new()),
+            revocations: std::sync::atomic::AtomicU64::new(0),
         })?;
     let topics = stage.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -270,8 +293,38 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             .min(Duration::from_millis(500))
             .max(Duration::from_millis(10)),
     );
+    let mut revocations_seen = 0u64;
 
     loop {
+        // After a revocation, finish the work in hand (rows, snapshots; the commit may be
+        // refused, which is fine) and forget every partition's state: whatever is
+        // assigned now is reloaded from its snapshot, which another member may have
+        // moved on while it was away. Keeping the old state would leave its position
+        // behind the committed offset, so the partition never looks caught up.
+        let revocations = consumer
+            .context()
+            .revocations
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if revocations != revocations_seen {
+            revocations_seen = revocations;
+            if !parts.is_empty() {
+                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                    .instrument(tracing::debug_span!(
+                        "flush",
+                        stage = stage.name(),
+                        messages = pending_msgs
+                    ))
+                    .await?;
+                pending_msgs = 0;
+                last_flush = Instant::now();
+                tracing::info!(
+                    stage = stage.name(),
+                    partitions = parts.len(),
+                    "rebalance: partition states dropped, reloading from snapshots"
+                );
+                parts.clear();
+            }
+        }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
                 flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
@@ -326,6 +379,9 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     continue;
                 }
                 if let Some(part) = parts.get_mut(&partition) {
+                    // In order again: a later gap gets a fresh reload and seek.
+                    part.gap_reloaded = false;
+                    part.seek_tried = false;
                     part.pos.seq += 1;
                     part.pos.next.insert(topic.clone(), offset + 1);
                     part.dirty = true;
