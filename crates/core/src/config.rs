@@ -55,7 +55,7 @@ pub struct Config {
 }
 
 /// Kafka connection and topic layout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated. Default `127.0.0.1:9092` (the local tansu broker).
@@ -94,6 +94,42 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             client_properties: BTreeMap::new(),
         }
+    }
+}
+
+/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...): never printed.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".pem") || k.contains("token")
+}
+
+// Hand-written so secrets among the pass-through properties never reach a log line
+// (`touchstream config` prints this).
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .client_properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("raw_topic", &self.raw_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("aliases_topic", &self.aliases_topic)
+            .field("routed_topic", &self.routed_topic)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("client_properties", &props)
+            .finish()
     }
 }
 
@@ -470,6 +506,26 @@ mod tests {
         assert_eq!(c.collector.cors_origins, vec!["https://shop.example"]);
         assert_eq!(c.clickhouse.password, "123");
         assert_eq!(c.kafka.client_properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut c = Config::default();
+        c.clickhouse.password = "ch-hunter2".into();
+        for (k, v) in [
+            ("sasl.password", "kafka-hunter2"),
+            ("ssl.key.password", "key-hunter2"),
+            ("sasl.oauthbearer.client.secret", "oauth-hunter2"),
+            ("sasl.username", "touchstream"),
+        ] {
+            c.kafka.client_properties.insert(k.into(), v.into());
+        }
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("touchstream"),
+            "non-secret properties stay visible"
+        );
     }
 
     #[test]
