@@ -146,7 +146,7 @@ mod tests {
             ],
         ] {
             let cfg = with(&props);
-            producer(&cfg, 1000).unwrap_or_else(|e| panic!("{props:?}: {e}"));
+            drop(producer(&cfg, 1000).unwrap_or_else(|e| panic!("{props:?}: {e}")));
             let consumer: Result<rdkafka::consumer::BaseConsumer, _> =
                 client_config(&cfg).set("group.id", "tls-test").create();
             consumer.unwrap_or_else(|e| panic!("{props:?}: {e}"));
