@@ -284,6 +284,10 @@ pub struct ProcessorConfig {
     pub batch_max_rows: usize,
     /// Flush a ClickHouse batch at least this often, ms. Default 1000.
     pub batch_max_ms: u64,
+    /// Save partition state snapshots and commit offsets at most this often, ms (flushes
+    /// in between write rows only). Larger: less work per event; a crash replays up to
+    /// this much input (rows are deduplicated, so results do not change). Default 5000.
+    pub snapshot_interval_ms: u64,
     /// Funnel definitions file. Default `deploy/funnels.toml`.
     pub funnels_path: PathBuf,
     /// Touchpoint catalog file (event → stage, channel). Default `deploy/catalog.toml`.
@@ -312,6 +316,7 @@ impl Default for ProcessorConfig {
             allowed_lateness_secs: 300,
             batch_max_rows: 10_000,
             batch_max_ms: 1000,
+            snapshot_interval_ms: 5000,
             funnels_path: PathBuf::from("deploy/funnels.toml"),
             catalog_path: PathBuf::from("deploy/catalog.toml"),
             idle_watermark_secs: 30,

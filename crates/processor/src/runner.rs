@@ -98,6 +98,20 @@ fn caught_up(
     })
 }
 
+/// When the next flush also saves snapshots and commits offsets.
+struct SnapshotDue {
+    last: Instant,
+    every: Duration,
+    /// Shutdown or revocation: save now whatever the clock says.
+    force: bool,
+}
+
+impl SnapshotDue {
+    fn due(&self) -> bool {
+        self.force || self.last.elapsed() >= self.every
+    }
+}
+
 /// Where the stage runs and writes.
 pub struct RunCtx {
     /// Kafka settings.
@@ -117,6 +131,10 @@ pub struct RunCtx {
     pub batch_max_rows: usize,
     /// Flush at least this often.
     pub batch_max: Duration,
+    /// Save snapshots and commit offsets at most this often (a flush in between writes
+    /// rows only). Snapshots hold a partition's whole state, so saving them on every
+    /// flush would cost more than the rows; a crash replays at most this much input.
+    pub snapshot_every: Duration,
     /// Pause before restarting after a failure.
     pub restart_backoff: Duration,
     /// Process-wide shutdown.
@@ -132,7 +150,10 @@ struct Position {
 struct Part<S> {
     state: S,
     pos: Position,
+    /// Has outputs to drain before the next flush.
     dirty: bool,
+    /// Changed since its last saved snapshot.
+    unsaved: bool,
     last_input: Instant,
     gap_reloaded: bool,
     seek_tried: bool,
@@ -247,6 +268,7 @@ async fn load_part<S: Stage>(
         state,
         pos,
         dirty: false,
+        unsaved: false,
         last_input: Instant::now(),
         gap_reloaded: false,
         seek_tried: false,
@@ -294,6 +316,11 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             .max(Duration::from_millis(10)),
     );
     let mut revocations_seen = 0u64;
+    let mut snap = SnapshotDue {
+        last: Instant::now(),
+        every: ctx.snapshot_every,
+        force: false,
+    };
 
     loop {
         // After a revocation, finish the work in hand (rows, snapshots; the commit may be
@@ -308,13 +335,22 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         if revocations != revocations_seen {
             revocations_seen = revocations;
             if !parts.is_empty() {
-                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
-                    .instrument(tracing::debug_span!(
-                        "flush",
-                        stage = stage.name(),
-                        messages = pending_msgs
-                    ))
-                    .await?;
+                snap.force = true;
+                flush(
+                    stage,
+                    ctx,
+                    &consumer,
+                    &mut parts,
+                    &mut batch,
+                    &mut ranges,
+                    &mut snap,
+                )
+                .instrument(tracing::debug_span!(
+                    "flush",
+                    stage = stage.name(),
+                    messages = pending_msgs
+                ))
+                .await?;
                 pending_msgs = 0;
                 last_flush = Instant::now();
                 tracing::info!(
@@ -327,7 +363,8 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                snap.force = true;
+                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
                     .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
                     .await?;
                 tracing::info!(stage = stage.name(), "stage stopped after a final flush");
@@ -355,12 +392,14 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                             && stage.idle(&mut part.state, idle, part.pos.seq)
                         {
                             part.dirty = true;
+                            part.unsaved = true;
                         }
                     }
                 }
                 let due = last_flush.elapsed() >= ctx.batch_max;
-                if due && (pending_msgs > 0 || parts.values().any(|p| p.dirty)) {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                let snapshot_due = snap.due() && parts.values().any(|p| p.unsaved);
+                if due && (pending_msgs > 0 || snapshot_due || parts.values().any(|p| p.dirty)) {
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
                     .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
                     .await?;
                     pending_msgs = 0;
@@ -385,6 +424,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     part.pos.seq += 1;
                     part.pos.next.insert(topic.clone(), offset + 1);
                     part.dirty = true;
+                    part.unsaved = true;
                     part.last_input = Instant::now();
                     stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut batch);
                 }
@@ -395,7 +435,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 ctx.metrics.messages.with_label_values(&[stage.name(), "processed"]).inc();
                 pending_msgs += 1;
                 if pending_msgs >= ctx.batch_max_rows {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
                     .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
                     .await?;
                     pending_msgs = 0;
@@ -494,6 +534,7 @@ async fn flush<S: Stage>(
     parts: &mut HashMap<i32, Part<S::State>>,
     batch: &mut Batch,
     ranges: &mut BTreeMap<(String, i32), (i64, i64)>,
+    snap: &mut SnapshotDue,
 ) -> Result<(), ProcessorError> {
     let scope = format!(
         "{}:{}",
@@ -507,6 +548,7 @@ async fn flush<S: Stage>(
     ranges.clear();
     for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
         stage.drain(&mut part.state, *p, batch);
+        part.dirty = false;
     }
     let producer = match ctx.producer.lock() {
         Ok(p) => p.clone(),
@@ -537,6 +579,9 @@ async fn flush<S: Stage>(
         return Err(e);
     }
     batch.clear();
+    if !snap.due() {
+        return Ok(());
+    }
     // 3. Snapshots, then 4. offsets.
     let key = state_key(ctx, stage.name());
     let now_ms = std::time::SystemTime::now()
@@ -544,7 +589,7 @@ async fn flush<S: Stage>(
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let mut states = Vec::new();
     let mut tpl = TopicPartitionList::new();
-    for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
+    for (p, part) in parts.iter_mut().filter(|(_, p)| p.unsaved) {
         let snapshot = stage.snapshot(&part.state).map_err(ProcessorError::State)?;
         let offsets =
             serde_json::to_string(&part.pos).map_err(|e| ProcessorError::State(e.to_string()))?;
@@ -559,9 +604,11 @@ async fn flush<S: Stage>(
         for (topic, next) in &part.pos.next {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
         }
-        part.dirty = false;
+        part.unsaved = false;
     }
     ctx.store.insert("processor_state", &states, None).await?;
+    snap.last = Instant::now();
+    snap.force = false;
     if tpl.count() > 0 {
         // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
         // partition moved in a rebalance) only means a longer skip-replay next time.
