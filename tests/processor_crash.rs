@@ -3,7 +3,7 @@
 //!
 //! The uninterrupted run uses an in-process processor; the faulty runs use the real
 //! `touchstream processor` binary (target/debug/touchstream) as child processes: one is
-//! SIGKILLed mid-stream twice and restarted (ignored by default, see below), the other
+//! SIGKILLed mid-stream twice and restarted, the other
 //! has a second member join (rebalance) and later leave with SIGTERM.
 
 use std::collections::BTreeSet;
@@ -98,7 +98,8 @@ impl Drop for Proc {
     }
 }
 
-fn start_child(c: &Config) -> Proc {
+/// `instance`: static group membership name (`processor.instance_id`), if any.
+fn start_child(c: &Config, instance: Option<&str>) -> Proc {
     let bin = repo().join("target/debug/touchstream");
     assert!(
         bin.is_file(),
@@ -115,6 +116,7 @@ fn start_child(c: &Config) -> Proc {
         Command::new(bin)
             .args(["processor", "--metrics-listen", "127.0.0.1:0"])
             .envs(env_of(c))
+            .envs(instance.map(|i| ("TOUCHSTREAM__PROCESSOR__INSTANCE_ID", format!("\"{i}\""))))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -313,19 +315,24 @@ async fn compare_with_uninterrupted(faults: Faults, name: &str) {
     let seed = now as u64;
     let pause = |k: u32| Duration::from_millis(1000 + (seed.rotate_left(k * 7) % 3000));
     println!("fault schedule seed {seed}");
-    let mut p1 = start_child(&b);
+    let mut p1;
     match faults {
         Faults::Kills => {
+            // Static membership: the restarted replica takes its partitions back under
+            // the same name instead of waiting for the dead member's session to expire.
+            let replica = Some("replica-1");
+            p1 = start_child(&b, replica);
             tokio::time::sleep(pause(1)).await;
             p1.sigkill(); // mid-stream: no chance to flush, snapshot or commit
-            p1 = start_child(&b);
+            p1 = start_child(&b, replica);
             tokio::time::sleep(pause(2)).await;
             p1.sigkill();
-            p1 = start_child(&b);
+            p1 = start_child(&b, replica);
         }
         Faults::JoinLeave => {
+            p1 = start_child(&b, None);
             tokio::time::sleep(pause(1)).await;
-            let mut p2 = start_child(&b); // joins: rebalance
+            let mut p2 = start_child(&b, None); // joins: rebalance
             tokio::time::sleep(pause(2) + pause(3)).await;
             sigterm(&mut p2); // leaves: rebalance
         }
@@ -349,24 +356,19 @@ async fn compare_with_uninterrupted(faults: Faults, name: &str) {
     }
 }
 
-/// Not in the default run: with tansu as the broker, a consumer group sometimes never
-/// completes the rebalance after a member was SIGKILLed (the restarted member is never
-/// assigned its partitions, so nothing moves), which would make CI flaky for a reason
-/// outside Touchstream. Run it with
-/// `cargo test -p touchstream-tests --test processor_crash -- --ignored`; when the broker
-/// completes the rebalance it passes (3 of 6 runs here completed it, all with equal tables).
+/// SIGKILL twice at varying points, restarting under the same static membership name
+/// (`processor.instance_id`). Without it, tansu sometimes never completed the rebalance
+/// that should drop the dead member (3 of 6 runs stalled), so the setting is also what
+/// docs/ops.md recommends for crash-restarting replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "tansu sometimes never completes a rebalance after a SIGKILLed member; run with --ignored"]
 async fn sigkilled_and_restarted_processors_lose_and_duplicate_nothing() {
     compare_with_uninterrupted(Faults::Kills, "crash_kill").await;
 }
 
-/// Not in the default run either: in one of two runs here the faulty run stopped closing
-/// funnel attempts after the second member left (164 of 190 closed, all events stored):
-/// a watermark that no longer advances after the partitions move back. Under
-/// investigation; run with `--ignored`.
+/// A second member joins (partitions move to it) and later leaves (they move back). Each
+/// revocation makes a member drop its in-memory partition states and reload them from
+/// the snapshots, which the other member may have moved on in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "after a member leaves, attempts sometimes stop closing (watermark stalls); under investigation"]
 async fn a_member_joining_and_leaving_mid_stream_changes_nothing() {
     compare_with_uninterrupted(Faults::JoinLeave, "crash_rebalance").await;
 }

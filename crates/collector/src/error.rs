@@ -67,6 +67,12 @@ impl IntoResponse for ApiError {
         let body =
             json!({"success": false, "error": self.to_string(), "retryable": self.is_retryable()});
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::TooLarge(_) = self {
+            // The rest of an oversized body may be unread: say the connection ends here,
+            // so a keep-alive client does not send its next request into it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::Unavailable {
             retry_after_secs, ..
         }

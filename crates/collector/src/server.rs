@@ -592,6 +592,18 @@ fn message_id_of(raw: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Deepest message embedded as JSON (not as text) in a DLQ record.
+const MAX_EMBEDDED_DEPTH: usize = 100;
+
+/// Nesting depth of a JSON value (a scalar is 0). Bounded by the parser's limit.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn dlq_record(
     topic: &str,
     raw: &str,
@@ -599,8 +611,13 @@ fn dlq_record(
     meta: &RequestMeta<'_>,
     ep: Endpoint,
 ) -> Record {
-    let original =
-        serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    // The message is embedded as JSON, one level deeper than it was; a message nested
+    // close to serde_json's limit (128) would make the record unreadable to readers using
+    // the default limit, so such a message (and unparsable text) is kept as a string.
+    let original = serde_json::from_str::<Value>(raw)
+        .ok()
+        .filter(|v| depth(v) <= MAX_EMBEDDED_DEPTH)
+        .unwrap_or_else(|| Value::String(raw.to_string()));
     let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(
         i128::from(meta.received_at_ms) * 1_000_000,
     )

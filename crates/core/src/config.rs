@@ -55,7 +55,7 @@ pub struct Config {
 }
 
 /// Kafka connection and topic layout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated. Default `127.0.0.1:9092` (the local tansu broker).
@@ -94,6 +94,42 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             client_properties: BTreeMap::new(),
         }
+    }
+}
+
+/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...): never printed.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with(".pem") || k.contains("token")
+}
+
+// Hand-written so secrets among the pass-through properties never reach a log line
+// (`touchstream config` prints this).
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .client_properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("raw_topic", &self.raw_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("aliases_topic", &self.aliases_topic)
+            .field("routed_topic", &self.routed_topic)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("client_properties", &props)
+            .finish()
     }
 }
 
@@ -248,6 +284,10 @@ pub struct ProcessorConfig {
     pub batch_max_rows: usize,
     /// Flush a ClickHouse batch at least this often, ms. Default 1000.
     pub batch_max_ms: u64,
+    /// Save partition state snapshots and commit offsets at most this often, ms (flushes
+    /// in between write rows only). Larger: less work per event; a crash replays up to
+    /// this much input (rows are deduplicated, so results do not change). Default 5000.
+    pub snapshot_interval_ms: u64,
     /// Funnel definitions file. Default `deploy/funnels.toml`.
     pub funnels_path: PathBuf,
     /// Touchpoint catalog file (event → stage, channel). Default `deploy/catalog.toml`.
@@ -259,6 +299,12 @@ pub struct ProcessorConfig {
     /// Pause before a stage that failed (e.g. Kafka produce errors) restarts from its last
     /// saved state, ms. Default 1000.
     pub restart_backoff_ms: u64,
+    /// Stable name of this processor replica (e.g. the pod name of a StatefulSet), used
+    /// as Kafka static group membership (`group.instance.id`, suffixed per stage): a
+    /// replica that crashes and restarts under the same name gets its partitions back
+    /// without the group waiting for the dead member's session to expire. Every running
+    /// replica needs its own name. Default empty: dynamic membership.
+    pub instance_id: String,
 }
 
 impl Default for ProcessorConfig {
@@ -270,10 +316,12 @@ impl Default for ProcessorConfig {
             allowed_lateness_secs: 300,
             batch_max_rows: 10_000,
             batch_max_ms: 1000,
+            snapshot_interval_ms: 5000,
             funnels_path: PathBuf::from("deploy/funnels.toml"),
             catalog_path: PathBuf::from("deploy/catalog.toml"),
             idle_watermark_secs: 30,
             restart_backoff_ms: 1000,
+            instance_id: String::new(),
         }
     }
 }
@@ -463,6 +511,26 @@ mod tests {
         assert_eq!(c.collector.cors_origins, vec!["https://shop.example"]);
         assert_eq!(c.clickhouse.password, "123");
         assert_eq!(c.kafka.client_properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut c = Config::default();
+        c.clickhouse.password = "ch-hunter2".into();
+        for (k, v) in [
+            ("sasl.password", "kafka-hunter2"),
+            ("ssl.key.password", "key-hunter2"),
+            ("sasl.oauthbearer.client.secret", "oauth-hunter2"),
+            ("sasl.username", "touchstream"),
+        ] {
+            c.kafka.client_properties.insert(k.into(), v.into());
+        }
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("touchstream"),
+            "non-secret properties stay visible"
+        );
     }
 
     #[test]

@@ -109,3 +109,55 @@ pub async fn ensure_topics(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(props: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            client_properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// The bundled librdkafka is built with OpenSSL (rdkafka's `ssl-vendored`): without
+    /// it, creating any client with these properties fails ("OpenSSL not available at
+    /// build time"), so TLS and SCRAM settings in config would be useless.
+    #[test]
+    fn tls_and_sasl_scram_clients_can_be_created() {
+        for props in [
+            vec![("security.protocol", "ssl")],
+            vec![
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.username", "touchstream"),
+                ("sasl.password", "secret"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+            ],
+            vec![
+                ("security.protocol", "sasl_plaintext"),
+                ("sasl.mechanisms", "PLAIN"),
+                ("sasl.username", "touchstream"),
+                ("sasl.password", "secret"),
+            ],
+        ] {
+            let cfg = with(&props);
+            drop(producer(&cfg, 1000).unwrap_or_else(|e| panic!("{props:?}: {e}")));
+            let consumer: Result<rdkafka::consumer::BaseConsumer, _> =
+                client_config(&cfg).set("group.id", "tls-test").create();
+            consumer.unwrap_or_else(|e| panic!("{props:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_properties_are_refused_at_creation() {
+        let err = producer(&with(&[("no.such.property", "1")]), 1000)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("no.such.property"), "{err}");
+    }
+}

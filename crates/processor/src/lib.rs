@@ -107,6 +107,8 @@ pub async fn run(
         Ok(RunCtx {
             kafka: config.kafka.clone(),
             group_id: format!("{}-{stage}", pc.group_id),
+            instance_id: (!pc.instance_id.is_empty())
+                .then(|| format!("{}-{stage}", pc.instance_id)),
             producer: std::sync::Mutex::new(touchstream_core::kafka::producer(
                 &config.kafka,
                 runner::PRODUCE_TIMEOUT_MS,
@@ -115,6 +117,7 @@ pub async fn run(
             metrics: metrics.clone(),
             batch_max_rows: pc.batch_max_rows.max(1),
             batch_max: Duration::from_millis(pc.batch_max_ms.max(10)),
+            snapshot_every: Duration::from_millis(pc.snapshot_interval_ms),
             restart_backoff: Duration::from_millis(pc.restart_backoff_ms),
             shutdown: shutdown.clone(),
         })

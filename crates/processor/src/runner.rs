@@ -98,12 +98,28 @@ fn caught_up(
     })
 }
 
+/// When the next flush also saves snapshots and commits offsets.
+struct SnapshotDue {
+    last: Instant,
+    every: Duration,
+    /// Shutdown or revocation: save now whatever the clock says.
+    force: bool,
+}
+
+impl SnapshotDue {
+    fn due(&self) -> bool {
+        self.force || self.last.elapsed() >= self.every
+    }
+}
+
 /// Where the stage runs and writes.
 pub struct RunCtx {
     /// Kafka settings.
     pub kafka: KafkaConfig,
     /// Consumer group of this stage.
     pub group_id: String,
+    /// Static membership id of this stage's consumer (`group.instance.id`), if any.
+    pub instance_id: Option<String>,
     /// This stage's producer (internal topics and DLQ); replaced after a failed run, since
     /// an idempotent producer can stay failed after a broker restart.
     pub producer: std::sync::Mutex<FutureProducer>,
@@ -115,6 +131,10 @@ pub struct RunCtx {
     pub batch_max_rows: usize,
     /// Flush at least this often.
     pub batch_max: Duration,
+    /// Save snapshots and commit offsets at most this often (a flush in between writes
+    /// rows only). Snapshots hold a partition's whole state, so saving them on every
+    /// flush would cost more than the rows; a crash replays at most this much input.
+    pub snapshot_every: Duration,
     /// Pause before restarting after a failure.
     pub restart_backoff: Duration,
     /// Process-wide shutdown.
@@ -130,7 +150,10 @@ struct Position {
 struct Part<S> {
     state: S,
     pos: Position,
+    /// Has outputs to drain before the next flush.
     dirty: bool,
+    /// Changed since its last saved snapshot.
+    unsaved: bool,
     last_input: Instant,
     gap_reloaded: bool,
     seek_tried: bool,
@@ -142,6 +165,10 @@ struct Part<S> {
 pub struct LagContext {
     /// (high watermark, consumer lag) per topic partition.
     high: std::sync::Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// Revocations seen so far. The loop compares it with its own count: a partition
+    /// that was revoked may have been processed by another member in between, so its
+    /// in-memory state is stale and is reloaded from the saved snapshot.
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl ClientContext for LagContext {
@@ -158,7 +185,19 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            self.revocations
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
 
 /// Run a stage until shutdown, restarting from saved state after failures.
 pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorError> {
@@ -229,6 +268,7 @@ async fn load_part<S: Stage>(
         state,
         pos,
         dirty: false,
+        unsaved: false,
         last_input: Instant::now(),
         gap_reloaded: false,
         seek_tried: false,
@@ -236,7 +276,11 @@ async fn load_part<S: Stage>(
 }
 
 async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorError> {
-    let consumer: StreamConsumer<LagContext> = touchstream_core::kafka::client_config(&ctx.kafka)
+    let mut config = touchstream_core::kafka::client_config(&ctx.kafka);
+    if let Some(id) = &ctx.instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<LagContext> = config
         .set("group.id", &ctx.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -253,6 +297,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         .set("max.poll.interval.ms", "60000")
         .create_with_context(LagContext {
             high: std::sync::Mutex::new(HashMap::new()),
+            revocations: std::sync::atomic::AtomicU64::new(0),
         })?;
     let topics = stage.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -270,11 +315,56 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             .min(Duration::from_millis(500))
             .max(Duration::from_millis(10)),
     );
+    let mut revocations_seen = 0u64;
+    let mut snap = SnapshotDue {
+        last: Instant::now(),
+        every: ctx.snapshot_every,
+        force: false,
+    };
 
     loop {
+        // After a revocation, finish the work in hand (rows, snapshots; the commit may be
+        // refused, which is fine) and forget every partition's state: whatever is
+        // assigned now is reloaded from its snapshot, which another member may have
+        // moved on while it was away. Keeping the old state would leave its position
+        // behind the committed offset, so the partition never looks caught up.
+        let revocations = consumer
+            .context()
+            .revocations
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if revocations != revocations_seen {
+            revocations_seen = revocations;
+            if !parts.is_empty() {
+                snap.force = true;
+                flush(
+                    stage,
+                    ctx,
+                    &consumer,
+                    &mut parts,
+                    &mut batch,
+                    &mut ranges,
+                    &mut snap,
+                )
+                .instrument(tracing::debug_span!(
+                    "flush",
+                    stage = stage.name(),
+                    messages = pending_msgs
+                ))
+                .await?;
+                pending_msgs = 0;
+                last_flush = Instant::now();
+                tracing::info!(
+                    stage = stage.name(),
+                    partitions = parts.len(),
+                    "rebalance: partition states dropped, reloading from snapshots"
+                );
+                parts.clear();
+            }
+        }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                snap.force = true;
+                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
                     .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
                     .await?;
                 tracing::info!(stage = stage.name(), "stage stopped after a final flush");
@@ -302,12 +392,14 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                             && stage.idle(&mut part.state, idle, part.pos.seq)
                         {
                             part.dirty = true;
+                            part.unsaved = true;
                         }
                     }
                 }
                 let due = last_flush.elapsed() >= ctx.batch_max;
-                if due && (pending_msgs > 0 || parts.values().any(|p| p.dirty)) {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                let snapshot_due = snap.due() && parts.values().any(|p| p.unsaved);
+                if due && (pending_msgs > 0 || snapshot_due || parts.values().any(|p| p.dirty)) {
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
                     .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
                     .await?;
                     pending_msgs = 0;
@@ -326,9 +418,13 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     continue;
                 }
                 if let Some(part) = parts.get_mut(&partition) {
+                    // In order again: a later gap gets a fresh reload and seek.
+                    part.gap_reloaded = false;
+                    part.seek_tried = false;
                     part.pos.seq += 1;
                     part.pos.next.insert(topic.clone(), offset + 1);
                     part.dirty = true;
+                    part.unsaved = true;
                     part.last_input = Instant::now();
                     stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut batch);
                 }
@@ -339,7 +435,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 ctx.metrics.messages.with_label_values(&[stage.name(), "processed"]).inc();
                 pending_msgs += 1;
                 if pending_msgs >= ctx.batch_max_rows {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges)
+                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
                     .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
                     .await?;
                     pending_msgs = 0;
@@ -438,6 +534,7 @@ async fn flush<S: Stage>(
     parts: &mut HashMap<i32, Part<S::State>>,
     batch: &mut Batch,
     ranges: &mut BTreeMap<(String, i32), (i64, i64)>,
+    snap: &mut SnapshotDue,
 ) -> Result<(), ProcessorError> {
     let scope = format!(
         "{}:{}",
@@ -451,6 +548,7 @@ async fn flush<S: Stage>(
     ranges.clear();
     for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
         stage.drain(&mut part.state, *p, batch);
+        part.dirty = false;
     }
     let producer = match ctx.producer.lock() {
         Ok(p) => p.clone(),
@@ -481,6 +579,9 @@ async fn flush<S: Stage>(
         return Err(e);
     }
     batch.clear();
+    if !snap.due() {
+        return Ok(());
+    }
     // 3. Snapshots, then 4. offsets.
     let key = state_key(ctx, stage.name());
     let now_ms = std::time::SystemTime::now()
@@ -488,7 +589,7 @@ async fn flush<S: Stage>(
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let mut states = Vec::new();
     let mut tpl = TopicPartitionList::new();
-    for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
+    for (p, part) in parts.iter_mut().filter(|(_, p)| p.unsaved) {
         let snapshot = stage.snapshot(&part.state).map_err(ProcessorError::State)?;
         let offsets =
             serde_json::to_string(&part.pos).map_err(|e| ProcessorError::State(e.to_string()))?;
@@ -503,9 +604,11 @@ async fn flush<S: Stage>(
         for (topic, next) in &part.pos.next {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
         }
-        part.dirty = false;
+        part.unsaved = false;
     }
     ctx.store.insert("processor_state", &states, None).await?;
+    snap.last = Instant::now();
+    snap.force = false;
     if tpl.count() > 0 {
         // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
         // partition moved in a rebalance) only means a longer skip-replay next time.
