@@ -18,9 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use futures::future::join_all;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -305,9 +309,6 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
     tracing::info!(stage = stage.name(), group = %ctx.group_id, topics = ?topics, "stage consuming");
 
     let mut parts: HashMap<i32, Part<S::State>> = HashMap::new();
-    let mut batch = Batch::default();
-    // Input offsets (first, last) per topic-partition in the current batch.
-    let mut ranges: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
     let mut pending_msgs = 0usize;
     let mut last_flush = Instant::now();
     let mut tick = tokio::time::interval(
@@ -316,11 +317,16 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             .max(Duration::from_millis(10)),
     );
     let mut revocations_seen = 0u64;
-    let mut snap = SnapshotDue {
-        last: Instant::now(),
-        every: ctx.snapshot_every,
-        force: false,
+    let mut out = Outbox {
+        batch: Batch::default(),
+        ranges: BTreeMap::new(),
+        snap: SnapshotDue {
+            last: Instant::now(),
+            every: ctx.snapshot_every,
+            force: false,
+        },
     };
+    let mut in_flight: InFlight<'_> = None;
 
     loop {
         // After a revocation, finish the work in hand (rows, snapshots; the commit may be
@@ -335,22 +341,9 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         if revocations != revocations_seen {
             revocations_seen = revocations;
             if !parts.is_empty() {
-                snap.force = true;
-                flush(
-                    stage,
-                    ctx,
-                    &consumer,
-                    &mut parts,
-                    &mut batch,
-                    &mut ranges,
-                    &mut snap,
-                )
-                .instrument(tracing::debug_span!(
-                    "flush",
-                    stage = stage.name(),
-                    messages = pending_msgs
-                ))
-                .await?;
+                out.snap.force = true;
+                flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
+                finish(&mut in_flight).await?;
                 pending_msgs = 0;
                 last_flush = Instant::now();
                 tracing::info!(
@@ -362,11 +355,15 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             }
         }
         tokio::select! {
+            // Surface a failed write as soon as it fails (not only at the next cut).
+            res = async { match in_flight.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if in_flight.is_some() => {
+                in_flight = None;
+                res?;
+            }
             _ = ctx.shutdown.cancelled() => {
-                snap.force = true;
-                flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
-                    .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
-                    .await?;
+                out.snap.force = true;
+                flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
+                finish(&mut in_flight).await?;
                 tracing::info!(stage = stage.name(), "stage stopped after a final flush");
                 return Ok(());
             }
@@ -397,11 +394,9 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     }
                 }
                 let due = last_flush.elapsed() >= ctx.batch_max;
-                let snapshot_due = snap.due() && parts.values().any(|p| p.unsaved);
+                let snapshot_due = out.snap.due() && parts.values().any(|p| p.unsaved);
                 if due && (pending_msgs > 0 || snapshot_due || parts.values().any(|p| p.dirty)) {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
-                    .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
-                    .await?;
+                    flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
                     pending_msgs = 0;
                     last_flush = Instant::now();
                 }
@@ -426,18 +421,16 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                     part.dirty = true;
                     part.unsaved = true;
                     part.last_input = Instant::now();
-                    stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut batch);
+                    stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut out.batch);
                 }
-                ranges
+                out.ranges
                     .entry((topic.clone(), partition))
                     .and_modify(|r| r.1 = offset)
                     .or_insert((offset, offset));
                 ctx.metrics.messages.with_label_values(&[stage.name(), "processed"]).inc();
                 pending_msgs += 1;
                 if pending_msgs >= ctx.batch_max_rows {
-                    flush(stage, ctx, &consumer, &mut parts, &mut batch, &mut ranges, &mut snap)
-                    .instrument(tracing::debug_span!("flush", stage = stage.name(), messages = pending_msgs))
-                    .await?;
+                    flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
                     pending_msgs = 0;
                     last_flush = Instant::now();
                 }
@@ -527,34 +520,85 @@ async fn admit<S: Stage>(
     Ok(true)
 }
 
-async fn flush<S: Stage>(
+/// Outputs gathered since the last cut, and when snapshots are due.
+struct Outbox {
+    batch: Batch,
+    /// Input offsets (first, last) per topic-partition in the current batch.
+    ranges: BTreeMap<(String, i32), (i64, i64)>,
+    snap: SnapshotDue,
+}
+
+/// A cut batch on its way out: its records already enqueued in the producer (in order),
+/// its rows, and, when due, the snapshots and offsets to save after them.
+struct Outgoing {
+    acks: Vec<DeliveryFuture>,
+    batch: Batch,
+    scope: String,
+    states: Vec<StateRow>,
+    tpl: TopicPartitionList,
+}
+
+/// The write of the previous cut, running while the loop processes the next messages.
+type InFlight<'a> = Option<Pin<Box<dyn Future<Output = Result<(), ProcessorError>> + Send + 'a>>>;
+
+/// Wait for the write in flight, if any.
+async fn finish(in_flight: &mut InFlight<'_>) -> Result<(), ProcessorError> {
+    match in_flight.take() {
+        Some(f) => f.await,
+        None => Ok(()),
+    }
+}
+
+/// Cut the batch and start writing it; the previous write completes first, so writes
+/// (and offset commits) stay in order and at most one batch is in the air. Processing
+/// the next messages overlaps with the write, so the stage is not idle while ClickHouse
+/// and Kafka acknowledge.
+async fn flush<'a, S: Stage>(
+    stage: &S,
+    ctx: &'a RunCtx,
+    consumer: &'a StreamConsumer<LagContext>,
+    parts: &mut HashMap<i32, Part<S::State>>,
+    out: &mut Outbox,
+    in_flight: &mut InFlight<'a>,
+) -> Result<(), ProcessorError> {
+    finish(in_flight).await?;
+    let job = cut(stage, ctx, parts, out).await?;
+    *in_flight = Some(Box::pin(
+        write_out(ctx, consumer, job)
+            .instrument(tracing::debug_span!("flush", stage = stage.name())),
+    ));
+    Ok(())
+}
+
+/// Drain outputs, enqueue the records, and capture snapshots if due (synchronously, so
+/// they describe exactly the input up to this cut).
+async fn cut<S: Stage>(
     stage: &S,
     ctx: &RunCtx,
-    consumer: &StreamConsumer<LagContext>,
     parts: &mut HashMap<i32, Part<S::State>>,
-    batch: &mut Batch,
-    ranges: &mut BTreeMap<(String, i32), (i64, i64)>,
-    snap: &mut SnapshotDue,
-) -> Result<(), ProcessorError> {
+    out: &mut Outbox,
+) -> Result<Outgoing, ProcessorError> {
     let scope = format!(
         "{}:{}",
         state_key(ctx, stage.name()),
-        ranges
+        out.ranges
             .iter()
             .map(|((t, p), (a, b))| format!("{t}#{p}:{a}-{b}"))
             .collect::<Vec<_>>()
             .join(",")
     );
-    ranges.clear();
+    out.ranges.clear();
     for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
-        stage.drain(&mut part.state, *p, batch);
+        stage.drain(&mut part.state, *p, &mut out.batch);
         part.dirty = false;
     }
+    let mut batch = std::mem::take(&mut out.batch);
     let producer = match ctx.producer.lock() {
         Ok(p) => p.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
-    // 1. Internal topics and DLQ: every record acknowledged before anything is committed.
+    // 1. Internal topics and DLQ, enqueued now so they keep the order of the cuts; their
+    // acknowledgements are awaited before anything of this cut is committed.
     let mut acks = Vec::with_capacity(batch.records.len());
     for r in &batch.records {
         let mut rec = FutureRecord::to(&r.topic).payload(&r.payload);
@@ -564,55 +608,87 @@ async fn flush<S: Stage>(
         if let Some(p) = r.partition {
             rec = rec.partition(p);
         }
-        acks.push(producer.send(rec, Duration::from_secs(30)));
-    }
-    for ack in join_all(acks).await {
-        if let Err((e, _)) = ack {
-            batch.clear();
-            return Err(ProcessorError::Produce(e.to_string()));
+        let started = Instant::now();
+        loop {
+            match producer.send_result(rec) {
+                Ok(ack) => {
+                    acks.push(ack);
+                    break;
+                }
+                Err((e, back))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+                        && started.elapsed() < Duration::from_secs(30) =>
+                {
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(ProcessorError::Produce(e.to_string())),
+            }
         }
     }
-    // 2. Rows.
-    let res = batch.write(&ctx.store, &scope).await;
-    if let Err(e) = res {
-        batch.clear();
-        return Err(e);
-    }
-    batch.clear();
-    if !snap.due() {
-        return Ok(());
-    }
-    // 3. Snapshots, then 4. offsets.
-    let key = state_key(ctx, stage.name());
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    batch.records.clear();
+    // 3. Snapshots and 4. offsets, when due, written after the rows.
     let mut states = Vec::new();
     let mut tpl = TopicPartitionList::new();
-    for (p, part) in parts.iter_mut().filter(|(_, p)| p.unsaved) {
-        let snapshot = stage.snapshot(&part.state).map_err(ProcessorError::State)?;
-        let offsets =
-            serde_json::to_string(&part.pos).map_err(|e| ProcessorError::State(e.to_string()))?;
-        states.push(StateRow {
-            stage: key.clone(),
-            partition: *p,
-            offsets,
-            snapshot,
-            saved_at_ms: now_ms,
-            version: part.pos.seq,
-        });
-        for (topic, next) in &part.pos.next {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+    if out.snap.due() {
+        let key = state_key(ctx, stage.name());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for (p, part) in parts.iter_mut().filter(|(_, p)| p.unsaved) {
+            let snapshot = stage.snapshot(&part.state).map_err(ProcessorError::State)?;
+            let offsets = serde_json::to_string(&part.pos)
+                .map_err(|e| ProcessorError::State(e.to_string()))?;
+            states.push(StateRow {
+                stage: key.clone(),
+                partition: *p,
+                offsets,
+                snapshot,
+                saved_at_ms: now_ms,
+                version: part.pos.seq,
+            });
+            for (topic, next) in &part.pos.next {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+            }
+            part.unsaved = false;
         }
-        part.unsaved = false;
+        out.snap.last = Instant::now();
+        out.snap.force = false;
     }
-    ctx.store.insert("processor_state", &states, None).await?;
-    snap.last = Instant::now();
-    snap.force = false;
-    if tpl.count() > 0 {
+    Ok(Outgoing {
+        acks,
+        batch,
+        scope,
+        states,
+        tpl,
+    })
+}
+
+/// Write a cut: records acknowledged, 2. rows, 3. snapshots, 4. offsets. A failure
+/// fails the stage run, which restarts from the saved snapshots.
+async fn write_out(
+    ctx: &RunCtx,
+    consumer: &StreamConsumer<LagContext>,
+    job: Outgoing,
+) -> Result<(), ProcessorError> {
+    for ack in join_all(job.acks).await {
+        match ack {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(ProcessorError::Produce(e.to_string())),
+            Err(_) => return Err(ProcessorError::Produce("producer dropped".into())),
+        }
+    }
+    job.batch.write(&ctx.store, &job.scope).await?;
+    if job.states.is_empty() {
+        return Ok(());
+    }
+    ctx.store
+        .insert("processor_state", &job.states, None)
+        .await?;
+    if job.tpl.count() > 0 {
         // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
         // partition moved in a rebalance) only means a longer skip-replay next time.
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = consumer.commit(&job.tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "offset commit failed");
         }
     }
