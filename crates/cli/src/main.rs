@@ -247,6 +247,12 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     }
 }
 
+/// mimalloc instead of the system allocator: the per-event paths allocate a lot (JSON,
+/// Avro, rows), and glibc's per-thread arenas fragment under the processor's mix of
+/// long-lived state and short-lived batches (see docs/bench.md for the figures).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -281,6 +281,15 @@ async fn load_part<S: Stage>(
 
 async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorError> {
     let mut config = touchstream_core::kafka::client_config(&ctx.kafka);
+    // librdkafka prefetches up to 64 MiB per consumer by default: memory that does not
+    // buy throughput here (each stage drains its queue in batches of `batch_max_rows`).
+    if !ctx
+        .kafka
+        .client_properties
+        .contains_key("queued.max.messages.kbytes")
+    {
+        config.set("queued.max.messages.kbytes", "16384");
+    }
     if let Some(id) = &ctx.instance_id {
         config.set("group.instance.id", id);
     }
