@@ -3,17 +3,31 @@
 //! Pure and synchronous so that every rule of SPEC §2 (validation, ids, time correction)
 //! is unit-tested without a server. The HTTP layer hands us each message's raw JSON text
 //! (so the 32 KiB limit is measured on what the client sent) plus request metadata.
+//!
+//! This is the collector's per-message hot path, so the message is read in one pass
+//! without a `serde_json::Value` tree: known fields are captured as borrowed strings,
+//! numbers or shapes, and the free-form parts (`properties`, `traits`, `context`, the
+//! unknown fields for `extra`) are written straight to their canonical text by
+//! [`crate::canonical`]. The rules are then applied in the order the original `Value`
+//! implementation ([`crate::message_dom`]) applied them, so the first failing rule — and
+//! its detail text — is the same; a proptest compares the two on arbitrary messages.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::OffsetDateTime;
+use touchstream_core::avro::TouchpointRef;
 use touchstream_core::{is_placeholder_id, Channel, MessageType, Touchpoint};
+
+use crate::canonical;
+use crate::message_scan::{Field, Fields};
 
 pub use touchstream_core::event::MAX_FUTURE_MS;
 
 /// Message fields with a column of their own (and `writeKey`, a secret never stored);
 /// any other top-level field goes to `extra`.
-const KNOWN_FIELDS: [&str; 15] = [
+pub(crate) const KNOWN_FIELDS: [&str; 15] = [
     "type",
     "messageId",
     "anonymousId",
@@ -32,7 +46,7 @@ const KNOWN_FIELDS: [&str; 15] = [
 ];
 
 /// Namespace of deterministic ids for messages without `messageId`.
-const MESSAGE_ID_NAMESPACE: uuid::Uuid =
+pub(crate) const MESSAGE_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x7c1c_9a5e_0f3b_4e8e_9d51_5e7a_11d0_c0de);
 
 /// Why a message was rejected. The label is a bounded metric label value.
@@ -81,7 +95,7 @@ pub struct Rejection {
     pub detail: String,
 }
 
-fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
+pub(crate) fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejection {
     Rejection {
         reason,
         detail: detail.into(),
@@ -104,7 +118,46 @@ pub struct RequestMeta<'a> {
     /// Batch-level `sentAt`, already parsed.
     pub batch_sent_at_ms: Option<i64>,
     /// Batch-level `context`, merged under each message's own.
-    pub batch_context: Option<&'a Map<String, Value>>,
+    pub batch_context: Option<&'a BatchContext>,
+}
+
+/// A batch-level `context`, prepared once per request for merging under each message's.
+#[derive(Debug, Clone)]
+pub struct BatchContext {
+    /// As parsed (for the `Value` path).
+    map: Map<String, Value>,
+    /// `(key, canonical value text)`, sorted by key (the map's order).
+    entries: Vec<(String, String)>,
+    /// Canonical text of the whole object.
+    text: String,
+    /// `channel`, when present: the channel its string names (`None`: the default).
+    channel: Option<Option<Channel>>,
+    /// `userAgent`, when present: its string value.
+    user_agent: Option<Option<String>>,
+}
+
+impl BatchContext {
+    /// Prepare a batch's `context` object.
+    pub fn new(map: Map<String, Value>) -> Self {
+        let entries = map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        BatchContext {
+            text: Value::Object(map.clone()).to_string(),
+            channel: map
+                .get("channel")
+                .map(|v| v.as_str().and_then(named_channel)),
+            user_agent: map.get("userAgent").map(|v| v.as_str().map(String::from)),
+            entries,
+            map,
+        }
+    }
+
+    /// The object as parsed.
+    pub fn map(&self) -> &Map<String, Value> {
+        &self.map
+    }
 }
 
 /// Parse an ISO-8601 timestamp to epoch ms.
@@ -134,72 +187,32 @@ pub fn event_time_ms(
     }
 }
 
-/// An id field: a string, or a number (some SDKs send numeric user ids) as its text.
-fn id_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Rejection> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(reject(
-            RejectReason::InvalidField,
-            format!("{key} must be a string"),
-        )),
-    }
+/// The event id of a message without `messageId`, into `out` (`seed`: working memory):
+/// UUIDv5 of the source name, a NUL and the message's exact text. Deterministic, so a
+/// client retrying the same body yields the same id and the duplicate collapses
+/// downstream.
+fn message_id_into(source: &str, raw: &str, seed: &mut Vec<u8>, out: &mut String) {
+    seed.clear();
+    seed.reserve(source.len() + raw.len() + 1);
+    seed.extend_from_slice(source.as_bytes());
+    seed.push(0);
+    seed.extend_from_slice(raw.as_bytes());
+    let mut text = uuid::Uuid::encode_buffer();
+    out.clear();
+    out.push_str(
+        uuid::Uuid::new_v5(&MESSAGE_ID_NAMESPACE, seed)
+            .hyphenated()
+            .encode_lower(&mut text),
+    );
 }
 
-fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Rejection> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(reject(
-            RejectReason::InvalidField,
-            format!("{key} must be a string"),
-        )),
-    }
-}
-
-fn object_field<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'a Map<String, Value>>, Rejection> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(reject(
-            RejectReason::InvalidField,
-            format!("{key} must be an object"),
-        )),
-    }
-}
-
-fn timestamp_field(obj: &Map<String, Value>, key: &str) -> Result<Option<i64>, Rejection> {
-    match string_field(obj, key) {
-        Ok(None) => Ok(None),
-        Ok(Some(s)) => parse_timestamp(&s).map(Some).ok_or_else(|| {
-            reject(
-                RejectReason::InvalidTimestamp,
-                format!("{key} {s:?} is not an ISO-8601 timestamp"),
-            )
-        }),
-        Err(_) => Err(reject(
-            RejectReason::InvalidTimestamp,
-            format!("{key} must be an ISO-8601 string"),
-        )),
-    }
-}
-
-/// Map Segment's `channel` values (browser, mobile, server) and our own names to a
-/// channel; anything else falls back to the source's default.
-fn channel_of(obj: &Map<String, Value>, context: &Map<String, Value>, default: Channel) -> Channel {
-    let named = obj
-        .get("channel")
-        .or_else(|| context.get("channel"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    match named {
-        "browser" => Channel::Web,
-        "mobile" => Channel::App,
-        other => other.parse().unwrap_or(default),
+/// Segment's `channel` values (browser, mobile) and our own names; `None` for anything
+/// else, which means the source's default.
+pub(crate) fn named_channel(s: &str) -> Option<Channel> {
+    match s {
+        "browser" => Some(Channel::Web),
+        "mobile" => Some(Channel::App),
+        other => other.parse().ok(),
     }
 }
 
@@ -207,39 +220,95 @@ fn channel_of(obj: &Map<String, Value>, context: &Map<String, Value>, default: C
 ///
 /// `raw` is the message's JSON text; `implied` is the type of a single-message endpoint
 /// (`/v1/track` implies `track`), `None` for batch members, which must carry `type`.
+/// The collector itself uses a [`Validator`], which borrows instead of copying.
 pub fn to_touchpoint(
     raw: &str,
     implied: Option<MessageType>,
     meta: &RequestMeta<'_>,
 ) -> Result<Touchpoint, Rejection> {
-    let value: Value = serde_json::from_str(raw)
-        .map_err(|e| reject(RejectReason::Malformed, format!("invalid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(reject(
-            RejectReason::Malformed,
-            "a message must be a JSON object",
-        ));
-    };
+    Validator::new()
+        .validate(raw, implied, meta)
+        .map(|tp| tp.to_touchpoint())
+}
+
+/// Validates the messages of one request (all borrowed from one body, lifetime `'de`),
+/// reusing its working buffers from one message to the next, and hands out each
+/// touchpoint as a borrowed [`TouchpointRef`] ready for [`avro::encode_ref`]: no owned
+/// copy of any field is made on the way from the JSON text to the Avro bytes.
+///
+/// [`avro::encode_ref`]: touchstream_core::avro::encode_ref
+#[derive(Default)]
+pub struct Validator<'de> {
+    fields: Fields<'de>,
+    bufs: Buffers,
+    /// The touchpoint of a message the `Value` path accepted (see [`Validator::validate`]).
+    fallback: Option<Touchpoint>,
+}
+
+/// Text the touchpoint of the current message borrows that is not in the message.
+#[derive(Default)]
+struct Buffers {
+    /// A generated event id.
+    event_id: String,
+    /// Name bytes of a generated event id.
+    seed: Vec<u8>,
+    /// The message context merged over the batch context.
+    context: String,
+}
+
+impl<'de> Validator<'de> {
+    /// A validator with empty buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Validate one message (see [`to_touchpoint`]); the touchpoint borrows from the
+    /// message, `meta` and this validator until the next call.
+    pub fn validate<'s>(
+        &'s mut self,
+        raw: &'de str,
+        implied: Option<MessageType>,
+        meta: &'s RequestMeta<'_>,
+    ) -> Result<TouchpointRef<'s>, Rejection> {
+        if self.fields.scan(raw, meta.batch_context.is_some()) {
+            return build(&self.fields, &mut self.bufs, raw, implied, meta);
+        }
+        // Not an object as `serde_json::Value` reads one (invalid JSON, another type, or
+        // its raw-value token): the `Value` path answers, with its exact rejection text.
+        let tp = crate::message_dom::to_touchpoint(raw, implied, meta)?;
+        Ok(TouchpointRef::from(&*self.fallback.insert(tp)))
+    }
+}
+
+/// Apply the rules to a scanned message, in the order the `Value` implementation applies
+/// them, and build the touchpoint.
+fn build<'s>(
+    f: &'s Fields<'_>,
+    bufs: &'s mut Buffers,
+    raw: &str,
+    implied: Option<MessageType>,
+    meta: &'s RequestMeta<'_>,
+) -> Result<TouchpointRef<'s>, Rejection> {
     let message_type = match implied {
         Some(t) => t,
-        None => match obj.get("type").and_then(Value::as_str) {
-            Some(t) => t.parse().map_err(|_| {
+        None => match &f.message_type {
+            Field::Str(t) => t.parse().map_err(|_| {
                 reject(
                     RejectReason::UnknownType,
                     format!("type {t:?} is not one of track, page, screen, identify, alias"),
                 )
             })?,
-            None => return Err(reject(RejectReason::UnknownType, "type is missing")),
+            _ => return Err(reject(RejectReason::UnknownType, "type is missing")),
         },
     };
 
-    let anonymous_id = id_field(&obj, "anonymousId")?;
-    let user_id = id_field(&obj, "userId")?;
-    let previous_id = id_field(&obj, "previousId")?;
+    let anonymous_id = f.anonymous_id.id("anonymousId")?;
+    let user_id = f.user_id.id("userId")?;
+    let previous_id = f.previous_id.id("previousId")?;
     for (name, id) in [
-        ("anonymousId", &anonymous_id),
-        ("userId", &user_id),
-        ("previousId", &previous_id),
+        ("anonymousId", anonymous_id),
+        ("userId", user_id),
+        ("previousId", previous_id),
     ] {
         if let Some(id) = id {
             if is_placeholder_id(id) {
@@ -265,7 +334,7 @@ pub fn to_touchpoint(
     }
 
     let event = match message_type {
-        MessageType::Track => match string_field(&obj, "event")? {
+        MessageType::Track => match f.event.string("event")? {
             Some(e) if !e.trim().is_empty() => Some(e),
             _ => {
                 return Err(reject(
@@ -274,57 +343,67 @@ pub fn to_touchpoint(
                 ))
             }
         },
-        MessageType::Page | MessageType::Screen => string_field(&obj, "name")?,
+        MessageType::Page | MessageType::Screen => f.name.string("name")?,
         MessageType::Identify | MessageType::Alias => None,
     };
 
-    let timestamp_ms = match timestamp_field(&obj, "timestamp")? {
+    let timestamp_ms = match f.timestamp.timestamp("timestamp")? {
         Some(t) => Some(t),
-        None => timestamp_field(&obj, "originalTimestamp")?,
+        None => f.original_timestamp.timestamp("originalTimestamp")?,
     };
-    let sent_at_ms = timestamp_field(&obj, "sentAt")?.or(meta.batch_sent_at_ms);
+    let sent_at_ms = f.sent_at.timestamp("sentAt")?.or(meta.batch_sent_at_ms);
 
-    let properties = object_field(&obj, "properties")?;
-    let traits = object_field(&obj, "traits")?;
-    let mut context = meta.batch_context.cloned().unwrap_or_default();
-    if let Some(own) = object_field(&obj, "context")? {
-        context.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let properties = f.properties.check("properties")?;
+    let traits = f.traits.check("traits")?;
+    let own_context = f.context.check("context")?;
+    let message_id = match f.message_id.id("messageId")? {
+        Some(id) if !id.trim().is_empty() => Some(id),
+        _ => None,
+    };
+    // Past the last rule: the rest cannot fail.
+
+    let batch = meta.batch_context;
+    // The merged context's `channel` and `userAgent`: the message's own when its
+    // context has the key (whatever the value), else the batch's.
+    let (own_channel, own_user_agent) = if own_context {
+        let ua = f.context_user_agent;
+        let text = f.context_user_agent_text.as_str();
+        (f.context_channel, ua.map(|is_str| is_str.then_some(text)))
+    } else {
+        (None, None)
+    };
+    let context_channel = own_channel.or_else(|| batch.and_then(|b| b.channel));
+    // A top-level `channel` of any value (even `null`) hides the context's.
+    let channel = match &f.channel {
+        Field::Absent => context_channel.flatten(),
+        Field::Str(s) => named_channel(s),
+        Field::Null | Field::Num(_) | Field::Other => None,
     }
-    let channel = channel_of(&obj, &context, meta.default_channel);
-    let user_agent = context
-        .get("userAgent")
-        .and_then(Value::as_str)
-        .map(String::from)
-        .or_else(|| meta.user_agent.clone());
+    .unwrap_or(meta.default_channel);
+    let user_agent = match own_user_agent {
+        Some(ua) => ua,
+        None => batch
+            .and_then(|b| b.user_agent.as_ref())
+            .and_then(Option::as_deref),
+    }
+    .or(meta.user_agent.as_deref());
 
-    let event_id = match id_field(&obj, "messageId")? {
-        Some(id) if !id.trim().is_empty() => id,
-        // Deterministic, so a client retrying the same body yields the same id and the
-        // duplicate collapses downstream.
-        _ => {
-            let mut seed = Vec::with_capacity(meta.source.len() + raw.len() + 1);
-            seed.extend_from_slice(meta.source.as_bytes());
-            seed.push(0);
-            seed.extend_from_slice(raw.as_bytes());
-            uuid::Uuid::new_v5(&MESSAGE_ID_NAMESPACE, &seed).to_string()
-        }
+    if message_id.is_none() {
+        message_id_into(meta.source, raw, &mut bufs.seed, &mut bufs.event_id);
+    }
+    if let (Some(b), true) = (batch, own_context) {
+        merge_context(b, &f.context_entries, &mut bufs.context);
+    }
+    let bufs: &'s Buffers = bufs;
+    let context = match (batch, own_context) {
+        (None, true) => f.context_text.as_str(),
+        (None, false) => "{}",
+        (Some(b), false) => b.text.as_str(),
+        (Some(_), true) => bufs.context.as_str(),
     };
-
-    // Everything else the client sent is kept, except the secret write key.
-    let extra: Map<String, Value> = obj
-        .iter()
-        .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-
-    let json = |m: Option<&Map<String, Value>>| {
-        m.map_or_else(
-            || "{}".to_string(),
-            |m| Value::Object(m.clone()).to_string(),
-        )
-    };
-    Ok(Touchpoint {
-        event_id,
+    let object_text = |present: bool, text: &'s str| if present { text } else { "{}" };
+    Ok(TouchpointRef {
+        event_id: message_id.unwrap_or(&bufs.event_id),
         message_type,
         event,
         anonymous_id,
@@ -334,15 +413,38 @@ pub fn to_touchpoint(
         timestamp_ms,
         sent_at_ms,
         received_at_ms: meta.received_at_ms,
-        source: meta.source.to_string(),
-        channel: channel.as_str().to_string(),
-        properties: json(properties),
-        traits: json(traits),
-        context: Value::Object(context).to_string(),
-        ip: meta.ip.clone(),
+        source: meta.source,
+        channel: channel.as_str(),
+        properties: object_text(properties, &f.properties_text),
+        traits: object_text(traits, &f.traits_text),
+        context,
+        ip: meta.ip.as_deref(),
         user_agent,
-        extra: Value::Object(extra).to_string(),
+        extra: &f.extra,
     })
+}
+
+/// The batch context with the message's own entries over it, as canonical text.
+fn merge_context(batch: &BatchContext, own: &[(String, String)], out: &mut String) {
+    let mut merged: BTreeMap<&str, &str> = batch
+        .entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for (k, v) in own {
+        merged.insert(k, v);
+    }
+    out.clear();
+    out.push('{');
+    for (i, (k, v)) in merged.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        canonical::write_str(out, k);
+        out.push(':');
+        out.push_str(v);
+    }
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -461,9 +563,14 @@ mod tests {
 
     #[test]
     fn page_name_and_batch_context_merge() {
-        let ctx = json!({"locale": "de", "page": {"path": "/"}});
+        let ctx = BatchContext::new(
+            json!({"locale": "de", "page": {"path": "/"}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
         let m = RequestMeta {
-            batch_context: ctx.as_object(),
+            batch_context: Some(&ctx),
             ..meta()
         };
         let v = json!({"name": "Home", "anonymousId": "a", "context": {"locale": "fr"}});
@@ -546,6 +653,335 @@ mod tests {
         let tp = ok(json!({"type": "alias", "previousId": "anon-1", "userId": "u-1"}));
         assert_eq!(tp.previous_id.as_deref(), Some("anon-1"));
         assert_eq!(tp.identity_key(), "u-1");
+    }
+
+    #[test]
+    fn canonical_forms_and_context_merge_match_the_value_path() {
+        let ctx = BatchContext::new(
+            json!({"channel": "mobile", "userAgent": "batch-ua", "z": [1, {"b": 2, "a": 1}]})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let batch = RequestMeta {
+            batch_context: Some(&ctx),
+            ..meta()
+        };
+        for raw in [
+            r#"{"type":"track","event":"E","userId":"u","properties":{"b":1,"a":{"d":1E2,"c":-0},"b":2},"zz":1,"aa":{"y":1,"x":2},"zz":3}"#,
+            r#"{"type":"page","userId":"u","context":{"userAgent":7,"locale":"fr","channel":"web"}}"#,
+            r#"{"type":"page","userId":"u","context":{"userAgent":"own\u0021"},"channel":null}"#,
+            r#"{"type":"page","userId":"u","context":null,"context":{"channel":"store"}}"#,
+            r#"{"type":"page","userId":"u","context":{"channel":"store"},"context":null}"#,
+            r#"{"type":"page","userId":"u","channel":"email","context":{"channel":"store"}}"#,
+            r#"{"type":"page","userId":"u","channel":"nope","context":{"channel":"store"}}"#,
+            r#"{"t\u0079pe":"identify","userId":12.50,"messageId":7,"traits":{"\u00e9":"\u00e9","a\nb":"\/"}}"#,
+            r#"{"type":"identify","userId":"u","messageId":"  "}"#,
+            r#"{"type":"identify","userId":"u","writeKey":"k","integrations":{"All":false}}"#,
+            r#"{"$serde_json::private::RawValue":"{\"type\":\"page\",\"userId\":\"u\"}"}"#,
+            r#"{"type":"page","userId":"u","properties":{"$serde_json::private::RawValue":"[1]"}}"#,
+            r#"{"type":"page","userId":"u","n":1e400}"#,
+            r#"{"type":"page","userId":"u"} "#,
+            r#"{"type":"page","userId":"u"} x"#,
+            r#"["type"]"#,
+        ] {
+            for m in [&meta(), &batch] {
+                let want = crate::message_dom::to_touchpoint(raw, None, m);
+                assert_eq!(to_touchpoint(raw, None, m), want, "{raw}");
+            }
+        }
+    }
+
+    mod equivalence {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A value for `key`: what clients send there, right or wrong.
+        fn value(key: &'static str) -> BoxedStrategy<String> {
+            let pool: Vec<&'static str> = match key {
+                "type" => vec![
+                    r#""track""#,
+                    r#""page""#,
+                    r#""screen""#,
+                    r#""identify""#,
+                    r#""alias""#,
+                    r#""purchase""#,
+                    r#""Track""#,
+                    r#""tr\u0061ck""#,
+                    "1",
+                    "null",
+                ],
+                "anonymousId" | "userId" | "previousId" | "messageId" => vec![
+                    r#""u-1""#,
+                    r#""a-\u00e9""#,
+                    r#""""#,
+                    r#"" ""#,
+                    r#""null""#,
+                    r#""Anonymous""#,
+                    r#""0""#,
+                    "0",
+                    "42",
+                    "-7",
+                    "1.5",
+                    "1E2",
+                    "-0",
+                    "18446744073709551616",
+                    "null",
+                    "true",
+                    r#"{"id":1}"#,
+                    "[]",
+                ],
+                "event" | "name" => vec![
+                    r#""Order Completed""#,
+                    r#""""#,
+                    r#"" ""#,
+                    "5",
+                    "null",
+                    "false",
+                    "[1]",
+                    r#""caf\u00e9""#,
+                ],
+                "timestamp" | "originalTimestamp" | "sentAt" => vec![
+                    r#""2025-11-25T11:59:00Z""#,
+                    r#""2025-11-25T11:59:00.123+01:00""#,
+                    r#""2025-11-25T11:59:00""#,
+                    r#""yesterday""#,
+                    r#""""#,
+                    "1700000000",
+                    "null",
+                    "{}",
+                ],
+                "channel" => vec![
+                    r#""browser""#,
+                    r#""mobile""#,
+                    r#""server""#,
+                    r#""store""#,
+                    r#""call_center""#,
+                    "null",
+                    "3",
+                ],
+                _ => vec![],
+            };
+            let json = prop_oneof![
+                8 => crate::canonical::tests::json_text_with(false),
+                1 => crate::canonical::tests::json_text(),
+            ];
+            if pool.is_empty() {
+                prop_oneof![3 => context(), 1 => json].boxed()
+            } else {
+                prop_oneof![
+                    4 => prop::sample::select(pool).prop_map(String::from),
+                    1 => json,
+                ]
+                .boxed()
+            }
+        }
+
+        /// Context-like objects: `channel`/`userAgent` of any type, repeats, nesting.
+        fn context() -> BoxedStrategy<String> {
+            let key = prop::sample::select(vec![
+                "channel",
+                "userAgent",
+                "locale",
+                "library",
+                "ip",
+                "a",
+                "userAgen\\u0074",
+            ]);
+            let val = prop_oneof![
+                prop::sample::select(vec![
+                    r#""browser""#,
+                    r#""mobile""#,
+                    r#""web""#,
+                    r#""store""#,
+                    r#""email""#,
+                    r#""ua-\"1\"""#,
+                    "null",
+                    "1",
+                    r#"{"name":"analytics.js","version":"1"}"#,
+                    "[]",
+                    r#""""#,
+                ])
+                .prop_map(String::from),
+                crate::canonical::tests::json_text_with(false),
+            ];
+            prop::collection::vec((key, val), 0..5)
+                .prop_map(|entries| {
+                    let body: Vec<String> = entries
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                })
+                .boxed()
+        }
+
+        /// Messages that often pass validation (a plausible core in random order) with
+        /// any other fields, right or wrong, repeated or not, around it.
+        fn message() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "type",
+                "messageId",
+                "anonymousId",
+                "userId",
+                "previousId",
+                "event",
+                "name",
+                "properties",
+                "traits",
+                "context",
+                "timestamp",
+                "originalTimestamp",
+                "sentAt",
+                "channel",
+                "writeKey",
+                "integrations",
+                "_metadata",
+                "zz",
+                "a\\u0062",
+                "\\u0074ype",
+                "",
+            ]);
+            let entry = |k: &'static str| {
+                let unescaped: &'static str = match k {
+                    "\\u0074ype" => "type",
+                    other => other,
+                };
+                (Just(k), value(unescaped), " ?")
+            };
+            let core = (
+                prop::sample::select(vec![
+                    r#""track""#,
+                    r#""page""#,
+                    r#""screen""#,
+                    r#""identify""#,
+                    r#""alias""#,
+                ]),
+                prop::sample::select(vec![r#""anon-1""#, r#""anon-\u00e9""#, "17"]),
+                prop::sample::select(vec![r#""user-1""#, "42"]),
+                prop::sample::select(vec![r#""Order Completed""#, r#""Home""#]),
+                prop::sample::select(vec![
+                    r#""2025-11-25T11:59:00.123Z""#,
+                    r#""2025-11-25T11:00:00Z""#,
+                ]),
+                prop::sample::select(vec![
+                    r#""2025-11-25T11:59:01Z""#,
+                    r#""2025-11-25T11:00:02Z""#,
+                ]),
+                context(),
+                prop::sample::subsequence(
+                    vec![
+                        "type",
+                        "anonymousId",
+                        "userId",
+                        "previousId",
+                        "event",
+                        "name",
+                        "timestamp",
+                        "sentAt",
+                        "context",
+                    ],
+                    0..=9,
+                ),
+            )
+                .prop_map(|(t, a, u, e, ts, sent, ctx, keep)| {
+                    let all = [
+                        ("type", t.to_string()),
+                        ("anonymousId", a.to_string()),
+                        ("userId", u.to_string()),
+                        ("previousId", a.to_string()),
+                        ("event", e.to_string()),
+                        ("name", e.to_string()),
+                        ("timestamp", ts.to_string()),
+                        ("sentAt", sent.to_string()),
+                        ("context", ctx),
+                    ];
+                    all.into_iter()
+                        .filter(|(k, _)| keep.contains(k))
+                        .map(|(k, v)| (k, v, String::new()))
+                        .collect::<Vec<_>>()
+                });
+            let others = prop::collection::vec(key.prop_flat_map(entry), 0..5);
+            (core, others)
+                .prop_flat_map(|(mut core, others)| {
+                    core.extend(others);
+                    Just(core).prop_shuffle()
+                })
+                .prop_map(|entries| {
+                    let body: Vec<String> = entries
+                        .iter()
+                        .map(|(k, v, ws)| format!("{ws}\"{k}\"{ws}:{ws}{v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// The one-pass path gives exactly what the `Value` path gives — touchpoint or
+            /// rejection with its detail — and declines only what `Value` reads
+            /// differently from an object.
+            #[test]
+            fn fast_path_equals_value_path(
+                raw in message(),
+                implied in proptest::option::of(proptest::sample::select(MessageType::ALL.to_vec())),
+                batch in proptest::option::of(context()),
+                batch_sent_at in proptest::option::of(RECEIVED - 5_000..RECEIVED),
+                header_ua in proptest::option::of(Just("ua-header".to_string())),
+            ) {
+                let ctx = batch
+                    .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                    .and_then(|v| v.as_object().cloned())
+                    .map(BatchContext::new);
+                let m = RequestMeta {
+                    batch_context: ctx.as_ref(),
+                    batch_sent_at_ms: batch_sent_at,
+                    user_agent: header_ua,
+                    ..meta()
+                };
+                let want = crate::message_dom::to_touchpoint(&raw, implied, &m);
+                let mut v = Validator::new();
+                let fast = v
+                    .fields
+                    .scan(&raw, m.batch_context.is_some())
+                    .then(|| build(&v.fields, &mut v.bufs, &raw, implied, &m).map(|t| t.to_touchpoint()));
+                match fast {
+                    Some(got) => prop_assert_eq!(got, want),
+                    None => prop_assert!(
+                        !serde_json::from_str::<Value>(&raw).is_ok_and(|v| v.is_object())
+                            || raw.contains(crate::canonical::RAW_VALUE_TOKEN),
+                        "declined a plain object: {}", raw
+                    ),
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            /// One validator over a request's messages: nothing of a message leaks into
+            /// the next (the buffers are reused).
+            #[test]
+            fn a_reused_validator_equals_the_value_path(
+                raws in prop::collection::vec(message(), 1..6),
+                batch in proptest::option::of(context()),
+            ) {
+                let ctx = batch
+                    .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                    .and_then(|v| v.as_object().cloned())
+                    .map(BatchContext::new);
+                let m = RequestMeta {
+                    batch_context: ctx.as_ref(),
+                    ..meta()
+                };
+                let mut v = Validator::new();
+                for raw in &raws {
+                    let got = v.validate(raw, None, &m).map(|t| t.to_touchpoint());
+                    prop_assert_eq!(got, crate::message_dom::to_touchpoint(raw, None, &m));
+                }
+            }
+        }
     }
 
     proptest::proptest! {

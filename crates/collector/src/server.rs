@@ -32,9 +32,9 @@ use tracing::Instrument as _;
 use crate::auth::{basic_username, Source, Sources};
 use crate::body;
 use crate::error::ApiError;
-use crate::message::{parse_timestamp, to_touchpoint, Rejection, RequestMeta};
+use crate::message::{parse_timestamp, BatchContext, Rejection, RequestMeta, Validator};
 use crate::metrics::Metrics;
-use crate::sink::{produce_all, Record};
+use crate::sink::{produce_all, Records};
 
 /// Why the collector could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +376,7 @@ async fn ingest_inner(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(String::from);
+    let batch_context = batch_context.map(BatchContext::new);
     let meta = RequestMeta {
         source: &source.name,
         default_channel: source.default_channel,
@@ -390,21 +391,22 @@ async fn ingest_inner(
         Endpoint::Single(t) => Some(t),
     };
 
-    let mut records = Vec::with_capacity(messages.len());
+    // Avro values are about as long as the message text plus the request's strings.
+    let per_message = source.name.len()
+        + meta.ip.as_ref().map_or(0, String::len)
+        + meta.user_agent.as_ref().map_or(0, String::len)
+        + 96;
+    let mut records =
+        Records::with_capacity(messages.len(), text.len() + messages.len() * per_message);
+    let mut validator = Validator::new();
     let mut rejected = Vec::new();
     for (index, raw) in messages.iter().enumerate() {
-        match to_touchpoint(raw, implied, &meta) {
-            Ok(tp) => {
-                let payload = avro::encode(&tp)
-                    .map_err(|e| ApiError::BadRequest(format!("message {index}: {e}")))?;
-                records.push(Record {
-                    topic: st.kafka.raw_topic.clone(),
-                    key: Some(tp.identity_key().to_string()),
-                    payload,
-                });
-            }
+        match validator.validate(raw, implied, &meta) {
+            Ok(tp) => records.push(&st.kafka.raw_topic, Some(tp.identity_key()), |out| {
+                avro::encode_ref(&tp, out)
+            }),
             Err(rej) => {
-                records.push(dlq_record(&st.kafka.dlq_topic, raw, &rej, &meta, ep));
+                dlq_record(&mut records, &st.kafka.dlq_topic, raw, &rej, &meta, ep);
                 rejected.push((index, message_id_of(raw), rej));
             }
         }
@@ -604,13 +606,14 @@ fn depth(v: &Value) -> usize {
     }
 }
 
-fn dlq_record(
-    topic: &str,
+fn dlq_record<'t>(
+    records: &mut Records<'t>,
+    topic: &'t str,
     raw: &str,
     rej: &Rejection,
     meta: &RequestMeta<'_>,
     ep: Endpoint,
-) -> Record {
+) {
     // The message is embedded as JSON, one level deeper than it was; a message nested
     // close to serde_json's limit (128) would make the record unreadable to readers using
     // the default limit, so such a message (and unparsable text) is kept as a string.
@@ -635,11 +638,10 @@ fn dlq_record(
         "received_at_ms": meta.received_at_ms,
         "message": original,
     });
-    Record {
-        topic: topic.to_string(),
-        key: None,
-        payload: doc.to_string().into_bytes(),
-    }
+    records.push(topic, None, |out| {
+        // A `Value` always serialises; writing to a `Vec` cannot fail.
+        let _ = serde_json::to_writer(out, &doc);
+    });
 }
 
 fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: Option<&str>) -> Option<String> {

@@ -5,6 +5,7 @@
 //! within `produce_timeout_ms` — fails the whole request with a retryable error; records
 //! that did land are deduplicated downstream by `messageId`.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -13,14 +14,75 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::metrics::Metrics;
 
-/// One record to produce.
-pub struct Record {
+/// The records of one request: every key and value in one buffer, so building a record
+/// costs no allocation of its own (librdkafka copies what it produces anyway).
+pub struct Records<'t> {
+    buf: Vec<u8>,
+    items: Vec<Item<'t>>,
+}
+
+struct Item<'t> {
+    topic: &'t str,
+    key: Option<Range<usize>>,
+    value: Range<usize>,
+}
+
+/// One record to produce, borrowed from [`Records`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
     /// Target topic.
-    pub topic: String,
+    pub topic: &'a str,
     /// Partitioning key (`None` for the DLQ).
-    pub key: Option<String>,
+    pub key: Option<&'a [u8]>,
     /// Value bytes.
-    pub payload: Vec<u8>,
+    pub payload: &'a [u8],
+}
+
+impl<'t> Records<'t> {
+    /// Room for `records` records of `bytes` key and value bytes in all (a hint).
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Records {
+            buf: Vec::with_capacity(bytes),
+            items: Vec::with_capacity(records),
+        }
+    }
+
+    /// Add a record whose value `write_value` appends to the buffer it is given.
+    pub fn push(
+        &mut self,
+        topic: &'t str,
+        key: Option<&str>,
+        write_value: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let key = key.map(|k| {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(k.as_bytes());
+            start..self.buf.len()
+        });
+        let start = self.buf.len();
+        write_value(&mut self.buf);
+        let value = start..self.buf.len();
+        self.items.push(Item { topic, key, value });
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// No records.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The records, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = Record<'_>> {
+        self.items.iter().map(|i| Record {
+            topic: i.topic,
+            key: i.key.clone().map(|k| &self.buf[k]),
+            payload: &self.buf[i.value.clone()],
+        })
+    }
 }
 
 /// Why a produce failed; each maps to a `broker_errors` label.
@@ -51,15 +113,15 @@ impl SinkError {
 /// Produce all records and wait until every one is acknowledged, or fail.
 pub async fn produce_all(
     producer: &FutureProducer,
-    records: &[Record],
+    records: &Records<'_>,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(), SinkError> {
     let started = Instant::now();
     let mut pending = Vec::with_capacity(records.len());
-    for r in records {
-        let mut rec = FutureRecord::to(&r.topic).payload(&r.payload);
-        if let Some(k) = &r.key {
+    for r in records.iter() {
+        let mut rec = FutureRecord::to(r.topic).payload(r.payload);
+        if let Some(k) = r.key {
             rec = rec.key(k);
         }
         match producer.send_result(rec) {
@@ -89,4 +151,40 @@ pub async fn produce_all(
 fn fail(metrics: &Metrics, e: SinkError) -> SinkError {
     metrics.broker_errors.with_label_values(&[e.kind()]).inc();
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_keep_keys_and_values_apart() {
+        let mut r = Records::with_capacity(0, 0);
+        assert!(r.is_empty());
+        r.push("raw", Some("k1"), |b| b.extend_from_slice(b"v1"));
+        r.push("dlq", None, |b| b.extend_from_slice(b"{}"));
+        r.push("raw", Some(""), |_| {});
+        assert_eq!(r.len(), 3);
+        let all: Vec<Record<'_>> = r.iter().collect();
+        assert_eq!(
+            all,
+            [
+                Record {
+                    topic: "raw",
+                    key: Some(b"k1"),
+                    payload: b"v1"
+                },
+                Record {
+                    topic: "dlq",
+                    key: None,
+                    payload: b"{}"
+                },
+                Record {
+                    topic: "raw",
+                    key: Some(b""),
+                    payload: b""
+                },
+            ]
+        );
+    }
 }

@@ -91,8 +91,14 @@ impl Channel {
     /// Segment's library values `browser` (→ web) and `mobile` (→ app); `server` and
     /// anything unrecognised say nothing about the channel, so the catalog decides.
     pub fn from_message(value: &str) -> Option<Channel> {
-        let v = value.trim().to_ascii_lowercase().replace(['-', ' '], "_");
-        Some(match v.as_str() {
+        // Most messages already use a normalized name: no allocation for them.
+        Self::normalized(value).or_else(|| {
+            Self::normalized(&value.trim().to_ascii_lowercase().replace(['-', ' '], "_"))
+        })
+    }
+
+    fn normalized(v: &str) -> Option<Channel> {
+        Some(match v {
             "web" | "browser" => Channel::Web,
             "app" | "mobile" | "ios" | "android" => Channel::App,
             "store" | "pos" => Channel::Store,

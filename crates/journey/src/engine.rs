@@ -18,15 +18,21 @@
 //! event older than that cannot be placed and is stored as a late touchpoint. A customer
 //! idle past the horizon is forgotten entirely, so memory follows active customers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::event::{Retract, RoutedEvent};
 use crate::funnel::FunnelSet;
-use crate::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+use crate::hash::{FastMap, FastState, Fnv128};
+use crate::rows::JourneyOutput;
 use crate::session::{HistEvent, Machine};
+
+use buffer::Buffer;
+use emit::Scratch;
+use output::Output;
 
 /// Stage-2 tuning (mirrors `[processor]` in the deployment config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,34 +89,139 @@ pub struct JourneyCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct LiveRow {
     key: u128,
-    /// `None` for a session, the funnel index for an attempt.
-    funnel: Option<u16>,
     /// `start_ms` of a session, `closed_ms` of an attempt: the partition column a
     /// tombstone must repeat to land in the same ClickHouse partition.
     partition_ms: i64,
     fingerprint: u64,
+    /// Time of the event whose replay step closed the row (a session: the event that
+    /// started the next one), unless `open`. The row becomes final once the eviction
+    /// cutoff passes it.
+    closed_by_ms: i64,
+    /// `None` for a session, the funnel index for an attempt.
+    funnel: Option<u16>,
+    /// Still open at the end of the history (the open session, an attempt only the
+    /// release frontier closed): new events at the end can change or remove it, while
+    /// closed rows stay as they are.
+    open: bool,
 }
 
 /// One customer's state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 struct Customer {
-    /// Checkpoint covering every event before `base_until_ms`.
-    base: Machine,
+    /// Checkpoint covering every event before `base_until_ms`; `None` when empty.
+    base: Option<Box<Machine>>,
     base_until_ms: Option<i64>,
     /// Released events from the checkpoint on, sorted by `(time, event_id)`.
     history: Vec<HistEvent>,
-    /// Rows derived from `base` + `history` as last written.
+    /// Rows derived from `base` + `history` as last written: sessions first, then
+    /// attempts, each in replay order.
     live: Vec<LiveRow>,
     /// Newest event time ever released for the customer.
     last_time_ms: i64,
     /// Pending entry in the timer set.
+    wake_ms: Option<i64>,
+    /// Machine after `history[..stepped]`, kept for customers with a long history so
+    /// that events appended at its end are stepped from here instead of replaying it
+    /// all; dropped when an event lands earlier. Not saved: derived.
+    tail: Option<Box<Machine>>,
+    stepped: usize,
+    /// Queued in [`JourneyStage::dirty`].
+    dirty: bool,
+    /// No two `live` rows share a key (the tail shortcut relies on it).
+    live_unique: bool,
+}
+
+impl Customer {
+    fn saved(&self) -> SavedCustomer {
+        SavedCustomer {
+            base: self.base.as_deref().cloned(),
+            base_until_ms: self.base_until_ms,
+            history: self.history.clone(),
+            live: self.live.clone(),
+            last_time_ms: self.last_time_ms,
+            wake_ms: self.wake_ms,
+        }
+    }
+
+    fn restore(saved: SavedCustomer, names: &mut Names) -> Self {
+        let mut history = saved.history;
+        for e in &mut history {
+            e.name = names.intern(&e.name);
+        }
+        Self {
+            base: saved.base.filter(|b| !b.is_empty()).map(|mut b| {
+                b.compact();
+                Box::new(b)
+            }),
+            base_until_ms: saved.base_until_ms,
+            history,
+            live: saved.live,
+            last_time_ms: saved.last_time_ms,
+            wake_ms: saved.wake_ms,
+            ..Self::default()
+        }
+    }
+
+    /// Add a released event to the history (a duplicate only raises the kept version).
+    fn add(&mut self, hist: HistEvent, duplicates: &mut u64) {
+        let fresh = self.history.is_empty() && self.base_until_ms.is_none();
+        self.last_time_ms = if fresh {
+            hist.time_ms
+        } else {
+            self.last_time_ms.max(hist.time_ms)
+        };
+        match self
+            .history
+            .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
+        {
+            Ok(i) => {
+                let kept = &mut self.history[i];
+                kept.version = kept.version.max(hist.version);
+                *duplicates += 1;
+            }
+            Err(i) => {
+                if i < self.stepped {
+                    // Lands inside what the tail already covers: replay from the base.
+                    self.tail = None;
+                }
+                // Most customers have a handful of events: no room to spare for a single
+                // one, then double, and past a few grow by half.
+                let len = self.history.len();
+                if len == self.history.capacity() {
+                    let extra = if len < 4 { len.max(1) } else { len / 2 };
+                    regrow(&mut self.history, len + extra);
+                }
+                self.history.insert(i, hist);
+            }
+        }
+    }
+}
+
+/// Move `v` into a new allocation of exactly `capacity`. Not `reserve_exact`: glibc's
+/// `realloc` bypasses its per-thread cache and costs several times a `malloc` + `free`
+/// pair, and these vectors grow one customer event at a time.
+pub(crate) fn regrow<T>(v: &mut Vec<T>, capacity: usize) {
+    let mut grown = Vec::with_capacity(capacity.max(v.len()));
+    grown.append(v);
+    *v = grown;
+}
+
+/// A customer as saved in a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct SavedCustomer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<Machine>,
+    base_until_ms: Option<i64>,
+    history: Vec<HistEvent>,
+    live: Vec<LiveRow>,
+    last_time_ms: i64,
     wake_ms: Option<i64>,
 }
 
 /// A buffered event in a snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Buffered {
-    customer_id: String,
+    customer_id: Arc<str>,
     event: HistEvent,
 }
 
@@ -120,17 +231,31 @@ pub struct JourneySnapshot {
     watermark_ms: Option<i64>,
     frontier_ms: Option<i64>,
     buffer: Vec<Buffered>,
-    customers: BTreeMap<String, Customer>,
+    customers: BTreeMap<Arc<str>, SavedCustomer>,
     counters: JourneyCounters,
     version_seq: u64,
     version_n: u64,
 }
 
+/// Event names shared by every event that has them: names repeat (a catalog's worth),
+/// ids do not. Bounded, so a client sending a new name with every event costs one
+/// string per event as before, not an ever-growing table.
 #[derive(Debug, Default)]
-struct Pending {
-    touchpoints: BTreeMap<String, TouchpointRow>,
-    sessions: BTreeMap<(u128, i64), SessionRow>,
-    attempts: BTreeMap<(u16, u128, i64), FunnelAttemptRow>,
+struct Names(HashSet<Arc<str>, FastState>);
+
+const MAX_NAMES: usize = 10_000;
+
+impl Names {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return Arc::clone(known);
+        }
+        let name: Arc<str> = Arc::from(name);
+        if self.0.len() < MAX_NAMES {
+            self.0.insert(Arc::clone(&name));
+        }
+        name
+    }
 }
 
 /// Stage 2 state machine. One per stage-2 partition.
@@ -138,6 +263,8 @@ struct Pending {
 pub struct JourneyStage {
     catalog: Catalog,
     funnels: FunnelSet,
+    /// `id128` state after each funnel's name: the first part of its attempt keys.
+    funnel_keys: Vec<Fnv128>,
     gap_ms: i64,
     lateness_ms: i64,
     horizon_ms: i64,
@@ -145,17 +272,17 @@ pub struct JourneyStage {
     watermark_ms: Option<i64>,
     /// Every event before it has been released.
     frontier_ms: Option<i64>,
-    buffer: BTreeMap<(i64, String, String), HistEvent>,
-    customers: BTreeMap<String, Customer>,
-    timers: BTreeSet<(i64, String)>,
-    dirty: BTreeSet<String>,
-    pending: Pending,
+    buffer: Buffer,
+    customers: FastMap<Arc<str>, Box<Customer>>,
+    timers: BTreeSet<(i64, Arc<str>)>,
+    /// Customers to recompute at the end of [`Self::advance`] (empty between calls).
+    dirty: Vec<Arc<str>>,
+    names: Names,
+    out: Output,
+    /// Reused by every replay.
+    scratch: Scratch,
     counters: JourneyCounters,
-    version_seq: u64,
-    version_n: u64,
 }
-
-const VERSION_LOW_BITS: u32 = 20;
 
 impl JourneyStage {
     /// Empty state.
@@ -176,24 +303,35 @@ impl JourneyStage {
         let horizon_ms = config
             .reattribution_horizon_secs
             .map_or(funnels.max_window_ms().saturating_add(gap_ms), secs_to_ms);
-        let timers = snapshot
-            .customers
+        let funnel_keys = funnels
+            .funnels()
             .iter()
-            .filter_map(|(id, c)| c.wake_ms.map(|w| (w, id.clone())))
-            .collect();
-        let buffer = snapshot
-            .buffer
-            .into_iter()
-            .map(|b| {
-                (
-                    (b.event.time_ms, b.event.event_id.clone(), b.customer_id),
-                    b.event,
-                )
+            .map(|f| {
+                let mut h = Fnv128::new();
+                h.part(&f.name);
+                h
             })
             .collect();
+        let mut names = Names::default();
+        let mut timers = BTreeSet::new();
+        let mut customers =
+            FastMap::with_capacity_and_hasher(snapshot.customers.len(), FastState::default());
+        for (id, saved) in snapshot.customers {
+            let customer = Customer::restore(saved, &mut names);
+            if let Some(wake) = customer.wake_ms {
+                timers.insert((wake, Arc::clone(&id)));
+            }
+            customers.insert(id, Box::new(customer));
+        }
+        let mut buffer = Buffer::default();
+        for mut b in snapshot.buffer {
+            b.event.name = names.intern(&b.event.name);
+            buffer.insert(b.customer_id, b.event);
+        }
         Self {
             catalog,
             funnels,
+            funnel_keys,
             gap_ms,
             lateness_ms: secs_to_ms(config.allowed_lateness_secs),
             external_watermark: config.external_watermark,
@@ -201,13 +339,13 @@ impl JourneyStage {
             watermark_ms: snapshot.watermark_ms,
             frontier_ms: snapshot.frontier_ms,
             buffer,
-            customers: snapshot.customers,
+            customers,
             timers,
-            dirty: BTreeSet::new(),
-            pending: Pending::default(),
+            dirty: Vec::new(),
+            names,
+            out: Output::new(snapshot.version_seq, snapshot.version_n),
+            scratch: Scratch::default(),
             counters: snapshot.counters,
-            version_seq: snapshot.version_seq,
-            version_n: snapshot.version_n,
         }
     }
 
@@ -220,15 +358,19 @@ impl JourneyStage {
             buffer: self
                 .buffer
                 .iter()
-                .map(|((_, _, customer_id), event)| Buffered {
-                    customer_id: customer_id.clone(),
+                .map(|(customer_id, event)| Buffered {
+                    customer_id: Arc::clone(customer_id),
                     event: event.clone(),
                 })
                 .collect(),
-            customers: self.customers.clone(),
+            customers: self
+                .customers
+                .iter()
+                .map(|(id, c)| (Arc::clone(id), c.saved()))
+                .collect(),
             counters: self.counters.clone(),
-            version_seq: self.version_seq,
-            version_n: self.version_n,
+            version_seq: self.out.version_seq,
+            version_n: self.out.version_n,
         }
     }
 
@@ -254,34 +396,46 @@ impl JourneyStage {
 
     /// Handle one routed event. `seq` (the input offset ordinal) must not decrease.
     pub fn process(&mut self, routed: RoutedEvent, seq: u64) {
-        self.bump_seq(seq);
-        let tp = self.catalog.classify(&routed.event);
+        self.out.bump_seq(seq);
+        let RoutedEvent {
+            customer_id,
+            event,
+            version,
+            reattributed,
+        } = routed;
+        let tp = self.catalog.classify(&event);
         let hist = HistEvent {
-            time_ms: routed.event.event_time_ms,
-            name: routed.event.display_name().to_owned(),
-            steps: self.funnels.matches(&routed.event),
-            event_id: routed.event.event_id,
+            time_ms: event.event_time_ms,
+            name: self.names.intern(event.display_name()),
+            steps: self.funnels.steps(&event),
+            event_id: Arc::from(event.event_id),
             stage: tp.stage,
             channel: tp.channel,
-            version: routed.version,
+            version,
             emitted: 0,
-            session: None,
+            session: [0; 2],
+            keyed: false,
         };
-        if routed.reattributed {
+        let (id, placed) = match self.customers.get_key_value(customer_id.as_str()) {
+            Some((id, c)) => (
+                Arc::clone(id),
+                !reattributed
+                    && c.history
+                        .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
+                        .is_ok(),
+            ),
+            None => (Arc::from(customer_id), false),
+        };
+        if reattributed {
             if hist.time_ms < self.cutoff_ms() {
                 self.counters.reattributed_too_old += 1;
-                self.emit_unplaced(&routed.customer_id, &hist, true);
+                self.out.unplaced(&id, &hist, true);
                 return;
             }
         } else {
             // A replayed copy of an event already placed (e.g. the upstream stage re-sent
             // its output after a restart) must not come back as a late row and replace the
             // placed one.
-            let placed = self.customers.get(&routed.customer_id).is_some_and(|c| {
-                c.history
-                    .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
-                    .is_ok()
-            });
             if placed {
                 self.counters.duplicates += 1;
                 return;
@@ -291,7 +445,7 @@ impl JourneyStage {
                 .is_some_and(|w| hist.time_ms < w.saturating_sub(self.lateness_ms));
             if too_late {
                 self.counters.late_events += 1;
-                self.emit_unplaced(&routed.customer_id, &hist, true);
+                self.out.unplaced(&id, &hist, true);
                 return;
             }
             if !self.external_watermark {
@@ -301,12 +455,8 @@ impl JourneyStage {
                 );
             }
         }
-        let key = (hist.time_ms, hist.event_id.clone(), routed.customer_id);
-        if let Some(kept) = self.buffer.get_mut(&key) {
-            kept.version = kept.version.max(hist.version);
+        if !self.buffer.insert(id, hist) {
             self.counters.duplicates += 1;
-        } else {
-            self.buffer.insert(key, hist);
         }
         self.advance(false);
     }
@@ -316,22 +466,18 @@ impl JourneyStage {
     /// buffered events are written as session-less touchpoints (the re-sent copies carry
     /// a higher version and replace them).
     pub fn retract(&mut self, retract: &Retract, seq: u64) {
-        self.bump_seq(seq);
+        self.out.bump_seq(seq);
         self.counters.retractions += 1;
         let id = retract.customer_id.as_str();
-        let keys: Vec<_> = self.buffer.keys().filter(|k| k.2 == id).cloned().collect();
-        for key in keys {
-            if let Some(hist) = self.buffer.remove(&key) {
-                self.emit_unplaced(id, &hist, false);
-            }
+        for (customer, hist) in self.buffer.remove_customer(id) {
+            self.out.unplaced(&customer, &hist, false);
         }
-        self.dirty.remove(id);
-        if let Some(customer) = self.customers.remove(id) {
-            if let Some(wake) = customer.wake_ms {
-                self.timers.remove(&(wake, id.to_owned()));
-            }
+        if let Some((key, customer)) = self.customers.remove_entry(id) {
             for row in &customer.live {
-                self.emit_tombstone(id, row);
+                self.out.tombstone(&key, row);
+            }
+            if let Some(wake) = customer.wake_ms {
+                self.timers.remove(&(wake, key));
             }
         }
     }
@@ -341,7 +487,7 @@ impl JourneyStage {
     /// partition still close as dropped. Events older than the new frontier that arrive
     /// later are late, exactly as if a newer event had moved the watermark.
     pub fn advance_watermark(&mut self, ms: i64, seq: u64) {
-        self.bump_seq(seq);
+        self.out.bump_seq(seq);
         self.watermark_ms = Some(self.watermark_ms.map_or(ms, |w| w.max(ms)));
         self.advance(false);
     }
@@ -349,47 +495,18 @@ impl JourneyStage {
     /// End of input: release every buffered event and treat the watermark as final for
     /// dropping attempts (an attempt drops once the watermark is past start + window).
     pub fn flush_all(&mut self, seq: u64) {
-        self.bump_seq(seq);
+        self.out.bump_seq(seq);
         self.advance(true);
     }
 
     /// Rows produced since the last call, newest per key, sorted by version.
     pub fn take_output(&mut self) -> JourneyOutput {
-        let pending = std::mem::take(&mut self.pending);
-        let mut out = JourneyOutput {
-            touchpoints: pending.touchpoints.into_values().collect(),
-            sessions: pending.sessions.into_values().collect(),
-            attempts: pending.attempts.into_values().collect(),
-        };
-        out.touchpoints.sort_by_key(|r| r.version);
-        out.sessions.sort_by_key(|r| r.version);
-        out.attempts.sort_by_key(|r| r.version);
-        out
+        self.out.take(&self.funnels)
     }
 
     fn cutoff_ms(&self) -> i64 {
         self.frontier_ms
             .map_or(i64::MIN, |f| f.saturating_sub(self.horizon_ms))
-    }
-
-    fn bump_seq(&mut self, seq: u64) {
-        let seq = seq.min(u64::MAX >> VERSION_LOW_BITS);
-        if seq > self.version_seq {
-            self.version_seq = seq;
-            self.version_n = 0;
-        }
-    }
-
-    /// Strictly increasing within the partition, derived from the input offsets so a
-    /// replay from the same snapshot writes identical versions.
-    fn next_version(&mut self) -> u64 {
-        let v = (self.version_seq << VERSION_LOW_BITS) | self.version_n;
-        self.version_n += 1;
-        if self.version_n >= 1 << VERSION_LOW_BITS {
-            self.version_seq += 1;
-            self.version_n = 0;
-        }
-        v
     }
 
     fn advance(&mut self, flush: bool) {
@@ -402,11 +519,7 @@ impl JourneyStage {
             self.frontier_ms = Some(self.frontier_ms.map_or(target, |f| f.max(target)));
         }
         let frontier = self.frontier_ms.unwrap_or(i64::MIN);
-        while let Some(entry) = self.buffer.first_entry() {
-            if !flush && entry.key().0 >= frontier {
-                break;
-            }
-            let ((_, _, customer_id), hist) = entry.remove_entry();
+        while let Some((customer_id, hist)) = self.buffer.pop_before(frontier, flush) {
             self.insert_history(customer_id, hist);
         }
         while let Some((wake, _)) = self.timers.first() {
@@ -416,51 +529,57 @@ impl JourneyStage {
             if let Some((_, id)) = self.timers.pop_first() {
                 if let Some(c) = self.customers.get_mut(&id) {
                     c.wake_ms = None;
+                    if !c.dirty {
+                        c.dirty = true;
+                        self.dirty.push(id);
+                    }
                 }
-                self.dirty.insert(id);
             }
         }
-        for id in std::mem::take(&mut self.dirty) {
-            self.recompute(&id);
+        if !self.dirty.is_empty() {
+            // Customer id order, as rows were always written in.
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            for id in dirty.drain(..) {
+                self.recompute(&id);
+            }
+            self.dirty = dirty;
         }
     }
 
-    fn insert_history(&mut self, customer_id: String, hist: HistEvent) {
-        let base_until = self
-            .customers
-            .get(&customer_id)
-            .and_then(|c| c.base_until_ms);
-        if base_until.is_some_and(|b| hist.time_ms < b) {
-            // Before the checkpoint: only reachable with a horizon shorter than the
-            // lateness. Keep the promise of never losing an event.
-            self.counters.reattributed_too_old += 1;
-            self.emit_unplaced(&customer_id, &hist, true);
-            return;
-        }
-        let customer = self.customers.entry(customer_id.clone()).or_default();
-        let fresh = customer.history.is_empty() && customer.base_until_ms.is_none();
-        customer.last_time_ms = if fresh {
-            hist.time_ms
-        } else {
-            customer.last_time_ms.max(hist.time_ms)
-        };
-        match customer
-            .history
-            .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
-        {
-            Ok(i) => {
-                let kept = &mut customer.history[i];
-                kept.version = kept.version.max(hist.version);
-                self.counters.duplicates += 1;
+    fn insert_history(&mut self, customer_id: Arc<str>, hist: HistEvent) {
+        match self.customers.get_mut(&customer_id) {
+            Some(customer) => {
+                if customer.base_until_ms.is_some_and(|b| hist.time_ms < b) {
+                    // Before the checkpoint: only reachable with a horizon shorter than
+                    // the lateness. Keep the promise of never losing an event.
+                    self.counters.reattributed_too_old += 1;
+                    self.out.unplaced(&customer_id, &hist, true);
+                    return;
+                }
+                customer.add(hist, &mut self.counters.duplicates);
+                if !customer.dirty {
+                    customer.dirty = true;
+                    self.dirty.push(customer_id);
+                }
             }
-            Err(i) => customer.history.insert(i, hist),
+            None => {
+                let mut customer = Box::<Customer>::default();
+                customer.add(hist, &mut self.counters.duplicates);
+                customer.dirty = true;
+                self.customers.insert(Arc::clone(&customer_id), customer);
+                self.dirty.push(customer_id);
+            }
         }
-        self.dirty.insert(customer_id);
     }
 }
 
+#[path = "engine_buffer.rs"]
+mod buffer;
 #[path = "engine_emit.rs"]
 mod emit;
+#[path = "engine_output.rs"]
+mod output;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

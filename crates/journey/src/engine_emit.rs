@@ -1,251 +1,321 @@
 //! Turning a customer's replay into rows: diff against what was written, tombstones,
 //! touchpoint re-emission, timers and forgetting idle customers.
+//!
+//! Rows are built only when their fingerprint (taken from the replay's own session and
+//! attempt state) differs from the one last written. A customer whose new events all come
+//! after its history continues from the kept end-of-history machine ([`Customer::tail`]):
+//! the sessions and attempts its history already closed are untouched by such events, so
+//! only what the new events change is compared and written; anything else replays the
+//! history from the checkpoint, as the tail shortcut's results must always equal.
 
-use super::{JourneyStage, LiveRow};
-use crate::funnel::{ClosedAttempt, Outcome};
-use crate::hash::{fingerprint, hex128, id128};
-use crate::rows::{FunnelAttemptRow, SessionRow, TouchpointRow};
-use crate::session::{replay, HistEvent, ReplayParams, SessionAcc};
+use std::sync::Arc;
 
-/// Either kind of derived row, before it gets a version.
-enum Row {
-    Session(SessionRow),
-    Attempt(u16, FunnelAttemptRow),
+use super::output::{Output, Row};
+use super::{Customer, JourneyStage, LiveRow};
+use crate::funnel::{ClosedAttempt, FunnelSet};
+use crate::hash::{fingerprint, Fnv128};
+use crate::session::{Machine, Produced, Replayer};
+
+/// Histories at least this long keep their end-of-history machine between recomputes;
+/// shorter ones replay (cheap) and save the memory.
+const TAIL_MIN_EVENTS: usize = 4;
+
+/// What does not change within one recompute.
+pub(super) struct Ctx<'a> {
+    pub(super) funnels: &'a FunnelSet,
+    pub(super) funnel_keys: &'a [Fnv128],
+    pub(super) gap_ms: i64,
+    pub(super) cutoff_ms: i64,
+    pub(super) frontier_ms: i64,
+}
+
+impl Ctx<'_> {
+    /// `id128(funnel name, customer, first step event id)`; `None` for an attempt that
+    /// cannot become a row.
+    fn attempt_key(&self, id: &str, a: &ClosedAttempt) -> Option<u128> {
+        let mut h = *self.funnel_keys.get(usize::from(a.funnel))?;
+        let first = a.attempt.steps.first()?;
+        h.part(id);
+        h.part(&first.1);
+        Some(h.finish())
+    }
 }
 
 impl JourneyStage {
     /// Replay one customer and write what changed.
-    pub(super) fn recompute(&mut self, id: &str) {
-        let Some(mut customer) = self.customers.remove(id) else {
+    pub(super) fn recompute(&mut self, id: &Arc<str>) {
+        let ctx = Ctx {
+            funnels: &self.funnels,
+            funnel_keys: &self.funnel_keys,
+            gap_ms: self.gap_ms,
+            cutoff_ms: self
+                .frontier_ms
+                .map_or(i64::MIN, |f| f.saturating_sub(self.horizon_ms)),
+            frontier_ms: self.frontier_ms.unwrap_or(i64::MIN),
+        };
+        let Some(customer) = self.customers.get_mut(id) else {
             return;
         };
-        if let Some(wake) = customer.wake_ms.take() {
-            self.timers.remove(&(wake, id.to_owned()));
-        }
-        let cutoff = self.cutoff_ms();
-        let frontier = self.frontier_ms.unwrap_or(i64::MIN);
-        let evict = customer.history.partition_point(|e| e.time_ms < cutoff);
-        let params = ReplayParams {
-            funnels: &self.funnels,
-            session_gap_ms: self.gap_ms,
-            frontier_ms: frontier,
-        };
-        let replayed = replay(id, &customer.base, &customer.history, evict, &params);
-
-        let mut produced = Vec::with_capacity(replayed.sessions.len() + replayed.attempts.len());
-        let mut still_live = Vec::new();
-        for (session, is_final) in &replayed.sessions {
-            let row = session_row(id, session);
-            let live = LiveRow {
-                key: session.key,
-                funnel: None,
-                partition_ms: session.start_ms,
-                fingerprint: fingerprint(&row),
-            };
-            self.write_if_changed(id, &customer.live, live, Row::Session(row));
-            produced.push((live.key, live.funnel));
-            if !is_final {
-                still_live.push(live);
-            }
-        }
-        for (attempt, is_final) in &replayed.attempts {
-            let Some((key, row)) = self.attempt_row(id, attempt) else {
-                continue;
-            };
-            let live = LiveRow {
-                key,
-                funnel: Some(attempt.funnel),
-                partition_ms: attempt.closed_ms,
-                fingerprint: fingerprint(&row),
-            };
-            self.write_if_changed(id, &customer.live, live, Row::Attempt(attempt.funnel, row));
-            produced.push((live.key, live.funnel));
-            if !is_final {
-                still_live.push(live);
-            }
-        }
-        for old in &customer.live {
-            if !produced.contains(&(old.key, old.funnel)) {
-                self.emit_tombstone(id, old);
-            }
-        }
-        customer.live = still_live;
-
-        for (event, session) in customer.history.iter_mut().zip(&replayed.event_sessions) {
-            if event.session != Some(*session) {
-                event.session = Some(*session);
-                let row = touchpoint_row(id, event, hex128(*session), false);
-                event.emitted = event.emitted.saturating_add(1);
-                self.emit_touchpoint(row);
-            }
-        }
-        customer.history.drain(..evict);
-        customer.base = replayed.new_base;
-        customer.base_until_ms = Some(customer.base_until_ms.map_or(cutoff, |b| b.max(cutoff)));
+        customer.dirty = false;
+        let old_wake = customer.wake_ms.take();
+        let next_deadline = replay(customer, id, &ctx, &mut self.out, &mut self.scratch);
 
         // Nothing can change a customer whose newest event is further back than any session
         // gap or funnel window reaches, and whose history is gone: forget it.
         let reach = self.gap_ms.max(self.funnels.max_window_ms());
         let settled_at = customer.last_time_ms.saturating_add(reach);
-        if customer.history.is_empty() && cutoff > settled_at {
+        if customer.history.is_empty() && ctx.cutoff_ms > settled_at {
+            if let Some(wake) = old_wake {
+                self.timers.remove(&(wake, Arc::clone(id)));
+            }
+            self.customers.remove(id);
             self.counters.customers_expired += 1;
             return;
         }
         let expire_at = settled_at.saturating_add(self.horizon_ms);
-        let wake = replayed
-            .next_deadline_ms
-            .map_or(expire_at, |d| d.min(expire_at));
+        let wake = next_deadline.map_or(expire_at, |d| d.min(expire_at));
         customer.wake_ms = Some(wake);
-        self.timers.insert((wake, id.to_owned()));
-        self.customers.insert(id.to_owned(), customer);
-    }
-
-    fn write_if_changed(&mut self, id: &str, written: &[LiveRow], new: LiveRow, row: Row) {
-        let old = written
-            .iter()
-            .find(|w| w.key == new.key && w.funnel == new.funnel);
-        if let Some(old) = old {
-            if old.fingerprint == new.fingerprint && old.partition_ms == new.partition_ms {
-                return;
+        if old_wake != Some(wake) {
+            if let Some(old) = old_wake {
+                self.timers.remove(&(old, Arc::clone(id)));
             }
-            if old.partition_ms != new.partition_ms {
-                // The row moves to another ClickHouse partition (an attempt's close time
-                // changed): the old copy would survive FINAL there, so tombstone it.
-                self.emit_tombstone(id, old);
-            }
-        }
-        match row {
-            Row::Session(mut r) => {
-                r.version = self.next_version();
-                self.pending.sessions.insert((new.key, new.partition_ms), r);
-            }
-            Row::Attempt(funnel, mut r) => {
-                r.version = self.next_version();
-                self.pending
-                    .attempts
-                    .insert((funnel, new.key, new.partition_ms), r);
-            }
+            self.timers.insert((wake, Arc::clone(id)));
         }
     }
+}
 
-    /// A tombstone for a row this partition wrote: same key and partition time.
-    pub(super) fn emit_tombstone(&mut self, id: &str, row: &LiveRow) {
-        let version = self.next_version();
-        match row.funnel {
-            None => {
-                self.pending.sessions.insert(
-                    (row.key, row.partition_ms),
-                    SessionRow {
-                        session_id: hex128(row.key),
-                        customer_id: id.to_owned(),
-                        start_ms: row.partition_ms,
-                        end_ms: row.partition_ms,
-                        event_count: 0,
-                        first_event_id: String::new(),
-                        entry_event: String::new(),
-                        exit_event: String::new(),
-                        channels: Vec::new(),
-                        is_deleted: true,
-                        version,
-                    },
-                );
-            }
-            Some(funnel) => {
-                let name = self
-                    .funnels
-                    .funnels()
-                    .get(usize::from(funnel))
-                    .map(|f| f.name.clone())
-                    .unwrap_or_default();
-                self.pending.attempts.insert(
-                    (funnel, row.key, row.partition_ms),
-                    FunnelAttemptRow {
-                        attempt_id: hex128(row.key),
-                        funnel: name,
-                        customer_id: id.to_owned(),
-                        start_ms: row.partition_ms,
-                        closed_ms: row.partition_ms,
-                        outcome: Outcome::Dropped,
-                        reached_step: 0,
-                        total_steps: 0,
-                        step_times_ms: Vec::new(),
-                        step_event_ids: Vec::new(),
-                        is_deleted: true,
-                        version,
-                    },
-                );
-            }
+/// Buffers every replay reuses.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    produced: Produced,
+    /// Key of each produced attempt (`None`: cannot become a row).
+    keys: Vec<Option<u128>>,
+    /// Row of each produced session, then attempt, as just written.
+    rows: Vec<LiveRow>,
+    live: Vec<LiveRow>,
+    pairs: Vec<(u128, Option<u16>)>,
+}
+
+/// The customer's machine during a replay: its kept tail, or built from the checkpoint.
+enum Stepped {
+    Tail(Box<Machine>),
+    Base(Machine),
+}
+
+impl Stepped {
+    fn machine(&self) -> &Machine {
+        match self {
+            Stepped::Tail(m) => m,
+            Stepped::Base(m) => m,
         }
     }
+}
 
-    /// A touchpoint that is in no session: too late, too old to re-attribute, or left in
-    /// the buffer by a retraction.
-    pub(super) fn emit_unplaced(&mut self, id: &str, event: &HistEvent, is_late: bool) {
-        self.emit_touchpoint(touchpoint_row(id, event, String::new(), is_late));
-    }
+/// Replay `c` (from its tail when that gives the same answer, else from its checkpoint),
+/// write changed rows, tombstones and touchpoints, evict history behind the cutoff.
+/// Returns the earliest deadline of an attempt still open.
+fn replay(
+    c: &mut Customer,
+    id: &Arc<str>,
+    ctx: &Ctx<'_>,
+    out: &mut Output,
+    scratch: &mut Scratch,
+) -> Option<i64> {
+    let Scratch {
+        produced: p,
+        keys,
+        rows,
+        live,
+        pairs,
+    } = scratch;
+    let replayer = Replayer::new(ctx.funnels, ctx.gap_ms, id);
+    let evict = c.history.partition_point(|e| e.time_ms < ctx.cutoff_ms);
 
-    fn emit_touchpoint(&mut self, row: TouchpointRow) {
-        match self.pending.touchpoints.get(&row.event_id) {
-            Some(kept) if kept.version > row.version => {}
-            _ => {
-                self.pending.touchpoints.insert(row.event_id.clone(), row);
-            }
+    let mut stepped = None;
+    if let (true, Some(mut tail)) = (c.live_unique, c.tail.take()) {
+        p.clear();
+        for e in &c.history[c.stepped..] {
+            replayer.step(&mut tail, e, p);
+        }
+        replayer.finish(&tail, ctx.frontier_ms, p);
+        attempt_keys(ctx, id, p, keys);
+        if no_stable_collision(&c.live, p, keys) {
+            stepped = Some(Stepped::Tail(tail));
         }
     }
+    let fast = stepped.is_some();
+    let start = if fast { c.stepped } else { 0 };
+    let mut new_base = None;
+    let m = match stepped {
+        Some(tail) => tail,
+        None => {
+            p.clear();
+            let mut m = c.base.as_deref().cloned().unwrap_or_default();
+            for (i, e) in c.history.iter().enumerate() {
+                if i == evict && evict > 0 {
+                    new_base = Some(m.clone());
+                }
+                replayer.step(&mut m, e, p);
+            }
+            replayer.finish(&m, ctx.frontier_ms, p);
+            attempt_keys(ctx, id, p, keys);
+            Stepped::Base(m)
+        }
+    };
 
-    fn attempt_row(&self, id: &str, closed: &ClosedAttempt) -> Option<(u128, FunnelAttemptRow)> {
-        let funnel = self.funnels.funnels().get(usize::from(closed.funnel))?;
-        let first = closed.attempt.step_event_ids.first()?;
-        let reached = closed.attempt.step_times_ms.len();
-        let key = id128(&[&funnel.name, id, first]);
-        Some((
+    // Touchpoints of events whose session changed (on the tail path: the new events;
+    // the others keep theirs).
+    for (e, (key, started)) in c.history[start..].iter_mut().zip(&p.event_sessions) {
+        if e.emitted_session() != Some(*key) {
+            e.set_session(*key);
+            out.touchpoint(id, e, Some(*key), false);
+            e.emitted = e.emitted.saturating_add(1);
+        }
+        e.keyed = *started;
+    }
+
+    // Rows, in replay order: sessions, then attempts.
+    rows.clear();
+    for (s, by) in p.sessions.drain(..) {
+        let row = LiveRow {
+            key: s.key,
+            partition_ms: s.start_ms,
+            fingerprint: fingerprint(&(
+                s.key,
+                &*s.first_event_id,
+                s.start_ms,
+                s.end_ms,
+                s.event_count,
+                &*s.entry_event,
+                &*s.exit_event,
+                s.channels,
+            )),
+            closed_by_ms: by.unwrap_or(0),
+            funnel: None,
+            open: by.is_none(),
+        };
+        out.write_if_changed(id, &c.live, &row, Row::Session(s));
+        rows.push(row);
+    }
+    for ((a, by), key) in p.attempts.drain(..).zip(&p.attempt_by).zip(keys.iter()) {
+        let Some(key) = *key else {
+            continue;
+        };
+        let row = LiveRow {
             key,
-            FunnelAttemptRow {
-                attempt_id: hex128(key),
-                funnel: funnel.name.clone(),
-                customer_id: id.to_owned(),
-                start_ms: closed.attempt.start_ms(),
-                closed_ms: closed.closed_ms,
-                outcome: closed.outcome,
-                reached_step: u8::try_from(reached).unwrap_or(u8::MAX),
-                total_steps: u8::try_from(funnel.steps.len()).unwrap_or(u8::MAX),
-                step_times_ms: closed.attempt.step_times_ms.clone(),
-                step_event_ids: closed.attempt.step_event_ids.clone(),
-                is_deleted: false,
-                version: 0,
-            },
-        ))
+            partition_ms: a.closed_ms,
+            fingerprint: fingerprint(&(a.outcome, a.closed_ms, &a.attempt.steps)),
+            closed_by_ms: by.unwrap_or(0),
+            funnel: Some(a.funnel),
+            open: by.is_none(),
+        };
+        out.write_if_changed(id, &c.live, &row, Row::Attempt(a));
+        rows.push(row);
     }
+    // Rows written before that this replay no longer produces. On the tail path the
+    // closed ones are produced unchanged by definition.
+    for old in &c.live {
+        if fast && !old.open {
+            continue;
+        }
+        if !rows
+            .iter()
+            .any(|r| r.key == old.key && r.funnel == old.funnel)
+        {
+            out.tombstone(id, old);
+        }
+    }
+
+    // What can still change: rows not closed by an event behind the cutoff.
+    let cutoff = ctx.cutoff_ms;
+    let keep = |r: &&LiveRow| r.open || r.closed_by_ms >= cutoff;
+    let kept_old = |funnel: bool| {
+        c.live
+            .iter()
+            .filter(move |r| fast && !r.open && r.funnel.is_some() == funnel)
+            .filter(keep)
+    };
+    live.clear();
+    live.extend(kept_old(false));
+    live.extend(rows.iter().filter(|r| r.funnel.is_none()).filter(keep));
+    live.extend(kept_old(true));
+    live.extend(rows.iter().filter(|r| r.funnel.is_some()).filter(keep));
+    pairs.clear();
+    if fast {
+        // Old closed rows were unique and nothing new collides with them.
+        pairs.extend(rows.iter().filter(keep).map(|r| (r.key, r.funnel)));
+    } else {
+        pairs.extend(live.iter().map(|r| (r.key, r.funnel)));
+    }
+    pairs.sort_unstable();
+    c.live_unique = pairs.windows(2).all(|w| w[0] != w[1]);
+    copy_tight(&mut c.live, live);
+
+    // Evict history behind the cutoff into the checkpoint.
+    let len = c.history.len();
+    if evict > 0 {
+        let mut base = match new_base {
+            Some(b) => b,
+            None if evict >= len => m.machine().clone(),
+            None => {
+                // Tail path: step the old checkpoint over the evicted events.
+                let mut b = c.base.as_deref().cloned().unwrap_or_default();
+                let mut sink = Produced::default();
+                for e in &c.history[..evict] {
+                    replayer.step(&mut b, e, &mut sink);
+                }
+                b
+            }
+        };
+        base.compact();
+        c.base = (!base.is_empty()).then(|| Box::new(base));
+        c.history.drain(..evict);
+        if c.history.capacity() > 2 * c.history.len() + 4 {
+            c.history.shrink_to_fit();
+        }
+    }
+    c.base_until_ms = Some(c.base_until_ms.map_or(cutoff, |b| b.max(cutoff)));
+
+    if c.history.len() >= TAIL_MIN_EVENTS {
+        let mut tail = match m {
+            Stepped::Tail(t) => t,
+            Stepped::Base(m) => Box::new(m),
+        };
+        tail.compact();
+        c.tail = Some(tail);
+        c.stepped = c.history.len();
+    } else {
+        c.tail = None;
+        c.stepped = 0;
+    }
+    p.next_deadline_ms
 }
 
-fn session_row(id: &str, s: &SessionAcc) -> SessionRow {
-    SessionRow {
-        session_id: hex128(s.key),
-        customer_id: id.to_owned(),
-        start_ms: s.start_ms,
-        end_ms: s.end_ms,
-        event_count: s.event_count,
-        first_event_id: s.first_event_id.clone(),
-        entry_event: s.entry_event.clone(),
-        exit_event: s.exit_event.clone(),
-        channels: s.channel_list(),
-        is_deleted: false,
-        version: 0,
+/// `dst = src`, with no more spare room than a few rows: every customer keeps its list.
+fn copy_tight(dst: &mut Vec<LiveRow>, src: &[LiveRow]) {
+    dst.clear();
+    if dst.capacity() < src.len() || dst.capacity() > src.len() + 4 {
+        *dst = Vec::with_capacity(src.len());
     }
+    dst.extend_from_slice(src);
 }
 
-fn touchpoint_row(id: &str, e: &HistEvent, session_id: String, is_late: bool) -> TouchpointRow {
-    TouchpointRow {
-        event_id: e.event_id.clone(),
-        customer_id: id.to_owned(),
-        session_id,
-        event_time_ms: e.time_ms,
-        stage: e.stage,
-        channel: e.channel,
-        is_late,
-        version: e
-            .version
-            .saturating_mul(1 << 16)
-            .saturating_add(u64::from(e.emitted)),
-    }
+fn attempt_keys(ctx: &Ctx<'_>, id: &str, p: &Produced, keys: &mut Vec<Option<u128>>) {
+    keys.clear();
+    keys.extend(p.attempts.iter().map(|a| ctx.attempt_key(id, a)));
+}
+
+/// True when no row the tail path produced shares its key with a closed written row:
+/// then the closed rows a full replay would produce again are exactly the written ones,
+/// unchanged, and skipping them changes nothing.
+fn no_stable_collision(live: &[LiveRow], p: &Produced, keys: &[Option<u128>]) -> bool {
+    let stable = |key: u128, funnel: Option<u16>| {
+        live.iter()
+            .any(|r| !r.open && r.key == key && r.funnel == funnel)
+    };
+    p.sessions.iter().all(|(s, _)| !stable(s.key, None))
+        && p.attempts
+            .iter()
+            .zip(keys)
+            .all(|(a, k)| k.is_none_or(|k| !stable(k, Some(a.funnel))))
 }

@@ -9,6 +9,7 @@ use crate::catalog::Channel;
 use crate::event::{JourneyEvent, Kind};
 use crate::funnel::Outcome;
 use crate::hash::{hex128, id128};
+use crate::rows::{FunnelAttemptRow, SessionRow, TouchpointRow};
 use crate::identity::{IdentityConfig, IdentityOutput, IdentityStage};
 
 const MIN: i64 = 60_000;
@@ -476,4 +477,14 @@ fn memory_per_customer_with_few_events_is_small() {
     // Serialized size as a proxy for heap use (see report): 3 events, one session, one
     // open attempt.
     assert!(json.len() < 2048, "{} bytes", json.len());
+}
+
+#[test]
+fn per_customer_structs_stay_small() {
+    // What an active customer costs besides its strings (see benches/memory.rs): one
+    // boxed `Customer`, its history and its written rows.
+    use std::mem::size_of;
+    assert!(size_of::<HistEvent>() <= 88, "{}", size_of::<HistEvent>());
+    assert!(size_of::<LiveRow>() <= 48, "{}", size_of::<LiveRow>());
+    assert!(size_of::<Customer>() <= 120, "{}", size_of::<Customer>());
 }

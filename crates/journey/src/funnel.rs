@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -198,19 +199,106 @@ impl FunnelSet {
     /// For each funnel with at least one matching step: (funnel index, bit i set when
     /// step i+1 matches). Empty (no allocation) for most events.
     pub fn matches(&self, event: &JourneyEvent) -> Vec<(u16, u32)> {
-        let mut out = Vec::new();
-        for (fi, funnel) in self.funnels.iter().enumerate() {
-            let mask = funnel
-                .steps
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.matches(event))
-                .fold(0u32, |m, (i, _)| m | (1 << i));
-            if let (true, Ok(fi)) = (mask != 0, u16::try_from(fi)) {
-                out.push((fi, mask));
-            }
+        self.masks(event).collect()
+    }
+
+    /// [`Self::matches`] as kept in a customer's history: no allocation for the usual
+    /// zero or one matching funnel.
+    pub(crate) fn steps(&self, event: &JourneyEvent) -> Steps {
+        let mut masks = self.masks(event);
+        match (masks.next(), masks.next()) {
+            (None, _) => Steps::NONE,
+            (Some((f, m)), None) => Steps::One(f, m),
+            (Some(a), Some(b)) => Steps::Many(Box::new([a, b].into_iter().chain(masks).collect())),
         }
-        out
+    }
+
+    fn masks<'a>(&'a self, event: &'a JourneyEvent) -> impl Iterator<Item = (u16, u32)> + 'a {
+        // Only a named track event can match a step.
+        let named = event.kind == Kind::Track && event.event.is_some();
+        self.funnels
+            .iter()
+            .enumerate()
+            .filter(move |_| named)
+            .filter_map(move |(fi, funnel)| {
+                let mask = funnel
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.matches(event))
+                    .fold(0u32, |m, (i, _)| m | (1 << i));
+                match (mask != 0, u16::try_from(fi)) {
+                    (true, Ok(fi)) => Some((fi, mask)),
+                    _ => None,
+                }
+            })
+    }
+}
+
+/// An event's step masks, (funnel index, mask) for each funnel with a matching step, in
+/// funnel order. Serialized as that list. Sixteen bytes: every history event has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Steps {
+    /// Matches steps of at most one funnel (mask 0: of none, most events).
+    One(u16, u32),
+    /// Matches steps of several funnels (boxed twice to keep this type small).
+    Many(Box<Vec<(u16, u32)>>),
+}
+
+impl Default for Steps {
+    fn default() -> Self {
+        Steps::NONE
+    }
+}
+
+impl Steps {
+    pub(crate) const NONE: Steps = Steps::One(0, 0);
+
+    /// Matches no step.
+    pub(crate) fn is_empty(&self) -> bool {
+        matches!(self, Steps::One(_, 0))
+    }
+
+    /// This funnel's step mask (0 when no step matches).
+    pub(crate) fn mask(&self, funnel: u16) -> u32 {
+        match self {
+            Steps::One(f, m) => {
+                if *f == funnel {
+                    *m
+                } else {
+                    0
+                }
+            }
+            Steps::Many(all) => all
+                .iter()
+                .find(|(f, _)| *f == funnel)
+                .map_or(0, |(_, m)| *m),
+        }
+    }
+
+    fn as_slice(&self) -> std::borrow::Cow<'_, [(u16, u32)]> {
+        match self {
+            Steps::One(_, 0) => std::borrow::Cow::Borrowed(&[]),
+            Steps::One(f, m) => std::borrow::Cow::Owned(vec![(*f, *m)]),
+            Steps::Many(all) => std::borrow::Cow::Borrowed(all),
+        }
+    }
+}
+
+impl Serialize for Steps {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Steps {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let all = Vec::<(u16, u32)>::deserialize(deserializer)?;
+        Ok(match all.as_slice() {
+            [] => Steps::NONE,
+            [(f, m)] => Steps::One(*f, *m),
+            _ => Steps::Many(Box::new(all)),
+        })
     }
 }
 
@@ -234,16 +322,31 @@ impl Outcome {
     }
 }
 
-/// An open attempt: the steps reached so far (index 0 is the step-1 event).
+/// An open attempt: the steps reached so far (index 0 is the step-1 event), as
+/// (event time, event id). The ids are shared with the customer's history.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct OpenAttempt {
-    pub(crate) step_times_ms: Vec<i64>,
-    pub(crate) step_event_ids: Vec<String>,
+    pub(crate) steps: Vec<(i64, Arc<str>)>,
 }
 
 impl OpenAttempt {
     pub(crate) fn start_ms(&self) -> i64 {
-        self.step_times_ms.first().copied().unwrap_or(i64::MIN)
+        self.steps.first().map_or(i64::MIN, |s| s.0)
+    }
+
+    /// Steps reached so far.
+    pub(crate) fn reached(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Time each reached step happened, ms.
+    pub(crate) fn step_times_ms(&self) -> Vec<i64> {
+        self.steps.iter().map(|s| s.0).collect()
+    }
+
+    /// Event id of each reached step.
+    pub(crate) fn step_event_ids(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.1.as_ref().to_owned()).collect()
     }
 }
 
@@ -269,7 +372,7 @@ impl AttemptSlot {
         funnel: &Funnel,
         mask: u32,
         time_ms: i64,
-        event_id: &str,
+        event_id: &Arc<str>,
         closed: &mut Vec<ClosedAttempt>,
     ) {
         // Rule 3: an event past the window proves the watermark passed it.
@@ -277,11 +380,10 @@ impl AttemptSlot {
         let total = funnel.steps.len();
         if let Some(open) = &mut self.0 {
             // Rule 2: the first later event matching the next step advances.
-            let next = open.step_times_ms.len();
+            let next = open.steps.len();
             if mask & (1 << next) != 0 {
-                open.step_times_ms.push(time_ms);
-                open.step_event_ids.push(event_id.to_owned());
-                if open.step_times_ms.len() == total {
+                open.steps.push((time_ms, Arc::clone(event_id)));
+                if open.steps.len() == total {
                     self.close(funnel_index, Outcome::Converted, time_ms, closed);
                 }
             }
@@ -291,10 +393,10 @@ impl AttemptSlot {
         }
         if mask & 1 != 0 {
             // Rule 1 and 4: no open attempt, a step-1 event starts one.
-            self.0 = Some(OpenAttempt {
-                step_times_ms: vec![time_ms],
-                step_event_ids: vec![event_id.to_owned()],
-            });
+            // Room for every step: growing one at a time would reallocate.
+            let mut steps = Vec::with_capacity(total);
+            steps.push((time_ms, Arc::clone(event_id)));
+            self.0 = Some(OpenAttempt { steps });
             if total == 1 {
                 self.close(funnel_index, Outcome::Converted, time_ms, closed);
             }

@@ -30,7 +30,7 @@ fn run(funnel: &Funnel, events: &[(i64, u32)], frontier: i64) -> Vec<ClosedAttem
     let mut slot = AttemptSlot::default();
     let mut closed = Vec::new();
     for (i, (t, mask)) in events.iter().enumerate() {
-        slot.step(0, funnel, *mask, *t, &format!("e{i}"), &mut closed);
+        slot.step(0, funnel, *mask, *t, &Arc::from(format!("e{i}")), &mut closed);
     }
     slot.close_expired(0, funnel, frontier, &mut closed);
     closed
@@ -42,7 +42,7 @@ fn summary(closed: &[ClosedAttempt]) -> Vec<(Outcome, usize, i64, i64)> {
         .map(|c| {
             (
                 c.outcome,
-                c.attempt.step_times_ms.len(),
+                c.attempt.reached(),
                 c.attempt.start_ms(),
                 c.closed_ms,
             )
@@ -162,8 +162,8 @@ fn rule1_step1_starts_only_without_open_attempt() {
 fn rule2_advance_on_first_match_within_window_others_ignored() {
     let f = abc(60 * MIN);
     let closed = run(&f, &[(0, A), (1, 0), (2, C), (3, B), (4, B), (5, C)], 0);
-    assert_eq!(closed[0].attempt.step_times_ms, vec![0, 3, 5]);
-    assert_eq!(closed[0].attempt.step_event_ids, vec!["e0", "e3", "e5"]);
+    assert_eq!(closed[0].attempt.step_times_ms(), vec![0, 3, 5]);
+    assert_eq!(closed[0].attempt.step_event_ids(), vec!["e0", "e3", "e5"]);
     // Window boundary: exactly start + window still advances…
     let closed = run(&f, &[(0, A), (30 * MIN, B), (60 * MIN, C)], 0);
     assert_eq!(summary(&closed), vec![(Outcome::Converted, 3, 0, 60 * MIN)]);

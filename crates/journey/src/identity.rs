@@ -15,19 +15,28 @@
 //! on the raw topic, so re-key it by `previousId` before this stage.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{JourneyEvent, Kind, Retract, RoutedEvent};
+use crate::hash::{FastMap, FastState};
+
+const PLACEHOLDERS: [&str; 4] = ["anonymous", "null", "undefined", "0"];
 
 /// True for ids broken clients send instead of an identity (`anonymous`, `null`,
 /// `undefined`, `0`, empty, whitespace), compared trimmed and case-insensitively.
 pub fn is_placeholder_id(id: &str) -> bool {
+    // Nothing to trim when both ends are ASCII and not whitespace (U+0009..U+000D,
+    // space): the usual case, decided without decoding.
+    let plain = |b: &u8| b.is_ascii() && !matches!(b, 9..=13 | b' ');
+    let bytes = id.as_bytes();
+    if bytes.first().is_some_and(plain) && bytes.last().is_some_and(plain) {
+        return matches!(bytes.len(), 1 | 4 | 9)
+            && PLACEHOLDERS.iter().any(|p| id.eq_ignore_ascii_case(p));
+    }
     let id = id.trim();
-    id.is_empty()
-        || ["anonymous", "null", "undefined", "0"]
-            .iter()
-            .any(|p| id.eq_ignore_ascii_case(p))
+    id.is_empty() || PLACEHOLDERS.iter().any(|p| id.eq_ignore_ascii_case(p))
 }
 
 /// Stage-1 tuning.
@@ -186,10 +195,11 @@ pub struct IdentityStage {
     config: IdentityConfig,
     /// anonymous id → user id; first link processed wins. Never shrinks: it is the
     /// identity graph (persisted in `identities` too).
-    links: BTreeMap<String, String>,
-    unlinked: BTreeMap<String, AnonHistory>,
+    links: FastMap<Box<str>, Box<str>>,
+    /// Keys shared with `expiry`.
+    unlinked: FastMap<Arc<str>, AnonHistory>,
     /// (last event time, anonymous id) of every entry of `unlinked`, for the TTL sweep.
-    expiry: BTreeSet<(i64, String)>,
+    expiry: BTreeSet<(i64, Arc<str>)>,
     watermark_ms: Option<i64>,
     counters: IdentityCounters,
 }
@@ -206,15 +216,26 @@ impl IdentityStage {
 
     /// Resume from a snapshot taken by [`IdentityStage::snapshot`].
     pub fn from_snapshot(config: IdentityConfig, snapshot: IdentitySnapshot) -> Self {
-        let expiry = snapshot
-            .unlinked
-            .iter()
-            .map(|(anon, h)| (h.last_time_ms, anon.clone()))
-            .collect();
+        let mut links =
+            FastMap::with_capacity_and_hasher(snapshot.links.len(), FastState::default());
+        links.extend(
+            snapshot
+                .links
+                .into_iter()
+                .map(|(a, u)| (a.into_boxed_str(), u.into_boxed_str())),
+        );
+        let mut unlinked =
+            FastMap::with_capacity_and_hasher(snapshot.unlinked.len(), FastState::default());
+        let mut expiry = BTreeSet::new();
+        for (anon, history) in snapshot.unlinked {
+            let anon: Arc<str> = Arc::from(anon);
+            expiry.insert((history.last_time_ms, Arc::clone(&anon)));
+            unlinked.insert(anon, history);
+        }
         Self {
             config,
-            links: snapshot.links,
-            unlinked: snapshot.unlinked,
+            links,
+            unlinked,
             expiry,
             watermark_ms: snapshot.watermark_ms,
             counters: snapshot.counters,
@@ -224,8 +245,16 @@ impl IdentityStage {
     /// The state to persist alongside the consumed offset.
     pub fn snapshot(&self) -> IdentitySnapshot {
         IdentitySnapshot {
-            links: self.links.clone(),
-            unlinked: self.unlinked.clone(),
+            links: self
+                .links
+                .iter()
+                .map(|(a, u)| (a.to_string(), u.to_string()))
+                .collect(),
+            unlinked: self
+                .unlinked
+                .iter()
+                .map(|(a, h)| (a.to_string(), h.clone()))
+                .collect(),
             watermark_ms: self.watermark_ms,
             counters: self.counters.clone(),
         }
@@ -238,7 +267,7 @@ impl IdentityStage {
 
     /// The user an anonymous id is linked to, if any.
     pub fn linked_user(&self, anonymous_id: &str) -> Option<&str> {
-        self.links.get(anonymous_id).map(String::as_str)
+        self.links.get(anonymous_id).map(AsRef::as_ref)
     }
 
     /// Route one event. `seq` must not decrease within the partition (the Kafka offset
@@ -276,10 +305,10 @@ impl IdentityStage {
 
         let customer_id = match (&event.user_id, &event.anonymous_id) {
             (Some(user), _) => user.clone(),
-            (None, Some(anon)) => match self.links.get(anon) {
-                Some(user) => user.clone(),
+            (None, Some(anon)) => match self.links.get(anon.as_str()) {
+                Some(user) => user.to_string(),
                 None => {
-                    self.remember_unlinked(anon.clone(), event.clone());
+                    self.remember_unlinked(anon, event.clone());
                     anon.clone()
                 }
             },
@@ -309,11 +338,11 @@ impl IdentityStage {
             return;
         }
         if let Some(linked) = self.links.get(anon) {
-            if linked != user {
+            if linked.as_ref() != user {
                 self.counters.conflicts += 1;
                 out.push(IdentityOutput::Conflict(Conflict {
                     anonymous_id: anon.to_owned(),
-                    linked_user_id: linked.clone(),
+                    linked_user_id: linked.to_string(),
                     conflicting_user_id: user.to_owned(),
                     event_id: event.event_id.clone(),
                     event_time_ms: event.event_time_ms,
@@ -322,7 +351,7 @@ impl IdentityStage {
             }
             return;
         }
-        self.links.insert(anon.to_owned(), user.to_owned());
+        self.links.insert(Box::from(anon), Box::from(user));
         self.counters.links += 1;
         out.push(IdentityOutput::Link(Link {
             anonymous_id: anon.to_owned(),
@@ -332,8 +361,8 @@ impl IdentityStage {
             link_type,
             version: seq,
         }));
-        if let Some(history) = self.unlinked.remove(anon) {
-            self.expiry.remove(&(history.last_time_ms, anon.to_owned()));
+        if let Some((key, history)) = self.unlinked.remove_entry(anon) {
+            self.expiry.remove(&(history.last_time_ms, key));
             self.counters.reattributed_events += history.events.len() as u64;
             self.counters.reattribution_skipped += history.dropped;
             for earlier in history.events {
@@ -350,22 +379,36 @@ impl IdentityStage {
         }
     }
 
-    fn remember_unlinked(&mut self, anon: String, event: JourneyEvent) {
+    fn remember_unlinked(&mut self, anon: &str, event: JourneyEvent) {
         let cap = self.config.max_unlinked_history_events;
-        let history = self.unlinked.entry(anon.clone()).or_default();
+        let key = match self.unlinked.get_key_value(anon) {
+            Some((key, _)) => Arc::clone(key),
+            None => {
+                let key: Arc<str> = Arc::from(anon);
+                self.unlinked.insert(Arc::clone(&key), AnonHistory::default());
+                key
+            }
+        };
+        let Some(history) = self.unlinked.get_mut(anon) else {
+            return;
+        };
         let fresh = history.events.is_empty() && history.dropped == 0;
-        if fresh {
-            history.last_time_ms = event.event_time_ms;
-        } else {
-            self.expiry.remove(&(history.last_time_ms, anon.clone()));
-            history.last_time_ms = history.last_time_ms.max(event.event_time_ms);
-        }
+        let before = (!fresh).then_some(history.last_time_ms);
+        history.last_time_ms = match before {
+            None => event.event_time_ms,
+            Some(last) => last.max(event.event_time_ms),
+        };
         history.events.push_back(event);
         while history.events.len() > cap {
             history.events.pop_front();
             history.dropped += 1;
         }
-        self.expiry.insert((history.last_time_ms, anon));
+        if before != Some(history.last_time_ms) {
+            if let Some(last) = before {
+                self.expiry.remove(&(last, Arc::clone(&key)));
+            }
+            self.expiry.insert((history.last_time_ms, key));
+        }
     }
 
     fn advance_watermark(&mut self, time_ms: i64) {
@@ -374,13 +417,14 @@ impl IdentityStage {
         let ttl = i64::try_from(self.config.unlinked_history_ttl_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX);
         let horizon = wm.saturating_sub(ttl);
-        while let Some((last, anon)) = self.expiry.first().cloned() {
-            if last >= horizon {
+        while let Some((last, _)) = self.expiry.first() {
+            if *last >= horizon {
                 break;
             }
-            self.expiry.pop_first();
-            self.unlinked.remove(&anon);
-            self.counters.histories_expired += 1;
+            if let Some((_, anon)) = self.expiry.pop_first() {
+                self.unlinked.remove(&anon);
+                self.counters.histories_expired += 1;
+            }
         }
     }
 }

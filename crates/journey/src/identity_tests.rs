@@ -282,3 +282,21 @@ fn snapshot_round_trips_through_json() {
     let e = track("e3", Some("a1"), Some("u1"), 5);
     assert_eq!(resumed.process(e.clone(), 3), original.process(e, 3));
 }
+
+#[test]
+fn placeholder_check_matches_the_trimmed_comparison() {
+    let slow = |id: &str| {
+        let id = id.trim();
+        id.is_empty()
+            || ["anonymous", "null", "undefined", "0"]
+                .iter()
+                .any(|p| id.eq_ignore_ascii_case(p))
+    };
+    for id in [
+        "null", "NULL", "0", "00", " 0", "0 ", "\u{b}null", "null\u{c}", "\u{a0}null",
+        "null\u{2003}", "\u{85}undefined", "anonymous\r\n", "ANONYMOUS", "anonymou",
+        "undefine", "nul", "x", "é", "nulé", "\u{3000}", "a-1", "",
+    ] {
+        assert_eq!(is_placeholder_id(id), slow(id), "{id:?}");
+    }
+}

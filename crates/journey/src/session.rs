@@ -4,33 +4,44 @@
 //! Why replay instead of incremental updates only: a re-attributed anonymous event can
 //! land before events the customer already has, which may merge or split sessions and
 //! re-anchor funnel attempts. Replaying the bounded history from the checkpoint gives the
-//! same answer as a batch computation over the whole log, and [`replay`] also moves the
-//! checkpoint forward past events old enough that nothing can land before them anymore.
+//! same answer as a batch computation over the whole log. Events that only extend the
+//! history at its end (the usual, in-order case) do not need that: the machine state
+//! after the history can be kept and stepped forward ([`Replayer::step`] is the one
+//! transition both use, so the two cannot disagree).
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Channel, Stage};
-use crate::funnel::{AttemptSlot, ClosedAttempt, FunnelSet};
-use crate::hash::id128;
+use crate::funnel::{AttemptSlot, ClosedAttempt, Funnel, FunnelSet, Steps};
+use crate::hash::Fnv128;
 
 /// What stage 2 keeps of a released event: enough to rebuild sessions and attempts and to
 /// re-emit its touchpoint row, not its properties.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct HistEvent {
     pub(crate) time_ms: i64,
-    pub(crate) event_id: String,
-    /// Event name or message type (session entry/exit).
-    pub(crate) name: String,
+    /// Shared with the sessions and attempts that name it.
+    pub(crate) event_id: Arc<str>,
+    /// Event name or message type (session entry/exit), interned per stage.
+    pub(crate) name: Arc<str>,
     pub(crate) stage: Stage,
     pub(crate) channel: Channel,
     /// (funnel index, step mask) for funnels with a matching step.
-    pub(crate) steps: Vec<(u16, u32)>,
+    pub(crate) steps: Steps,
     /// Stage-1 version of its routing.
     pub(crate) version: u64,
     /// Touchpoint rows emitted for it in this partition (low bits of their version).
     pub(crate) emitted: u16,
-    /// Session key of the last touchpoint row emitted for it.
-    pub(crate) session: Option<u128>,
+    /// Session key of the last touchpoint row emitted for it, as two halves (a `u128`
+    /// field would align the whole event to 16 bytes); meaningless while `emitted` is 0
+    /// (no row yet).
+    pub(crate) session: [u64; 2],
+    /// `session` is this event's own session key (it started its session): a replay
+    /// where it starts one again needs no hashing. A cache, not saved.
+    #[serde(skip)]
+    pub(crate) keyed: bool,
 }
 
 impl HistEvent {
@@ -39,11 +50,13 @@ impl HistEvent {
         (self.time_ms, &self.event_id)
     }
 
-    fn mask(&self, funnel: u16) -> u32 {
-        self.steps
-            .iter()
-            .find(|(f, _)| *f == funnel)
-            .map_or(0, |(_, m)| *m)
+    /// Session of the last touchpoint row emitted for it.
+    pub(crate) fn emitted_session(&self) -> Option<u128> {
+        (self.emitted > 0).then(|| u128::from(self.session[0]) | (u128::from(self.session[1]) << 64))
+    }
+
+    pub(crate) fn set_session(&mut self, key: u128) {
+        self.session = [key as u64, (key >> 64) as u64];
     }
 }
 
@@ -52,12 +65,12 @@ impl HistEvent {
 pub(crate) struct SessionAcc {
     /// `id128(customer, first_event_id)`.
     pub(crate) key: u128,
-    pub(crate) first_event_id: String,
+    pub(crate) first_event_id: Arc<str>,
     pub(crate) start_ms: i64,
     pub(crate) end_ms: i64,
     pub(crate) event_count: u32,
-    pub(crate) entry_event: String,
-    pub(crate) exit_event: String,
+    pub(crate) entry_event: Arc<str>,
+    pub(crate) exit_event: Arc<str>,
     /// Bit i set for `Channel::ALL[i]`.
     pub(crate) channels: u8,
 }
@@ -84,113 +97,150 @@ fn channel_bit(channel: Channel) -> u8 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Machine {
     pub(crate) session: Option<SessionAcc>,
-    /// Indexed like [`FunnelSet::funnels`].
+    /// Empty while no attempt is open, else indexed like [`FunnelSet::funnels`].
     pub(crate) attempts: Vec<AttemptSlot>,
 }
 
-/// Everything a replay derived.
+impl Machine {
+    /// Frees the attempt slots when none is open (most customers, most of the time).
+    pub(crate) fn compact(&mut self) {
+        if self.attempts.iter().all(|a| a.0.is_none()) {
+            self.attempts = Vec::new();
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.session.is_none() && self.attempts.iter().all(|a| a.0.is_none())
+    }
+}
+
+/// Rows a stretch of replay closed, in the order they closed.
 #[derive(Debug, Default)]
-pub(crate) struct Replay {
-    /// Every session the replay touched, oldest first, and whether it can no longer change.
-    pub(crate) sessions: Vec<(SessionAcc, bool)>,
-    /// Every attempt that closed during the replay (or by the frontier at its end), and
-    /// whether it can no longer change.
-    pub(crate) attempts: Vec<(ClosedAttempt, bool)>,
-    /// Session key of each history event.
-    pub(crate) event_sessions: Vec<u128>,
-    /// Checkpoint after the first `evict` events.
-    pub(crate) new_base: Machine,
+pub(crate) struct Produced {
+    /// Sessions, with the time of the event that closed them (started the next one);
+    /// `None` for the session still open at the end, which can still change.
+    pub(crate) sessions: Vec<(SessionAcc, Option<i64>)>,
+    /// Closed attempts; `attempt_by[i]` is the time of the event that closed
+    /// `attempts[i]`, or `None` when the release frontier closed it at the end (a later
+    /// event may still reopen and advance it).
+    pub(crate) attempts: Vec<ClosedAttempt>,
+    pub(crate) attempt_by: Vec<Option<i64>>,
+    /// Session key of each stepped event, in order, and whether the event started it.
+    pub(crate) event_sessions: Vec<(u128, bool)>,
     /// Earliest deadline of an attempt still open at the end.
     pub(crate) next_deadline_ms: Option<i64>,
 }
 
-/// Parameters of a replay that do not change per customer.
-pub(crate) struct ReplayParams<'a> {
-    pub(crate) funnels: &'a FunnelSet,
-    pub(crate) session_gap_ms: i64,
-    /// Every event before it has been released: attempts whose window ended before it
-    /// are dropped.
-    pub(crate) frontier_ms: i64,
+impl Produced {
+    pub(crate) fn clear(&mut self) {
+        self.sessions.clear();
+        self.attempts.clear();
+        self.attempt_by.clear();
+        self.event_sessions.clear();
+        self.next_deadline_ms = None;
+    }
 }
 
-/// Replay `history` (sorted by [`HistEvent::order_key`]) from `base`. Rows closed within
-/// the first `evict` events are final: later insertions (never before the eviction
-/// cutoff) cannot change them.
-pub(crate) fn replay(
-    customer_id: &str,
-    base: &Machine,
-    history: &[HistEvent],
-    evict: usize,
-    params: &ReplayParams<'_>,
-) -> Replay {
-    let funnels = params.funnels.funnels();
-    let mut m = base.clone();
-    m.attempts.resize(funnels.len(), AttemptSlot::default());
-    let mut out = Replay {
-        event_sessions: Vec::with_capacity(history.len()),
-        ..Replay::default()
-    };
-    let mut closed = Vec::new();
-    let mut final_sessions = 0;
-    let mut final_attempts = 0;
-    for (i, e) in history.iter().enumerate() {
-        if i == evict {
-            out.new_base = m.clone();
-            final_sessions = out.sessions.len();
-            final_attempts = closed.len();
+/// The transition function of one customer's replay.
+pub(crate) struct Replayer<'a> {
+    funnels: &'a [Funnel],
+    session_gap_ms: i64,
+    /// `id128` state after the customer id part.
+    customer: Fnv128,
+}
+
+impl<'a> Replayer<'a> {
+    pub(crate) fn new(funnels: &'a FunnelSet, session_gap_ms: i64, customer_id: &str) -> Self {
+        let mut customer = Fnv128::new();
+        customer.part(customer_id);
+        Self {
+            funnels: funnels.funnels(),
+            session_gap_ms,
+            customer,
         }
-        match &mut m.session {
-            Some(s) if e.time_ms.saturating_sub(s.end_ms) <= params.session_gap_ms => {
+    }
+
+    fn session_key(&self, e: &HistEvent) -> u128 {
+        if let (true, Some(key)) = (e.keyed, e.emitted_session()) {
+            return key;
+        }
+        let mut h = self.customer;
+        h.part(&e.event_id);
+        h.finish()
+    }
+
+    /// Apply one event (events must come in [`HistEvent::order_key`] order): sessions and
+    /// attempts it closes go to `out`, its session key to `out.event_sessions`.
+    pub(crate) fn step(&self, m: &mut Machine, e: &HistEvent, out: &mut Produced) {
+        let (key, started) = match &mut m.session {
+            Some(s) if e.time_ms.saturating_sub(s.end_ms) <= self.session_gap_ms => {
                 s.end_ms = e.time_ms;
                 s.event_count = s.event_count.saturating_add(1);
-                s.exit_event.clone_from(&e.name);
+                if !Arc::ptr_eq(&s.exit_event, &e.name) {
+                    s.exit_event = Arc::clone(&e.name);
+                }
                 s.channels |= channel_bit(e.channel);
+                (s.key, false)
             }
             _ => {
-                if let Some(done) = m.session.take() {
-                    out.sessions.push((done, false));
-                }
-                m.session = Some(SessionAcc {
-                    key: id128(&[customer_id, &e.event_id]),
-                    first_event_id: e.event_id.clone(),
+                let key = self.session_key(e);
+                let started = SessionAcc {
+                    key,
+                    first_event_id: Arc::clone(&e.event_id),
                     start_ms: e.time_ms,
                     end_ms: e.time_ms,
                     event_count: 1,
-                    entry_event: e.name.clone(),
-                    exit_event: e.name.clone(),
+                    entry_event: Arc::clone(&e.name),
+                    exit_event: Arc::clone(&e.name),
                     channels: channel_bit(e.channel),
-                });
+                };
+                if let Some(done) = m.session.replace(started) {
+                    out.sessions.push((done, Some(e.time_ms)));
+                }
+                (key, true)
+            }
+        };
+        out.event_sessions.push((key, started));
+        // Slots only matter while an attempt is open or the event matches a step.
+        if m.attempts.is_empty() {
+            if e.steps.is_empty() {
+                return;
+            }
+            m.attempts.resize(self.funnels.len(), AttemptSlot::default());
+        }
+        for (fi, (slot, funnel)) in m.attempts.iter_mut().zip(self.funnels).enumerate() {
+            let fi = u16::try_from(fi).unwrap_or(u16::MAX);
+            slot.step(
+                fi,
+                funnel,
+                e.steps.mask(fi),
+                e.time_ms,
+                &e.event_id,
+                &mut out.attempts,
+            );
+        }
+        out.attempt_by.resize(out.attempts.len(), Some(e.time_ms));
+    }
+
+    /// The end of a replay at release frontier `frontier_ms`, without changing `m`: the
+    /// open session, attempts whose window the frontier passed (dropped), and the next
+    /// deadline of the others.
+    pub(crate) fn finish(&self, m: &Machine, frontier_ms: i64, out: &mut Produced) {
+        if let Some(open) = &m.session {
+            out.sessions.push((open.clone(), None));
+        }
+        for (fi, (slot, funnel)) in m.attempts.iter().zip(self.funnels).enumerate() {
+            let fi = u16::try_from(fi).unwrap_or(u16::MAX);
+            let Some(deadline) = slot.deadline_ms(funnel) else {
+                continue;
+            };
+            if frontier_ms > deadline {
+                let mut copy = slot.clone();
+                copy.close_expired(fi, funnel, frontier_ms, &mut out.attempts);
+                out.attempt_by.resize(out.attempts.len(), None);
+            } else {
+                out.next_deadline_ms = Some(out.next_deadline_ms.map_or(deadline, |d| d.min(deadline)));
             }
         }
-        out.event_sessions
-            .push(m.session.as_ref().map_or(0, |s| s.key));
-        for (fi, (slot, funnel)) in m.attempts.iter_mut().zip(funnels).enumerate() {
-            let fi = u16::try_from(fi).unwrap_or(u16::MAX);
-            slot.step(fi, funnel, e.mask(fi), e.time_ms, &e.event_id, &mut closed);
-        }
     }
-    if evict >= history.len() {
-        out.new_base = m.clone();
-        final_sessions = out.sessions.len();
-        final_attempts = closed.len();
-    }
-    if let Some(open) = m.session.take() {
-        out.sessions.push((open, false));
-    }
-    for (fi, (slot, funnel)) in m.attempts.iter_mut().zip(funnels).enumerate() {
-        let fi = u16::try_from(fi).unwrap_or(u16::MAX);
-        slot.close_expired(fi, funnel, params.frontier_ms, &mut closed);
-        if let Some(deadline) = slot.deadline_ms(funnel) {
-            out.next_deadline_ms = Some(out.next_deadline_ms.map_or(deadline, |d| d.min(deadline)));
-        }
-    }
-    for (_, fin) in out.sessions.iter_mut().take(final_sessions) {
-        *fin = true;
-    }
-    out.attempts = closed
-        .into_iter()
-        .enumerate()
-        .map(|(i, a)| (a, i < final_attempts))
-        .collect();
-    out
 }

@@ -1,0 +1,153 @@
+//! Memory per active customer of both stages (issue 8), measured as resident set growth.
+//!
+//! Shaped like the `touchstream bench` memory phase: customer `i` sends one signed-in
+//! `Product Viewed` (anonymous id and user id in one message), so stage 1 holds a link and
+//! stage 2 an open session and an open `web_checkout` attempt. Event times lie 10 to 40
+//! minutes before the final watermark: every event is released, nothing has expired.
+//!
+//! Each (stage, customer count) runs in a child process of this binary: RSS is read from
+//! `/proc/self/status` before and after feeding the events, and the growth divided by the
+//! customer count. Outputs are drained and dropped every 500 events, as the processor does,
+//! so what remains is the state (plus allocator slack, which the processor pays too).
+//!
+//! Run: `cargo bench -p touchstream-journey --bench memory` (counts from
+//! `TS_BENCH_MEMORY_CUSTOMERS`, comma-separated, default `10000,100000,1000000`). Linux
+//! only (reads `/proc`). See `docs/microbench.md`.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Map};
+use touchstream_journey::{
+    Catalog, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent,
+    JourneyStage, Kind, RoutedEvent,
+};
+
+const MIN: i64 = 60_000;
+/// The final watermark (2025-11-25T12:00:00Z).
+const NOW_MS: i64 = 1_764_072_000_000;
+const CHILD_ENV: &str = "TS_BENCH_MEMORY_CHILD";
+
+fn event(i: usize, n: usize) -> JourneyEvent {
+    let mut properties = Map::new();
+    properties.insert("sku".into(), json!(format!("SKU-{}", i % 40)));
+    JourneyEvent {
+        event_id: format!("m-7f3a9c21-{i}"),
+        kind: Kind::Track,
+        event: Some("Product Viewed".into()),
+        anonymous_id: Some(format!("a-7f3a9c21-{i}")),
+        user_id: Some(format!("u-7f3a9c21-{i}")),
+        previous_id: None,
+        event_time_ms: NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n.max(1) as i64,
+        channel: None,
+        properties,
+    }
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn journey_stage() -> JourneyStage {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"));
+    let funnels = FunnelSet::load(&dir.join("funnels.toml")).expect("funnels.toml");
+    let catalog = Catalog::load(&dir.join("catalog.toml")).expect("catalog.toml");
+    let config = JourneyConfig {
+        external_watermark: true,
+        ..JourneyConfig::default()
+    };
+    JourneyStage::new(config, catalog, funnels)
+}
+
+/// Feed `n` customers through `stage` ("identity", "journey" or "both"); returns the RSS
+/// growth and keeps the state alive until then.
+fn child(stage: &str, n: usize) -> u64 {
+    let mut identity = IdentityStage::new(IdentityConfig::default());
+    let mut journey = journey_stage();
+    let before = rss_bytes();
+    let mut seq = 0u64;
+    for i in 0..n {
+        let e = event(i, n);
+        seq += 1;
+        let routed = match stage {
+            "journey" => vec![RoutedEvent {
+                customer_id: e.user_id.clone().unwrap_or_default(),
+                event: e,
+                version: seq,
+                reattributed: false,
+            }],
+            _ => identity
+                .process(e, seq)
+                .into_iter()
+                .filter_map(|o| match o {
+                    IdentityOutput::Event(r) => Some(r),
+                    _ => None,
+                })
+                .collect(),
+        };
+        if stage != "identity" {
+            for r in routed {
+                journey.process(r, seq);
+            }
+            if seq % 1000 == 0 {
+                journey.advance_watermark(NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64, seq);
+            }
+            if seq % 500 == 0 {
+                drop(journey.take_output());
+            }
+        }
+    }
+    journey.advance_watermark(NOW_MS, seq + 1);
+    drop(journey.take_output());
+    let grown = rss_bytes().saturating_sub(before);
+    assert_eq!(
+        journey.customer_count(),
+        if stage == "identity" { 0 } else { n },
+        "every customer active"
+    );
+    assert_eq!(journey.buffered_events(), 0, "every event released");
+    std::hint::black_box((&identity, &journey));
+    grown
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        let (stage, n) = spec.split_once(':').expect("stage:count");
+        let n: usize = n.parse().expect("count");
+        println!("{}", child(stage, n));
+        return;
+    }
+    // `cargo bench` passes `--bench`; a name filter is not supported here.
+    let counts: Vec<usize> = std::env::var("TS_BENCH_MEMORY_CUSTOMERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
+    let exe = std::env::current_exe().expect("own path");
+    println!("bytes per active customer (RSS growth / customers)");
+    println!("{:>10} {:>10} {:>10} {:>10}", "customers", "identity", "journey", "both");
+    for n in counts {
+        let per: Vec<String> = ["identity", "journey", "both"]
+            .iter()
+            .map(|stage| {
+                let out = Command::new(&exe)
+                    .env(CHILD_ENV, format!("{stage}:{n}"))
+                    .output()
+                    .expect("child runs");
+                let grown: u64 = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                format!("{:.0}", grown as f64 / n as f64)
+            })
+            .collect();
+        println!("{:>10} {:>10} {:>10} {:>10}", n, per[0], per[1], per[2]);
+    }
+}

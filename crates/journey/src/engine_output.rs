@@ -1,0 +1,344 @@
+//! Rows written since the last [`JourneyStage::take_output`](super::JourneyStage), and the
+//! version counter that orders them.
+//!
+//! Rows are kept as what they are made of (shared ids, the replay's session and attempt
+//! state) and become [`crate::rows`] structs, with their strings, only at
+//! [`Output::take`]: a customer's open session is usually rewritten several times
+//! between two takes, and only the last version is returned.
+
+use std::sync::Arc;
+
+use super::LiveRow;
+use crate::catalog::{Channel, Stage};
+use crate::funnel::{ClosedAttempt, FunnelSet, Outcome};
+use crate::hash::{hex128, FastMap};
+use crate::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+use crate::session::{HistEvent, SessionAcc};
+
+const VERSION_LOW_BITS: u32 = 20;
+
+/// A touchpoint row to be.
+#[derive(Debug)]
+struct PendingTouchpoint {
+    event_id: Arc<str>,
+    customer: Arc<str>,
+    session: Option<u128>,
+    time_ms: i64,
+    stage: Stage,
+    channel: Channel,
+    is_late: bool,
+    version: u64,
+}
+
+/// A session row to be; `acc: None` for a tombstone.
+#[derive(Debug)]
+struct PendingSession {
+    key: u128,
+    customer: Arc<str>,
+    partition_ms: i64,
+    acc: Option<SessionAcc>,
+    version: u64,
+}
+
+/// An attempt row to be; `closed: None` for a tombstone.
+#[derive(Debug)]
+struct PendingAttempt {
+    key: u128,
+    funnel: u16,
+    customer: Arc<str>,
+    partition_ms: i64,
+    closed: Option<ClosedAttempt>,
+    version: u64,
+}
+
+/// See the module docs. Sessions and attempts get strictly increasing versions as they
+/// are written, so their lists stay in version order when a newer row for the same key
+/// replaces an older one (which is marked `None`); touchpoints are sorted at the end.
+#[derive(Debug, Default)]
+pub(super) struct Output {
+    touchpoints: Vec<PendingTouchpoint>,
+    touchpoint_at: FastMap<Arc<str>, usize>,
+    sessions: Vec<Option<PendingSession>>,
+    session_at: FastMap<(u128, i64), usize>,
+    attempts: Vec<Option<PendingAttempt>>,
+    attempt_at: FastMap<(u16, u128, i64), usize>,
+    pub(super) version_seq: u64,
+    pub(super) version_n: u64,
+}
+
+impl Output {
+    pub(super) fn new(version_seq: u64, version_n: u64) -> Self {
+        Self {
+            version_seq,
+            version_n,
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn bump_seq(&mut self, seq: u64) {
+        let seq = seq.min(u64::MAX >> VERSION_LOW_BITS);
+        if seq > self.version_seq {
+            self.version_seq = seq;
+            self.version_n = 0;
+        }
+    }
+
+    /// Strictly increasing within the partition, derived from the input offsets so a
+    /// replay from the same snapshot writes identical versions.
+    fn next_version(&mut self) -> u64 {
+        let v = (self.version_seq << VERSION_LOW_BITS) | self.version_n;
+        self.version_n += 1;
+        if self.version_n >= 1 << VERSION_LOW_BITS {
+            self.version_seq += 1;
+            self.version_n = 0;
+        }
+        v
+    }
+
+    /// Newest row per key, each list sorted by version (touchpoints: then event id).
+    pub(super) fn take(&mut self, funnels: &FunnelSet) -> JourneyOutput {
+        self.touchpoint_at.clear();
+        self.session_at.clear();
+        self.attempt_at.clear();
+        let mut touchpoints = keep_capacity(&mut self.touchpoints);
+        touchpoints.sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
+        let sessions = keep_capacity(&mut self.sessions);
+        let attempts = keep_capacity(&mut self.attempts);
+        let mut out = JourneyOutput {
+            touchpoints: Vec::with_capacity(touchpoints.len()),
+            sessions: Vec::with_capacity(sessions.len()),
+            attempts: Vec::with_capacity(attempts.len()),
+        };
+        out.touchpoints
+            .extend(touchpoints.into_iter().map(touchpoint_row));
+        out.sessions
+            .extend(sessions.into_iter().flatten().map(session_row));
+        out.attempts.extend(
+            attempts
+                .into_iter()
+                .flatten()
+                .map(|a| attempt_row(funnels, a)),
+        );
+        out
+    }
+
+    /// The event's touchpoint row, unless one with a higher version is already pending.
+    pub(super) fn touchpoint(
+        &mut self,
+        customer: &Arc<str>,
+        e: &HistEvent,
+        session: Option<u128>,
+        is_late: bool,
+    ) {
+        let version = e
+            .version
+            .saturating_mul(1 << 16)
+            .saturating_add(u64::from(e.emitted));
+        let at = self.touchpoint_at.get(&e.event_id).copied();
+        if at.is_some_and(|i| self.touchpoints[i].version > version) {
+            return;
+        }
+        let row = PendingTouchpoint {
+            event_id: Arc::clone(&e.event_id),
+            customer: Arc::clone(customer),
+            session,
+            time_ms: e.time_ms,
+            stage: e.stage,
+            channel: e.channel,
+            is_late,
+            version,
+        };
+        match at {
+            Some(i) => self.touchpoints[i] = row,
+            None => {
+                self.touchpoint_at
+                    .insert(Arc::clone(&e.event_id), self.touchpoints.len());
+                self.touchpoints.push(row);
+            }
+        }
+    }
+
+    /// A touchpoint that is in no session: too late, too old to re-attribute, or left in
+    /// the buffer by a retraction.
+    pub(super) fn unplaced(&mut self, customer: &Arc<str>, event: &HistEvent, is_late: bool) {
+        self.touchpoint(customer, event, None, is_late);
+    }
+
+    /// A session row (`None`: a tombstone) for `key` in partition `partition_ms`.
+    fn session(
+        &mut self,
+        customer: &Arc<str>,
+        key: u128,
+        partition_ms: i64,
+        acc: Option<SessionAcc>,
+    ) {
+        let version = self.next_version();
+        let at = self.sessions.len();
+        if let Some(old) = self.session_at.insert((key, partition_ms), at) {
+            self.sessions[old] = None;
+        }
+        self.sessions.push(Some(PendingSession {
+            key,
+            customer: Arc::clone(customer),
+            partition_ms,
+            acc,
+            version,
+        }));
+    }
+
+    /// An attempt row (`None`: a tombstone) for `key` in partition `partition_ms`.
+    fn attempt(
+        &mut self,
+        customer: &Arc<str>,
+        funnel: u16,
+        key: u128,
+        partition_ms: i64,
+        closed: Option<ClosedAttempt>,
+    ) {
+        let version = self.next_version();
+        let at = self.attempts.len();
+        if let Some(old) = self.attempt_at.insert((funnel, key, partition_ms), at) {
+            self.attempts[old] = None;
+        }
+        self.attempts.push(Some(PendingAttempt {
+            key,
+            funnel,
+            customer: Arc::clone(customer),
+            partition_ms,
+            closed,
+            version,
+        }));
+    }
+
+    /// A tombstone for a row this partition wrote: same key and partition time.
+    pub(super) fn tombstone(&mut self, customer: &Arc<str>, row: &LiveRow) {
+        match row.funnel {
+            None => self.session(customer, row.key, row.partition_ms, None),
+            Some(funnel) => self.attempt(customer, funnel, row.key, row.partition_ms, None),
+        }
+    }
+
+    /// Write a session or attempt row unless the same row (key, partition and
+    /// fingerprint) is among the `written` ones.
+    pub(super) fn write_if_changed(
+        &mut self,
+        customer: &Arc<str>,
+        written: &[LiveRow],
+        new: &LiveRow,
+        row: Row,
+    ) {
+        let old = written
+            .iter()
+            .find(|w| w.key == new.key && w.funnel == new.funnel);
+        if let Some(old) = old {
+            if old.fingerprint == new.fingerprint && old.partition_ms == new.partition_ms {
+                return;
+            }
+            if old.partition_ms != new.partition_ms {
+                // The row moves to another ClickHouse partition (an attempt's close time
+                // changed): the old copy would survive FINAL there, so tombstone it.
+                self.tombstone(customer, old);
+            }
+        }
+        match row {
+            Row::Session(s) => self.session(customer, new.key, new.partition_ms, Some(s)),
+            Row::Attempt(a) => {
+                self.attempt(customer, a.funnel, new.key, new.partition_ms, Some(a));
+            }
+        }
+    }
+}
+
+/// Either kind of derived row, before it is written.
+pub(super) enum Row {
+    Session(SessionAcc),
+    Attempt(ClosedAttempt),
+}
+
+/// The contents of `v`, leaving an empty vector as large: the next batch of rows is
+/// likely about as large.
+fn keep_capacity<T>(v: &mut Vec<T>) -> Vec<T> {
+    std::mem::replace(v, Vec::with_capacity(v.capacity()))
+}
+
+fn touchpoint_row(t: PendingTouchpoint) -> TouchpointRow {
+    TouchpointRow {
+        event_id: t.event_id.as_ref().to_owned(),
+        customer_id: t.customer.as_ref().to_owned(),
+        session_id: t.session.map(hex128).unwrap_or_default(),
+        event_time_ms: t.time_ms,
+        stage: t.stage,
+        channel: t.channel,
+        is_late: t.is_late,
+        version: t.version,
+    }
+}
+
+fn session_row(s: PendingSession) -> SessionRow {
+    let customer_id = s.customer.as_ref().to_owned();
+    match s.acc {
+        Some(acc) => SessionRow {
+            session_id: hex128(s.key),
+            customer_id,
+            start_ms: acc.start_ms,
+            end_ms: acc.end_ms,
+            event_count: acc.event_count,
+            first_event_id: acc.first_event_id.as_ref().to_owned(),
+            entry_event: acc.entry_event.as_ref().to_owned(),
+            exit_event: acc.exit_event.as_ref().to_owned(),
+            channels: acc.channel_list(),
+            is_deleted: false,
+            version: s.version,
+        },
+        None => SessionRow {
+            session_id: hex128(s.key),
+            customer_id,
+            start_ms: s.partition_ms,
+            end_ms: s.partition_ms,
+            event_count: 0,
+            first_event_id: String::new(),
+            entry_event: String::new(),
+            exit_event: String::new(),
+            channels: Vec::new(),
+            is_deleted: true,
+            version: s.version,
+        },
+    }
+}
+
+fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
+    let funnel = funnels.funnels().get(usize::from(a.funnel));
+    let name = funnel.map(|f| f.name.clone()).unwrap_or_default();
+    let customer_id = a.customer.as_ref().to_owned();
+    match a.closed {
+        Some(closed) => FunnelAttemptRow {
+            attempt_id: hex128(a.key),
+            funnel: name,
+            customer_id,
+            start_ms: closed.attempt.start_ms(),
+            closed_ms: closed.closed_ms,
+            outcome: closed.outcome,
+            reached_step: u8::try_from(closed.attempt.reached()).unwrap_or(u8::MAX),
+            total_steps: funnel
+                .map_or(0, |f| u8::try_from(f.steps.len()).unwrap_or(u8::MAX)),
+            step_times_ms: closed.attempt.step_times_ms(),
+            step_event_ids: closed.attempt.step_event_ids(),
+            is_deleted: false,
+            version: a.version,
+        },
+        None => FunnelAttemptRow {
+            attempt_id: hex128(a.key),
+            funnel: name,
+            customer_id,
+            start_ms: a.partition_ms,
+            closed_ms: a.partition_ms,
+            outcome: Outcome::Dropped,
+            reached_step: 0,
+            total_steps: 0,
+            step_times_ms: Vec::new(),
+            step_event_ids: Vec::new(),
+            is_deleted: true,
+            version: a.version,
+        },
+    }
+}
