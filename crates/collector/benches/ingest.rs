@@ -3,8 +3,9 @@
 //! One `/v1/batch` body of 100 analytics.js-shaped messages (track, page and identify with
 //! properties, traits, context, timestamps and `messageId`, about 300 B each) goes through
 //! exactly what `server::ingest_inner` does before producing: UTF-8 check, envelope split,
-//! per-message validation into a `Touchpoint`, Avro single-object encoding and the Kafka
-//! record. No socket, no broker: this is the CPU cost that bounds one core's ingest rate.
+//! per-message validation (a `Validator` handing out borrowed touchpoints), Avro
+//! single-object encoding into the request's `Records`. No socket, no broker: this is the
+//! CPU cost that bounds one core's ingest rate.
 //!
 //! Run: `cargo bench -p touchstream-collector --bench ingest -- --warm-up-time 1
 //! --measurement-time 3`. Throughput is in events (messages). See `docs/microbench.md`.

@@ -391,10 +391,12 @@ async fn ingest_inner(
         Endpoint::Single(t) => Some(t),
     };
 
-    // Avro values are about as long as the message text plus the request's strings.
+    // Avro values are about as long as the message text plus the request's strings
+    // (a hint: the buffer grows if it is short; a long User-Agent does not inflate the
+    // up-front reservation by thousands of copies).
     let per_message = source.name.len()
         + meta.ip.as_ref().map_or(0, String::len)
-        + meta.user_agent.as_ref().map_or(0, String::len)
+        + meta.user_agent.as_ref().map_or(0, |ua| ua.len().min(256))
         + 96;
     let mut records =
         Records::with_capacity(messages.len(), text.len() + messages.len() * per_message);
