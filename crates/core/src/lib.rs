@@ -1,7 +1,8 @@
 //! Shared ground of every Touchstream component.
 //!
 //! The collector turns HTTP messages into [`Touchpoint`]s and writes them to Kafka with
-//! [`avro::encode`]; the processor reads them back with [`avro::decode`]. Both load one
+//! [`avro::encode_ref`] (the borrowing form of [`avro::encode`]); the processor reads
+//! them back with [`avro::decode`]. Both load one
 //! [`Config`] from a TOML file plus environment overrides, and both reach Kafka through
 //! the client settings built in [`kafka`]. Keeping these here means the wire format and the
 //! configuration contract have exactly one definition.
