@@ -80,7 +80,7 @@ fn child(stage: &str, n: usize) -> u64 {
         let routed = match stage {
             "journey" => vec![RoutedEvent {
                 customer_id: e.user_id.clone().unwrap_or_default(),
-                event: e,
+                event: e.into(),
                 version: seq,
                 reattributed: false,
             }],
@@ -98,7 +98,8 @@ fn child(stage: &str, n: usize) -> u64 {
                 journey.process(r, seq);
             }
             if seq % 1000 == 0 {
-                journey.advance_watermark(NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64, seq);
+                journey
+                    .advance_watermark(NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64, seq);
             }
             if seq % 500 == 0 {
                 drop(journey.take_output());
@@ -132,7 +133,10 @@ fn main() {
         .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
     let exe = std::env::current_exe().expect("own path");
     println!("bytes per active customer (RSS growth / customers)");
-    println!("{:>10} {:>10} {:>10} {:>10}", "customers", "identity", "journey", "both");
+    println!(
+        "{:>10} {:>10} {:>10} {:>10}",
+        "customers", "identity", "journey", "both"
+    );
     for n in counts {
         let per: Vec<String> = ["identity", "journey", "both"]
             .iter()

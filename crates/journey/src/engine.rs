@@ -118,13 +118,18 @@ struct Customer {
     live: Vec<LiveRow>,
     /// Newest event time ever released for the customer.
     last_time_ms: i64,
-    /// Pending entry in the timer set.
+    /// When the customer must be recomputed without new events (an attempt's deadline,
+    /// or forgetting it).
     wake_ms: Option<i64>,
+    /// Time of its entry in the timer set, which exists while `wake_ms` is set: at most
+    /// `wake_ms`, moved later only when it fires early (the wake moves with nearly every
+    /// event).
+    timer_ms: i64,
     /// Machine after `history[..stepped]`, kept for customers with a long history so
     /// that events appended at its end are stepped from here instead of replaying it
     /// all; dropped when an event lands earlier. Not saved: derived.
     tail: Option<Box<Machine>>,
-    stepped: usize,
+    stepped: u32,
     /// Queued in [`JourneyStage::dirty`].
     dirty: bool,
     /// No two `live` rows share a key (the tail shortcut relies on it).
@@ -180,16 +185,20 @@ impl Customer {
                 *duplicates += 1;
             }
             Err(i) => {
-                if i < self.stepped {
+                if i < self.stepped as usize {
                     // Lands inside what the tail already covers: replay from the base.
                     self.tail = None;
                 }
                 // Most customers have a handful of events: no room to spare for a single
-                // one, then double, and past a few grow by half.
+                // one, then room for four, and past that grow by half.
                 let len = self.history.len();
                 if len == self.history.capacity() {
-                    let extra = if len < 4 { len.max(1) } else { len / 2 };
-                    regrow(&mut self.history, len + extra);
+                    let capacity = match len {
+                        0 => 1,
+                        1..=3 => 4,
+                        _ => len + len / 2,
+                    };
+                    regrow(&mut self.history, capacity);
                 }
                 self.history.insert(i, hist);
             }
@@ -317,10 +326,11 @@ impl JourneyStage {
         let mut customers =
             FastMap::with_capacity_and_hasher(snapshot.customers.len(), FastState::default());
         for (id, saved) in snapshot.customers {
-            let customer = Customer::restore(saved, &mut names);
+            let mut customer = Customer::restore(saved, &mut names);
             if let Some(wake) = customer.wake_ms {
                 timers.insert((wake, Arc::clone(&id)));
             }
+            customer.timer_ms = customer.wake_ms.unwrap_or_default();
             customers.insert(id, Box::new(customer));
         }
         let mut buffer = Buffer::default();
@@ -408,7 +418,7 @@ impl JourneyStage {
             time_ms: event.event_time_ms,
             name: self.names.intern(event.display_name()),
             steps: self.funnels.steps(&event),
-            event_id: Arc::from(event.event_id),
+            event_id: Arc::from(event.event_id.as_str()),
             stage: tp.stage,
             channel: tp.channel,
             version,
@@ -476,8 +486,8 @@ impl JourneyStage {
             for row in &customer.live {
                 self.out.tombstone(&key, row);
             }
-            if let Some(wake) = customer.wake_ms {
-                self.timers.remove(&(wake, key));
+            if customer.wake_ms.is_some() {
+                self.timers.remove(&(customer.timer_ms, key));
             }
         }
     }
@@ -522,12 +532,24 @@ impl JourneyStage {
         while let Some((customer_id, hist)) = self.buffer.pop_before(frontier, flush) {
             self.insert_history(customer_id, hist);
         }
-        while let Some((wake, _)) = self.timers.first() {
-            if *wake >= frontier {
+        while let Some((at, _)) = self.timers.first() {
+            if *at >= frontier {
                 break;
             }
-            if let Some((_, id)) = self.timers.pop_first() {
-                if let Some(c) = self.customers.get_mut(&id) {
+            let Some((_, id)) = self.timers.pop_first() else {
+                break;
+            };
+            let Some(c) = self.customers.get_mut(&id) else {
+                continue;
+            };
+            match c.wake_ms {
+                // Fired early: the wake moved on since the entry was made.
+                Some(wake) if wake >= frontier => {
+                    c.timer_ms = wake;
+                    self.timers.insert((wake, id));
+                }
+                None => {}
+                Some(_) => {
                     c.wake_ms = None;
                     if !c.dirty {
                         c.dirty = true;

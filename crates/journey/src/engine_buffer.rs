@@ -64,7 +64,11 @@ impl Buffer {
 
     /// The first event in release order if its time is before `frontier_ms` (any, with
     /// `flush`), removed.
-    pub(super) fn pop_before(&mut self, frontier_ms: i64, flush: bool) -> Option<(Arc<str>, HistEvent)> {
+    pub(super) fn pop_before(
+        &mut self,
+        frontier_ms: i64,
+        flush: bool,
+    ) -> Option<(Arc<str>, HistEvent)> {
         let entry = self.order.first_entry()?;
         if !flush && entry.key().0 >= frontier_ms {
             return None;

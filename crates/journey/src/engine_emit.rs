@@ -57,7 +57,8 @@ impl JourneyStage {
             return;
         };
         customer.dirty = false;
-        let old_wake = customer.wake_ms.take();
+        // Its timer entry, if it has one (not when the timer just fired).
+        let timer = customer.wake_ms.take().map(|_| customer.timer_ms);
         let next_deadline = replay(customer, id, &ctx, &mut self.out, &mut self.scratch);
 
         // Nothing can change a customer whose newest event is further back than any session
@@ -65,8 +66,8 @@ impl JourneyStage {
         let reach = self.gap_ms.max(self.funnels.max_window_ms());
         let settled_at = customer.last_time_ms.saturating_add(reach);
         if customer.history.is_empty() && ctx.cutoff_ms > settled_at {
-            if let Some(wake) = old_wake {
-                self.timers.remove(&(wake, Arc::clone(id)));
+            if let Some(at) = timer {
+                self.timers.remove(&(at, Arc::clone(id)));
             }
             self.customers.remove(id);
             self.counters.customers_expired += 1;
@@ -75,11 +76,13 @@ impl JourneyStage {
         let expire_at = settled_at.saturating_add(self.horizon_ms);
         let wake = next_deadline.map_or(expire_at, |d| d.min(expire_at));
         customer.wake_ms = Some(wake);
-        if old_wake != Some(wake) {
-            if let Some(old) = old_wake {
-                self.timers.remove(&(old, Arc::clone(id)));
+        // An entry no later than the wake may stay: it only fires early (see `advance`).
+        if timer.is_none_or(|at| at > wake) {
+            if let Some(at) = timer {
+                self.timers.remove(&(at, Arc::clone(id)));
             }
             self.timers.insert((wake, Arc::clone(id)));
+            customer.timer_ms = wake;
         }
     }
 }
@@ -132,9 +135,10 @@ fn replay(
     let evict = c.history.partition_point(|e| e.time_ms < ctx.cutoff_ms);
 
     let mut stepped = None;
-    if let (true, Some(mut tail)) = (c.live_unique, c.tail.take()) {
+    let tail = c.tail.take().filter(|_| c.live_unique);
+    if let (Some(mut tail), Some(new)) = (tail, c.history.get(c.stepped as usize..)) {
         p.clear();
-        for e in &c.history[c.stepped..] {
+        for e in new {
             replayer.step(&mut tail, e, p);
         }
         replayer.finish(&tail, ctx.frontier_ms, p);
@@ -144,7 +148,7 @@ fn replay(
         }
     }
     let fast = stepped.is_some();
-    let start = if fast { c.stepped } else { 0 };
+    let start = if fast { c.stepped as usize } else { 0 };
     let mut new_base = None;
     let m = match stepped {
         Some(tail) => tail,
@@ -276,17 +280,20 @@ fn replay(
     }
     c.base_until_ms = Some(c.base_until_ms.map_or(cutoff, |b| b.max(cutoff)));
 
-    if c.history.len() >= TAIL_MIN_EVENTS {
-        let mut tail = match m {
-            Stepped::Tail(t) => t,
-            Stepped::Base(m) => Box::new(m),
-        };
-        tail.compact();
-        c.tail = Some(tail);
-        c.stepped = c.history.len();
-    } else {
-        c.tail = None;
-        c.stepped = 0;
+    match u32::try_from(c.history.len()) {
+        Ok(len) if len as usize >= TAIL_MIN_EVENTS => {
+            let mut tail = match m {
+                Stepped::Tail(t) => t,
+                Stepped::Base(m) => Box::new(m),
+            };
+            tail.compact();
+            c.tail = Some(tail);
+            c.stepped = len;
+        }
+        _ => {
+            c.tail = None;
+            c.stepped = 0;
+        }
     }
     p.next_deadline_ms
 }

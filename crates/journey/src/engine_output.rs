@@ -101,7 +101,8 @@ impl Output {
         self.session_at.clear();
         self.attempt_at.clear();
         let mut touchpoints = keep_capacity(&mut self.touchpoints);
-        touchpoints.sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
+        touchpoints
+            .sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
         let sessions = keep_capacity(&mut self.sessions);
         let attempts = keep_capacity(&mut self.attempts);
         let mut out = JourneyOutput {
@@ -319,8 +320,7 @@ fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
             closed_ms: closed.closed_ms,
             outcome: closed.outcome,
             reached_step: u8::try_from(closed.attempt.reached()).unwrap_or(u8::MAX),
-            total_steps: funnel
-                .map_or(0, |f| u8::try_from(f.steps.len()).unwrap_or(u8::MAX)),
+            total_steps: funnel.map_or(0, |f| u8::try_from(f.steps.len()).unwrap_or(u8::MAX)),
             step_times_ms: closed.attempt.step_times_ms(),
             step_event_ids: closed.attempt.step_event_ids(),
             is_deleted: false,

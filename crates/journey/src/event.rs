@@ -6,6 +6,8 @@
 //! [`RoutedEvent`] and [`Retract`] on the internal repartition topic keyed by
 //! `customer_id`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -75,8 +77,9 @@ pub struct RoutedEvent {
     /// The journey this event belongs to: linked user id, else own user id, else the
     /// anonymous id. Stage 2 is partitioned by it.
     pub customer_id: String,
-    /// The event itself.
-    pub event: JourneyEvent,
+    /// The event itself; shared, because stage 1 keeps each not-yet-linked anonymous
+    /// event to re-send it under the user, and stage 2 only reads it.
+    pub event: Arc<JourneyEvent>,
     /// Stage-1 `seq` that produced this routing. A re-attribution carries the link's
     /// (higher) seq, so its touchpoint row replaces the one written under the anonymous id
     /// even though the two were written by different stage-2 partitions.

@@ -30,7 +30,14 @@ fn run(funnel: &Funnel, events: &[(i64, u32)], frontier: i64) -> Vec<ClosedAttem
     let mut slot = AttemptSlot::default();
     let mut closed = Vec::new();
     for (i, (t, mask)) in events.iter().enumerate() {
-        slot.step(0, funnel, *mask, *t, &Arc::from(format!("e{i}")), &mut closed);
+        slot.step(
+            0,
+            funnel,
+            *mask,
+            *t,
+            &Arc::from(format!("e{i}")),
+            &mut closed,
+        );
     }
     slot.close_expired(0, funnel, frontier, &mut closed);
     closed

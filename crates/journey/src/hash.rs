@@ -58,8 +58,9 @@ impl Fnv128 {
 pub(crate) fn hex128(id: u128) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = DIGITS[((id >> (124 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(id.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
     // ASCII digits: always valid UTF-8.
     std::str::from_utf8(&buf)
@@ -191,7 +192,10 @@ mod tests {
         // session) fails loudly.
         assert_eq!(hex128(id128(&[])), "6c62272e07bb014262b821756295c58d");
         // The shift-and-add multiply is the plain one.
-        for parts in [&["a", "b"][..], &["customer-0001", "ajs-0123456789abcdef"][..]] {
+        for parts in [
+            &["a", "b"][..],
+            &["customer-0001", "ajs-0123456789abcdef"][..],
+        ] {
             let mut plain = FNV128_OFFSET;
             for p in parts {
                 for b in (p.len() as u64).to_le_bytes().iter().chain(p.as_bytes()) {

@@ -172,12 +172,17 @@ pub struct IdentityCounters {
 /// Events routed under a not-yet-linked anonymous id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct AnonHistory {
-    /// Oldest first, at most `max_unlinked_history_events`.
-    events: VecDeque<JourneyEvent>,
+    /// Oldest first, at most `max_unlinked_history_events`. Shared with the routed
+    /// output: the event is not copied.
+    events: VecDeque<Arc<JourneyEvent>>,
     /// Events that overflowed `events`.
     dropped: u64,
     /// Newest event time, for the TTL.
     last_time_ms: i64,
+    /// Time of this id's entry in [`IdentityStage::expiry`], at most `last_time_ms`: the
+    /// entry is moved forward only when the sweep reaches it, not on every event.
+    #[serde(skip)]
+    expiry_ms: i64,
 }
 
 /// Serializable stage-1 state, for the caller to persist with its offsets.
@@ -198,7 +203,8 @@ pub struct IdentityStage {
     links: FastMap<Box<str>, Box<str>>,
     /// Keys shared with `expiry`.
     unlinked: FastMap<Arc<str>, AnonHistory>,
-    /// (last event time, anonymous id) of every entry of `unlinked`, for the TTL sweep.
+    /// (time at most its last event time, anonymous id) of every entry of `unlinked`,
+    /// for the TTL sweep.
     expiry: BTreeSet<(i64, Arc<str>)>,
     watermark_ms: Option<i64>,
     counters: IdentityCounters,
@@ -227,9 +233,10 @@ impl IdentityStage {
         let mut unlinked =
             FastMap::with_capacity_and_hasher(snapshot.unlinked.len(), FastState::default());
         let mut expiry = BTreeSet::new();
-        for (anon, history) in snapshot.unlinked {
+        for (anon, mut history) in snapshot.unlinked {
             let anon: Arc<str> = Arc::from(anon);
-            expiry.insert((history.last_time_ms, Arc::clone(&anon)));
+            history.expiry_ms = history.last_time_ms;
+            expiry.insert((history.expiry_ms, Arc::clone(&anon)));
             unlinked.insert(anon, history);
         }
         Self {
@@ -253,7 +260,11 @@ impl IdentityStage {
             unlinked: self
                 .unlinked
                 .iter()
-                .map(|(a, h)| (a.to_string(), h.clone()))
+                .map(|(a, h)| {
+                    let mut h = h.clone();
+                    h.expiry_ms = h.last_time_ms;
+                    (a.to_string(), h)
+                })
                 .collect(),
             watermark_ms: self.watermark_ms,
             counters: self.counters.clone(),
@@ -289,26 +300,27 @@ impl IdentityStage {
         }
 
         let mut out = Vec::new();
-        if let Some(user) = event.user_id.clone() {
-            if let (Kind::Alias, Some(prev)) = (event.kind, event.previous_id.clone()) {
-                self.link(&prev, &user, LinkType::Alias, &event, seq, &mut out);
+        if let Some(user) = event.user_id.as_deref() {
+            if let (Kind::Alias, Some(prev)) = (event.kind, event.previous_id.as_deref()) {
+                self.link(prev, user, LinkType::Alias, &event, seq, &mut out);
             }
-            if let Some(anon) = event.anonymous_id.clone() {
+            if let Some(anon) = event.anonymous_id.as_deref() {
                 let link_type = match event.kind {
                     Kind::Identify => LinkType::Identify,
                     Kind::Alias => LinkType::Alias,
                     _ => LinkType::BothIds,
                 };
-                self.link(&anon, &user, link_type, &event, seq, &mut out);
+                self.link(anon, user, link_type, &event, seq, &mut out);
             }
         }
 
+        let event = Arc::new(event);
         let customer_id = match (&event.user_id, &event.anonymous_id) {
             (Some(user), _) => user.clone(),
             (None, Some(anon)) => match self.links.get(anon.as_str()) {
                 Some(user) => user.to_string(),
                 None => {
-                    self.remember_unlinked(anon, event.clone());
+                    self.remember_unlinked(anon, Arc::clone(&event));
                     anon.clone()
                 }
             },
@@ -362,7 +374,7 @@ impl IdentityStage {
             version: seq,
         }));
         if let Some((key, history)) = self.unlinked.remove_entry(anon) {
-            self.expiry.remove(&(history.last_time_ms, key));
+            self.expiry.remove(&(history.expiry_ms, key));
             self.counters.reattributed_events += history.events.len() as u64;
             self.counters.reattribution_skipped += history.dropped;
             for earlier in history.events {
@@ -379,35 +391,45 @@ impl IdentityStage {
         }
     }
 
-    fn remember_unlinked(&mut self, anon: &str, event: JourneyEvent) {
+    fn remember_unlinked(&mut self, anon: &str, event: Arc<JourneyEvent>) {
         let cap = self.config.max_unlinked_history_events;
-        let key = match self.unlinked.get_key_value(anon) {
-            Some((key, _)) => Arc::clone(key),
-            None => {
-                let key: Arc<str> = Arc::from(anon);
-                self.unlinked.insert(Arc::clone(&key), AnonHistory::default());
-                key
-            }
-        };
         let Some(history) = self.unlinked.get_mut(anon) else {
+            let key: Arc<str> = Arc::from(anon);
+            let mut history = AnonHistory {
+                last_time_ms: event.event_time_ms,
+                expiry_ms: event.event_time_ms,
+                ..AnonHistory::default()
+            };
+            history.events.push_back(event);
+            while history.events.len() > cap {
+                history.events.pop_front();
+                history.dropped += 1;
+            }
+            self.expiry.insert((history.expiry_ms, Arc::clone(&key)));
+            self.unlinked.insert(key, history);
             return;
         };
         let fresh = history.events.is_empty() && history.dropped == 0;
-        let before = (!fresh).then_some(history.last_time_ms);
-        history.last_time_ms = match before {
-            None => event.event_time_ms,
-            Some(last) => last.max(event.event_time_ms),
+        history.last_time_ms = if fresh {
+            event.event_time_ms
+        } else {
+            history.last_time_ms.max(event.event_time_ms)
         };
         history.events.push_back(event);
         while history.events.len() > cap {
             history.events.pop_front();
             history.dropped += 1;
         }
-        if before != Some(history.last_time_ms) {
-            if let Some(last) = before {
-                self.expiry.remove(&(last, Arc::clone(&key)));
+        if history.last_time_ms < history.expiry_ms {
+            // Only a history emptied by a zero cap can move back; keep the entry no later.
+            if let Some((key, _)) = self.unlinked.get_key_value(anon) {
+                let key = Arc::clone(key);
+                if let Some(history) = self.unlinked.get_mut(anon) {
+                    self.expiry.remove(&(history.expiry_ms, Arc::clone(&key)));
+                    history.expiry_ms = history.last_time_ms;
+                    self.expiry.insert((history.expiry_ms, key));
+                }
             }
-            self.expiry.insert((history.last_time_ms, key));
         }
     }
 
@@ -417,13 +439,24 @@ impl IdentityStage {
         let ttl = i64::try_from(self.config.unlinked_history_ttl_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX);
         let horizon = wm.saturating_sub(ttl);
-        while let Some((last, _)) = self.expiry.first() {
-            if *last >= horizon {
+        while let Some((at, _)) = self.expiry.first() {
+            if *at >= horizon {
                 break;
             }
-            if let Some((_, anon)) = self.expiry.pop_first() {
-                self.unlinked.remove(&anon);
-                self.counters.histories_expired += 1;
+            let Some((_, anon)) = self.expiry.pop_first() else {
+                break;
+            };
+            match self.unlinked.get_mut(&anon) {
+                // Newer events since the entry was made: move it to the last one.
+                Some(history) if history.last_time_ms >= horizon => {
+                    history.expiry_ms = history.last_time_ms;
+                    self.expiry.insert((history.expiry_ms, anon));
+                }
+                Some(_) => {
+                    self.unlinked.remove(&anon);
+                    self.counters.histories_expired += 1;
+                }
+                None => {}
             }
         }
     }

@@ -293,10 +293,56 @@ fn placeholder_check_matches_the_trimmed_comparison() {
                 .any(|p| id.eq_ignore_ascii_case(p))
     };
     for id in [
-        "null", "NULL", "0", "00", " 0", "0 ", "\u{b}null", "null\u{c}", "\u{a0}null",
-        "null\u{2003}", "\u{85}undefined", "anonymous\r\n", "ANONYMOUS", "anonymou",
-        "undefine", "nul", "x", "é", "nulé", "\u{3000}", "a-1", "",
+        "null",
+        "NULL",
+        "0",
+        "00",
+        " 0",
+        "0 ",
+        "\u{b}null",
+        "null\u{c}",
+        "\u{a0}null",
+        "null\u{2003}",
+        "\u{85}undefined",
+        "anonymous\r\n",
+        "ANONYMOUS",
+        "anonymou",
+        "undefine",
+        "nul",
+        "x",
+        "é",
+        "nulé",
+        "\u{3000}",
+        "a-1",
+        "",
     ] {
         assert_eq!(is_placeholder_id(id), slow(id), "{id:?}");
     }
+}
+
+#[test]
+fn expiry_follows_the_last_event_across_a_snapshot() {
+    let config = IdentityConfig {
+        unlinked_history_ttl_secs: 10,
+        ..IdentityConfig::default()
+    };
+    let mut original = IdentityStage::new(config.clone());
+    original.process(track("e1", Some("a1"), None, 0), 1);
+    original.process(track("e2", Some("a1"), None, 8_000), 2);
+    let json = serde_json::to_string(&original.snapshot()).expect("serialize");
+    let mut resumed =
+        IdentityStage::from_snapshot(config, serde_json::from_str(&json).expect("deserialize"));
+    for stage in [&mut original, &mut resumed] {
+        // 10 s after the first event, not after the last: a1 is kept.
+        stage.process(track("e3", Some("a2"), None, 10_001), 3);
+        assert_eq!(stage.counters().histories_expired, 0);
+        stage.process(track("e4", Some("a2"), None, 18_000), 4);
+        assert_eq!(stage.counters().histories_expired, 0);
+        stage.process(track("e5", Some("a2"), None, 18_001), 5);
+        assert_eq!(stage.counters().histories_expired, 1);
+        // a1's history is gone: the link re-sends nothing.
+        let out = stage.process(track("e6", Some("a1"), Some("u1"), 18_002), 6);
+        assert_eq!(routed(&out), vec![(s("u1"), s("e6"), false)]);
+    }
+    assert_eq!(original.snapshot(), resumed.snapshot());
 }

@@ -52,7 +52,8 @@ impl HistEvent {
 
     /// Session of the last touchpoint row emitted for it.
     pub(crate) fn emitted_session(&self) -> Option<u128> {
-        (self.emitted > 0).then(|| u128::from(self.session[0]) | (u128::from(self.session[1]) << 64))
+        (self.emitted > 0)
+            .then(|| u128::from(self.session[0]) | (u128::from(self.session[1]) << 64))
     }
 
     pub(crate) fn set_session(&mut self, key: u128) {
@@ -206,7 +207,8 @@ impl<'a> Replayer<'a> {
             if e.steps.is_empty() {
                 return;
             }
-            m.attempts.resize(self.funnels.len(), AttemptSlot::default());
+            m.attempts
+                .resize(self.funnels.len(), AttemptSlot::default());
         }
         for (fi, (slot, funnel)) in m.attempts.iter_mut().zip(self.funnels).enumerate() {
             let fi = u16::try_from(fi).unwrap_or(u16::MAX);
@@ -239,7 +241,8 @@ impl<'a> Replayer<'a> {
                 copy.close_expired(fi, funnel, frontier_ms, &mut out.attempts);
                 out.attempt_by.resize(out.attempts.len(), None);
             } else {
-                out.next_deadline_ms = Some(out.next_deadline_ms.map_or(deadline, |d| d.min(deadline)));
+                out.next_deadline_ms =
+                    Some(out.next_deadline_ms.map_or(deadline, |d| d.min(deadline)));
             }
         }
     }

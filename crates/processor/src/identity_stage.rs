@@ -177,7 +177,7 @@ impl Stage for Identity {
                         user.clone(),
                         &Routed::Event(RoutedEvent {
                             customer_id: user.clone(),
-                            event: journey_event(&tp),
+                            event: journey_event(&tp).into(),
                             version: seq,
                             reattributed: false,
                         }),
