@@ -12,13 +12,15 @@
 //! `is_late` touchpoints without a session and counted, never placed.
 //!
 //! Per customer, released events join a bounded history after a checkpoint (see
-//! [`crate::session`]); each change replays that history and emits only rows that
-//! changed, plus tombstones for rows that no longer exist. History reaches back the
+//! [`crate::session`]); each change replays that history (or, when the new events only
+//! extend it, steps the kept end-of-history state over them: see `engine_emit.rs`) and
+//! emits only rows that changed, plus tombstones for rows that no longer exist. History
+//! reaches back the
 //! re-attribution horizon (default: longest funnel window + session gap): a re-attributed
 //! event older than that cannot be placed and is stored as a late touchpoint. A customer
 //! idle past the horizon is forgotten entirely, so memory follows active customers.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -28,9 +30,10 @@ use crate::event::{Retract, RoutedEvent};
 use crate::funnel::FunnelSet;
 use crate::hash::{FastMap, FastState, Fnv128};
 use crate::rows::JourneyOutput;
-use crate::session::{HistEvent, Machine};
+use crate::session::HistEvent;
 
 use buffer::Buffer;
+use customer::{Customer, LiveRow, Names, SavedCustomer};
 use emit::Scratch;
 use output::Output;
 
@@ -85,148 +88,6 @@ pub struct JourneyCounters {
     pub customers_expired: u64,
 }
 
-/// A row key this partition has written and may still change or delete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct LiveRow {
-    key: u128,
-    /// `start_ms` of a session, `closed_ms` of an attempt: the partition column a
-    /// tombstone must repeat to land in the same ClickHouse partition.
-    partition_ms: i64,
-    fingerprint: u64,
-    /// Time of the event whose replay step closed the row (a session: the event that
-    /// started the next one), unless `open`. The row becomes final once the eviction
-    /// cutoff passes it.
-    closed_by_ms: i64,
-    /// `None` for a session, the funnel index for an attempt.
-    funnel: Option<u16>,
-    /// Still open at the end of the history (the open session, an attempt only the
-    /// release frontier closed): new events at the end can change or remove it, while
-    /// closed rows stay as they are.
-    open: bool,
-}
-
-/// One customer's state.
-#[derive(Debug, Default)]
-struct Customer {
-    /// Checkpoint covering every event before `base_until_ms`; `None` when empty.
-    base: Option<Box<Machine>>,
-    base_until_ms: Option<i64>,
-    /// Released events from the checkpoint on, sorted by `(time, event_id)`.
-    history: Vec<HistEvent>,
-    /// Rows derived from `base` + `history` as last written: sessions first, then
-    /// attempts, each in replay order.
-    live: Vec<LiveRow>,
-    /// Newest event time ever released for the customer.
-    last_time_ms: i64,
-    /// When the customer must be recomputed without new events (an attempt's deadline,
-    /// or forgetting it).
-    wake_ms: Option<i64>,
-    /// Time of its entry in the timer set, which exists while `wake_ms` is set: at most
-    /// `wake_ms`, moved later only when it fires early (the wake moves with nearly every
-    /// event).
-    timer_ms: i64,
-    /// Machine after `history[..stepped]`, kept for customers with a long history so
-    /// that events appended at its end are stepped from here instead of replaying it
-    /// all; dropped when an event lands earlier. Not saved: derived.
-    tail: Option<Box<Machine>>,
-    stepped: u32,
-    /// Queued in [`JourneyStage::dirty`].
-    dirty: bool,
-    /// No two `live` rows share a key (the tail shortcut relies on it).
-    live_unique: bool,
-}
-
-impl Customer {
-    fn saved(&self) -> SavedCustomer {
-        SavedCustomer {
-            base: self.base.as_deref().cloned(),
-            base_until_ms: self.base_until_ms,
-            history: self.history.clone(),
-            live: self.live.clone(),
-            last_time_ms: self.last_time_ms,
-            wake_ms: self.wake_ms,
-        }
-    }
-
-    fn restore(saved: SavedCustomer, names: &mut Names) -> Self {
-        let mut history = saved.history;
-        for e in &mut history {
-            e.name = names.intern(&e.name);
-        }
-        Self {
-            base: saved.base.filter(|b| !b.is_empty()).map(|mut b| {
-                b.compact();
-                Box::new(b)
-            }),
-            base_until_ms: saved.base_until_ms,
-            history,
-            live: saved.live,
-            last_time_ms: saved.last_time_ms,
-            wake_ms: saved.wake_ms,
-            ..Self::default()
-        }
-    }
-
-    /// Add a released event to the history (a duplicate only raises the kept version).
-    fn add(&mut self, hist: HistEvent, duplicates: &mut u64) {
-        let fresh = self.history.is_empty() && self.base_until_ms.is_none();
-        self.last_time_ms = if fresh {
-            hist.time_ms
-        } else {
-            self.last_time_ms.max(hist.time_ms)
-        };
-        match self
-            .history
-            .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
-        {
-            Ok(i) => {
-                let kept = &mut self.history[i];
-                kept.version = kept.version.max(hist.version);
-                *duplicates += 1;
-            }
-            Err(i) => {
-                if i < self.stepped as usize {
-                    // Lands inside what the tail already covers: replay from the base.
-                    self.tail = None;
-                }
-                // Most customers have a handful of events: no room to spare for a single
-                // one, then room for four, and past that grow by half.
-                let len = self.history.len();
-                if len == self.history.capacity() {
-                    let capacity = match len {
-                        0 => 1,
-                        1..=3 => 4,
-                        _ => len + len / 2,
-                    };
-                    regrow(&mut self.history, capacity);
-                }
-                self.history.insert(i, hist);
-            }
-        }
-    }
-}
-
-/// Move `v` into a new allocation of exactly `capacity`. Not `reserve_exact`: glibc's
-/// `realloc` bypasses its per-thread cache and costs several times a `malloc` + `free`
-/// pair, and these vectors grow one customer event at a time.
-pub(crate) fn regrow<T>(v: &mut Vec<T>, capacity: usize) {
-    let mut grown = Vec::with_capacity(capacity.max(v.len()));
-    grown.append(v);
-    *v = grown;
-}
-
-/// A customer as saved in a snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct SavedCustomer {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    base: Option<Machine>,
-    base_until_ms: Option<i64>,
-    history: Vec<HistEvent>,
-    live: Vec<LiveRow>,
-    last_time_ms: i64,
-    wake_ms: Option<i64>,
-}
-
 /// A buffered event in a snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Buffered {
@@ -244,27 +105,6 @@ pub struct JourneySnapshot {
     counters: JourneyCounters,
     version_seq: u64,
     version_n: u64,
-}
-
-/// Event names shared by every event that has them: names repeat (a catalog's worth),
-/// ids do not. Bounded, so a client sending a new name with every event costs one
-/// string per event as before, not an ever-growing table.
-#[derive(Debug, Default)]
-struct Names(HashSet<Arc<str>, FastState>);
-
-const MAX_NAMES: usize = 10_000;
-
-impl Names {
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.0.get(name) {
-            return Arc::clone(known);
-        }
-        let name: Arc<str> = Arc::from(name);
-        if self.0.len() < MAX_NAMES {
-            self.0.insert(Arc::clone(&name));
-        }
-        name
-    }
 }
 
 /// Stage 2 state machine. One per stage-2 partition.
@@ -290,6 +130,9 @@ pub struct JourneyStage {
     out: Output,
     /// Reused by every replay.
     scratch: Scratch,
+    /// Histories at least this long keep their tail machine ([`emit::TAIL_MIN_EVENTS`];
+    /// tests vary it to compare the tail shortcut with full replays).
+    tail_min_events: usize,
     counters: JourneyCounters,
 }
 
@@ -355,6 +198,7 @@ impl JourneyStage {
             names,
             out: Output::new(snapshot.version_seq, snapshot.version_n),
             scratch: Scratch::default(),
+            tail_min_events: emit::TAIL_MIN_EVENTS,
             counters: snapshot.counters,
         }
     }
@@ -598,6 +442,8 @@ impl JourneyStage {
 
 #[path = "engine_buffer.rs"]
 mod buffer;
+#[path = "engine_customer.rs"]
+mod customer;
 #[path = "engine_emit.rs"]
 mod emit;
 #[path = "engine_output.rs"]

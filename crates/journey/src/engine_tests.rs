@@ -575,3 +575,95 @@ fn restoring_a_snapshot_anywhere_changes_no_output() {
         assert_eq!(st.counters(), whole.counters(), "cut {cut}");
     }
 }
+
+#[test]
+fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
+    // A seeded mix of customers, anonymous ids and links, events within and beyond the
+    // lateness, duplicate ids, idle watermark moves and flushes: every output batch must
+    // be identical whether customers step their kept tail (from the first event on) or
+    // always replay from the checkpoint.
+    let mut seed = 7u64;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    };
+    let names = [
+        "Home",
+        "Product Viewed",
+        "Product Added",
+        "Checkout Started",
+        "Order Completed",
+        "Complaint Filed",
+        "Follow-up Completed",
+    ];
+    let mut log = Vec::new();
+    let mut t = 0i64;
+    for i in 0..600u64 {
+        t += [0, MIN, 3 * MIN, 20 * MIN, 2 * 60 * MIN][next(5) as usize];
+        let jitter = if next(10) == 0 {
+            8 * MIN
+        } else {
+            next(3) as i64 * MIN
+        };
+        let (anon, user) = match next(6) {
+            0 | 1 => (Some(["a0", "a1", "a2"][next(3) as usize]), None),
+            2 => (Some(["a0", "a1", "a2"][next(3) as usize]), Some("u0")),
+            _ => (None, Some(["u0", "u1", "u2"][next(3) as usize])),
+        };
+        let id = if next(30) == 0 { next(i + 1) } else { i };
+        let name = names[next(names.len() as u64) as usize];
+        log.push(with_ids(
+            event(&format!("e{id}"), name, t - jitter),
+            anon,
+            user,
+        ));
+    }
+    let run = |tail_min: usize| {
+        let mut ids = IdentityStage::new(IdentityConfig::default());
+        let mut st = stage();
+        st.tail_min_events = tail_min;
+        let mut outs = Vec::new();
+        let mut seq2 = 0;
+        for (seq1, e) in log.iter().enumerate() {
+            for out in ids.process(e.clone(), seq1 as u64 + 1) {
+                seq2 += 1;
+                match out {
+                    IdentityOutput::Event(r) => st.process(r, seq2),
+                    IdentityOutput::Retract(r) => st.retract(&r, seq2),
+                    _ => {}
+                }
+            }
+            if seq1 % 97 == 96 {
+                seq2 += 1;
+                st.advance_watermark(e.event_time_ms + 30 * MIN, seq2);
+            }
+            if seq1 % 250 == 249 {
+                seq2 += 1;
+                st.flush_all(seq2);
+            }
+            outs.push(st.take_output());
+        }
+        seq2 += 1;
+        st.advance_watermark(t + 30 * 24 * 60 * MIN, seq2);
+        outs.push(st.take_output());
+        (outs, st.counters().clone())
+    };
+    let (always, counters) = run(0);
+    assert!(
+        counters.late_events > 0 && counters.retractions > 0,
+        "{counters:?}"
+    );
+    assert!(always.iter().map(|o| o.attempts.len()).sum::<usize>() > 0);
+    let (never, never_counters) = run(usize::MAX);
+    assert_eq!(counters, never_counters);
+    assert_eq!(always.len(), never.len());
+    for (i, (a, b)) in always.iter().zip(&never).enumerate() {
+        assert_eq!(a, b, "batch {i}");
+    }
+    assert_eq!(run(TAIL_MIN_EVENTS_FOR_TESTS).0, never);
+}
+
+const TAIL_MIN_EVENTS_FOR_TESTS: usize = emit::TAIL_MIN_EVENTS;

@@ -1,0 +1,173 @@
+//! One customer's state in stage 2 and what a snapshot keeps of it, and the stage's
+//! shared event names.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::FastState;
+use crate::session::{HistEvent, Machine};
+
+/// A row key this partition has written and may still change or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct LiveRow {
+    pub(super) key: u128,
+    /// `start_ms` of a session, `closed_ms` of an attempt: the partition column a
+    /// tombstone must repeat to land in the same ClickHouse partition.
+    pub(super) partition_ms: i64,
+    pub(super) fingerprint: u64,
+    /// Time of the event whose replay step closed the row (a session: the event that
+    /// started the next one), unless `open`. The row becomes final once the eviction
+    /// cutoff passes it.
+    pub(super) closed_by_ms: i64,
+    /// `None` for a session, the funnel index for an attempt.
+    pub(super) funnel: Option<u16>,
+    /// Still open at the end of the history (the open session, an attempt only the
+    /// release frontier closed): new events at the end can change or remove it, while
+    /// closed rows stay as they are.
+    pub(super) open: bool,
+}
+
+/// One customer's state.
+#[derive(Debug, Default)]
+pub(super) struct Customer {
+    /// Checkpoint covering every event before `base_until_ms`; `None` when empty.
+    pub(super) base: Option<Box<Machine>>,
+    pub(super) base_until_ms: Option<i64>,
+    /// Released events from the checkpoint on, sorted by `(time, event_id)`.
+    pub(super) history: Vec<HistEvent>,
+    /// Rows derived from `base` + `history` as last written: sessions first, then
+    /// attempts, each in replay order.
+    pub(super) live: Vec<LiveRow>,
+    /// Newest event time ever released for the customer.
+    pub(super) last_time_ms: i64,
+    /// When the customer must be recomputed without new events (an attempt's deadline,
+    /// or forgetting it).
+    pub(super) wake_ms: Option<i64>,
+    /// Time of its entry in the timer set, which exists while `wake_ms` is set: at most
+    /// `wake_ms`, moved later only when it fires early (the wake moves with nearly every
+    /// event).
+    pub(super) timer_ms: i64,
+    /// Machine after `history[..stepped]`, kept for customers with a long history so
+    /// that events appended at its end are stepped from here instead of replaying it
+    /// all; dropped when an event lands earlier. Not saved: derived.
+    pub(super) tail: Option<Box<Machine>>,
+    pub(super) stepped: u32,
+    /// Queued in [`JourneyStage::dirty`].
+    pub(super) dirty: bool,
+    /// No two `live` rows share a key (the tail shortcut relies on it).
+    pub(super) live_unique: bool,
+}
+
+impl Customer {
+    pub(super) fn saved(&self) -> SavedCustomer {
+        SavedCustomer {
+            base: self.base.as_deref().cloned(),
+            base_until_ms: self.base_until_ms,
+            history: self.history.clone(),
+            live: self.live.clone(),
+            last_time_ms: self.last_time_ms,
+            wake_ms: self.wake_ms,
+        }
+    }
+
+    pub(super) fn restore(saved: SavedCustomer, names: &mut Names) -> Self {
+        let mut history = saved.history;
+        for e in &mut history {
+            e.name = names.intern(&e.name);
+        }
+        Self {
+            base: saved.base.filter(|b| !b.is_empty()).map(|mut b| {
+                b.compact();
+                Box::new(b)
+            }),
+            base_until_ms: saved.base_until_ms,
+            history,
+            live: saved.live,
+            last_time_ms: saved.last_time_ms,
+            wake_ms: saved.wake_ms,
+            ..Self::default()
+        }
+    }
+
+    /// Add a released event to the history (a duplicate only raises the kept version).
+    pub(super) fn add(&mut self, hist: HistEvent, duplicates: &mut u64) {
+        let fresh = self.history.is_empty() && self.base_until_ms.is_none();
+        self.last_time_ms = if fresh {
+            hist.time_ms
+        } else {
+            self.last_time_ms.max(hist.time_ms)
+        };
+        match self
+            .history
+            .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
+        {
+            Ok(i) => {
+                let kept = &mut self.history[i];
+                kept.version = kept.version.max(hist.version);
+                *duplicates += 1;
+            }
+            Err(i) => {
+                if i < self.stepped as usize {
+                    // Lands inside what the tail already covers: replay from the base.
+                    self.tail = None;
+                }
+                // Most customers have a handful of events: no room to spare for a single
+                // one, then room for four, and past that grow by half.
+                let len = self.history.len();
+                if len == self.history.capacity() {
+                    let capacity = match len {
+                        0 => 1,
+                        1..=3 => 4,
+                        _ => len + len / 2,
+                    };
+                    regrow(&mut self.history, capacity);
+                }
+                self.history.insert(i, hist);
+            }
+        }
+    }
+}
+
+/// Move `v` into a new allocation of exactly `capacity`. Not `reserve_exact`: glibc's
+/// `realloc` bypasses its per-thread cache and costs several times a `malloc` + `free`
+/// pair, and these vectors grow one customer event at a time.
+pub(crate) fn regrow<T>(v: &mut Vec<T>, capacity: usize) {
+    let mut grown = Vec::with_capacity(capacity.max(v.len()));
+    grown.append(v);
+    *v = grown;
+}
+
+/// A customer as saved in a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct SavedCustomer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) base: Option<Machine>,
+    pub(super) base_until_ms: Option<i64>,
+    pub(super) history: Vec<HistEvent>,
+    pub(super) live: Vec<LiveRow>,
+    pub(super) last_time_ms: i64,
+    pub(super) wake_ms: Option<i64>,
+}
+
+/// Event names shared by every event that has them: names repeat (a catalog's worth),
+/// ids do not. Bounded, so a client sending a new name with every event costs one
+/// string per event as before, not an ever-growing table.
+#[derive(Debug, Default)]
+pub(super) struct Names(HashSet<Arc<str>, FastState>);
+
+const MAX_NAMES: usize = 10_000;
+
+impl Names {
+    pub(super) fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return Arc::clone(known);
+        }
+        let name: Arc<str> = Arc::from(name);
+        if self.0.len() < MAX_NAMES {
+            self.0.insert(Arc::clone(&name));
+        }
+        name
+    }
+}
