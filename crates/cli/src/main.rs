@@ -249,7 +249,9 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 
 /// mimalloc instead of the system allocator: the per-event paths allocate a lot (JSON,
 /// Avro, rows), and glibc's per-thread arenas fragment under the processor's mix of
-/// long-lived state and short-lived batches (see docs/bench.md for the figures).
+/// long-lived state and short-lived batches (see docs/bench.md for the figures). Build
+/// with `--no-default-features` for the system allocator (heap profilers).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -289,6 +289,12 @@ pub struct ProcessorConfig {
     /// in between write rows only). Larger: less work per event; a crash replays up to
     /// this much input (rows are deduplicated, so results do not change). Default 5000.
     pub snapshot_interval_ms: u64,
+    /// Cut batches a stage may be writing at once (rows to ClickHouse, records to
+    /// Kafka) while it processes the next input. More overlap the inserts' round trips;
+    /// each holds one batch in memory. A cut that saves snapshots and commits offsets
+    /// first waits for every earlier write, so offsets never pass unstored rows. Default
+    /// 4; 1 writes one batch at a time.
+    pub writes_in_flight: usize,
     /// Funnel definitions file. Default `deploy/funnels.toml`.
     pub funnels_path: PathBuf,
     /// Touchpoint catalog file (event → stage, channel). Default `deploy/catalog.toml`.
@@ -318,6 +324,7 @@ impl Default for ProcessorConfig {
             batch_max_rows: 10_000,
             batch_max_ms: 300,
             snapshot_interval_ms: 5000,
+            writes_in_flight: 4,
             funnels_path: PathBuf::from("deploy/funnels.toml"),
             catalog_path: PathBuf::from("deploy/catalog.toml"),
             idle_watermark_secs: 30,

@@ -2,9 +2,10 @@
 //! `(event_time, event_id, customer_id)` order.
 //!
 //! The ordered index holds only keys and a slot number; the events sit in a slab, so
-//! inserting into and popping from the index moves small entries, not whole events. A
-//! count per customer lets a retraction find that customer's few buffered events from the
-//! newest end instead of comparing every buffered key.
+//! inserting into and popping from the index moves small entries, not whole events. The
+//! release keys of each customer's buffered events are kept beside it, so a retraction
+//! removes that customer's few events without scanning the index (during a catch-up the
+//! buffer can hold most of a backlog).
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -21,9 +22,14 @@ pub(super) struct Buffer {
     order: BTreeMap<BufferKey, usize>,
     slots: Vec<Option<HistEvent>>,
     free: Vec<usize>,
-    /// Buffered events per customer id (ids with none are absent).
-    per_customer: FastMap<Arc<str>, usize>,
+    /// `(event_time, event_id)` of each customer's buffered events (ids with none are
+    /// absent).
+    per_customer: FastMap<Arc<str>, Vec<(i64, Arc<str>)>>,
 }
+
+/// Room the slab and the per-customer index keep once the buffer has drained: a burst
+/// does not keep its peak size for the life of the partition.
+const KEEP_SLOTS: usize = 4096;
 
 impl Buffer {
     pub(super) fn len(&self) -> usize {
@@ -42,10 +48,11 @@ impl Buffer {
                 false
             }
             Entry::Vacant(slot) => {
-                *self
-                    .per_customer
-                    .entry(Arc::clone(&slot.key().2))
-                    .or_insert(0) += 1;
+                let (time_ms, event_id, customer) = slot.key();
+                self.per_customer
+                    .entry(Arc::clone(customer))
+                    .or_default()
+                    .push((*time_ms, Arc::clone(event_id)));
                 let at = match self.free.pop() {
                     Some(at) => {
                         self.slots[at] = Some(event);
@@ -73,34 +80,28 @@ impl Buffer {
         if !flush && entry.key().0 >= frontier_ms {
             return None;
         }
-        let ((_, _, customer), at) = entry.remove_entry();
-        let event = self.take_slot(&customer, at)?;
+        let ((time_ms, event_id, customer), at) = entry.remove_entry();
+        let event = self.take_slot(&customer, time_ms, &event_id, at)?;
         Some((customer, event))
     }
 
     /// Every buffered event of `customer`, removed, in release order.
     pub(super) fn remove_customer(&mut self, customer: &str) -> Vec<(Arc<str>, HistEvent)> {
-        let Some(&count) = self.per_customer.get(customer) else {
+        let Some((customer, mut keys)) = self.per_customer.remove_entry(customer) else {
             return Vec::new();
         };
-        // Usually among the newest: search from that end.
-        let mut keys: Vec<BufferKey> = self
-            .order
-            .keys()
-            .rev()
-            .filter(|k| &*k.2 == customer)
-            .take(count)
-            .cloned()
-            .collect();
-        keys.reverse();
+        keys.sort_unstable();
         let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(((_, _, id), at)) = self.order.remove_entry(&key) {
-                if let Some(event) = self.take_slot(&id, at) {
-                    out.push((id, event));
+        for (time_ms, event_id) in keys {
+            let key = (time_ms, event_id, Arc::clone(&customer));
+            if let Some(at) = self.order.remove(&key) {
+                if let Some(event) = self.slots.get_mut(at).and_then(Option::take) {
+                    self.free.push(at);
+                    out.push((Arc::clone(&customer), event));
                 }
             }
         }
+        self.reset_if_drained();
         out
     }
 
@@ -111,22 +112,125 @@ impl Buffer {
             .filter_map(|((_, _, id), at)| Some((id, self.slots.get(*at)?.as_ref()?)))
     }
 
-    fn take_slot(&mut self, customer: &str, at: usize) -> Option<HistEvent> {
-        if let Some(count) = self.per_customer.get_mut(customer) {
-            *count -= 1;
-            if *count == 0 {
+    fn take_slot(
+        &mut self,
+        customer: &str,
+        time_ms: i64,
+        event_id: &str,
+        at: usize,
+    ) -> Option<HistEvent> {
+        if let Some(keys) = self.per_customer.get_mut(customer) {
+            if let Some(i) = keys
+                .iter()
+                .position(|(t, id)| *t == time_ms && &**id == event_id)
+            {
+                keys.swap_remove(i);
+            }
+            if keys.is_empty() {
                 self.per_customer.remove(customer);
             }
         }
-        let event = self.slots.get_mut(at)?.take()?;
-        if self.order.is_empty() {
-            // Drained: start the slab over rather than keep a free list as long as the
-            // largest burst.
-            self.slots.clear();
-            self.free.clear();
-        } else {
-            self.free.push(at);
+        let event = self.slots.get_mut(at)?.take();
+        self.free.push(at);
+        self.reset_if_drained();
+        event
+    }
+
+    /// Drained: start the slab over rather than keep a free list as long as the largest
+    /// burst, and give back room beyond [`KEEP_SLOTS`].
+    fn reset_if_drained(&mut self) {
+        if !self.order.is_empty() {
+            return;
         }
-        Some(event)
+        self.slots.clear();
+        self.free.clear();
+        if self.slots.capacity() > KEEP_SLOTS {
+            self.slots = Vec::new();
+            self.free = Vec::new();
+        }
+        if self.per_customer.capacity() > KEEP_SLOTS {
+            self.per_customer = FastMap::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Channel, Stage};
+    use crate::funnel::Steps;
+
+    fn event(time_ms: i64, id: &str) -> HistEvent {
+        HistEvent {
+            time_ms,
+            event_id: Arc::from(id),
+            name: Arc::from("Product Viewed"),
+            stage: Stage::Consideration,
+            channel: Channel::Web,
+            steps: Steps::NONE,
+            version: 1,
+            emitted: 0,
+            session: [0; 2],
+            keyed: false,
+        }
+    }
+
+    fn ids(events: &[(Arc<str>, HistEvent)]) -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|(c, e)| (c.to_string(), e.event_id.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn retraction_takes_only_that_customers_events_in_release_order() {
+        let mut b = Buffer::default();
+        let (a, z): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("z"));
+        assert!(b.insert(Arc::clone(&a), event(30, "a3")));
+        assert!(b.insert(Arc::clone(&z), event(10, "z1")));
+        assert!(b.insert(Arc::clone(&a), event(10, "a1")));
+        assert!(b.insert(Arc::clone(&z), event(20, "z2")));
+        assert!(b.insert(Arc::clone(&a), event(20, "a2")));
+        // A duplicate key keeps one entry.
+        assert!(!b.insert(Arc::clone(&a), event(20, "a2")));
+        assert_eq!(b.len(), 5);
+
+        // Release one of a's events first: the index must forget it.
+        let (c, e) = b.pop_before(15, false).unwrap();
+        assert_eq!((&*c, &*e.event_id), ("a", "a1"));
+        let (c, e) = b.pop_before(15, false).unwrap();
+        assert_eq!((&*c, &*e.event_id), ("z", "z1"));
+        assert!(b.pop_before(15, false).is_none());
+
+        let removed = b.remove_customer("a");
+        assert_eq!(
+            ids(&removed),
+            vec![("a".into(), "a2".into()), ("a".into(), "a3".into())]
+        );
+        assert!(b.remove_customer("a").is_empty());
+        assert_eq!(b.len(), 1);
+        let rest: Vec<_> = b
+            .iter()
+            .map(|(c, e)| (c.to_string(), e.event_id.to_string()))
+            .collect();
+        assert_eq!(rest, vec![("z".to_string(), "z2".to_string())]);
+        // Slots freed by the retraction are reused.
+        assert!(b.insert(Arc::clone(&a), event(40, "a4")));
+        assert_eq!(b.slots.len(), 5);
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_room_back() {
+        let mut b = Buffer::default();
+        for i in 0..(3 * KEEP_SLOTS) {
+            let customer: Arc<str> = Arc::from(format!("c{i}").as_str());
+            b.insert(customer, event(i as i64, &format!("e{i}")));
+        }
+        assert!(b.slots.capacity() >= 3 * KEEP_SLOTS);
+        while b.pop_before(i64::MAX, true).is_some() {}
+        assert_eq!(b.len(), 0);
+        assert!(b.slots.capacity() <= KEEP_SLOTS);
+        assert!(b.per_customer.capacity() <= KEEP_SLOTS);
+        assert!(b.per_customer.is_empty());
     }
 }

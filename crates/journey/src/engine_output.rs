@@ -97,9 +97,9 @@ impl Output {
 
     /// Newest row per key, each list sorted by version (touchpoints: then event id).
     pub(super) fn take(&mut self, funnels: &FunnelSet) -> JourneyOutput {
-        self.touchpoint_at.clear();
-        self.session_at.clear();
-        self.attempt_at.clear();
+        clear_bounded(&mut self.touchpoint_at);
+        clear_bounded(&mut self.session_at);
+        clear_bounded(&mut self.attempt_at);
         let mut touchpoints = keep_capacity(&mut self.touchpoints);
         touchpoints
             .sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
@@ -256,10 +256,23 @@ pub(super) enum Row {
     Attempt(ClosedAttempt),
 }
 
-/// The contents of `v`, leaving an empty vector as large: the next batch of rows is
-/// likely about as large.
+/// Pending rows a partition keeps room for between flushes. A steady flow reuses its
+/// buffers; a burst (a watermark releasing a backlog at once) does not keep its peak size
+/// for the life of the partition.
+const KEEP_ROWS: usize = 4096;
+
+/// The contents of `v`, leaving an empty vector as large (up to [`KEEP_ROWS`]): the next
+/// batch of rows is likely about as large.
 fn keep_capacity<T>(v: &mut Vec<T>) -> Vec<T> {
-    std::mem::replace(v, Vec::with_capacity(v.capacity()))
+    std::mem::replace(v, Vec::with_capacity(v.capacity().min(KEEP_ROWS)))
+}
+
+/// Empty `map`, giving back room beyond [`KEEP_ROWS`] entries.
+fn clear_bounded<K: std::hash::Hash + Eq, V>(map: &mut FastMap<K, V>) {
+    map.clear();
+    if map.capacity() > 2 * KEEP_ROWS {
+        map.shrink_to(KEEP_ROWS);
+    }
 }
 
 fn touchpoint_row(t: PendingTouchpoint) -> TouchpointRow {

@@ -118,6 +118,7 @@ pub async fn run(
             batch_max_rows: pc.batch_max_rows.max(1),
             batch_max: Duration::from_millis(pc.batch_max_ms.max(10)),
             snapshot_every: Duration::from_millis(pc.snapshot_interval_ms),
+            writes_in_flight: pc.writes_in_flight.max(1),
             restart_backoff: Duration::from_millis(pc.restart_backoff_ms),
             shutdown: shutdown.clone(),
         })

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures::future::join_all;
+use futures::stream::{FuturesOrdered, StreamExt as _};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -139,6 +140,8 @@ pub struct RunCtx {
     /// rows only). Snapshots hold a partition's whole state, so saving them on every
     /// flush would cost more than the rows; a crash replays at most this much input.
     pub snapshot_every: Duration,
+    /// Cut batches being written at once (at least 1).
+    pub writes_in_flight: usize,
     /// Pause before restarting after a failure.
     pub restart_backoff: Duration,
     /// Process-wide shutdown.
@@ -335,7 +338,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             force: false,
         },
     };
-    let mut in_flight: InFlight<'_> = None;
+    let mut in_flight: InFlight<'_> = FuturesOrdered::new();
 
     loop {
         // After a revocation, finish the work in hand (rows, snapshots; the commit may be
@@ -365,8 +368,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         }
         tokio::select! {
             // Surface a failed write as soon as it fails (not only at the next cut).
-            res = async { match in_flight.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if in_flight.is_some() => {
-                in_flight = None;
+            Some(res) = in_flight.next(), if !in_flight.is_empty() => {
                 res?;
             }
             _ = ctx.shutdown.cancelled() => {
@@ -547,21 +549,25 @@ struct Outgoing {
     tpl: TopicPartitionList,
 }
 
-/// The write of the previous cut, running while the loop processes the next messages.
-type InFlight<'a> = Option<Pin<Box<dyn Future<Output = Result<(), ProcessorError>> + Send + 'a>>>;
+/// The writes of earlier cuts, running while the loop processes the next messages;
+/// polled together, completed in cut order.
+type InFlight<'a> =
+    FuturesOrdered<Pin<Box<dyn Future<Output = Result<(), ProcessorError>> + Send + 'a>>>;
 
-/// Wait for the write in flight, if any.
+/// Wait for every write in flight.
 async fn finish(in_flight: &mut InFlight<'_>) -> Result<(), ProcessorError> {
-    match in_flight.take() {
-        Some(f) => f.await,
-        None => Ok(()),
+    while let Some(res) = in_flight.next().await {
+        res?;
     }
+    Ok(())
 }
 
-/// Cut the batch and start writing it; the previous write completes first, so writes
-/// (and offset commits) stay in order and at most one batch is in the air. Processing
-/// the next messages overlaps with the write, so the stage is not idle while ClickHouse
-/// and Kafka acknowledge.
+/// Cut the batch and start writing it while the loop goes on with the next messages, so
+/// the stage is not idle while ClickHouse and Kafka acknowledge. Up to
+/// `writes_in_flight` cuts are written at once (their rows are independent and
+/// deterministic); a cut that saves snapshots and commits offsets first waits for every
+/// earlier write, so a commit never passes rows that are not stored, and commits stay in
+/// order.
 async fn flush<'a, S: Stage>(
     stage: &S,
     ctx: &'a RunCtx,
@@ -570,22 +576,32 @@ async fn flush<'a, S: Stage>(
     out: &mut Outbox,
     in_flight: &mut InFlight<'a>,
 ) -> Result<(), ProcessorError> {
-    finish(in_flight).await?;
-    let job = cut(stage, ctx, parts, out).await?;
-    *in_flight = Some(Box::pin(
+    let save = out.snap.due();
+    if save {
+        finish(in_flight).await?;
+    } else {
+        while in_flight.len() >= ctx.writes_in_flight {
+            if let Some(res) = in_flight.next().await {
+                res?;
+            }
+        }
+    }
+    let job = cut(stage, ctx, parts, out, save).await?;
+    in_flight.push_back(Box::pin(
         write_out(ctx, consumer, job)
             .instrument(tracing::debug_span!("flush", stage = stage.name())),
     ));
     Ok(())
 }
 
-/// Drain outputs, enqueue the records, and capture snapshots if due (synchronously, so
-/// they describe exactly the input up to this cut).
+/// Drain outputs, enqueue the records, and capture snapshots if `save` (synchronously,
+/// so they describe exactly the input up to this cut).
 async fn cut<S: Stage>(
     stage: &S,
     ctx: &RunCtx,
     parts: &mut HashMap<i32, Part<S::State>>,
     out: &mut Outbox,
+    save: bool,
 ) -> Result<Outgoing, ProcessorError> {
     let scope = format!(
         "{}:{}",
@@ -639,7 +655,7 @@ async fn cut<S: Stage>(
     // 3. Snapshots and 4. offsets, when due, written after the rows.
     let mut states = Vec::new();
     let mut tpl = TopicPartitionList::new();
-    if out.snap.due() {
+    if save {
         let key = state_key(ctx, stage.name());
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
