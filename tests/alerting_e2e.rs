@@ -115,12 +115,7 @@ async fn dropoff_spike_fires_reaches_alertmanager_and_resolves() {
     config.processor.batch_max_ms = 200;
     config.processor.allowed_lateness_secs = 1;
     config.processor.idle_watermark_secs = 2;
-    touchstream_clickhouse::migrate(&config.clickhouse)
-        .await
-        .expect("migrate");
-    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
-        .await
-        .expect("topics");
+    support::prepare(&config).await;
     let collector = CollectorHandle::start(config.clone()).await;
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -167,12 +167,7 @@ async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
     config.processor.batch_max_ms = 200;
     config.processor.allowed_lateness_secs = 60;
     config.processor.idle_watermark_secs = 5;
-    touchstream_clickhouse::migrate(&config.clickhouse)
-        .await
-        .expect("migrate");
-    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
-        .await
-        .expect("topics");
+    support::prepare(&config).await;
     let collector = CollectorHandle::start(config.clone()).await;
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -11,37 +11,20 @@
 //! the processor must still run and store the events that came after the poison.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use touchstream_core::config::Config;
-use touchstream_core::{avro, MessageType, Touchpoint};
+use touchstream_core::{avro, Touchpoint};
 use touchstream_tests as support;
 
 /// Valid events per partition before the poison, and again after it.
 const VALID_PER_PARTITION: usize = 5;
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
-
 fn config() -> Config {
-    let mut c = Config {
-        kafka: support::kafka_config("poison"),
-        clickhouse: support::clickhouse_config("poison"),
-        ..Config::default()
-    };
-    c.processor.group_id = support::unique("it-poison");
-    c.processor.funnels_path = repo("deploy/funnels.toml");
-    c.processor.catalog_path = repo("deploy/catalog.toml");
-    c.processor.batch_max_ms = 200;
-    c.processor.idle_watermark_secs = 0;
-    c
+    support::processor_config("poison")
 }
 
 fn now_ms() -> i64 {
@@ -52,26 +35,7 @@ fn now_ms() -> i64 {
 }
 
 fn touchpoint(event_id: &str, anonymous_id: &str, t: i64) -> Touchpoint {
-    Touchpoint {
-        event_id: event_id.to_string(),
-        message_type: MessageType::Track,
-        event: Some("Product Viewed".into()),
-        anonymous_id: Some(anonymous_id.to_string()),
-        user_id: None,
-        previous_id: None,
-        event_time_ms: t,
-        timestamp_ms: Some(t),
-        sent_at_ms: None,
-        received_at_ms: t,
-        source: "web".into(),
-        channel: "web".into(),
-        properties: r#"{"sku":"SKU-1"}"#.into(),
-        traits: "{}".into(),
-        context: "{}".into(),
-        ip: None,
-        user_agent: None,
-        extra: "{}".into(),
-    }
+    support::product_viewed(event_id, anonymous_id, t, r#"{"sku":"SKU-1"}"#)
 }
 
 /// Produce one record to an explicit partition; returns the (partition, offset) of its
@@ -147,12 +111,7 @@ async fn stored_event_ids(ch: &clickhouse::Client) -> BTreeSet<String> {
 async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
     support::require_port("Kafka", &support::kafka_brokers());
     let config = config();
-    touchstream_clickhouse::migrate(&config.clickhouse)
-        .await
-        .expect("migrate");
-    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
-        .await
-        .expect("topics");
+    support::prepare(&config).await;
     let topic = config.kafka.raw_topic.clone();
     let producer = touchstream_core::kafka::producer(&config.kafka, 10_000).expect("producer");
     let t0 = now_ms() - 60_000;

@@ -183,3 +183,66 @@ pub async fn drop_database(cfg: &ClickHouseConfig) {
         .await
         .unwrap_or_else(|e| panic!("dropping test database {}: {e}", cfg.database));
 }
+
+/// A path in the repository (`deploy/funnels.toml`, ...).
+pub fn repo_path(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// A processor config on fresh topics, database and group, with the repository's funnels
+/// and catalog, 200 ms batches and no idle watermark (tests decide when input ends).
+pub fn processor_config(test: &str) -> touchstream_core::Config {
+    let mut c = touchstream_core::Config {
+        kafka: kafka_config(test),
+        clickhouse: clickhouse_config(test),
+        ..touchstream_core::Config::default()
+    };
+    c.processor.group_id = unique(&format!("it-{test}"));
+    c.processor.funnels_path = repo_path("deploy/funnels.toml");
+    c.processor.catalog_path = repo_path("deploy/catalog.toml");
+    c.processor.batch_max_ms = 200;
+    c.processor.idle_watermark_secs = 0;
+    c
+}
+
+/// A signed-out web `Product Viewed` touchpoint at `t` (epoch ms), as the collector
+/// would encode it, with `properties` as given.
+pub fn product_viewed(
+    event_id: &str,
+    anonymous_id: &str,
+    t: i64,
+    properties: &str,
+) -> touchstream_core::Touchpoint {
+    touchstream_core::Touchpoint {
+        event_id: event_id.to_string(),
+        message_type: touchstream_core::MessageType::Track,
+        event: Some("Product Viewed".into()),
+        anonymous_id: Some(anonymous_id.to_string()),
+        user_id: None,
+        previous_id: None,
+        event_time_ms: t,
+        timestamp_ms: Some(t),
+        sent_at_ms: None,
+        received_at_ms: t,
+        source: "web".into(),
+        channel: "web".into(),
+        properties: properties.into(),
+        traits: "{}".into(),
+        context: "{}".into(),
+        ip: None,
+        user_agent: None,
+        extra: "{}".into(),
+    }
+}
+
+/// Migrate the test's database and create its topics.
+pub async fn prepare(config: &touchstream_core::Config) {
+    touchstream_clickhouse::migrate(&config.clickhouse)
+        .await
+        .expect("migrate");
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+}

@@ -77,6 +77,11 @@ impl Customer {
         for e in &mut history {
             e.name = names.intern(&e.name);
         }
+        // Deserialized vectors grow by doubling from 4 (JSON gives no length): a
+        // one-event customer would keep room for four after every restart.
+        history.shrink_to_fit();
+        let mut live = saved.live;
+        live.shrink_to_fit();
         Self {
             base: saved.base.filter(|b| !b.is_empty()).map(|mut b| {
                 b.compact();
@@ -84,7 +89,7 @@ impl Customer {
             }),
             base_until_ms: saved.base_until_ms,
             history,
-            live: saved.live,
+            live,
             last_time_ms: saved.last_time_ms,
             wake_ms: saved.wake_ms,
             ..Self::default()

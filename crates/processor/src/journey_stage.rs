@@ -182,12 +182,17 @@ impl Stage for Journey {
                 .inc_by(late - state.late_seen);
             state.late_seen = late;
         }
+        let label = partition.to_string();
         if let Some(w) = state.engine.watermark_ms() {
             self.metrics
                 .watermark_seconds
-                .with_label_values(&[&partition.to_string()])
+                .with_label_values(&[&label])
                 .set(w / 1000);
         }
+        self.metrics
+            .buffered_events
+            .with_label_values(&[&label])
+            .set(i64::try_from(state.engine.buffered_events()).unwrap_or(i64::MAX));
         {
             for a in out.attempts.iter().filter(|a| !a.is_deleted) {
                 if !state.counted.insert(a.attempt_id.clone()) {

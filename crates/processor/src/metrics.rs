@@ -37,6 +37,8 @@ pub struct Metrics {
     pub funnel_converted: IntCounterVec,
     /// Event-time watermark of each partition, seconds since the epoch.
     pub watermark_seconds: IntGaugeVec,
+    /// Journey events held for the watermark, per partition.
+    pub buffered_events: IntGaugeVec,
     /// Touchpoints by event name (catalog events only; others by kind or `other`), stage
     /// and channel: complaint spikes and channel mix for dashboards.
     pub touchpoints: IntCounterVec,
@@ -128,6 +130,14 @@ impl Metrics {
             &["partition"],
         )?;
         registry.register(Box::new(watermark_seconds.clone()))?;
+        let buffered_events = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_buffered_events",
+                "Events a journey partition holds until the watermark releases them",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(buffered_events.clone()))?;
         let batch_rows = HistogramVec::new(
             HistogramOpts::new(
                 "touchstream_processor_batch_rows",
@@ -162,6 +172,7 @@ impl Metrics {
             funnel_step_dropped,
             funnel_converted,
             watermark_seconds,
+            buffered_events,
             touchpoints,
             step_delay_seconds,
         }))
