@@ -41,6 +41,11 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 
 /// An idempotent, acks=all producer (SPEC §2: 200 only after a durable ack).
 ///
+/// `linger.ms` is 1: the collector answers a request only after its records are
+/// acknowledged, so every millisecond spent waiting to fill a batch is latency on every
+/// request (8 keep-alive clients: 75k ev/s at 5 ms, 124k at 1 ms in `touchstream bench`).
+/// Records that queue up while a produce request is in flight are still sent together.
+///
 /// `message_timeout_ms` bounds how long librdkafka retries one message before failing it,
 /// so callers learn of a dead broker in bounded time.
 pub fn producer(
@@ -51,7 +56,7 @@ pub fn producer(
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", "1")
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("queue.buffering.max.kbytes", "262144");
     // Configured properties come last so an operator can override any of the above.
