@@ -430,58 +430,6 @@ pub fn decode(bytes: &[u8]) -> Result<Touchpoint, CodecError> {
     from_value(value)
 }
 
-/// Only the event time (`event_time`, epoch ms) of a single-object encoded touchpoint,
-/// read without decoding the rest: it is the seventh field, after `event_id`, `type` and
-/// four optional ids, so reading it skips a few length-prefixed strings. The processor
-/// uses it to read its input partitions in event-time order.
-pub fn peek_event_time(bytes: &[u8]) -> Result<i64, CodecError> {
-    if bytes.len() < HEADER_LEN || bytes[..2] != SINGLE_OBJECT_MAGIC {
-        return Err(CodecError::NotSingleObject);
-    }
-    let mut fp = [0u8; 8];
-    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
-    let fp = u64::from_le_bytes(fp);
-    if fp != codec().fingerprint {
-        return Err(CodecError::UnknownFingerprint(fp));
-    }
-    let mut body = &bytes[HEADER_LEN..];
-    skip_str(&mut body)?; // event_id
-    read_long(&mut body)?; // type (enum index)
-    for _ in 0..4 {
-        // event, anonymous_id, user_id, previous_id: union index, then the string
-        match read_long(&mut body)? {
-            0 => {}
-            1 => skip_str(&mut body)?,
-            other => return Err(CodecError::Avro(format!("union index {other}"))),
-        }
-    }
-    read_long(&mut body)
-}
-
-fn too_short() -> CodecError {
-    CodecError::Avro("datum ends before event_time".into())
-}
-
-/// A zigzag varint `long`, advancing `body` past it.
-fn read_long(body: &mut &[u8]) -> Result<i64, CodecError> {
-    let mut n: u64 = 0;
-    for (i, b) in body.iter().enumerate().take(MAX_VARINT_LEN) {
-        n |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            *body = &body[i + 1..];
-            return Ok((n >> 1) as i64 ^ -((n & 1) as i64));
-        }
-    }
-    Err(too_short())
-}
-
-/// Skip a length-prefixed string.
-fn skip_str(body: &mut &[u8]) -> Result<(), CodecError> {
-    let len = usize::try_from(read_long(body)?).map_err(|_| too_short())?;
-    *body = body.get(len..).ok_or_else(too_short)?;
-    Ok(())
-}
-
 fn field_err(field: &'static str, reason: impl Into<String>) -> CodecError {
     CodecError::Field {
         field,
@@ -582,36 +530,6 @@ fn from_value(value: Value) -> Result<Touchpoint, CodecError> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn peek_event_time_reads_the_encoded_time_only() {
-        let mut tp = full();
-        for (anon, user, prev, event) in [
-            (None, None, None, None),
-            (
-                Some("a".repeat(300)),
-                Some("u".into()),
-                None,
-                Some("Order Completed".into()),
-            ),
-            (None, Some("u".into()), Some("p".into()), None),
-        ] {
-            tp.anonymous_id = anon;
-            tp.user_id = user;
-            tp.previous_id = prev;
-            tp.event = event;
-            for t in [0, 1, -1, 1_795_642_291_891, i64::MIN, i64::MAX] {
-                tp.event_time_ms = t;
-                let bytes = encode(&tp).unwrap();
-                assert_eq!(peek_event_time(&bytes).unwrap(), t);
-                assert_eq!(decode(&bytes).unwrap().event_time_ms, t);
-                // Cut anywhere before the time: an error, never a wrong time.
-                let cut = bytes.len() - 40;
-                assert!(peek_event_time(&bytes[..cut.min(HEADER_LEN + 3)]).is_err());
-            }
-        }
-        assert!(peek_event_time(b"not avro").is_err());
-    }
 
     use super::*;
 

@@ -295,15 +295,6 @@ pub struct ProcessorConfig {
     /// first waits for every earlier write, so offsets never pass unstored rows. Default
     /// 4; 1 writes one batch at a time.
     pub writes_in_flight: usize,
-    /// Read the identity stage's input partitions in event-time order (each on its own
-    /// queue, oldest held message first) instead of as the broker delivers them. For
-    /// catching up a backlog on a broker that hands it over one partition after another
-    /// (tansu): the journey stage then releases events as the backlog is read instead of
-    /// buffering nearly all of it. Off by default: the order in which the raw and aliases
-    /// topics interleave changes with it, and a full replay by a fresh consumer group can
-    /// then rewrite a re-attributed event as late under its anonymous id (see the README).
-    /// Default false.
-    pub align_partitions: bool,
     /// Funnel definitions file. Default `deploy/funnels.toml`.
     pub funnels_path: PathBuf,
     /// Touchpoint catalog file (event → stage, channel). Default `deploy/catalog.toml`.
@@ -334,7 +325,6 @@ impl Default for ProcessorConfig {
             batch_max_ms: 300,
             snapshot_interval_ms: 5000,
             writes_in_flight: 4,
-            align_partitions: false,
             funnels_path: PathBuf::from("deploy/funnels.toml"),
             catalog_path: PathBuf::from("deploy/catalog.toml"),
             idle_watermark_secs: 30,

@@ -39,8 +39,6 @@ pub struct Identity {
     pub routed_partitions: i32,
     /// Idle time after which the partition's watermark follows the wall clock.
     pub idle_watermark: Option<Duration>,
-    /// Read the raw and aliases partitions in event-time order (`processor.align_partitions`).
-    pub align_partitions: bool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -256,19 +254,6 @@ impl Stage for Identity {
             });
         }
         state.sent_ms = Some(w);
-    }
-
-    fn aligned_topics(&self) -> Vec<String> {
-        if !self.align_partitions {
-            return Vec::new();
-        }
-        // The aliases topic carries the alias events themselves (forwarded by the owner
-        // of `previousId`), so its records have event times too.
-        vec![self.raw_topic.clone(), self.aliases_topic.clone()]
-    }
-
-    fn event_time(&self, payload: &[u8]) -> Option<i64> {
-        touchstream_core::avro::peek_event_time(payload).ok()
     }
 
     fn idle_after(&self) -> Option<Duration> {

@@ -139,7 +139,6 @@ pub async fn run(
         config: IdentityConfig::default(),
         routed_partitions,
         idle_watermark,
-        align_partitions: pc.align_partitions,
         metrics: metrics.clone(),
     };
     let journey = journey_stage::Journey {

@@ -22,12 +22,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures::future::join_all;
-use futures::future::{select_all, FutureExt as _};
 use futures::stream::{FuturesOrdered, StreamExt as _};
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -69,15 +66,6 @@ pub trait Stage: Send + Sync + 'static {
     );
     /// Move outputs the state holds into the batch (called before every flush).
     fn drain(&self, state: &mut Self::State, partition: i32, batch: &mut Batch);
-    /// The input topics whose partitions this stage reads in event-time order (see
-    /// [`Lanes`]); empty: as they arrive.
-    fn aligned_topics(&self) -> Vec<String> {
-        Vec::new()
-    }
-    /// Event time of a message of an aligned topic (`None`: unknown, read it first).
-    fn event_time(&self, _payload: &[u8]) -> Option<i64> {
-        None
-    }
     /// After how long without input a caught-up partition counts as idle (`None`: never).
     fn idle_after(&self) -> Option<Duration> {
         None
@@ -188,12 +176,6 @@ pub struct LagContext {
     /// that was revoked may have been processed by another member in between, so its
     /// in-memory state is stale and is reloaded from the saved snapshot.
     revocations: std::sync::atomic::AtomicU64,
-    /// The stage's aligned topics: their partitions get their own queues.
-    aligned_topics: Vec<String>,
-    /// The consumer itself, to split partition queues when partitions are assigned.
-    consumer: std::sync::OnceLock<std::sync::Weak<StreamConsumer<LagContext>>>,
-    /// Queues split at the last assignments, not yet taken by the loop.
-    split: std::sync::Mutex<Vec<(LaneKey, StreamPartitionQueue<LagContext>)>>,
 }
 
 impl ClientContext for LagContext {
@@ -221,142 +203,6 @@ impl ConsumerContext for LagContext {
             self.revocations
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-    }
-
-    fn post_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &rdkafka::consumer::Rebalance<'_>,
-    ) {
-        // Split right after the assignment, before the first fetch of these partitions
-        // returns: their messages then never reach the common queue.
-        let rdkafka::consumer::Rebalance::Assign(tpl) = rebalance else {
-            return;
-        };
-        if self.aligned_topics.is_empty() {
-            return;
-        }
-        let Some(consumer) = self.consumer.get().and_then(std::sync::Weak::upgrade) else {
-            return;
-        };
-        let mut queues = Vec::new();
-        for e in tpl.elements() {
-            if !self.aligned_topics.iter().any(|t| t == e.topic()) {
-                continue;
-            }
-            if let Some(q) = consumer.split_partition_queue(e.topic(), e.partition()) {
-                queues.push(((e.topic().to_string(), e.partition()), q));
-            }
-        }
-        if let Ok(mut split) = self.split.lock() {
-            split.extend(queues);
-        }
-    }
-}
-
-/// How long the loop waits for a lane that is behind but momentarily empty (its next
-/// fetch in flight) before it processes the other lanes' oldest event anyway.
-const ALIGN_WAIT: Duration = Duration::from_millis(100);
-
-/// The aligned topics' partitions, each on its own queue with its next message held
-/// back, so the loop can always take the message with the oldest event time.
-///
-/// Why: the journey stage releases events by the minimum of the identity partitions'
-/// watermarks. A consumer that reads a backlog partition after partition (some brokers,
-/// tansu among them, fill a fetch response from the first partition in the request)
-/// keeps that minimum at the slowest partition's start, and the journey stage would
-/// buffer nearly the whole backlog before it could release anything. Taking the oldest
-/// head across partitions (as Kafka Streams does) keeps the partitions within a fetch
-/// of each other in event time, so events flow through as the backlog is read.
-/// (topic, partition) of a lane.
-type LaneKey = (String, i32);
-
-#[derive(Default)]
-struct Lanes {
-    lanes: BTreeMap<LaneKey, Lane>,
-    /// Since when a lane that is behind has been empty while others wait.
-    blocked_since: Option<Instant>,
-}
-
-struct Lane {
-    queue: StreamPartitionQueue<LagContext>,
-    head: Option<(i64, OwnedMessage)>,
-}
-
-impl Lanes {
-    /// Take queues split since the last call.
-    fn adopt(&mut self, context: &LagContext) {
-        if let Ok(mut split) = context.split.lock() {
-            for (key, queue) in split.drain(..) {
-                self.lanes.insert(key, Lane { queue, head: None });
-            }
-        }
-    }
-
-    fn hold<S: Stage>(stage: &S, lane: &mut Lane, msg: OwnedMessage) {
-        let time = msg
-            .payload()
-            .and_then(|p| stage.event_time(p))
-            .unwrap_or(i64::MIN);
-        lane.head = Some((time, msg));
-    }
-
-    /// Hold the next message of every lane that has one ready.
-    fn fill<S: Stage>(&mut self, stage: &S) -> Result<(), ProcessorError> {
-        for lane in self.lanes.values_mut().filter(|l| l.head.is_none()) {
-            if let Some(res) = lane.queue.recv().now_or_never() {
-                let msg = res?.detach();
-                Self::hold(stage, lane, msg);
-            }
-        }
-        Ok(())
-    }
-
-    /// The lane whose held message is the oldest, unless a lane that is `behind` (has
-    /// unread input) is still empty and has not been waited for [`ALIGN_WAIT`] yet.
-    fn pick(&mut self, behind: impl Fn(&str, i32) -> bool) -> Option<LaneKey> {
-        let (_, oldest) = self
-            .lanes
-            .iter()
-            .filter_map(|(k, l)| l.head.as_ref().map(|(t, _)| (*t, k)))
-            .min()?;
-        let oldest = oldest.clone();
-        let blocked = self
-            .lanes
-            .iter()
-            .any(|((topic, p), l)| l.head.is_none() && behind(topic, *p));
-        if !blocked {
-            self.blocked_since = None;
-            return Some(oldest);
-        }
-        let since = *self.blocked_since.get_or_insert_with(Instant::now);
-        (since.elapsed() >= ALIGN_WAIT).then_some(oldest)
-    }
-
-    /// When a blocked pick gives up waiting.
-    fn wait_deadline(&self) -> Option<tokio::time::Instant> {
-        self.blocked_since
-            .map(|since| tokio::time::Instant::from_std(since + ALIGN_WAIT))
-    }
-
-    fn has_empty(&self) -> bool {
-        self.lanes.values().any(|l| l.head.is_none())
-    }
-
-    /// The next message of any empty lane.
-    async fn next_any(&self) -> (LaneKey, rdkafka::error::KafkaResult<OwnedMessage>) {
-        let waits = self
-            .lanes
-            .iter()
-            .filter(|(_, l)| l.head.is_none())
-            .map(|(k, l)| {
-                Box::pin(async move { (k.clone(), l.queue.recv().await.map(|m| m.detach())) })
-            });
-        let waits: Vec<_> = waits.collect();
-        if waits.is_empty() {
-            return std::future::pending().await;
-        }
-        select_all(waits).await.0
     }
 }
 
@@ -440,52 +286,35 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
     let mut config = touchstream_core::kafka::client_config(&ctx.kafka);
     // librdkafka prefetches up to 64 MiB per consumer by default: memory that does not
     // buy throughput here (each stage drains its queue in batches of `batch_max_rows`).
-    let aligned = stage.aligned_topics();
-    // With aligned partitions each has its own queue, and the limit holds per partition;
-    // a smaller fetch keeps a broker that fills a response from one partition from
-    // queueing a whole backlog in one lane.
-    let (queued_kb, fetch_max) = if !aligned.is_empty() {
-        ("4096", Some("4194304"))
-    } else {
-        ("16384", None)
-    };
-    let props = &ctx.kafka.client_properties;
-    if !props.contains_key("queued.max.messages.kbytes") {
-        config.set("queued.max.messages.kbytes", queued_kb);
-    }
-    if let (Some(max), false) = (fetch_max, props.contains_key("fetch.max.bytes")) {
-        config.set("fetch.max.bytes", max);
+    if !ctx
+        .kafka
+        .client_properties
+        .contains_key("queued.max.messages.kbytes")
+    {
+        config.set("queued.max.messages.kbytes", "16384");
     }
     if let Some(id) = &ctx.instance_id {
         config.set("group.instance.id", id);
     }
-    let consumer: Arc<StreamConsumer<LagContext>> = Arc::new(
-        config
-            .set("group.id", &ctx.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // Range assignment gives partition p of every input topic to the same member:
-            // the co-partitioning the identity stage relies on.
-            .set("partition.assignment.strategy", "range")
-            .set("statistics.interval.ms", "1000")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // Also the rebalance timeout: how long a rebalance waits for a member that died
-            // without leaving (SIGKILL). The default 5 min would stall every partition that
-            // long; a flush retrying through a ClickHouse outage longer than this makes the
-            // member leave and rejoin, which the snapshots make safe.
-            .set("max.poll.interval.ms", "60000")
-            .create_with_context(LagContext {
-                high: std::sync::Mutex::new(HashMap::new()),
-                revocations: std::sync::atomic::AtomicU64::new(0),
-                aligned_topics: aligned.clone(),
-                consumer: std::sync::OnceLock::new(),
-                split: std::sync::Mutex::new(Vec::new()),
-            })?,
-    );
-    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
-    // Split queues hold the consumer: the ones not yet adopted must not outlive the run.
-    let _unsplit = Unsplit(Arc::clone(&consumer));
+    let consumer: StreamConsumer<LagContext> = config
+        .set("group.id", &ctx.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // Range assignment gives partition p of every input topic to the same member:
+        // the co-partitioning the identity stage relies on.
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "1000")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // Also the rebalance timeout: how long a rebalance waits for a member that died
+        // without leaving (SIGKILL). The default 5 min would stall every partition that
+        // long; a flush retrying through a ClickHouse outage longer than this makes the
+        // member leave and rejoin, which the snapshots make safe.
+        .set("max.poll.interval.ms", "60000")
+        .create_with_context(LagContext {
+            high: std::sync::Mutex::new(HashMap::new()),
+            revocations: std::sync::atomic::AtomicU64::new(0),
+        })?;
     let topics = stage.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
@@ -510,7 +339,6 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         },
     };
     let mut in_flight: InFlight<'_> = FuturesOrdered::new();
-    let mut lanes = Lanes::default();
     let counters = Counters::new(&ctx.metrics, stage.name());
 
     loop {
@@ -538,33 +366,8 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 );
                 parts.clear();
             }
-            // Held messages were never processed: after the new assignment Kafka
-            // delivers them again from the committed offsets.
-            lanes = Lanes::default();
-        }
-        let mut picked = None;
-        let mut deadline = None;
-        if !aligned.is_empty() {
-            lanes.adopt(consumer.context());
-            lanes.fill(stage)?;
-            picked = lanes.pick(|topic, p| behind(&consumer, topic, p, &parts));
-            deadline = picked.is_none().then(|| lanes.wait_deadline()).flatten();
         }
         tokio::select! {
-            () = std::future::ready(()), if picked.is_some() => {
-                let held = picked.as_ref().and_then(|k| lanes.lanes.get_mut(k)).and_then(|l| l.head.take());
-                if let Some((_, msg)) = held {
-                    let payload = msg.payload().unwrap_or_default();
-                    input(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight, &mut pending_msgs, &mut last_flush, &counters, msg.topic(), msg.partition(), msg.offset(), payload).await?;
-                }
-            }
-            (key, res) = lanes.next_any(), if !aligned.is_empty() && lanes.has_empty() => {
-                let msg = res?;
-                if let Some(lane) = lanes.lanes.get_mut(&key) {
-                    Lanes::hold(stage, lane, msg);
-                }
-            }
-            () = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } }, if deadline.is_some() => {}
             // Surface a failed write as soon as it fails (not only at the next cut).
             Some(res) = in_flight.next(), if !in_flight.is_empty() => {
                 res?;
@@ -612,8 +415,37 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             }
             msg = consumer.recv() => {
                 let msg = msg?;
-                let payload = msg.payload().unwrap_or_default();
-                input(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight, &mut pending_msgs, &mut last_flush, &counters, msg.topic(), msg.partition(), msg.offset(), payload).await?;
+                let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(partition) {
+                    v.insert(load_part(stage, ctx, partition).await?);
+                }
+                let admit = admit(stage, ctx, &consumer, &mut parts, &topic, partition, offset).await?;
+                if !admit {
+                    counters.skipped.inc();
+                    continue;
+                }
+                if let Some(part) = parts.get_mut(&partition) {
+                    // In order again: a later gap gets a fresh reload and seek.
+                    part.gap_reloaded = false;
+                    part.seek_tried = false;
+                    part.pos.seq += 1;
+                    part.pos.next.insert(topic.clone(), offset + 1);
+                    part.dirty = true;
+                    part.unsaved = true;
+                    part.last_input = Instant::now();
+                    stage.handle(&mut part.state, &topic, partition, offset, msg.payload().unwrap_or_default(), part.pos.seq, &mut out.batch);
+                }
+                out.ranges
+                    .entry((topic.clone(), partition))
+                    .and_modify(|r| r.1 = offset)
+                    .or_insert((offset, offset));
+                counters.processed.inc();
+                pending_msgs += 1;
+                if pending_msgs >= ctx.batch_max_rows {
+                    flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
+                    pending_msgs = 0;
+                    last_flush = Instant::now();
+                }
             }
         }
     }
@@ -634,105 +466,6 @@ impl Counters {
                 .with_label_values(&[stage, "skipped_replay"]),
         }
     }
-}
-
-/// Drops the split queues the loop never adopted (they hold the consumer).
-struct Unsplit(Arc<StreamConsumer<LagContext>>);
-
-impl Drop for Unsplit {
-    fn drop(&mut self) {
-        if let Ok(mut split) = self.0.context().split.lock() {
-            split.clear();
-        }
-    }
-}
-
-/// Whether partition `p` of `topic` has input this stage has not read yet, by the
-/// statistics' high watermark (unknown: no).
-fn behind<S>(
-    consumer: &StreamConsumer<LagContext>,
-    topic: &str,
-    p: i32,
-    parts: &HashMap<i32, Part<S>>,
-) -> bool {
-    let Ok(high) = consumer.context().high.lock() else {
-        return false;
-    };
-    let next = parts
-        .get(&p)
-        .and_then(|part| part.pos.next.get(topic))
-        .copied();
-    match (high.get(&(topic.to_string(), p)), next) {
-        (Some((h, _)), Some(n)) => n < *h,
-        (Some((_, lag)), None) => *lag > 0,
-        (None, _) => false,
-    }
-}
-
-/// Process one input message, from the common queue or from a lane.
-#[allow(clippy::too_many_arguments)]
-async fn input<'a, S: Stage>(
-    stage: &S,
-    ctx: &'a RunCtx,
-    consumer: &'a StreamConsumer<LagContext>,
-    parts: &mut HashMap<i32, Part<S::State>>,
-    out: &mut Outbox,
-    in_flight: &mut InFlight<'a>,
-    pending_msgs: &mut usize,
-    last_flush: &mut Instant,
-    counters: &Counters,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    payload: &[u8],
-) -> Result<(), ProcessorError> {
-    if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(partition) {
-        v.insert(load_part(stage, ctx, partition).await?);
-    }
-    let admit = admit(stage, ctx, consumer, parts, topic, partition, offset).await?;
-    if !admit {
-        counters.skipped.inc();
-        return Ok(());
-    }
-    if let Some(part) = parts.get_mut(&partition) {
-        // In order again: a later gap gets a fresh reload and seek.
-        part.gap_reloaded = false;
-        part.seek_tried = false;
-        part.pos.seq += 1;
-        match part.pos.next.get_mut(topic) {
-            Some(next) => *next = offset + 1,
-            None => {
-                part.pos.next.insert(topic.to_string(), offset + 1);
-            }
-        }
-        part.dirty = true;
-        part.unsaved = true;
-        part.last_input = Instant::now();
-        stage.handle(
-            &mut part.state,
-            topic,
-            partition,
-            offset,
-            payload,
-            part.pos.seq,
-            &mut out.batch,
-        );
-    }
-    match out.ranges.get_mut(&(topic.to_string(), partition)) {
-        Some(r) => r.1 = offset,
-        None => {
-            out.ranges
-                .insert((topic.to_string(), partition), (offset, offset));
-        }
-    }
-    counters.processed.inc();
-    *pending_msgs += 1;
-    if *pending_msgs >= ctx.batch_max_rows {
-        flush(stage, ctx, consumer, parts, out, in_flight).await?;
-        *pending_msgs = 0;
-        *last_flush = Instant::now();
-    }
-    Ok(())
 }
 
 /// Decide whether to process `offset`, repairing the partition's position if needed.
