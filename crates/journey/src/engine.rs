@@ -107,6 +107,58 @@ pub struct JourneySnapshot {
     version_n: u64,
 }
 
+/// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
+/// same document as the owned snapshot without copying the state first. A large
+/// partition's snapshot would otherwise hold its state twice, plus the text, at once.
+pub struct JourneySnapshotRef<'a>(&'a JourneyStage);
+
+impl Serialize for JourneySnapshotRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let e = self.0;
+        let mut st = s.serialize_struct("JourneySnapshot", 7)?;
+        st.serialize_field("watermark_ms", &e.watermark_ms)?;
+        st.serialize_field("frontier_ms", &e.frontier_ms)?;
+        st.serialize_field("buffer", &BufferRef(&e.buffer))?;
+        st.serialize_field("customers", &CustomersRef(&e.customers))?;
+        st.serialize_field("counters", &e.counters)?;
+        st.serialize_field("version_seq", &e.out.version_seq)?;
+        st.serialize_field("version_n", &e.out.version_n)?;
+        st.end()
+    }
+}
+
+/// [`Buffered`] by reference.
+#[derive(Serialize)]
+struct BufferedRef<'a> {
+    customer_id: &'a Arc<str>,
+    event: &'a HistEvent,
+}
+
+struct BufferRef<'a>(&'a Buffer);
+
+impl Serialize for BufferRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|(customer_id, event)| BufferedRef { customer_id, event }),
+        )
+    }
+}
+
+/// Customers in id order, as the snapshot's `BTreeMap` has them.
+struct CustomersRef<'a>(&'a FastMap<Arc<str>, Box<Customer>>);
+
+impl Serialize for CustomersRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut sorted: Vec<(&Arc<str>, &Customer)> =
+            self.0.iter().map(|(id, c)| (id, c.as_ref())).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        s.collect_map(sorted.into_iter().map(|(id, c)| (id, c.saved_ref())))
+    }
+}
+
 /// Stage 2 state machine. One per stage-2 partition.
 #[derive(Debug)]
 pub struct JourneyStage {
@@ -226,6 +278,11 @@ impl JourneyStage {
             version_seq: self.out.version_seq,
             version_n: self.out.version_n,
         }
+    }
+
+    /// The same document as [`Self::snapshot`], serialized from the state in place.
+    pub fn snapshot_ref(&self) -> JourneySnapshotRef<'_> {
+        JourneySnapshotRef(self)
     }
 
     /// Counters for metrics.

@@ -72,6 +72,18 @@ impl Customer {
         }
     }
 
+    /// [`Self::saved`] without the copies.
+    pub(super) fn saved_ref(&self) -> SavedCustomerRef<'_> {
+        SavedCustomerRef {
+            base: self.base.as_deref(),
+            base_until_ms: self.base_until_ms,
+            history: &self.history,
+            live: &self.live,
+            last_time_ms: self.last_time_ms,
+            wake_ms: self.wake_ms,
+        }
+    }
+
     pub(super) fn restore(saved: SavedCustomer, names: &mut Names) -> Self {
         let mut history = saved.history;
         for e in &mut history {
@@ -154,6 +166,18 @@ pub(super) struct SavedCustomer {
     pub(super) live: Vec<LiveRow>,
     pub(super) last_time_ms: i64,
     pub(super) wake_ms: Option<i64>,
+}
+
+/// [`SavedCustomer`] by reference: the same fields, serialized the same way.
+#[derive(Serialize)]
+pub(super) struct SavedCustomerRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<&'a Machine>,
+    base_until_ms: Option<i64>,
+    history: &'a [HistEvent],
+    live: &'a [LiveRow],
+    last_time_ms: i64,
+    wake_ms: Option<i64>,
 }
 
 /// Event names shared by every event that has them: names repeat (a catalog's worth),

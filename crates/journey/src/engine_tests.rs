@@ -553,6 +553,12 @@ fn restoring_a_snapshot_anywhere_changes_no_output() {
         for (i, m) in msgs.iter().enumerate() {
             if i == cut {
                 let json = serde_json::to_string(&st.snapshot()).expect("serialize");
+                // The in-place serializer writes the very same document.
+                assert_eq!(
+                    serde_json::to_string(&st.snapshot_ref()).expect("serialize"),
+                    json,
+                    "cut {cut}"
+                );
                 let snap: JourneySnapshot = serde_json::from_str(&json).expect("deserialize");
                 st = JourneyStage::from_snapshot(
                     JourneyConfig::default(),

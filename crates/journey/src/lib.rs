@@ -27,7 +27,9 @@ mod session;
 use std::path::{Path, PathBuf};
 
 pub use catalog::{Catalog, Channel, Stage, Touchpoint};
-pub use engine::{JourneyConfig, JourneyCounters, JourneySnapshot, JourneyStage};
+pub use engine::{
+    JourneyConfig, JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage,
+};
 pub use event::{JourneyEvent, Kind, Retract, RoutedEvent};
 pub use funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
 pub use identity::{

@@ -56,6 +56,13 @@ struct SavedJourney {
     sources: BTreeMap<i32, i64>,
 }
 
+/// [`SavedJourney`] as written: the engine serialized in place, not copied first.
+#[derive(Serialize)]
+struct SavedJourneyRef<'a> {
+    engine: touchstream_journey::JourneySnapshotRef<'a>,
+    sources: &'a BTreeMap<i32, i64>,
+}
+
 /// Bound on remembered attempt ids; past it the set restarts (a rare double count).
 const MAX_COUNTED: usize = 1_000_000;
 
@@ -101,9 +108,9 @@ impl Stage for Journey {
     }
 
     fn snapshot(&self, state: &JourneyState) -> Result<String, String> {
-        serde_json::to_string(&SavedJourney {
-            engine: state.engine.snapshot(),
-            sources: state.sources.clone(),
+        serde_json::to_string(&SavedJourneyRef {
+            engine: state.engine.snapshot_ref(),
+            sources: &state.sources,
         })
         .map_err(|e| e.to_string())
     }

@@ -213,7 +213,11 @@ pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorE
             Ok(()) | Err(ProcessorError::ShuttingDown) => break,
             Err(e) => {
                 tracing::warn!(stage = stage.name(), error = %e, "stage failed; restarting from saved state");
-                match touchstream_core::kafka::producer(&ctx.kafka, PRODUCE_TIMEOUT_MS) {
+                match touchstream_core::kafka::producer_with_linger(
+                    &ctx.kafka,
+                    PRODUCE_TIMEOUT_MS,
+                    PRODUCER_LINGER_MS,
+                ) {
                     Ok(fresh) => match ctx.producer.lock() {
                         Ok(mut p) => *p = fresh,
                         Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -240,6 +244,10 @@ pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorE
     }
     Ok(())
 }
+
+/// The processor producer's `linger.ms`: it enqueues a whole cut and waits for the
+/// acknowledgements together, so batching costs nothing here.
+pub const PRODUCER_LINGER_MS: u32 = 5;
 
 /// How long the processor's producer retries a record before failing it, ms.
 pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
