@@ -312,6 +312,10 @@ pub struct ProcessorConfig {
     /// without the group waiting for the dead member's session to expire. Every running
     /// replica needs its own name. Default empty: dynamic membership.
     pub instance_id: String,
+    /// Give free pages of the C heap (librdkafka's message buffers) back to the OS this
+    /// often, ms; without it the buffers of a burst or a backlog stay resident (see
+    /// `touchstream_core::memory`). 0 turns it off. Default 5000.
+    pub release_memory_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -330,6 +334,7 @@ impl Default for ProcessorConfig {
             idle_watermark_secs: 30,
             restart_backoff_ms: 1000,
             instance_id: String::new(),
+            release_memory_ms: 5000,
         }
     }
 }

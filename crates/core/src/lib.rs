@@ -11,6 +11,7 @@ pub mod avro;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod memory;
 
 pub use config::{Config, ConfigError};
 pub use event::{is_placeholder_id, Channel, MessageType, Touchpoint};

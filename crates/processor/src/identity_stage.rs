@@ -110,8 +110,8 @@ impl Stage for Identity {
         }
     }
 
-    fn restore(&self, snapshot: &str) -> Result<IdentityState, String> {
-        let saved: SavedIdentity = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&self, json: &[u8]) -> Result<IdentityState, String> {
+        let saved: SavedIdentity = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         Ok(IdentityState {
             identity: IdentityStage::from_snapshot(self.config.clone(), saved.identity),
             watermark_ms: saved.watermark_ms,
@@ -119,11 +119,14 @@ impl Stage for Identity {
         })
     }
 
-    fn snapshot(&self, state: &IdentityState) -> Result<String, String> {
-        serde_json::to_string(&SavedIdentity {
-            identity: state.identity.snapshot(),
-            watermark_ms: state.watermark_ms,
-        })
+    fn snapshot(&self, state: &IdentityState, out: &mut dyn std::io::Write) -> Result<(), String> {
+        serde_json::to_writer(
+            out,
+            &SavedIdentity {
+                identity: state.identity.snapshot(),
+                watermark_ms: state.watermark_ms,
+            },
+        )
         .map_err(|e| e.to_string())
     }
 

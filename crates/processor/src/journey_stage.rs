@@ -90,8 +90,8 @@ impl Stage for Journey {
         }
     }
 
-    fn restore(&self, snapshot: &str) -> Result<JourneyState, String> {
-        let saved: SavedJourney = serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&self, json: &[u8]) -> Result<JourneyState, String> {
+        let saved: SavedJourney = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let engine = JourneyStage::from_snapshot(
             self.config.clone(),
             self.catalog.clone(),
@@ -107,11 +107,14 @@ impl Stage for Journey {
         })
     }
 
-    fn snapshot(&self, state: &JourneyState) -> Result<String, String> {
-        serde_json::to_string(&SavedJourneyRef {
-            engine: state.engine.snapshot_ref(),
-            sources: &state.sources,
-        })
+    fn snapshot(&self, state: &JourneyState, out: &mut dyn std::io::Write) -> Result<(), String> {
+        serde_json::to_writer(
+            out,
+            &SavedJourneyRef {
+                engine: state.engine.snapshot_ref(),
+                sources: &state.sources,
+            },
+        )
         .map_err(|e| e.to_string())
     }
 

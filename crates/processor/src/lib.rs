@@ -18,6 +18,7 @@ pub mod journey_stage;
 pub mod lag;
 pub mod metrics;
 pub mod runner;
+pub mod state_codec;
 pub mod store;
 
 use std::sync::Arc;
@@ -175,6 +176,10 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    tokio::spawn(touchstream_core::memory::trim_periodically(
+        Duration::from_millis(pc.release_memory_ms),
+        shutdown.clone(),
+    ));
     let s1 = tokio::spawn(run_stage(identity, ctx("identity")?));
     let s2 = tokio::spawn(run_stage(journey, ctx("journey")?));
     let (r1, r2) = tokio::join!(s1, s2);

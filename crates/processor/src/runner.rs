@@ -48,10 +48,11 @@ pub trait Stage: Send + Sync + 'static {
     fn topics(&self) -> Vec<String>;
     /// State of a partition never seen before.
     fn new_state(&self) -> Self::State;
-    /// State from a saved snapshot.
-    fn restore(&self, snapshot: &str) -> Result<Self::State, String>;
-    /// Snapshot of a state.
-    fn snapshot(&self, state: &Self::State) -> Result<String, String>;
+    /// State from a saved snapshot's JSON.
+    fn restore(&self, json: &[u8]) -> Result<Self::State, String>;
+    /// Write a state's snapshot as JSON to `out` (the runner compresses it, see
+    /// [`crate::state_codec`]).
+    fn snapshot(&self, state: &Self::State, out: &mut dyn std::io::Write) -> Result<(), String>;
     /// Process one input message.
     #[allow(clippy::too_many_arguments)]
     fn handle(
@@ -266,8 +267,8 @@ async fn load_part<S: Stage>(
         Some((offsets, snapshot, _)) => {
             let pos: Position = serde_json::from_str(&offsets)
                 .map_err(|e| ProcessorError::State(format!("{key}/{partition} offsets: {e}")))?;
-            let state = stage
-                .restore(&snapshot)
+            let state = crate::state_codec::decode(&snapshot)
+                .and_then(|json| stage.restore(&json))
                 .map_err(|e| ProcessorError::State(format!("{key}/{partition} snapshot: {e}")))?;
             tracing::info!(
                 stage = stage.name(),
@@ -687,7 +688,8 @@ async fn cut<S: Stage>(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         for (p, part) in parts.iter_mut().filter(|(_, p)| p.unsaved) {
-            let snapshot = stage.snapshot(&part.state).map_err(ProcessorError::State)?;
+            let snapshot = crate::state_codec::encode(|w| stage.snapshot(&part.state, w))
+                .map_err(ProcessorError::State)?;
             let offsets = serde_json::to_string(&part.pos)
                 .map_err(|e| ProcessorError::State(e.to_string()))?;
             states.push(StateRow {

@@ -49,8 +49,9 @@ pub struct StateRow {
     pub partition: i32,
     /// JSON: next offset per input topic, and the stage's seq counter.
     pub offsets: String,
-    /// JSON: the stage's serialized state at that position.
-    pub snapshot: String,
+    /// The stage's state at that position: JSON in an LZ4 frame ([`crate::state_codec`]).
+    #[serde(with = "serde_bytes")]
+    pub snapshot: Vec<u8>,
     /// Wall clock when saved.
     pub saved_at_ms: i64,
     /// Increases with every save of this partition, so the newest wins.
@@ -60,7 +61,8 @@ pub struct StateRow {
 #[derive(Row, Deserialize)]
 struct LoadedState {
     offsets: String,
-    snapshot: String,
+    #[serde(with = "serde_bytes")]
+    snapshot: Vec<u8>,
     version: u64,
 }
 
@@ -149,7 +151,7 @@ impl Store {
         &self,
         stage: &str,
         partition: i32,
-    ) -> Result<Option<(String, String, u64)>, ProcessorError> {
+    ) -> Result<Option<(String, Vec<u8>, u64)>, ProcessorError> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let res = self
