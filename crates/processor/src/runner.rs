@@ -164,7 +164,10 @@ struct Part<S> {
     unsaved: bool,
     last_input: Instant,
     gap_reloaded: bool,
-    seek_tried: bool,
+    /// Seeks back to the saved position since the last in-order input, and when the
+    /// last one was issued.
+    seeks: u32,
+    last_seek: Option<(String, i64, Instant)>,
 }
 
 /// Keeps each partition's high watermark and lag from librdkafka's statistics for the
@@ -287,7 +290,8 @@ async fn load_part<S: Stage>(
         unsaved: false,
         last_input: Instant::now(),
         gap_reloaded: false,
-        seek_tried: false,
+        seeks: 0,
+        last_seek: None,
     })
 }
 
@@ -400,6 +404,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                         v.insert(load_part(stage, ctx, p).await?);
                     }
                 }
+                reseek_overridden(stage, &consumer, &mut parts)?;
                 if let Some(limit) = stage.idle_after() {
                     for (p, part) in parts.iter_mut() {
                         let idle = part.last_input.elapsed();
@@ -436,7 +441,8 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 if let Some(part) = parts.get_mut(&partition) {
                     // In order again: a later gap gets a fresh reload and seek.
                     part.gap_reloaded = false;
-                    part.seek_tried = false;
+                    part.seeks = 0;
+                    part.last_seek = None;
                     part.pos.seq += 1;
                     part.pos.next.insert(topic.clone(), offset + 1);
                     part.dirty = true;
@@ -527,14 +533,39 @@ async fn admit<S: Stage>(
         }
     }
     let next = part.pos.next.get(topic).copied().unwrap_or(offset);
-    if !part.seek_tried {
-        part.seek_tried = true;
+    // Records fetched before the last seek took effect: drop them and wait for it.
+    if part
+        .last_seek
+        .as_ref()
+        .is_some_and(|(_, _, at)| at.elapsed() < SEEK_SETTLE)
+    {
+        return Ok(false);
+    }
+    // Skip ahead only when the records in between are really gone (retention): a seek
+    // issued while the group's assignment is still settling can be overridden by the
+    // committed offset, so a record ahead after a seek is no proof that none is left.
+    let low = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(5))
+        .map(|(low, _)| low)
+        .ok();
+    let gone = low.is_some_and(|low| low > next);
+    if !gone {
+        if part.seeks >= MAX_SEEKS {
+            return Err(ProcessorError::State(format!(
+                "{} partition {partition}: input from {topic} offset {offset}, saved position {next}, \
+                 {MAX_SEEKS} seeks back did not take; restarting the stage",
+                stage.name()
+            )));
+        }
+        part.seeks += 1;
+        part.last_seek = Some((topic.to_string(), next, Instant::now()));
         tracing::warn!(
             stage = stage.name(),
             partition,
             topic,
             offset,
             expected = next,
+            attempt = part.seeks,
             "seeking back to the saved position"
         );
         consumer.seek(
@@ -545,18 +576,66 @@ async fn admit<S: Stage>(
         )?;
         return Ok(false);
     }
-    // The broker no longer has the records in between (retention): nothing to replay.
     tracing::warn!(
         stage = stage.name(),
         partition,
         topic,
         offset,
         expected = next,
-        "records missing between saved position and input; continuing"
+        earliest = low,
+        "records between the saved position and the input are gone (retention); continuing"
     );
     part.pos.next.insert(topic.to_string(), offset);
     Ok(true)
 }
+
+/// Seek again where a seek back has had no effect for a while: no in-order input came
+/// (it was overridden, e.g. by the committed offset of an assignment still settling, and
+/// the input that was ahead has all been dropped meanwhile, so nothing else would).
+fn reseek_overridden<S: Stage>(
+    stage: &S,
+    consumer: &StreamConsumer<LagContext>,
+    parts: &mut HashMap<i32, Part<S::State>>,
+) -> Result<(), ProcessorError> {
+    for (p, part) in parts.iter_mut() {
+        let Some((topic, next, at)) = &mut part.last_seek else {
+            continue;
+        };
+        if at.elapsed() < 4 * SEEK_SETTLE {
+            continue;
+        }
+        if part.seeks >= MAX_SEEKS {
+            return Err(ProcessorError::State(format!(
+                "{} partition {p}: {MAX_SEEKS} seeks back to {topic} offset {next} did not take; \
+                 restarting the stage",
+                stage.name()
+            )));
+        }
+        part.seeks += 1;
+        *at = Instant::now();
+        tracing::warn!(
+            stage = stage.name(),
+            partition = *p,
+            topic = topic.as_str(),
+            expected = *next,
+            attempt = part.seeks,
+            "no input since seeking back; seeking again"
+        );
+        consumer.seek(
+            topic.as_str(),
+            *p,
+            Offset::Offset(*next),
+            Duration::from_secs(5),
+        )?;
+    }
+    Ok(())
+}
+
+/// Seeks back to a saved position tried before the stage run fails and restarts.
+const MAX_SEEKS: u32 = 20;
+/// How long input ahead of the saved position is dropped after a seek before the seek
+/// counts as overridden and is issued again.
+const SEEK_SETTLE: Duration = Duration::from_millis(500);
 
 /// Outputs gathered since the last cut, and when snapshots are due.
 struct Outbox {
