@@ -1,12 +1,13 @@
 //! How a partition's state is kept in `processor_state.snapshot`: the stage's JSON,
 //! compressed as one LZ4 frame while it is written.
 //!
-//! Why: a journey partition's JSON is ~86 bytes per active customer (8.6 MB per partition
-//! at 100k customers over 6 partitions), and every snapshot interval the whole state is
-//! serialized, held until its cut is written, and sent to ClickHouse. Serialized straight
-//! into the compressor, the uncompressed text never exists as a whole: the process holds
-//! the compressed bytes only (about a sixth), and ClickHouse receives and stores that.
-//! LZ4 over zstd: it compresses at several hundred MB/s, so the snapshot's cost is still
+//! Why: a journey partition's JSON is ~520 bytes per active customer (8.6 MB per
+//! partition at 100k customers over 6 partitions), and every snapshot interval the whole
+//! state is serialized, held until its cut is written, and sent to ClickHouse. Serialized
+//! straight into the compressor, the uncompressed text never exists as a whole: the
+//! process holds the compressed bytes only (measured at 100k customers: 40 % of a
+//! journey partition's JSON, 18 % of an identity partition's), and ClickHouse receives
+//! and stores that. LZ4 over zstd: it compresses at several hundred MB/s, so the snapshot's cost is still
 //! the serialization.
 //!
 //! Snapshots written before compression (plain JSON, which always starts with `{`) are
