@@ -261,6 +261,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before any Kafka client starts its threads (see touchstream_core::memory).
+    touchstream_core::memory::limit_c_heap_arenas();
     let cli = Cli::parse();
     // The bench draws progress bars; its info lines (migrations) would only break them.
     let default_level = match cli.command {

@@ -29,7 +29,7 @@ pub(super) struct Buffer {
 
 /// Room the slab and the per-customer index keep once the buffer has drained: a burst
 /// does not keep its peak size for the life of the partition.
-const KEEP_SLOTS: usize = 1024;
+const KEEP_SLOTS: usize = 256;
 
 impl Buffer {
     pub(super) fn len(&self) -> usize {

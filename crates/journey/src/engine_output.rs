@@ -259,7 +259,7 @@ pub(super) enum Row {
 /// Pending rows a partition keeps room for between flushes. A steady flow reuses its
 /// buffers; a burst (a watermark releasing a backlog at once) does not keep its peak size
 /// for the life of the partition.
-const KEEP_ROWS: usize = 1024;
+const KEEP_ROWS: usize = 256;
 
 /// The contents of `v`, leaving an empty vector as large (up to [`KEEP_ROWS`]): the next
 /// batch of rows is likely about as large.
