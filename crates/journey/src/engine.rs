@@ -480,7 +480,15 @@ impl JourneyStage {
                     self.out.unplaced(&customer_id, &hist, true);
                     return;
                 }
-                customer.add(hist, &mut self.counters.duplicates);
+                if let Some(kept) = customer.add(hist, &mut self.counters.duplicates) {
+                    // A copy with a higher version (e.g. the re-attributed copy in a full
+                    // replay by a fresh group, after a late row for the same event id under
+                    // the anonymous id): the placed row goes out again, same content, so
+                    // it stays the newest version of that event's row.
+                    self.out
+                        .touchpoint(&customer_id, kept, kept.emitted_session(), false);
+                    kept.emitted = kept.emitted.saturating_add(1);
+                }
                 if !customer.dirty {
                     customer.dirty = true;
                     self.dirty.push(customer_id);
@@ -488,7 +496,8 @@ impl JourneyStage {
             }
             None => {
                 let mut customer = Box::<Customer>::default();
-                customer.add(hist, &mut self.counters.duplicates);
+                // A new customer's history holds no duplicate.
+                let _ = customer.add(hist, &mut self.counters.duplicates);
                 customer.dirty = true;
                 self.customers.insert(Arc::clone(&customer_id), customer);
                 self.dirty.push(customer_id);

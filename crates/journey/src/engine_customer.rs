@@ -109,7 +109,10 @@ impl Customer {
     }
 
     /// Add a released event to the history (a duplicate only raises the kept version).
-    pub(super) fn add(&mut self, hist: HistEvent, duplicates: &mut u64) {
+    /// Returns the kept event when a duplicate raised the version of an event whose
+    /// touchpoint row is already written: that row must go out again with the new version
+    /// (see [`JourneyStage::insert_history`](super::JourneyStage)).
+    pub(super) fn add(&mut self, hist: HistEvent, duplicates: &mut u64) -> Option<&mut HistEvent> {
         let fresh = self.history.is_empty() && self.base_until_ms.is_none();
         self.last_time_ms = if fresh {
             hist.time_ms
@@ -121,9 +124,15 @@ impl Customer {
             .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
         {
             Ok(i) => {
-                let kept = &mut self.history[i];
-                kept.version = kept.version.max(hist.version);
                 *duplicates += 1;
+                let kept = &mut self.history[i];
+                if hist.version > kept.version {
+                    kept.version = hist.version;
+                    if kept.emitted > 0 {
+                        return Some(kept);
+                    }
+                }
+                None
             }
             Err(i) => {
                 if i < self.stepped as usize {
@@ -142,6 +151,7 @@ impl Customer {
                     regrow(&mut self.history, capacity);
                 }
                 self.history.insert(i, hist);
+                None
             }
         }
     }

@@ -194,6 +194,38 @@ pub struct IdentitySnapshot {
     counters: IdentityCounters,
 }
 
+/// [`IdentitySnapshot`] by reference ([`IdentityStage::snapshot_ref`]): serializes to the
+/// same document without copying every link and history into a sorted map first.
+pub struct IdentitySnapshotRef<'a>(&'a IdentityStage);
+
+impl Serialize for IdentitySnapshotRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let e = self.0;
+        let mut links: Vec<(&str, &str)> = e.links.iter().map(|(a, u)| (&**a, &**u)).collect();
+        links.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut unlinked: Vec<(&str, &AnonHistory)> =
+            e.unlinked.iter().map(|(a, h)| (&**a, h)).collect();
+        unlinked.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut st = s.serialize_struct("IdentitySnapshot", 4)?;
+        st.serialize_field("links", &SortedPairs(&links))?;
+        st.serialize_field("unlinked", &SortedPairs(&unlinked))?;
+        st.serialize_field("watermark_ms", &e.watermark_ms)?;
+        st.serialize_field("counters", &e.counters)?;
+        st.end()
+    }
+}
+
+/// Key-value pairs with unique keys in key order, serialized as a map (what a `BTreeMap`
+/// of them would give).
+struct SortedPairs<'a, V>(&'a [(&'a str, V)]);
+
+impl<V: Serialize> Serialize for SortedPairs<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
 /// Stage 1 state machine. One per stage-1 partition.
 #[derive(Debug, Clone)]
 pub struct IdentityStage {
@@ -269,6 +301,11 @@ impl IdentityStage {
             watermark_ms: self.watermark_ms,
             counters: self.counters.clone(),
         }
+    }
+
+    /// [`Self::snapshot`] without the copies: the same JSON document.
+    pub fn snapshot_ref(&self) -> IdentitySnapshotRef<'_> {
+        IdentitySnapshotRef(self)
     }
 
     /// Counters for metrics.

@@ -284,6 +284,33 @@ fn snapshot_round_trips_through_json() {
 }
 
 #[test]
+fn snapshot_by_reference_is_the_same_document() {
+    let config = IdentityConfig {
+        max_unlinked_history_events: 2,
+        ..IdentityConfig::default()
+    };
+    let mut stage = IdentityStage::new(config);
+    let same = |stage: &IdentityStage| {
+        let owned = serde_json::to_string(&stage.snapshot()).expect("serialize");
+        let by_ref = serde_json::to_string(&stage.snapshot_ref()).expect("serialize");
+        assert_eq!(by_ref, owned);
+    };
+    same(&stage);
+    // Unlinked histories (one overflowing), links, a conflict, ids out of order.
+    for (i, anon) in ["a9", "a1", "a5", "a1", "a1"].iter().enumerate() {
+        stage.process(
+            track(&format!("e{i}"), Some(anon), None, i as i64),
+            i as u64,
+        );
+    }
+    stage.process(track("e7", Some("a3"), Some("u3"), 7), 7);
+    stage.process(track("e8", Some("a5"), Some("u5"), 8), 8);
+    stage.process(alias("e9", "a5", "u6", 9), 9);
+    stage.process(track("e10", Some("a0"), Some("u0"), 10), 10);
+    same(&stage);
+}
+
+#[test]
 fn placeholder_check_matches_the_trimmed_comparison() {
     let slow = |id: &str| {
         let id = id.trim();

@@ -34,7 +34,7 @@ pub use event::{JourneyEvent, Kind, Retract, RoutedEvent};
 pub use funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
 pub use identity::{
     is_placeholder_id, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,
-    IdentitySnapshot, IdentityStage, Link, LinkType, RejectReason,
+    IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
 };
 pub use rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
 

@@ -85,6 +85,13 @@ struct SavedIdentity {
     watermark_ms: Option<i64>,
 }
 
+/// [`SavedIdentity`] as written: the stage serialized in place, not copied first.
+#[derive(Serialize)]
+struct SavedIdentityRef<'a> {
+    identity: touchstream_journey::IdentitySnapshotRef<'a>,
+    watermark_ms: Option<i64>,
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -122,8 +129,8 @@ impl Stage for Identity {
     fn snapshot(&self, state: &IdentityState, out: &mut dyn std::io::Write) -> Result<(), String> {
         serde_json::to_writer(
             out,
-            &SavedIdentity {
-                identity: state.identity.snapshot(),
+            &SavedIdentityRef {
+                identity: state.identity.snapshot_ref(),
                 watermark_ms: state.watermark_ms,
             },
         )
