@@ -302,19 +302,32 @@ fn pipeline(events: Vec<JourneyEvent>) -> (Tables, JourneyStage) {
     let mut t = Tables::default();
     let mut seq2 = 0;
     for (seq1, e) in events.into_iter().enumerate() {
-        for out in ids.process(e, seq1 as u64 + 1) {
-            seq2 += 1;
-            match out {
-                IdentityOutput::Event(r) => st.process(r, seq2),
-                IdentityOutput::Retract(r) => st.retract(&r, seq2),
-                _ => {}
-            }
-            t.apply(st.take_output());
-        }
+        route(&mut ids, &mut st, &mut t, e, seq1 as u64 + 1, &mut seq2);
     }
     st.flush_all(seq2 + 1);
     t.apply(st.take_output());
     (t, st)
+}
+
+/// Route `e` through stage 1 at input position `seq1` and feed its outputs to stage 2,
+/// numbered on from `seq2`.
+fn route(
+    ids: &mut IdentityStage,
+    st: &mut JourneyStage,
+    t: &mut Tables,
+    e: JourneyEvent,
+    seq1: u64,
+    seq2: &mut u64,
+) {
+    for out in ids.process(e, seq1) {
+        *seq2 += 1;
+        match out {
+            IdentityOutput::Event(r) => st.process(r, *seq2),
+            IdentityOutput::Retract(r) => st.retract(&r, *seq2),
+            _ => {}
+        }
+        t.apply(st.take_output());
+    }
 }
 
 fn with_ids(mut e: JourneyEvent, anon: Option<&str>, user: Option<&str>) -> JourneyEvent {
@@ -378,15 +391,8 @@ fn a_full_replay_leaves_reattributed_events_with_the_user() {
         // The replay numbers its inputs higher (it interleaves the raw and aliases topics
         // differently), so its copies carry higher versions than the first run's.
         for (seq1, e) in log.iter().cloned().enumerate() {
-            for out in ids.process(e, seq1 as u64 + 1 + pass * 100) {
-                seq2 += 1;
-                match out {
-                    IdentityOutput::Event(r) => st.process(r, seq2),
-                    IdentityOutput::Retract(r) => st.retract(&r, seq2),
-                    _ => {}
-                }
-                t.apply(st.take_output());
-            }
+            let seq1 = seq1 as u64 + 1 + pass * 100;
+            route(&mut ids, &mut st, &mut t, e, seq1, &mut seq2);
         }
         if pass == 0 {
             for id in ["a-view", "a-add", "login"] {
