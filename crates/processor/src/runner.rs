@@ -551,9 +551,15 @@ async fn admit<S: Stage>(
     let gone = low.is_some_and(|low| low > next);
     if !gone {
         if part.seeks >= MAX_SEEKS {
+            // Seeks on tansu can stay without effect after an assignment: commit the
+            // saved position instead, so the restarted run's consumer starts there.
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+            consumer.commit(&tpl, CommitMode::Sync)?;
             return Err(ProcessorError::State(format!(
                 "{} partition {partition}: input from {topic} offset {offset}, saved position {next}, \
-                 {MAX_SEEKS} seeks back did not take; restarting the stage",
+                 {MAX_SEEKS} seeks back did not take; committed the saved position, restarting \
+                 the stage",
                 stage.name()
             )));
         }
