@@ -550,36 +550,16 @@ async fn admit<S: Stage>(
         .ok();
     let gone = low.is_some_and(|low| low > next);
     if !gone {
-        if part.seeks >= MAX_SEEKS {
-            // Seeks on tansu can stay without effect after an assignment: commit the
-            // saved position instead, so the restarted run's consumer starts there.
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
-            consumer.commit(&tpl, CommitMode::Sync)?;
-            return Err(ProcessorError::State(format!(
-                "{} partition {partition}: input from {topic} offset {offset}, saved position {next}, \
-                 {MAX_SEEKS} seeks back did not take; committed the saved position, restarting \
-                 the stage",
-                stage.name()
-            )));
-        }
-        part.seeks += 1;
-        part.last_seek = Some((topic.to_string(), next, Instant::now()));
         tracing::warn!(
             stage = stage.name(),
             partition,
             topic,
             offset,
             expected = next,
-            attempt = part.seeks,
+            attempt = part.seeks + 1,
             "seeking back to the saved position"
         );
-        consumer.seek(
-            topic,
-            partition,
-            Offset::Offset(next),
-            Duration::from_secs(5),
-        )?;
+        seek_back(stage, consumer, part, partition, topic, next)?;
         return Ok(false);
     }
     tracing::warn!(
@@ -604,36 +584,56 @@ fn reseek_overridden<S: Stage>(
     parts: &mut HashMap<i32, Part<S::State>>,
 ) -> Result<(), ProcessorError> {
     for (p, part) in parts.iter_mut() {
-        let Some((topic, next, at)) = &mut part.last_seek else {
+        let Some((topic, next, at)) = &part.last_seek else {
             continue;
         };
         if at.elapsed() < 4 * SEEK_SETTLE {
             continue;
         }
-        if part.seeks >= MAX_SEEKS {
-            return Err(ProcessorError::State(format!(
-                "{} partition {p}: {MAX_SEEKS} seeks back to {topic} offset {next} did not take; \
-                 restarting the stage",
-                stage.name()
-            )));
-        }
-        part.seeks += 1;
-        *at = Instant::now();
+        let (topic, next) = (topic.clone(), *next);
         tracing::warn!(
             stage = stage.name(),
             partition = *p,
             topic = topic.as_str(),
-            expected = *next,
-            attempt = part.seeks,
+            expected = next,
+            attempt = part.seeks + 1,
             "no input since seeking back; seeking again"
         );
-        consumer.seek(
-            topic.as_str(),
-            *p,
-            Offset::Offset(*next),
-            Duration::from_secs(5),
-        )?;
+        seek_back(stage, consumer, part, *p, &topic, next)?;
     }
+    Ok(())
+}
+
+/// Seek `partition` of `topic` back to `next`, the saved position, and remember when.
+/// After [`MAX_SEEKS`] without in-order input in between, commit `next` instead and fail
+/// the stage run: seeks on tansu can stay without effect after an assignment, and the
+/// restarted run's consumer starts at the committed offset.
+fn seek_back<S: Stage>(
+    stage: &S,
+    consumer: &StreamConsumer<LagContext>,
+    part: &mut Part<S::State>,
+    partition: i32,
+    topic: &str,
+    next: i64,
+) -> Result<(), ProcessorError> {
+    if part.seeks >= MAX_SEEKS {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        return Err(ProcessorError::State(format!(
+            "{} partition {partition}: {MAX_SEEKS} seeks back to {topic} offset {next} did not \
+             take; committed the saved position, restarting the stage",
+            stage.name()
+        )));
+    }
+    part.seeks += 1;
+    part.last_seek = Some((topic.to_string(), next, Instant::now()));
+    consumer.seek(
+        topic,
+        partition,
+        Offset::Offset(next),
+        Duration::from_secs(5),
+    )?;
     Ok(())
 }
 
