@@ -6,7 +6,9 @@
 //! - an older offset (Kafka resumed from an earlier commit) is a replay of work already in
 //!   the state: skipped;
 //! - a newer one means another instance moved on and saved a newer snapshot: the state is
-//!   reloaded, and if it is still behind, the consumer seeks back to it.
+//!   reloaded, and if it is still behind, the consumer seeks back to it (from further
+//!   back each time a seek does not take: tansu never serves an offset inside a producer
+//!   batch, see [`seek_back`]).
 //!
 //! A flush writes every row of the batch (retrying while ClickHouse is away), then the
 //! snapshots, then commits the offsets: offsets never pass rows that are not stored. If a
@@ -336,6 +338,8 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
     let mut parts: HashMap<i32, Part<S::State>> = HashMap::new();
     let mut pending_msgs = 0usize;
     let mut last_flush = Instant::now();
+    // Any input at all, skipped replays included: the consumer is delivering.
+    let mut last_msg = Instant::now();
     let mut tick = tokio::time::interval(
         ctx.batch_max
             .min(Duration::from_millis(500))
@@ -404,7 +408,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                         v.insert(load_part(stage, ctx, p).await?);
                     }
                 }
-                reseek_overridden(stage, &consumer, &mut parts)?;
+                reseek_stalled(stage, &consumer, &mut parts, last_msg.elapsed() >= 4 * SEEK_SETTLE)?;
                 if let Some(limit) = stage.idle_after() {
                     for (p, part) in parts.iter_mut() {
                         let idle = part.last_input.elapsed();
@@ -429,6 +433,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
             }
             msg = consumer.recv() => {
                 let msg = msg?;
+                last_msg = Instant::now();
                 let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
                 if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(partition) {
                     v.insert(load_part(stage, ctx, partition).await?);
@@ -575,29 +580,51 @@ async fn admit<S: Stage>(
     Ok(true)
 }
 
-/// Seek again where a seek back has had no effect for a while: no in-order input came
-/// (it was overridden, e.g. by the committed offset of an assignment still settling, and
-/// the input that was ahead has all been dropped meanwhile, so nothing else would).
-fn reseek_overridden<S: Stage>(
+/// Seek where input should come and does not:
+/// - a seek back has had no effect for a while: no in-order input came (it was
+///   overridden, e.g. by the committed offset of an assignment still settling, or it
+///   pointed inside a producer batch on tansu, and the input that was ahead has all
+///   been dropped meanwhile, so nothing else would);
+/// - the whole stage has had no input for a while (`stage_idle`), yet a partition's
+///   saved position is behind its high watermark: the consumer's position (the committed
+///   offset, inside a producer batch) is one the broker does not serve, and with no
+///   later batch nothing would ever arrive to show it.
+fn reseek_stalled<S: Stage>(
     stage: &S,
     consumer: &StreamConsumer<LagContext>,
     parts: &mut HashMap<i32, Part<S::State>>,
+    stage_idle: bool,
 ) -> Result<(), ProcessorError> {
     for (p, part) in parts.iter_mut() {
-        let Some((topic, next, at)) = &part.last_seek else {
-            continue;
+        let (topic, next) = match &part.last_seek {
+            Some((topic, next, at)) => {
+                if at.elapsed() < 4 * SEEK_SETTLE {
+                    continue;
+                }
+                (topic.clone(), *next)
+            }
+            None if stage_idle => {
+                let behind = consumer.context().high.lock().ok().and_then(|high| {
+                    part.pos.next.iter().find_map(|(topic, next)| {
+                        high.get(&(topic.clone(), *p))
+                            .is_some_and(|(h, _)| next < h)
+                            .then(|| (topic.clone(), *next))
+                    })
+                });
+                match behind {
+                    Some(b) => b,
+                    None => continue,
+                }
+            }
+            None => continue,
         };
-        if at.elapsed() < 4 * SEEK_SETTLE {
-            continue;
-        }
-        let (topic, next) = (topic.clone(), *next);
         tracing::warn!(
             stage = stage.name(),
             partition = *p,
             topic = topic.as_str(),
             expected = next,
             attempt = part.seeks + 1,
-            "no input since seeking back; seeking again"
+            "no input at the saved position; seeking to it"
         );
         seek_back(stage, consumer, part, *p, &topic, next)?;
     }
@@ -605,9 +632,14 @@ fn reseek_overridden<S: Stage>(
 }
 
 /// Seek `partition` of `topic` back to `next`, the saved position, and remember when.
-/// After [`MAX_SEEKS`] without in-order input in between, commit `next` instead and fail
-/// the stage run: seeks on tansu can stay without effect after an assignment, and the
-/// restarted run's consumer starts at the committed offset.
+///
+/// The first seek goes to `next` itself; each further one (the previous did not take)
+/// starts further back, [`REWIND_BASE`] doubling per attempt, and the records before
+/// `next` are skipped as replays. tansu serves only batches that start at or after the
+/// fetch offset, so a position inside a producer batch — snapshots and commits are cut
+/// at any record — is never delivered there: its batch has to be fetched from its start.
+/// After [`MAX_SEEKS`] without in-order input in between, commit the last target instead
+/// and fail the stage run; the restarted run's consumer starts at the committed offset.
 fn seek_back<S: Stage>(
     stage: &S,
     consumer: &StreamConsumer<LagContext>,
@@ -616,13 +648,14 @@ fn seek_back<S: Stage>(
     topic: &str,
     next: i64,
 ) -> Result<(), ProcessorError> {
+    let target = rewind_target(next, part.seeks);
     if part.seeks >= MAX_SEEKS {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+        tpl.add_partition_offset(topic, partition, Offset::Offset(target))?;
         consumer.commit(&tpl, CommitMode::Sync)?;
         return Err(ProcessorError::State(format!(
             "{} partition {partition}: {MAX_SEEKS} seeks back to {topic} offset {next} did not \
-             take; committed the saved position, restarting the stage",
+             take; committed offset {target}, restarting the stage",
             stage.name()
         )));
     }
@@ -631,14 +664,26 @@ fn seek_back<S: Stage>(
     consumer.seek(
         topic,
         partition,
-        Offset::Offset(next),
+        Offset::Offset(target),
         Duration::from_secs(5),
     )?;
     Ok(())
 }
 
+/// Where seek attempt `attempt` (from 0) for saved position `next` goes: `next`, then
+/// [`REWIND_BASE`] << (attempt - 1) records before it, never below offset 0.
+fn rewind_target(next: i64, attempt: u32) -> i64 {
+    if attempt == 0 {
+        return next;
+    }
+    let back = REWIND_BASE << (attempt - 1).min(20);
+    next.saturating_sub(back).max(0)
+}
+
 /// Seeks back to a saved position tried before the stage run fails and restarts.
 const MAX_SEEKS: u32 = 20;
+/// How far before the saved position the second seek back starts (doubling after).
+const REWIND_BASE: i64 = 256;
 /// How long input ahead of the saved position is dropped after a seek before the seek
 /// counts as overridden and is issued again.
 const SEEK_SETTLE: Duration = Duration::from_millis(500);
@@ -831,4 +876,20 @@ async fn write_out(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeks_back_go_further_back_each_time_but_not_below_zero() {
+        assert_eq!(rewind_target(1000, 0), 1000);
+        assert_eq!(rewind_target(1000, 1), 1000 - REWIND_BASE);
+        assert_eq!(rewind_target(1000, 2), 1000 - 2 * REWIND_BASE);
+        assert_eq!(rewind_target(1000, 3), 0);
+        assert_eq!(rewind_target(5, MAX_SEEKS), 0);
+        let far = rewind_target(i64::MAX, MAX_SEEKS);
+        assert!(far < i64::MAX && far > 0);
+    }
 }
