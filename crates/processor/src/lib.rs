@@ -65,6 +65,10 @@ pub enum ProcessorError {
     /// A stage task panicked or was cancelled.
     #[error("stage task: {0}")]
     Task(String),
+    /// The stage's consumer has not completed joining its group for too long.
+    /// Retryable: the stage restarts with a new consumer (as a dynamic member).
+    #[error("consumer group join not completed for {0:?}")]
+    GroupStalled(std::time::Duration),
 }
 
 /// Run both stages until `shutdown`; serve `/metrics` on `metrics_listener` if given.

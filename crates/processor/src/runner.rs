@@ -182,10 +182,31 @@ pub struct LagContext {
     /// that was revoked may have been processed by another member in between, so its
     /// in-memory state is stale and is reloaded from the saved snapshot.
     revocations: std::sync::atomic::AtomicU64,
+    /// Since when the statistics have shown the group join unfinished (librdkafka's
+    /// `cgrp.join_state` other than `steady`); `None` while steady.
+    joining_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl LagContext {
+    /// How long the group join has been unfinished, per the latest statistics.
+    fn joining_for(&self) -> Duration {
+        self.joining_since
+            .lock()
+            .ok()
+            .and_then(|since| since.map(|s| s.elapsed()))
+            .unwrap_or_default()
+    }
 }
 
 impl ClientContext for LagContext {
     fn stats(&self, stats: Statistics) {
+        if let (Some(cgrp), Ok(mut since)) = (&stats.cgrp, self.joining_since.lock()) {
+            if cgrp.join_state == "steady" {
+                *since = None;
+            } else if since.is_none() {
+                *since = Some(Instant::now());
+            }
+        }
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.hi_offset >= 0 {
@@ -214,10 +235,22 @@ impl ConsumerContext for LagContext {
 
 /// Run a stage until shutdown, restarting from saved state after failures.
 pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorError> {
+    let mut instance_id = ctx.instance_id.clone();
     loop {
-        match run_once(&stage, &ctx).await {
+        match run_once(&stage, &ctx, instance_id.as_deref()).await {
             Ok(()) | Err(ProcessorError::ShuttingDown) => break,
             Err(e) => {
+                if matches!(e, ProcessorError::GroupStalled(_)) && instance_id.is_some() {
+                    // tansu never expires a dead static member (it checks heartbeats
+                    // only on requests of dynamic members), so a group whose leader is
+                    // such a member never completes a join; a dynamic member's join
+                    // makes it drop the dead ones.
+                    tracing::warn!(
+                        stage = stage.name(),
+                        "rejoining as a dynamic member (without group.instance.id) for the rest of this run"
+                    );
+                    instance_id = None;
+                }
                 tracing::warn!(stage = stage.name(), error = %e, "stage failed; restarting from saved state");
                 match touchstream_core::kafka::producer_with_linger(
                     &ctx.kafka,
@@ -297,7 +330,11 @@ async fn load_part<S: Stage>(
     })
 }
 
-async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorError> {
+async fn run_once<S: Stage>(
+    stage: &S,
+    ctx: &RunCtx,
+    instance_id: Option<&str>,
+) -> Result<(), ProcessorError> {
     let mut config = touchstream_core::kafka::client_config(&ctx.kafka);
     // librdkafka prefetches up to 64 MiB per consumer by default: memory that does not
     // buy throughput here (each stage drains its queue in batches of `batch_max_rows`).
@@ -308,7 +345,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
     {
         config.set("queued.max.messages.kbytes", "16384");
     }
-    if let Some(id) = &ctx.instance_id {
+    if let Some(id) = instance_id {
         config.set("group.instance.id", id);
     }
     let consumer: StreamConsumer<LagContext> = config
@@ -329,6 +366,7 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
         .create_with_context(LagContext {
             high: std::sync::Mutex::new(HashMap::new()),
             revocations: std::sync::atomic::AtomicU64::new(0),
+            joining_since: std::sync::Mutex::new(None),
         })?;
     let topics = stage.topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -397,6 +435,10 @@ async fn run_once<S: Stage>(stage: &S, ctx: &RunCtx) -> Result<(), ProcessorErro
                 return Ok(());
             }
             _ = tick.tick() => {
+                let joining = consumer.context().joining_for();
+                if joining > GROUP_STALL {
+                    return Err(ProcessorError::GroupStalled(joining));
+                }
                 // Partitions assigned but silent so far still need a state, so that idle
                 // handling (e.g. the identity stage's watermark) covers them too.
                 let assigned: Vec<i32> = consumer
@@ -679,6 +721,11 @@ fn rewind_target(next: i64, attempt: u32) -> i64 {
     let back = REWIND_BASE << (attempt - 1).min(20);
     next.saturating_sub(back).max(0)
 }
+
+/// How long a group join may stay unfinished before the stage restarts with a new
+/// consumer: longer than the rebalance timeout (`max.poll.interval.ms`, 60 s), the
+/// longest a broker may legitimately hold a join while waiting for members.
+const GROUP_STALL: Duration = Duration::from_secs(90);
 
 /// Seeks back to a saved position tried before the stage run fails and restarts.
 const MAX_SEEKS: u32 = 20;
