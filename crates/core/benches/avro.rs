@@ -53,6 +53,9 @@ fn bench_avro(c: &mut Criterion) {
     g.bench_function("decode", |b| {
         b.iter(|| avro::decode(black_box(&bytes)).expect("decodable"))
     });
+    g.bench_function("decode_generic", |b| {
+        b.iter(|| avro::decode_generic(black_box(&bytes)).expect("decodable"))
+    });
     g.bench_function("decode_then_properties", |b| {
         b.iter(|| {
             let tp = avro::decode(black_box(&bytes)).expect("decodable");

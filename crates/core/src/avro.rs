@@ -405,18 +405,125 @@ pub fn encode_ref(tp: &TouchpointRef<'_>, out: &mut Vec<u8>) {
 
 /// Decode a single-object Avro value written by [`encode`] (or any Avro writer using the
 /// same schema).
+///
+/// Hand-written, like [`encode_ref`]: the fingerprint pins the schema, so the fields come
+/// in one known order and each is read straight into the [`Touchpoint`], without
+/// apache-avro's intermediate `Value` tree (the processor decodes every raw record). It
+/// accepts exactly what apache-avro's generic reader accepts, with the same values (a
+/// proptest in this module compares the two, on valid and on damaged input).
 pub fn decode(bytes: &[u8]) -> Result<Touchpoint, CodecError> {
-    let c = codec();
+    let mut r = Reader(check_header(bytes)?);
+    let tp = Touchpoint {
+        event_id: r.string("event_id")?,
+        message_type: {
+            let i = r.long("type")?;
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| MessageType::ALL.get(i).copied())
+                .ok_or_else(|| CodecError::Avro(format!("type: enum index {i} out of range")))?
+        },
+        event: r.opt("event", Reader::string)?,
+        anonymous_id: r.opt("anonymous_id", Reader::string)?,
+        user_id: r.opt("user_id", Reader::string)?,
+        previous_id: r.opt("previous_id", Reader::string)?,
+        event_time_ms: r.long("event_time")?,
+        timestamp_ms: r.opt("timestamp", Reader::long)?,
+        sent_at_ms: r.opt("sent_at", Reader::long)?,
+        received_at_ms: r.long("received_at")?,
+        source: r.string("source")?,
+        channel: r.string("channel")?,
+        properties: r.string("properties")?,
+        traits: r.string("traits")?,
+        context: r.string("context")?,
+        ip: r.opt("ip", Reader::string)?,
+        user_agent: r.opt("user_agent", Reader::string)?,
+        extra: r.string("extra")?,
+    };
+    if !r.0.is_empty() {
+        return Err(CodecError::Avro(format!(
+            "{} trailing bytes after the datum",
+            r.0.len()
+        )));
+    }
+    Ok(tp)
+}
+
+/// The datum after a valid single-object header with our schema's fingerprint.
+fn check_header(bytes: &[u8]) -> Result<&[u8], CodecError> {
     if bytes.len() < HEADER_LEN || bytes[..2] != SINGLE_OBJECT_MAGIC {
         return Err(CodecError::NotSingleObject);
     }
     let mut fp = [0u8; 8];
     fp.copy_from_slice(&bytes[2..HEADER_LEN]);
     let fp = u64::from_le_bytes(fp);
-    if fp != c.fingerprint {
+    if fp != codec().fingerprint {
         return Err(CodecError::UnknownFingerprint(fp));
     }
-    let mut body = &bytes[HEADER_LEN..];
+    Ok(&bytes[HEADER_LEN..])
+}
+
+/// Reads Avro primitives off the front of a datum.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    /// `long`/`int`: base-128 varint of at most [`MAX_VARINT_LEN`] bytes, then zigzag.
+    fn long(&mut self, field: &'static str) -> Result<i64, CodecError> {
+        let mut z: u64 = 0;
+        for (i, &b) in self.0.iter().enumerate().take(MAX_VARINT_LEN) {
+            z |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
+            }
+        }
+        Err(CodecError::Avro(if self.0.len() < MAX_VARINT_LEN {
+            format!("{field}: datum ends inside a number")
+        } else {
+            format!("{field}: number longer than {MAX_VARINT_LEN} bytes")
+        }))
+    }
+
+    /// `string`: a `long` byte length, then that many bytes of UTF-8.
+    fn string(&mut self, field: &'static str) -> Result<String, CodecError> {
+        let len = self.long(field)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= self.0.len())
+            .ok_or_else(|| {
+                CodecError::Avro(format!(
+                    "{field}: string length {len} with {} bytes left",
+                    self.0.len()
+                ))
+            })?;
+        let (text, rest) = self.0.split_at(len);
+        let text = std::str::from_utf8(text)
+            .map_err(|e| CodecError::Avro(format!("{field}: {e}")))?
+            .to_owned();
+        self.0 = rest;
+        Ok(text)
+    }
+
+    /// `["null", T]`: branch 0 is null, branch 1 is a `T`.
+    fn opt<T>(
+        &mut self,
+        field: &'static str,
+        read: fn(&mut Self, &'static str) -> Result<T, CodecError>,
+    ) -> Result<Option<T>, CodecError> {
+        match self.long(field)? {
+            0 => Ok(None),
+            1 => read(self, field).map(Some),
+            i => Err(CodecError::Avro(format!(
+                "{field}: union branch {i} out of range"
+            ))),
+        }
+    }
+}
+
+/// [`decode`] through apache-avro's generic reader: the reference the hand-written
+/// decoder is tested against.
+pub fn decode_generic(bytes: &[u8]) -> Result<Touchpoint, CodecError> {
+    let c = codec();
+    let mut body = check_header(bytes)?;
     let value = c
         .reader
         .read_value(&mut body)
@@ -804,6 +911,61 @@ mod tests {
                 prop_assert_eq!(TouchpointRef::from(&tp).to_touchpoint(), tp.clone());
                 prop_assert_eq!(decode(&bytes).unwrap(), tp);
             }
+
+            /// The hand-written decoder accepts exactly what apache-avro's generic reader
+            /// accepts, with the same value: on valid records and on damaged ones
+            /// (truncated, a byte changed, bytes appended).
+            #[test]
+            fn decode_agrees_with_apache_avro_on_any_damage(
+                tp in touchpoint(),
+                cut in any::<proptest::sample::Index>(),
+                flip in any::<proptest::sample::Index>(),
+                byte in any::<u8>(),
+                how in 0..4u8,
+            ) {
+                let mut bytes = encode(&tp).unwrap();
+                match how {
+                    0 => {}
+                    1 => bytes.truncate(cut.index(bytes.len())),
+                    2 => {
+                        let i = flip.index(bytes.len() - HEADER_LEN) + HEADER_LEN;
+                        bytes[i] = byte;
+                    }
+                    _ => bytes.push(byte),
+                }
+                let ours = decode(&bytes);
+                let theirs = decode_generic(&bytes);
+                prop_assert_eq!(ours.as_ref().ok(), theirs.as_ref().ok(), "{:?} / {:?}", ours, theirs);
+            }
+        }
+    }
+
+    #[test]
+    fn message_types_are_listed_in_avro_index_order() {
+        for (i, t) in MessageType::ALL.iter().enumerate() {
+            assert_eq!(t.avro_index() as usize, i);
+        }
+    }
+
+    #[test]
+    fn decode_rejects_damaged_numbers_strings_and_branches() {
+        let header = encode(&full()).unwrap()[..HEADER_LEN].to_vec();
+        let with = |datum: &[u8]| [header.as_slice(), datum].concat();
+        for (datum, why) in [
+            (&[0x80u8; 11][..], "number longer than 10 bytes"),
+            (&[0x80u8, 0x80][..], "datum ends inside a number"),
+            (&[0x01u8][..], "string length -1"),
+            (&[0x08u8, b'a'][..], "string length 4 with 1 bytes left"),
+            (&[0x04u8, 0xff, 0xfe][..], "invalid utf-8"),
+            (&[0x00u8, 0x0a][..], "type: enum index 5 out of range"),
+            (
+                &[0x00u8, 0x00, 0x04][..],
+                "event: union branch 2 out of range",
+            ),
+        ] {
+            let err = decode(&with(datum)).unwrap_err().to_string();
+            assert!(err.contains(why), "{datum:?}: {err}");
+            assert!(decode_generic(&with(datum)).is_err(), "{datum:?}");
         }
     }
 
