@@ -137,7 +137,9 @@ pub fn consume(
     bar: &ProgressBar,
     timeout: Duration,
 ) -> Result<(f64, f64), BenchError> {
-    let consumer: BaseConsumer = touchstream_core::kafka::client_config(kafka)
+    // The processor's consumer settings (`fetch.wait.max.ms` above all: see
+    // `CONSUMER_FETCH_WAIT_MS`), so the baseline is the limit the processor reads against.
+    let consumer: BaseConsumer = touchstream_core::kafka::consumer_config(kafka)
         .set("group.id", format!("{topic}.bench-reader"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

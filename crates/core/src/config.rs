@@ -78,8 +78,38 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties passed through verbatim to every client, e.g.
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism`, `sasl.username`,
     /// `sasl.password` (set it through the env, never in the file), `ssl.ca.location`.
-    /// Default empty.
+    /// Default empty. Numbers and booleans are taken as their text (`linger.ms = 5`, or
+    /// `TOUCHSTREAM__KAFKA__CLIENT_PROPERTIES__linger.ms=5`), since librdkafka reads text.
+    #[serde(deserialize_with = "properties_as_text")]
     pub client_properties: BTreeMap<String, String>,
+}
+
+/// `client_properties` values: strings as they are, numbers and booleans as their text.
+fn properties_as_text<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Str(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw = BTreeMap::<String, Text>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Text::Str(s) => s,
+                Text::Int(i) => i.to_string(),
+                Text::Float(f) => f.to_string(),
+                Text::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 impl Default for KafkaConfig {
@@ -524,6 +554,39 @@ mod tests {
         assert_eq!(c.collector.cors_origins, vec!["https://shop.example"]);
         assert_eq!(c.clickhouse.password, "123");
         assert_eq!(c.kafka.client_properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn client_properties_take_numbers_and_booleans_as_text() {
+        let c = Config::from_toml_and_env(
+            "[kafka.client_properties]\n\"linger.ms\" = 5\n",
+            None,
+            &env(&[
+                (
+                    "TOUCHSTREAM__KAFKA__CLIENT_PROPERTIES__fetch.wait.max.ms",
+                    "5",
+                ),
+                (
+                    "TOUCHSTREAM__KAFKA__CLIENT_PROPERTIES__enable.idempotence",
+                    "true",
+                ),
+                (
+                    "TOUCHSTREAM__KAFKA__CLIENT_PROPERTIES__compression.level",
+                    "-1",
+                ),
+                (
+                    "TOUCHSTREAM__KAFKA__CLIENT_PROPERTIES__client.id",
+                    r#""42""#,
+                ),
+            ]),
+        )
+        .unwrap();
+        let p = &c.kafka.client_properties;
+        assert_eq!(p["fetch.wait.max.ms"], "5");
+        assert_eq!(p["enable.idempotence"], "true");
+        assert_eq!(p["compression.level"], "-1");
+        assert_eq!(p["client.id"], "42");
+        assert_eq!(p["linger.ms"], "5", "from the file");
     }
 
     #[test]

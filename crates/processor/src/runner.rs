@@ -335,7 +335,7 @@ async fn run_once<S: Stage>(
     ctx: &RunCtx,
     instance_id: Option<&str>,
 ) -> Result<(), ProcessorError> {
-    let mut config = touchstream_core::kafka::client_config(&ctx.kafka);
+    let mut config = touchstream_core::kafka::consumer_config(&ctx.kafka);
     // librdkafka prefetches up to 64 MiB per consumer by default: memory that does not
     // buy throughput here (each stage drains its queue in batches of `batch_max_rows`).
     if !ctx
