@@ -703,12 +703,16 @@ fn seek_back<S: Stage>(
     }
     part.seeks += 1;
     part.last_seek = Some((topic.to_string(), next, Instant::now()));
-    consumer.seek(
+    // A refused seek (e.g. the partition is assigned but not fetching yet) counts as an
+    // attempt that did not take: the next one follows after 4 × SEEK_SETTLE.
+    if let Err(e) = consumer.seek(
         topic,
         partition,
         Offset::Offset(target),
         Duration::from_secs(5),
-    )?;
+    ) {
+        tracing::warn!(stage = stage.name(), partition, topic, target, error = %e, "seek refused");
+    }
     Ok(())
 }
 
