@@ -166,6 +166,9 @@ struct Part<S> {
     unsaved: bool,
     last_input: Instant,
     gap_reloaded: bool,
+    /// The current seeks back began because the stage was idle while this partition
+    /// was behind (not because input came ahead): they stop after [`IDLE_MAX_SEEKS`].
+    idle_seek: bool,
     /// Seeks back to the saved position since the last in-order input, and when the
     /// last one was issued.
     seeks: u32,
@@ -325,6 +328,7 @@ async fn load_part<S: Stage>(
         unsaved: false,
         last_input: Instant::now(),
         gap_reloaded: false,
+        idle_seek: false,
         seeks: 0,
         last_seek: None,
     })
@@ -488,6 +492,7 @@ async fn run_once<S: Stage>(
                 if let Some(part) = parts.get_mut(&partition) {
                     // In order again: a later gap gets a fresh reload and seek.
                     part.gap_reloaded = false;
+                    part.idle_seek = false;
                     part.seeks = 0;
                     part.last_seek = None;
                     part.pos.seq += 1;
@@ -606,6 +611,7 @@ async fn admit<S: Stage>(
             attempt = part.seeks + 1,
             "seeking back to the saved position"
         );
+        part.idle_seek = false;
         seek_back(stage, consumer, part, partition, topic, next)?;
         return Ok(false);
     }
@@ -640,7 +646,13 @@ fn reseek_stalled<S: Stage>(
     for (p, part) in parts.iter_mut() {
         let (topic, next) = match &part.last_seek {
             Some((topic, next, at)) => {
-                if at.elapsed() < 4 * SEEK_SETTLE {
+                // Seeks begun by idleness give up (quietly) rather than restart the
+                // stage: records between the saved offset and the high watermark may
+                // simply not exist (a compacted topic, transaction markers). Input that
+                // arrives later resumes the ordinary path.
+                if at.elapsed() < 4 * SEEK_SETTLE
+                    || (part.idle_seek && part.seeks >= IDLE_MAX_SEEKS)
+                {
                     continue;
                 }
                 (topic.clone(), *next)
@@ -654,7 +666,10 @@ fn reseek_stalled<S: Stage>(
                     })
                 });
                 match behind {
-                    Some(b) => b,
+                    Some(b) => {
+                        part.idle_seek = true;
+                        b
+                    }
                     None => continue,
                 }
             }
@@ -733,6 +748,9 @@ const GROUP_STALL: Duration = Duration::from_secs(90);
 
 /// Seeks back to a saved position tried before the stage run fails and restarts.
 const MAX_SEEKS: u32 = 20;
+/// Seeks begun because the stage was idle while a partition was behind, before they
+/// stop (the last starts 256 << 10 records back).
+const IDLE_MAX_SEEKS: u32 = 12;
 /// How far before the saved position the second seek back starts (doubling after).
 const REWIND_BASE: i64 = 256;
 /// How long input ahead of the saved position is dropped after a seek before the seek
