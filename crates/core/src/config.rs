@@ -318,6 +318,8 @@ pub struct ProcessorConfig {
     /// Save partition state snapshots and commit offsets at most this often, ms (flushes
     /// in between write rows only). Larger: less work per event; a crash replays up to
     /// this much input (rows are deduplicated, so results do not change). Default 5000.
+    /// The pause after a snapshot is also at least 10× what encoding it took, so large
+    /// states (a million customers: 0.3–2 s per snapshot) cost at most ~10 % of a stage.
     pub snapshot_interval_ms: u64,
     /// Cut batches a stage may be writing at once (rows to ClickHouse, records to
     /// Kafka) while it processes the next input. More overlap the inserts' round trips;
