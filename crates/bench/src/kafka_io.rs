@@ -217,3 +217,14 @@ pub async fn delete_topics(kafka: &KafkaConfig, topics: &[String]) -> Result<(),
         Err(failed.join(", "))
     }
 }
+
+/// Topics the broker holds now. Blocking: run it on a blocking thread.
+pub fn topic_count(kafka: &KafkaConfig) -> Result<usize, BenchError> {
+    let consumer: BaseConsumer = touchstream_core::kafka::client_config(kafka)
+        .create()
+        .map_err(|e| BenchError::kafka("creating a metadata client", e))?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| BenchError::kafka("broker metadata", e))?;
+    Ok(md.topics().len())
+}

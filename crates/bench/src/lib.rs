@@ -49,6 +49,10 @@ pub use report::{Figure, Report, Target};
 
 use crate::ctx::Ctx;
 
+/// Topics on the broker at start above which the report warns that it is not fresh (a
+/// fresh local broker has none; one bench run leaves none behind).
+const STALE_BROKER_TOPICS: usize = 40;
+
 /// The data of the baseline, collector and processor phases, prepared before any clock
 /// runs.
 pub struct Workload {
@@ -190,6 +194,22 @@ pub async fn run(
         "touchstream bench {} (run {}): Kafka {}, ClickHouse {} at {}",
         opts.size, report.run_id, ctx.base.kafka.brokers, ch_version, ctx.base.clickhouse.url
     ));
+
+    // tansu (memory mode) keeps every topic of earlier runs and tests and slows down as
+    // they pile up: say so, since the figures then are not comparable.
+    let kafka = ctx.base.kafka.clone();
+    if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || kafka_io::topic_count(&kafka)).await {
+        ctx.diagnose("broker_topics_at_start", serde_json::json!(n));
+        if n > STALE_BROKER_TOPICS {
+            let line = format!(
+                "the broker already holds {n} topics from earlier runs or tests; tansu slows \
+                 down as they accumulate (collector phase 55k instead of 188k ev/s seen): \
+                 restart the services (deploy/local/services.sh down && up) for figures to keep"
+            );
+            ctx.say(&format!("note: {line}"));
+            report.notes.push(line);
+        }
+    }
 
     let needs_workload = [Phase::Baseline, Phase::Collector, Phase::Processor]
         .iter()
