@@ -137,8 +137,9 @@ pub fn consume(
     bar: &ProgressBar,
     timeout: Duration,
 ) -> Result<(f64, f64), BenchError> {
-    // The processor's consumer settings (`fetch.wait.max.ms` above all: see
-    // `CONSUMER_FETCH_WAIT_MS`), so the baseline is the limit the processor reads against.
+    // The processor's fetch wait (`consumer_config`: see `CONSUMER_FETCH_WAIT_MS`), so the
+    // baseline reads as fast as the broker lets the processor; librdkafka's default
+    // prefetch (the processor caps it at 16 MiB for memory) is kept.
     let consumer: BaseConsumer = touchstream_core::kafka::consumer_config(kafka)
         .set("group.id", format!("{topic}.bench-reader"))
         .set("enable.auto.commit", "false")
