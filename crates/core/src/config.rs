@@ -327,7 +327,8 @@ pub struct ProcessorConfig {
     /// Cut batches a stage may be writing at once (rows to ClickHouse, records to
     /// Kafka) while it processes the next input. More overlap the inserts' round trips;
     /// each holds one batch in memory. A cut that saves snapshots and commits offsets
-    /// first waits for every earlier write, so offsets never pass unstored rows. Default
+    /// does so only after every earlier write finished, so offsets never pass unstored
+    /// rows. Default
     /// 4; 1 writes one batch at a time.
     pub writes_in_flight: usize,
     /// Funnel definitions file. Default `deploy/funnels.toml`.

@@ -31,6 +31,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use touchstream_core::config::KafkaConfig;
 use tracing::Instrument as _;
@@ -409,6 +410,7 @@ async fn run_once<S: Stage>(
             min_pause: Duration::ZERO,
             force: false,
         },
+        prev_done: None,
     };
     let mut in_flight: InFlight<'_> = FuturesOrdered::new();
     let counters = Counters::new(&ctx.metrics, stage.name());
@@ -776,6 +778,8 @@ struct Outbox {
     /// Input offsets (first, last) per topic-partition in the current batch.
     ranges: BTreeMap<(String, i32), (i64, i64)>,
     snap: SnapshotDue,
+    /// Fires when the latest cut's write and every earlier one have finished.
+    prev_done: Option<oneshot::Receiver<()>>,
 }
 
 /// A cut batch on its way out: its records already enqueued in the producer (in order),
@@ -804,9 +808,11 @@ async fn finish(in_flight: &mut InFlight<'_>) -> Result<(), ProcessorError> {
 /// Cut the batch and start writing it while the loop goes on with the next messages, so
 /// the stage is not idle while ClickHouse and Kafka acknowledge. Up to
 /// `writes_in_flight` cuts are written at once (their rows are independent and
-/// deterministic); a cut that saves snapshots and commits offsets first waits for every
-/// earlier write, so a commit never passes rows that are not stored, and commits stay in
-/// order.
+/// deterministic). Each write finishes only after the one before it (see [`write_out`]),
+/// so a cut that saves snapshots and commits offsets does that after every earlier cut's
+/// rows are stored: a commit never passes rows that are not stored, and commits stay in
+/// order. The cut itself does not wait for them: waiting here (as before) stalled the
+/// stage for the slowest insert in flight at every snapshot.
 async fn flush<'a, S: Stage>(
     stage: &S,
     ctx: &'a RunCtx,
@@ -816,18 +822,16 @@ async fn flush<'a, S: Stage>(
     in_flight: &mut InFlight<'a>,
 ) -> Result<(), ProcessorError> {
     let save = out.snap.due();
-    if save {
-        finish(in_flight).await?;
-    } else {
-        while in_flight.len() >= ctx.writes_in_flight {
-            if let Some(res) = in_flight.next().await {
-                res?;
-            }
+    while in_flight.len() >= ctx.writes_in_flight {
+        if let Some(res) = in_flight.next().await {
+            res?;
         }
     }
     let job = cut(stage, ctx, parts, out, save).await?;
+    let (done, next_done) = oneshot::channel();
+    let after = out.prev_done.replace(next_done);
     in_flight.push_back(Box::pin(
-        write_out(ctx, consumer, job)
+        write_out(ctx, consumer, job, after, done)
             .instrument(tracing::debug_span!("flush", stage = stage.name())),
     ));
     Ok(())
@@ -931,12 +935,16 @@ async fn cut<S: Stage>(
     })
 }
 
-/// Write a cut: records acknowledged, 2. rows, 3. snapshots, 4. offsets. A failure
-/// fails the stage run, which restarts from the saved snapshots.
+/// Write a cut: records acknowledged, 2. rows, then — once the previous cut's write has
+/// finished (`after`) — 3. snapshots, 4. offsets; then signal `done`. A failure fails the
+/// stage run, which restarts from the saved snapshots (and drops the later writes before
+/// they commit anything).
 async fn write_out(
     ctx: &RunCtx,
     consumer: &StreamConsumer<LagContext>,
     job: Outgoing,
+    after: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
 ) -> Result<(), ProcessorError> {
     for ack in join_all(job.acks).await {
         match ack {
@@ -946,19 +954,27 @@ async fn write_out(
         }
     }
     job.batch.write(&ctx.store, &job.scope).await?;
-    if job.states.is_empty() {
-        return Ok(());
+    if let Some(after) = after {
+        // The sender goes away unsent only when the earlier write failed or was dropped:
+        // then this cut must not save or commit anything either.
+        after
+            .await
+            .map_err(|_| ProcessorError::Task("an earlier cut's write did not finish".into()))?;
     }
-    ctx.store
-        .insert("processor_state", &job.states, None)
-        .await?;
-    if job.tpl.count() > 0 {
-        // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
-        // partition moved in a rebalance) only means a longer skip-replay next time.
-        if let Err(e) = consumer.commit(&job.tpl, CommitMode::Async) {
-            tracing::debug!(error = %e, "offset commit failed");
+    if !job.states.is_empty() {
+        ctx.store
+            .insert("processor_state", &job.states, None)
+            .await?;
+        if job.tpl.count() > 0 {
+            // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
+            // partition moved in a rebalance) only means a longer skip-replay next time.
+            if let Err(e) = consumer.commit(&job.tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "offset commit failed");
+            }
         }
     }
+    // The next cut may be waiting for this one; nobody listening is fine.
+    let _ = done.send(());
     Ok(())
 }
 
