@@ -502,6 +502,57 @@ fn bench_engine(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // A partition's snapshot as the processor writes it: the whole state as JSON into an
+    // LZ4 frame (`processor::state_codec`), mid-stream (no closing watermark). The
+    // processor hands the stage a `&mut dyn Write`; serde_json writes token by token, so
+    // a buffer in front of the dynamic writer decides how many calls reach the encoder.
+    let mut mid = Journey::new();
+    for msg in clone_routed(&routed) {
+        mid.feed(msg);
+    }
+    let json_len = serde_json::to_vec(&mid.stage.snapshot_ref())
+        .expect("serializable")
+        .len();
+    let mut g = c.benchmark_group("journey_snapshot");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(json_len as u64));
+    let lz4 = |write: &dyn Fn(&mut dyn std::io::Write)| {
+        let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
+        let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+        write(&mut enc);
+        enc.finish().expect("compressed").len()
+    };
+    g.bench_function("json_lz4_unbuffered", |b| {
+        b.iter(|| lz4(&|w| serde_json::to_writer(w, &mid.stage.snapshot_ref()).expect("written")))
+    });
+    g.bench_function("json_lz4_buffered_64k", |b| {
+        b.iter(|| {
+            lz4(&|w| {
+                let mut w = std::io::BufWriter::with_capacity(64 * 1024, w);
+                serde_json::to_writer(&mut w, &mid.stage.snapshot_ref()).expect("written");
+                std::io::Write::flush(&mut w).expect("flushed");
+            })
+        })
+    });
+    g.bench_function("json_lz4_buffer_behind_dyn", |b| {
+        b.iter(|| {
+            let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
+            let enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+            let mut buf = std::io::BufWriter::with_capacity(64 * 1024, enc);
+            let w: &mut dyn std::io::Write = &mut buf;
+            serde_json::to_writer(w, &mid.stage.snapshot_ref()).expect("written");
+            let enc = buf.into_inner().map_err(|_| ()).expect("flushed");
+            enc.finish().expect("compressed").len()
+        })
+    });
+    g.bench_function("json_only", |b| {
+        b.iter(|| {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, std::io::sink());
+            serde_json::to_writer(&mut w, &mid.stage.snapshot_ref()).expect("written");
+        })
+    });
+    g.finish();
 }
 
 // `criterion_main!` by hand: the macro's generated `pub fn` trips `missing_docs`.

@@ -127,14 +127,13 @@ impl Stage for Identity {
     }
 
     fn snapshot(&self, state: &IdentityState, out: &mut dyn std::io::Write) -> Result<(), String> {
-        serde_json::to_writer(
+        crate::state_codec::write_json(
             out,
             &SavedIdentityRef {
                 identity: state.identity.snapshot_ref(),
                 watermark_ms: state.watermark_ms,
             },
         )
-        .map_err(|e| e.to_string())
     }
 
     fn handle(

@@ -108,14 +108,13 @@ impl Stage for Journey {
     }
 
     fn snapshot(&self, state: &JourneyState, out: &mut dyn std::io::Write) -> Result<(), String> {
-        serde_json::to_writer(
+        crate::state_codec::write_json(
             out,
             &SavedJourneyRef {
                 engine: state.engine.snapshot_ref(),
                 sources: &state.sources,
             },
         )
-        .map_err(|e| e.to_string())
     }
 
     fn handle(
