@@ -107,7 +107,7 @@ pub fn rows(tp: &Touchpoint, partition: i32, offset: i64) -> (EventRow, JourneyR
         is_late: 0,
         version: offset.unsigned_abs(),
     };
-    (EventRow::new(tp, partition, offset), journey)
+    (EventRow::new(tp.clone(), partition, offset), journey)
 }
 
 fn fnv(s: &str) -> u64 {

@@ -173,42 +173,43 @@ impl Stage for Identity {
                 .saturating_add(touchstream_core::event::MAX_FUTURE_MS),
         );
         state.watermark_ms = Some(state.watermark_ms.map_or(t, |w| w.max(t)));
+        let event = journey_event(&tp);
         if topic == self.raw_topic {
-            batch.events.push(EventRow::new(&tp, partition, offset));
-            if tp.message_type == MessageType::Alias && tp.anonymous_id.is_none() {
-                if let (Some(prev), Some(user)) = (&tp.previous_id, &tp.user_id) {
-                    // The alias event is the user's touchpoint: route it now, in order with
-                    // the user's other events. The link itself is decided by the owner of
-                    // previousId, which gets the alias through the aliases topic.
-                    push_routed(
-                        batch,
-                        &self.routed_topic,
-                        user.clone(),
-                        &Routed::Event(RoutedEvent {
-                            customer_id: user.clone(),
-                            event: journey_event(&tp).into(),
-                            version: seq,
-                            reattributed: false,
-                        }),
-                    );
-                    batch.records.push(Record {
-                        topic: self.aliases_topic.clone(),
-                        key: Some(prev.clone()),
-                        partition: None,
-                        payload: payload.to_vec(),
-                    });
-                    return;
-                }
+            let alias_ids = (tp.message_type == MessageType::Alias && tp.anonymous_id.is_none())
+                .then(|| (tp.previous_id.clone(), tp.user_id.clone()));
+            // The row takes the touchpoint's strings; `event` has its own copies.
+            batch.events.push(EventRow::new(tp, partition, offset));
+            if let Some((Some(prev), Some(user))) = alias_ids {
+                // The alias event is the user's touchpoint: route it now, in order with
+                // the user's other events. The link itself is decided by the owner of
+                // previousId, which gets the alias through the aliases topic.
+                push_routed(
+                    batch,
+                    &self.routed_topic,
+                    user.clone(),
+                    &Routed::Event(RoutedEvent {
+                        customer_id: user,
+                        event: event.into(),
+                        version: seq,
+                        reattributed: false,
+                    }),
+                );
+                batch.records.push(Record {
+                    topic: self.aliases_topic.clone(),
+                    key: Some(prev),
+                    partition: None,
+                    payload: payload.to_vec(),
+                });
+                return;
             }
         }
-        let forwarded_alias = topic == self.aliases_topic;
-        for out in state.identity.process(journey_event(&tp), seq) {
+        // An alias forwarded from its userId's partition: that partition routed it already.
+        let forwarded = (topic == self.aliases_topic).then(|| event.event_id.clone());
+        for out in state.identity.process(event, seq) {
             match out {
-                // Already routed by the userId's partition (above).
                 IdentityOutput::Event(routed)
-                    if forwarded_alias
-                        && !routed.reattributed
-                        && routed.event.event_id == tp.event_id => {}
+                    if !routed.reattributed
+                        && forwarded.as_deref() == Some(routed.event.event_id.as_str()) => {}
                 IdentityOutput::Event(routed) => {
                     let key = routed.customer_id.clone();
                     push_routed(batch, &self.routed_topic, key, &Routed::Event(routed));
