@@ -286,13 +286,10 @@ impl Stage for Identity {
 }
 
 fn push_routed(batch: &mut Batch, topic: &str, key: String, routed: &Routed) {
-    // Serializing our own plain structs cannot fail; an empty value would be caught by
-    // the journey stage's decoder and sent to the DLQ rather than lost silently.
-    let payload = serde_json::to_vec(routed).unwrap_or_default();
     batch.records.push(Record {
         topic: topic.to_string(),
         key: Some(key),
         partition: None,
-        payload,
+        payload: crate::routed_codec::encode(routed),
     });
 }

@@ -127,7 +127,7 @@ impl Stage for Journey {
         seq: u64,
         batch: &mut Batch,
     ) {
-        match serde_json::from_slice::<Routed>(payload) {
+        match crate::routed_codec::decode(payload) {
             Ok(Routed::Event(e)) => {
                 if !e.reattributed {
                     let tp = self.catalog.classify(&e.event);
@@ -171,7 +171,7 @@ impl Stage for Journey {
                 batch.records.push(dlq_record(
                     &self.dlq_topic,
                     "undecodable",
-                    &e.to_string(),
+                    &e,
                     topic,
                     partition,
                     offset,

@@ -17,6 +17,7 @@ pub mod identity_stage;
 pub mod journey_stage;
 pub mod lag;
 pub mod metrics;
+pub mod routed_codec;
 pub mod runner;
 pub mod state_codec;
 pub mod store;
