@@ -40,8 +40,8 @@ impl Stage for Recorder {
     fn restore(&self, json: &[u8]) -> Result<u64, String> {
         serde_json::from_slice(json).map_err(|e| e.to_string())
     }
-    fn snapshot(&self, state: &u64, out: &mut dyn std::io::Write) -> Result<(), String> {
-        serde_json::to_writer(out, state).map_err(|e| e.to_string())
+    fn snapshot<'a>(&'a self, state: &'a u64) -> impl serde::Serialize + 'a {
+        state
     }
     fn handle(
         &self,
@@ -118,10 +118,7 @@ async fn resume_at(later_batch: bool) {
         false,
     );
     let offsets = serde_json::json!({ "seq": 20, "next": { &config.kafka.raw_topic: next } });
-    let snapshot = touchstream_processor::state_codec::encode(|w| {
-        serde_json::to_writer(w, &20u64).map_err(|e| e.to_string())
-    })
-    .expect("snapshot");
+    let snapshot = touchstream_processor::state_codec::encode(&20u64).expect("snapshot");
     store
         .insert(
             "processor_state",

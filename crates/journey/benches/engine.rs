@@ -504,9 +504,9 @@ fn bench_engine(c: &mut Criterion) {
     g.finish();
 
     // A partition's snapshot as the processor writes it: the whole state as JSON into an
-    // LZ4 frame (`processor::state_codec`), mid-stream (no closing watermark). The
-    // processor hands the stage a `&mut dyn Write`; serde_json writes token by token, so
-    // a buffer in front of the dynamic writer decides how many calls reach the encoder.
+    // LZ4 frame (`processor::state_codec::encode`), mid-stream (no closing watermark).
+    // serde_json writes token by token: `unbuffered` hands each token to the encoder (the
+    // processor until 2026-11-26), `buffered_64k` gathers them first (the processor now).
     let mut mid = Journey::new();
     for msg in clone_routed(&routed) {
         mid.feed(msg);
@@ -533,17 +533,6 @@ fn bench_engine(c: &mut Criterion) {
                 serde_json::to_writer(&mut w, &mid.stage.snapshot_ref()).expect("written");
                 std::io::Write::flush(&mut w).expect("flushed");
             })
-        })
-    });
-    g.bench_function("json_lz4_buffer_behind_dyn", |b| {
-        b.iter(|| {
-            let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
-            let enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
-            let mut buf = std::io::BufWriter::with_capacity(64 * 1024, enc);
-            let w: &mut dyn std::io::Write = &mut buf;
-            serde_json::to_writer(w, &mid.stage.snapshot_ref()).expect("written");
-            let enc = buf.into_inner().map_err(|_| ()).expect("flushed");
-            enc.finish().expect("compressed").len()
         })
     });
     g.bench_function("json_only", |b| {

@@ -126,14 +126,11 @@ impl Stage for Identity {
         })
     }
 
-    fn snapshot(&self, state: &IdentityState, out: &mut dyn std::io::Write) -> Result<(), String> {
-        crate::state_codec::write_json(
-            out,
-            &SavedIdentityRef {
-                identity: state.identity.snapshot_ref(),
-                watermark_ms: state.watermark_ms,
-            },
-        )
+    fn snapshot<'a>(&'a self, state: &'a IdentityState) -> impl Serialize + 'a {
+        SavedIdentityRef {
+            identity: state.identity.snapshot_ref(),
+            watermark_ms: state.watermark_ms,
+        }
     }
 
     fn handle(

@@ -107,14 +107,11 @@ impl Stage for Journey {
         })
     }
 
-    fn snapshot(&self, state: &JourneyState, out: &mut dyn std::io::Write) -> Result<(), String> {
-        crate::state_codec::write_json(
-            out,
-            &SavedJourneyRef {
-                engine: state.engine.snapshot_ref(),
-                sources: &state.sources,
-            },
-        )
+    fn snapshot<'a>(&'a self, state: &'a JourneyState) -> impl Serialize + 'a {
+        SavedJourneyRef {
+            engine: state.engine.snapshot_ref(),
+            sources: &state.sources,
+        }
     }
 
     fn handle(

@@ -45,15 +45,19 @@ pub fn encode(routed: &Routed) -> Vec<u8> {
 /// The binary record of one routed event.
 pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
     let e = &r.event;
-    let mut out = Vec::with_capacity(
-        64 + r.customer_id.len()
-            + e.event_id.len()
-            + e.event.as_ref().map_or(0, String::len)
-            + e.anonymous_id.as_ref().map_or(0, String::len)
-            + e.user_id.as_ref().map_or(0, String::len)
-            + e.previous_id.as_ref().map_or(0, String::len)
-            + e.channel.as_ref().map_or(0, String::len),
-    );
+    let optional = [
+        &e.event,
+        &e.anonymous_id,
+        &e.user_id,
+        &e.previous_id,
+        &e.channel,
+    ];
+    let text: usize = optional
+        .iter()
+        .filter_map(|s| s.as_ref())
+        .map(String::len)
+        .sum();
+    let mut out = Vec::with_capacity(64 + r.customer_id.len() + e.event_id.len() + text);
     out.push(EVENT_MAGIC);
     out.push(FORMAT_VERSION);
     put_str(&mut out, &r.customer_id);
@@ -65,13 +69,7 @@ pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
         Kind::Identify => 3,
         Kind::Alias => 4,
     });
-    for s in [
-        &e.event,
-        &e.anonymous_id,
-        &e.user_id,
-        &e.previous_id,
-        &e.channel,
-    ] {
+    for s in optional {
         match s {
             Some(s) => put_str(&mut out, s),
             None => out.extend_from_slice(&NONE.to_le_bytes()),

@@ -53,10 +53,9 @@ pub trait Stage: Send + Sync + 'static {
     fn new_state(&self) -> Self::State;
     /// State from a saved snapshot's JSON.
     fn restore(&self, json: &[u8]) -> Result<Self::State, String>;
-    /// Write a state's snapshot as JSON to `out` (the runner compresses it, see
-    /// [`crate::state_codec`]; [`crate::state_codec::write_json`] buffers the JSON in
-    /// front of the compressor, which makes it ~1.6× faster).
-    fn snapshot(&self, state: &Self::State, out: &mut dyn std::io::Write) -> Result<(), String>;
+    /// What to save of a state: the runner serializes it as JSON and compresses it
+    /// ([`crate::state_codec::encode`]); [`Stage::restore`] gets that JSON back.
+    fn snapshot<'a>(&'a self, state: &'a Self::State) -> impl Serialize + 'a;
     /// Process one input message.
     #[allow(clippy::too_many_arguments)]
     fn handle(
@@ -906,7 +905,7 @@ async fn cut<S: Stage>(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         for (p, part) in parts.iter_mut().filter(|(_, p)| p.unsaved) {
-            let snapshot = crate::state_codec::encode(|w| stage.snapshot(&part.state, w))
+            let snapshot = crate::state_codec::encode(&stage.snapshot(&part.state))
                 .map_err(ProcessorError::State)?;
             let offsets = serde_json::to_string(&part.pos)
                 .map_err(|e| ProcessorError::State(e.to_string()))?;

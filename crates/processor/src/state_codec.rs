@@ -19,34 +19,28 @@ use std::io::{Read, Write};
 /// The first four bytes of an LZ4 frame (little-endian 0x184D2204).
 const LZ4_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
 
-/// Run `write` against an LZ4 frame encoder and return the compressed frame.
-pub fn encode(write: impl FnOnce(&mut dyn Write) -> Result<(), String>) -> Result<Vec<u8>, String> {
+/// Bytes of JSON gathered before they go to the compressor: see [`encode`].
+const JSON_BUFFER: usize = 64 * 1024;
+
+/// A stage's snapshot as stored: `value` serialized as JSON straight into an LZ4 frame.
+///
+/// serde_json writes token by token, so the JSON goes through a buffer in front of the
+/// encoder, which then sees large writes only. Measured on a 10k-customer journey
+/// partition (`journey_snapshot` in `crates/journey/benches/engine.rs`): 103 ms
+/// unbuffered, 62 ms buffered.
+pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
     // The content checksum makes a damaged or cut-off snapshot an error at restore
     // instead of a state that silently lacks customers.
     let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
     let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
-    write(&mut enc)?;
-    enc.finish()
-        .map_err(|e| format!("compressing the snapshot: {e}"))
-}
-
-/// Bytes serde_json's output gathers before they go to the compressor: see [`write_json`].
-const JSON_BUFFER: usize = 64 * 1024;
-
-/// Serialize `value` as JSON into `out` (the encoder [`encode`] hands a stage), through a
-/// buffer: serde_json writes token by token, and each write reaching the LZ4 encoder
-/// through `dyn Write` costs more than the copy. Measured on a 10k-customer journey
-/// partition (`journey_snapshot` in `crates/journey/benches/engine.rs`): 103 ms
-/// unbuffered, 79 ms with the buffer behind the `dyn Write`, 62 ms with it here in front.
-pub fn write_json<T: serde::Serialize + ?Sized>(
-    out: &mut dyn Write,
-    value: &T,
-) -> Result<(), String> {
-    let mut buffered = std::io::BufWriter::with_capacity(JSON_BUFFER, out);
+    let mut buffered = std::io::BufWriter::with_capacity(JSON_BUFFER, &mut enc);
     serde_json::to_writer(&mut buffered, value).map_err(|e| e.to_string())?;
     buffered
         .flush()
-        .map_err(|e| format!("writing the snapshot: {e}"))
+        .map_err(|e| format!("writing the snapshot: {e}"))?;
+    drop(buffered);
+    enc.finish()
+        .map_err(|e| format!("compressing the snapshot: {e}"))
 }
 
 /// The JSON of a stored snapshot: decompressed if it is an LZ4 frame, as it is if it is
@@ -83,8 +77,7 @@ mod tests {
     fn round_trip_gives_the_same_json_and_compresses() {
         let value = state();
         let plain = serde_json::to_vec(&value).unwrap();
-        let stored =
-            encode(|w| serde_json::to_writer(w, &value).map_err(|e| e.to_string())).unwrap();
+        let stored = encode(&value).unwrap();
         assert!(stored.starts_with(&LZ4_MAGIC));
         assert!(
             stored.len() * 3 < plain.len(),
@@ -103,7 +96,7 @@ mod tests {
         let value = serde_json::json!([state(), state(), state()]);
         let plain = serde_json::to_vec(&value).unwrap();
         assert!(plain.len() > 2 * JSON_BUFFER, "{}", plain.len());
-        let stored = encode(|w| write_json(w, &value)).unwrap();
+        let stored = encode(&value).unwrap();
         assert_eq!(&*decode(&stored).unwrap(), plain.as_slice());
     }
 
@@ -118,8 +111,7 @@ mod tests {
     #[test]
     fn damaged_or_foreign_bytes_are_an_error_not_a_state() {
         let value = state();
-        let mut stored =
-            encode(|w| serde_json::to_writer(w, &value).map_err(|e| e.to_string())).unwrap();
+        let mut stored = encode(&value).unwrap();
         stored.truncate(stored.len() / 2);
         let err = decode(&stored).unwrap_err();
         assert!(err.contains("decompressing"), "{err}");
@@ -129,8 +121,14 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_writer_fails_the_encode() {
-        let err = encode(|_| Err("state not serializable".into())).unwrap_err();
+    fn a_failing_serialization_fails_the_encode() {
+        struct Unserializable;
+        impl serde::Serialize for Unserializable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("state not serializable"))
+            }
+        }
+        let err = encode(&Unserializable).unwrap_err();
         assert_eq!(err, "state not serializable");
     }
 }
