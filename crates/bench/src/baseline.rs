@@ -19,6 +19,7 @@ use touchstream_processor::convert::{EventRow, JourneyRow};
 use crate::config::Phase;
 use crate::ctx::{wait_limit, Ctx};
 use crate::error::BenchError;
+use crate::procs;
 use crate::report::Figure;
 use crate::Workload;
 
@@ -33,6 +34,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     let topic = cfg.kafka.raw_topic.clone();
 
     let bar = ctx.bar(n, "raw produce");
+    let cpu_before = procs::service_cpu_secs();
     let (produced, produce_secs) = crate::kafka_io::produce(
         &cfg.kafka,
         &topic,
@@ -42,6 +44,13 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
         &bar,
     )
     .await?;
+    let mut produce_services = std::collections::BTreeMap::new();
+    procs::add_service_cpu(
+        &mut produce_services,
+        &cpu_before,
+        &procs::service_cpu_secs(),
+    );
+    produce_services.retain(|name, _| *name == "broker");
     bar.finish();
     if let Ok(mut p) = ctx.prefilled.lock() {
         *p = Some(topic.clone());
@@ -59,6 +68,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     let bar = ctx.bar(n, "raw insert");
     let ch = touchstream_clickhouse::client(&cfg.clickhouse);
     let mut insert_secs = 0.0;
+    let mut services = std::collections::BTreeMap::new();
     for (chunk_no, chunk) in w.records.chunks(INSERT_BATCH).enumerate() {
         // Rows are built before the clock starts: only the insert is measured.
         let mut events = Vec::with_capacity(chunk.len());
@@ -70,18 +80,20 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             events.push(e);
             journey.push(j);
         }
+        let cpu_before = procs::service_cpu_secs();
         let started = Instant::now();
         tokio::try_join!(
             insert::<EventRow>(&ch, "events", &events),
             insert::<JourneyRow>(&ch, "touchpoint_journey", &journey)
         )?;
         insert_secs += started.elapsed().as_secs_f64();
+        procs::add_service_cpu(&mut services, &cpu_before, &procs::service_cpu_secs());
         bar.inc(chunk.len() as u64);
     }
     bar.finish();
 
     let nf = n as f64;
-    Ok(vec![
+    let mut figures = vec![
         Figure::info(
             Phase::Baseline,
             "raw_produce_msgs_per_sec",
@@ -103,7 +115,23 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             nf / insert_secs,
             "ev/s",
         ),
-    ])
+    ];
+    figures.extend(Figure::service_cpu(
+        Phase::Baseline,
+        "raw_produce",
+        "raw produce",
+        &produce_services,
+        produced as f64,
+    ));
+    services.retain(|name, _| *name == "clickhouse");
+    figures.extend(Figure::service_cpu(
+        Phase::Baseline,
+        "raw_insert",
+        "raw insert",
+        &services,
+        nf,
+    ));
+    Ok(figures)
 }
 
 async fn insert<R>(ch: &clickhouse::Client, table: &str, rows: &[R]) -> Result<(), BenchError>

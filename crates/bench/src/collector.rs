@@ -136,6 +136,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let cpu0 = child.cpu_secs()?;
+    let services0 = procs::service_cpu_secs();
     let self0 = procs::self_cpu_secs()?;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
@@ -169,6 +170,9 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     let secs = started.elapsed().as_secs_f64();
     let cpu = child.cpu_secs()? - cpu0;
     let self_cpu = procs::self_cpu_secs()? - self0;
+    let mut services = std::collections::BTreeMap::new();
+    procs::add_service_cpu(&mut services, &services0, &procs::service_cpu_secs());
+    services.retain(|name, _| *name == "broker");
     bar.finish();
     child.check_alive()?;
     let rss = child.rss_bytes()?;
@@ -181,7 +185,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
         )));
     }
     let per_100k = |cpu: f64| cpu / acc * 100_000.0;
-    Ok(vec![
+    let mut figures = vec![
         Figure::info(
             Phase::Collector,
             "collector_events_per_sec",
@@ -223,5 +227,22 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             per_100k(self_cpu),
             "cpu-s",
         ),
-    ])
+    ];
+    figures.extend(Figure::service_cpu(
+        Phase::Collector,
+        "collector",
+        "collector phase",
+        &services,
+        acc,
+    ));
+    if let Some(broker) = services.get("broker") {
+        figures.push(Figure::info(
+            Phase::Collector,
+            "collector_box_cpu_secs_per_100k_events",
+            "collector + broker + load generator CPU per 100k events",
+            per_100k(cpu + broker + self_cpu),
+            "cpu-s",
+        ));
+    }
+    Ok(figures)
 }

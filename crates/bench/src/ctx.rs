@@ -191,6 +191,8 @@ pub struct Visible {
     pub done_cpu: f64,
     /// CPU seconds per thread name when the first rows were seen, and when all were.
     pub threads: (BTreeMap<String, f64>, BTreeMap<String, f64>),
+    /// CPU seconds of the local services ([`crate::procs::service_cpu_secs`]) then.
+    pub services: (BTreeMap<&'static str, f64>, BTreeMap<&'static str, f64>),
 }
 
 #[derive(Row, Deserialize)]
@@ -223,6 +225,7 @@ pub async fn wait_journey_rows(
     let mut first = None;
     let mut first_cpu = 0.0;
     let mut first_threads = BTreeMap::new();
+    let mut first_services = BTreeMap::new();
     loop {
         child.check_alive()?;
         let rows = count(&ch, "SELECT count() AS n FROM touchpoint_journey").await?;
@@ -230,6 +233,7 @@ pub async fn wait_journey_rows(
             first = Some((Instant::now(), rows));
             first_cpu = child.cpu_secs()?;
             first_threads = child.thread_cpu_secs();
+            first_services = crate::procs::service_cpu_secs();
         }
         bar.set_position(rows.min(n));
         if rows >= n {
@@ -245,6 +249,7 @@ pub async fn wait_journey_rows(
                     done: Instant::now(),
                     done_cpu: child.cpu_secs()?,
                     threads: (first_threads, child.thread_cpu_secs()),
+                    services: (first_services, crate::procs::service_cpu_secs()),
                 });
             }
         }

@@ -261,6 +261,7 @@ pub async fn run(
     if let Ok(mut n) = ctx.notes.lock() {
         report.notes.append(&mut n);
     }
+    report.derive_core_budgets();
     cleanup(&ctx, &mut report).await;
     report.duration_secs = clock.elapsed().as_secs_f64();
     report.finish();

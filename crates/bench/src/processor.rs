@@ -50,6 +50,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     }
 
     let bar = ctx.bar(n, "events processed");
+    let services_at_start = crate::procs::service_cpu_secs();
     let started = Instant::now();
     let (mut child, metrics) = ctx.spawn_processor("processor", &cfg)?;
     let seen = wait_journey_rows(&cfg, &mut child, n, &bar).await?;
@@ -68,15 +69,30 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     let total_secs = seen.done.duration_since(started).as_secs_f64();
     // Steady state: from the first rows to the last. A run so small that it landed in
     // one flush has no such window; its rate then includes start-up.
+    // The local services' CPU over the same window (over the whole run when there is no
+    // window: then it includes their start-up work for the processor too).
+    let mut services = BTreeMap::new();
     let (rate, cpu, startup) = match seen.first {
-        Some((at, rows)) if seen.done > at && rows < n => (
-            (n - rows) as f64 / seen.done.duration_since(at).as_secs_f64(),
-            (seen.done_cpu - seen.first_cpu) / (n - rows) as f64,
-            at.duration_since(started).as_secs_f64(),
-        ),
-        _ => (n as f64 / total_secs, seen.done_cpu / n as f64, 0.0),
+        Some((at, rows)) if seen.done > at && rows < n => {
+            crate::procs::add_service_cpu(&mut services, &seen.services.0, &seen.services.1);
+            for s in services.values_mut() {
+                *s /= (n - rows) as f64;
+            }
+            (
+                (n - rows) as f64 / seen.done.duration_since(at).as_secs_f64(),
+                (seen.done_cpu - seen.first_cpu) / (n - rows) as f64,
+                at.duration_since(started).as_secs_f64(),
+            )
+        }
+        _ => {
+            crate::procs::add_service_cpu(&mut services, &services_at_start, &seen.services.1);
+            for s in services.values_mut() {
+                *s /= n as f64;
+            }
+            (n as f64 / total_secs, seen.done_cpu / n as f64, 0.0)
+        }
     };
-    Ok(vec![
+    let mut figures = vec![
         Figure::info(
             Phase::Processor,
             "processor_events_per_sec",
@@ -115,7 +131,28 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             peak as f64,
             "bytes",
         ),
-    ])
+    ];
+    // Per event from here on; `service_cpu` scales to 100k.
+    figures.extend(Figure::service_cpu(
+        Phase::Processor,
+        "processor",
+        "processor phase",
+        &services,
+        1.0,
+    ));
+    if crate::procs::SERVICES
+        .iter()
+        .all(|(name, _, _)| services.contains_key(name))
+    {
+        figures.push(Figure::info(
+            Phase::Processor,
+            "processor_box_cpu_secs_per_100k_events",
+            "processor + ClickHouse + broker CPU per 100k events",
+            (cpu + services.values().sum::<f64>()) * 100_000.0,
+            "cpu-s",
+        ));
+    }
+    Ok(figures)
 }
 
 /// Per table: ClickHouse insert seconds, inserts and rows, from the processor's

@@ -93,11 +93,7 @@ impl ChildProc {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            let name = stat
-                .split_once('(')
-                .and_then(|(_, r)| r.rsplit_once(')'))
-                .map(|(n, _)| n.to_string())
-                .unwrap_or_default();
+            let name = parse_stat_comm(&stat).unwrap_or_default().to_string();
             if let Some(ticks) = parse_stat_cpu_ticks(&stat) {
                 *out.entry(name).or_insert(0.0) += ticks as f64 / clk_tck();
             }
@@ -195,6 +191,65 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The local services a phase leans on, as (name in figures, command name in /proc, label):
+/// ClickHouse's server and the broker (tansu; Apache Kafka would show as `java`, which is
+/// too vague to count).
+pub const SERVICES: [(&str, &str, &str); 2] = [
+    ("clickhouse", "clickhouse-serv", "ClickHouse"),
+    ("broker", "tansu", "broker (tansu)"),
+];
+
+/// CPU seconds used so far by each of [`SERVICES`] running on this host, summed over its
+/// processes; a service that is not running here (another host, a container runtime
+/// that hides it) is missing. Compare two readings: a difference is what the service
+/// spent in between, including work for others (so keep other load off the box).
+pub fn service_cpu_secs() -> BTreeMap<&'static str, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let pid = entry.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(comm) = parse_stat_comm(&stat) else {
+            continue;
+        };
+        let Some((name, _, _)) = SERVICES.iter().find(|(_, c, _)| *c == comm) else {
+            continue;
+        };
+        if let Some(ticks) = parse_stat_cpu_ticks(&stat) {
+            *out.entry(*name).or_insert(0.0) += ticks as f64 / clk_tck();
+        }
+    }
+    out
+}
+
+/// What each service of [`SERVICES`] spent between two [`service_cpu_secs`] readings,
+/// seconds, added to `into`; only services seen both times count.
+pub fn add_service_cpu(
+    into: &mut BTreeMap<&'static str, f64>,
+    before: &BTreeMap<&'static str, f64>,
+    after: &BTreeMap<&'static str, f64>,
+) {
+    for (name, a) in after {
+        if let Some(b) = before.get(name) {
+            *into.entry(*name).or_insert(0.0) += (a - b).max(0.0);
+        }
+    }
+}
+
+/// The command name (field 2) of a /proc/<pid>/stat line: between the first `(` and the
+/// last `)`, since it may contain either.
+fn parse_stat_comm(stat: &str) -> Option<&str> {
+    let (_, rest) = stat.split_once('(')?;
+    rest.rsplit_once(')').map(|(name, _)| name)
+}
+
 /// CPU time of this process (the load generator), seconds.
 pub fn self_cpu_secs() -> Result<f64, BenchError> {
     cpu_secs_of("/proc/self/stat")
@@ -276,7 +331,25 @@ mod tests {
     fn stat_fields_after_a_tricky_command_name() {
         let line = "1234 (touch (stream) x) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 9 0 100 1000 200";
         assert_eq!(parse_stat_cpu_ticks(line), Some(325));
+        assert_eq!(parse_stat_comm(line), Some("touch (stream) x"));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn service_cpu_adds_up_differences() {
+        let before = BTreeMap::from([("clickhouse", 10.0), ("broker", 1.0)]);
+        let after = BTreeMap::from([("clickhouse", 12.5), ("broker", 1.5)]);
+        let mut total = BTreeMap::new();
+        add_service_cpu(&mut total, &before, &after);
+        add_service_cpu(&mut total, &before, &after);
+        assert_eq!(total.get("clickhouse"), Some(&5.0));
+        assert_eq!(total.get("broker"), Some(&1.0));
+        // A service seen only once (started or stopped in between) is left out.
+        let mut once = BTreeMap::new();
+        add_service_cpu(&mut once, &BTreeMap::new(), &after);
+        assert!(once.is_empty());
+        // Every service found here is a real process with a readable CPU time.
+        assert!(service_cpu_secs().values().all(|v| *v >= 0.0));
     }
 
     #[test]

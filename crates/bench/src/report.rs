@@ -81,6 +81,33 @@ impl Figure {
         }
     }
 
+    /// One figure per local service in `secs` (CPU seconds it spent over `events`
+    /// events, from [`crate::procs::add_service_cpu`]): `<prefix>_<service>_cpu_secs_per_100k_events`,
+    /// labelled "<service> CPU per 100k events (<during>)".
+    pub fn service_cpu(
+        phase: Phase,
+        prefix: &str,
+        during: &str,
+        secs: &std::collections::BTreeMap<&'static str, f64>,
+        events: f64,
+    ) -> Vec<Figure> {
+        crate::procs::SERVICES
+            .iter()
+            .filter_map(|(name, _, label)| {
+                let s = secs.get(name)?;
+                (events > 0.0).then(|| {
+                    Figure::info(
+                        phase,
+                        &format!("{prefix}_{name}_cpu_secs_per_100k_events"),
+                        &format!("{label} CPU per 100k events ({during})"),
+                        s / events * 100_000.0,
+                        "cpu-s",
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Compare with these baseline figures (the smallest present counts).
     pub fn against(mut self, baselines: &[&str]) -> Self {
         self.baselines = baselines.iter().map(|s| s.to_string()).collect();
@@ -125,6 +152,21 @@ pub struct Machine {
     /// Whether the binary was built with optimizations (debug figures mean little).
     pub release_build: bool,
 }
+
+/// (throughput figure, its phase's all-processes CPU per 100k events figure, what that
+/// CPU covers) for [`Report::derive_core_budgets`].
+pub const CORE_BUDGETS: [(&str, &str, &str); 2] = [
+    (
+        "collector_events_per_sec",
+        "collector_box_cpu_secs_per_100k_events",
+        "collector + broker + load generator",
+    ),
+    (
+        "processor_events_per_sec",
+        "processor_box_cpu_secs_per_100k_events",
+        "processor + ClickHouse + broker",
+    ),
+];
 
 /// The whole result of a run (this is the JSON file).
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +218,55 @@ impl Report {
                 .map(|t| t.met(f.value, f.ratio))
                 .try_fold(true, |acc, m| m.map(|m| acc && m))
                 .filter(|_| !f.targets.is_empty());
+        }
+    }
+
+    /// For each throughput figure with a ratio target and a "CPU per 100k events on the
+    /// box" figure of its phase ([`CORE_BUDGETS`]): how many cores that CPU per event
+    /// would take at the ratio target, inserted after the CPU figure. More cores than
+    /// the box has means the target is out of reach here unless the per-event work of
+    /// some process on the box gets cheaper — which process, the phase's other CPU
+    /// figures say. Call after every phase, before [`Report::finish`].
+    pub fn derive_core_budgets(&mut self) {
+        for (rate_name, box_name, what) in CORE_BUDGETS {
+            let Some(rate) = self.figure(rate_name) else {
+                continue;
+            };
+            let Some(ratio) = rate.targets.iter().find_map(|t| match t {
+                Target::RatioAtLeast(r) => Some(*r),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let base = rate
+                .baselines
+                .iter()
+                .filter_map(|b| self.figure(b).map(|f| f.value))
+                .filter(|v| *v > 0.0)
+                .reduce(f64::min);
+            let Some(at) = self.figures.iter().position(|f| f.name == box_name) else {
+                continue;
+            };
+            let Some(base) = base else {
+                continue;
+            };
+            let (phase, per_100k) = (self.figures[at].phase, self.figures[at].value);
+            let target = ratio * base;
+            let name = box_name.replace("_box_cpu_secs_per_100k_events", "_cores_at_ratio_target");
+            self.figures.insert(
+                at + 1,
+                Figure::info(
+                    phase,
+                    &name,
+                    &format!(
+                        "cores {what} needs at {ratio}× baseline ({} ev/s; this box: {})",
+                        human(target),
+                        self.machine.nproc
+                    ),
+                    target * per_100k / 100_000.0,
+                    "cores",
+                ),
+            );
         }
     }
 
@@ -294,6 +385,61 @@ mod tests {
             errors: Vec::new(),
             notes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn core_budget_follows_the_cpu_figure_and_the_smallest_baseline() {
+        let mut r = report(vec![
+            Figure::info(
+                Phase::Baseline,
+                "raw_consume_msgs_per_sec",
+                "c",
+                400_000.0,
+                "msg/s",
+            ),
+            Figure::info(
+                Phase::Baseline,
+                "raw_insert_events_per_sec",
+                "i",
+                200_000.0,
+                "ev/s",
+            ),
+            Figure::info(
+                Phase::Processor,
+                "processor_events_per_sec",
+                "p",
+                50_000.0,
+                "ev/s",
+            )
+            .against(&["raw_consume_msgs_per_sec", "raw_insert_events_per_sec"])
+            .target(Target::RatioAtLeast(0.5)),
+            Figure::info(
+                Phase::Processor,
+                "processor_box_cpu_secs_per_100k_events",
+                "b",
+                2.0,
+                "cpu-s",
+            ),
+            Figure::info(Phase::Latency, "after", "a", 1.0, "ms"),
+            // No CPU figure for the collector: no budget for it.
+            Figure::info(
+                Phase::Collector,
+                "collector_events_per_sec",
+                "c",
+                1.0,
+                "ev/s",
+            )
+            .against(&["raw_consume_msgs_per_sec"])
+            .target(Target::RatioAtLeast(0.5)),
+        ]);
+        r.derive_core_budgets();
+        // 0.5 × 200k ev/s × 2 cpu-s per 100k events = 2 cores, right after the CPU figure.
+        let names: Vec<&str> = r.figures.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names[4], "processor_cores_at_ratio_target");
+        assert_eq!(names[5], "after");
+        assert_eq!(r.figures[4].value, 2.0);
+        assert_eq!(r.figures[4].phase, Phase::Processor);
+        assert!(r.figure("collector_cores_at_ratio_target").is_none());
     }
 
     #[test]
