@@ -154,7 +154,9 @@ async fn resume_at(later_batch: bool) {
         kafka: config.kafka.clone(),
         group_id: group,
         instance_id: None,
-        producer: Mutex::new(kafka::producer(&config.kafka, 10_000).expect("producer")),
+        producer: Mutex::new(
+            kafka::acks::group_producer(&config.kafka, 10_000, 0).expect("producer"),
+        ),
         store,
         metrics,
         batch_max_rows: 1000,

@@ -1,30 +1,36 @@
 //! Raw Kafka traffic: producing prepared records as fast as the broker takes them, and
 //! reading a topic back as fast as it is served.
 //!
-//! Produce uses the collector's own producer ([`touchstream_core::kafka::producer`]:
-//! idempotent, acks=all, lz4, same linger and queue), so the baseline differs from the
-//! collector only by HTTP, JSON and validation. Consume uses a plain `BaseConsumer`
+//! Produce uses the collector's own producer ([`touchstream_core::kafka::acks`]:
+//! idempotent, acks=all, lz4, same linger and queue, acknowledgements counted per group
+//! of records), so the baseline differs from the collector only by HTTP, JSON and
+//! validation. Consume uses a plain `BaseConsumer`
 //! assigned every partition from the beginning (no group join), the fastest a Rust
 //! process on this box can read.
 
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use std::sync::Arc;
+
+use futures::stream::{FuturesOrdered, StreamExt};
 use indicatif::ProgressBar;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use touchstream_core::config::KafkaConfig;
+use touchstream_core::kafka::acks::{group_producer, AckGroup};
 
 use crate::error::BenchError;
 
 /// Records waiting for their ack at most; bounds this process's memory, far above what
 /// the producer needs to keep the broker busy.
 const IN_FLIGHT: usize = 100_000;
+
+/// Records per acknowledgement group (one wake-up per group, as the collector has one
+/// per request).
+const GROUP: usize = 1_000;
 
 /// How long one record may wait for its ack before the produce fails.
 const MESSAGE_TIMEOUT_MS: u64 = 60_000;
@@ -44,86 +50,84 @@ where
     K: AsRef<str>,
     V: AsRef<[u8]>,
 {
-    let producer = touchstream_core::kafka::producer(kafka, MESSAGE_TIMEOUT_MS)?;
-    let mut pending = FuturesUnordered::new();
-    let mut acked: u64 = 0;
+    let producer = group_producer(kafka, MESSAGE_TIMEOUT_MS, 0)?;
+    let failed = |e: KafkaError| BenchError::kafka(format!("producing to {topic}"), e);
     let mut records = records.into_iter();
     if let Some(first) = records.next() {
         let (key, value) = first?;
-        let ack = producer
+        let group = AckGroup::new();
+        group
             .send(
-                FutureRecord::to(topic)
-                    .key(key.as_ref())
-                    .payload(value.as_ref()),
-                Duration::from_secs(30),
+                &producer,
+                topic,
+                Some(key.as_ref().as_bytes()),
+                value.as_ref(),
+                None,
             )
-            .await;
-        if let Err((e, _)) = ack {
-            return Err(BenchError::kafka(format!("producing to {topic}"), e));
-        }
+            .map_err(failed)?;
+        tokio::time::timeout(Duration::from_secs(30), group.wait())
+            .await
+            .map_err(|_| {
+                failed(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut,
+                ))
+            })?
+            .map_err(failed)?;
         bar.inc(1);
     }
+    // Groups of GROUP records, each awaited as a whole, oldest first.
+    let mut pending = FuturesOrdered::new();
+    let wait = |group: Arc<AckGroup>, n: u64| async move { (group.wait().await, n) };
+    let mut acked: u64 = 0;
+    let mut settle = |(res, n): (Result<(), KafkaError>, u64)| -> Result<(), BenchError> {
+        res.map_err(failed)?;
+        acked += n;
+        bar.inc(n);
+        Ok(())
+    };
     let started = Instant::now();
+    let mut group = AckGroup::new();
+    let mut in_group: u64 = 0;
     for rec in records {
         let (key, value) = rec?;
         loop {
-            match producer.send_result(
-                FutureRecord::to(topic)
-                    .key(key.as_ref())
-                    .payload(value.as_ref()),
+            match group.send(
+                &producer,
+                topic,
+                Some(key.as_ref().as_bytes()),
+                value.as_ref(),
+                None,
             ) {
-                Ok(fut) => {
-                    pending.push(fut);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // librdkafka's queue is full: wait for an ack (or a moment) and retry.
-                    if pending.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    } else {
-                        let r = pending.next().await;
-                        settle(r, &mut acked, topic, bar)?;
+                Ok(()) => break,
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    // librdkafka's queue is full: wait for the oldest group (or a moment).
+                    match pending.next().await {
+                        Some(r) => settle(r)?,
+                        None => tokio::time::sleep(Duration::from_millis(5)).await,
                     }
                 }
-                Err((e, _)) => return Err(BenchError::kafka(format!("producing to {topic}"), e)),
+                Err(e) => return Err(failed(e)),
             }
         }
-        if pending.len() >= IN_FLIGHT {
-            let r = pending.next().await;
-            settle(r, &mut acked, topic, bar)?;
+        in_group += 1;
+        if in_group as usize == GROUP {
+            pending.push_back(wait(
+                std::mem::replace(&mut group, AckGroup::new()),
+                in_group,
+            ));
+            in_group = 0;
+            if pending.len() * GROUP >= IN_FLIGHT {
+                if let Some(r) = pending.next().await {
+                    settle(r)?;
+                }
+            }
         }
     }
+    pending.push_back(wait(group, in_group));
     while let Some(r) = pending.next().await {
-        settle(Some(r), &mut acked, topic, bar)?;
+        settle(r)?;
     }
-    bar.inc(acked % 1024);
     Ok((acked, started.elapsed().as_secs_f64()))
-}
-
-type Ack = Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>;
-
-/// Count one acknowledgement, or fail on a delivery error.
-fn settle(
-    res: Option<Ack>,
-    acked: &mut u64,
-    topic: &str,
-    bar: &ProgressBar,
-) -> Result<(), BenchError> {
-    match res {
-        Some(Ok(Ok(_))) => {
-            *acked += 1;
-            if *acked % 1024 == 0 {
-                bar.inc(1024);
-            }
-            Ok(())
-        }
-        Some(Ok(Err((e, _)))) => Err(BenchError::kafka(format!("producing to {topic}"), e)),
-        Some(Err(_)) => Err(BenchError::kafka(
-            format!("producing to {topic}"),
-            KafkaError::Canceled,
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Read `n` records of `topic` from the beginning of every partition. Returns the

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use touchstream_core::config::{CollectorConfig, KafkaConfig};
+use touchstream_core::kafka::acks::{group_producer, GroupProducer};
 use touchstream_core::{avro, Config, MessageType};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument as _;
@@ -455,7 +456,7 @@ async fn ingest_inner(
 /// error); librdkafka's documented remedy is a new producer instance. Without this, the
 /// collector would answer 503 until restarted by hand.
 struct ProducerCell {
-    current: std::sync::RwLock<FutureProducer>,
+    current: std::sync::RwLock<GroupProducer>,
     consecutive_failures: std::sync::atomic::AtomicU32,
     kafka: KafkaConfig,
     timeout_ms: u64,
@@ -467,14 +468,14 @@ const RECREATE_AFTER_FAILURES: u32 = 3;
 impl ProducerCell {
     fn new(kafka: &KafkaConfig, timeout_ms: u64) -> Result<Self, CollectorError> {
         Ok(Self {
-            current: std::sync::RwLock::new(touchstream_core::kafka::producer(kafka, timeout_ms)?),
+            current: std::sync::RwLock::new(group_producer(kafka, timeout_ms, 0)?),
             consecutive_failures: std::sync::atomic::AtomicU32::new(0),
             kafka: kafka.clone(),
             timeout_ms,
         })
     }
 
-    fn get(&self) -> FutureProducer {
+    fn get(&self) -> GroupProducer {
         match self.current.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -491,7 +492,7 @@ impl ProducerCell {
         if !fatal && failures < RECREATE_AFTER_FAILURES {
             return;
         }
-        match touchstream_core::kafka::producer(&self.kafka, self.timeout_ms) {
+        match group_producer(&self.kafka, self.timeout_ms, 0) {
             Ok(fresh) => {
                 tracing::warn!(error = %e, failures, fatal, "recreating the kafka producer after delivery failures");
                 let mut guard = match self.current.write() {

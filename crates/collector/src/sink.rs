@@ -8,9 +8,8 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use touchstream_core::kafka::acks::{AckGroup, GroupProducer};
 
 use crate::metrics::Metrics;
 
@@ -110,42 +109,34 @@ impl SinkError {
     }
 }
 
-/// Produce all records and wait until every one is acknowledged, or fail.
+/// Produce all records and wait until every one is acknowledged, or fail. The records
+/// share one [`AckGroup`]: one wake-up when the last is settled, no future per record.
 pub async fn produce_all(
-    producer: &FutureProducer,
+    producer: &GroupProducer,
     records: &Records<'_>,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<(), SinkError> {
     let started = Instant::now();
-    let mut pending = Vec::with_capacity(records.len());
+    let group = AckGroup::new();
     for r in records.iter() {
-        let mut rec = FutureRecord::to(r.topic).payload(r.payload);
-        if let Some(k) = r.key {
-            rec = rec.key(k);
-        }
-        match producer.send_result(rec) {
-            Ok(fut) => pending.push(fut),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+        match group.send(producer, r.topic, r.key, r.payload, None) {
+            Ok(()) => {}
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 return Err(fail(metrics, SinkError::QueueFull));
             }
-            Err((e, _)) => return Err(fail(metrics, SinkError::Delivery(e))),
+            Err(e) => return Err(fail(metrics, SinkError::Delivery(e))),
         }
     }
-    let acks = tokio::time::timeout(timeout, join_all(pending)).await;
+    let acks = tokio::time::timeout(timeout, group.wait()).await;
     metrics
         .produce_seconds
         .observe(started.elapsed().as_secs_f64());
-    let acks = acks.map_err(|_| fail(metrics, SinkError::Timeout(timeout)))?;
-    for ack in acks {
-        match ack {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(fail(metrics, SinkError::Delivery(e))),
-            // The producer dropped the message (only on shutdown): not acknowledged.
-            Err(_canceled) => return Err(fail(metrics, SinkError::Delivery(KafkaError::Canceled))),
-        }
+    match acks {
+        Err(_elapsed) => Err(fail(metrics, SinkError::Timeout(timeout))),
+        Ok(Err(e)) => Err(fail(metrics, SinkError::Delivery(e))),
+        Ok(Ok(())) => Ok(()),
     }
-    Ok(())
 }
 
 fn fail(metrics: &Metrics, e: SinkError) -> SinkError {

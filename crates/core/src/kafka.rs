@@ -13,6 +13,8 @@ use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
+pub mod acks;
+
 /// What went wrong talking to Kafka.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -88,6 +90,18 @@ pub fn producer_with_linger(
     message_timeout_ms: u64,
     linger_ms: u32,
 ) -> Result<FutureProducer, KafkaSetupError> {
+    producer_config(cfg, message_timeout_ms, linger_ms)
+        .create()
+        .map_err(KafkaSetupError::Client)
+}
+
+/// The settings of every producer: idempotent, acks=all, lz4, then the configured
+/// properties, last so an operator can override any of them.
+pub(crate) fn producer_config(
+    cfg: &KafkaConfig,
+    message_timeout_ms: u64,
+    linger_ms: u32,
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("enable.idempotence", "true")
         .set("acks", "all")
@@ -95,12 +109,11 @@ pub fn producer_with_linger(
         .set("linger.ms", linger_ms.to_string())
         .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("queue.buffering.max.kbytes", "262144");
-    // Configured properties come last so an operator can override any of the above.
     c.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in &cfg.client_properties {
         c.set(k, v);
     }
-    c.create().map_err(KafkaSetupError::Client)
+    c
 }
 
 /// Create the raw, DLQ and internal topics (plus `extra`) with the configured partitions. Topics that already

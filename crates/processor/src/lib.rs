@@ -115,7 +115,7 @@ pub async fn run(
             group_id: format!("{}-{stage}", pc.group_id),
             instance_id: (!pc.instance_id.is_empty())
                 .then(|| format!("{}-{stage}", pc.instance_id)),
-            producer: std::sync::Mutex::new(touchstream_core::kafka::producer_with_linger(
+            producer: std::sync::Mutex::new(touchstream_core::kafka::acks::group_producer(
                 &config.kafka,
                 runner::PRODUCE_TIMEOUT_MS,
                 runner::PRODUCER_LINGER_MS,

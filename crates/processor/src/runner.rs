@@ -23,17 +23,16 @@ use std::time::{Duration, Instant};
 use std::future::Future;
 use std::pin::Pin;
 
-use futures::future::join_all;
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use touchstream_core::config::KafkaConfig;
+use touchstream_core::kafka::acks::{group_producer, AckGroup, GroupProducer};
 use tracing::Instrument as _;
 
 use crate::batch::Batch;
@@ -143,7 +142,7 @@ pub struct RunCtx {
     pub instance_id: Option<String>,
     /// This stage's producer (internal topics and DLQ); replaced after a failed run, since
     /// an idempotent producer can stay failed after a broker restart.
-    pub producer: std::sync::Mutex<FutureProducer>,
+    pub producer: std::sync::Mutex<GroupProducer>,
     /// ClickHouse.
     pub store: Store,
     /// Metrics.
@@ -268,11 +267,7 @@ pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorE
                     instance_id = None;
                 }
                 tracing::warn!(stage = stage.name(), error = %e, "stage failed; restarting from saved state");
-                match touchstream_core::kafka::producer_with_linger(
-                    &ctx.kafka,
-                    PRODUCE_TIMEOUT_MS,
-                    PRODUCER_LINGER_MS,
-                ) {
+                match group_producer(&ctx.kafka, PRODUCE_TIMEOUT_MS, PRODUCER_LINGER_MS) {
                     Ok(fresh) => match ctx.producer.lock() {
                         Ok(mut p) => *p = fresh,
                         Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -291,7 +286,7 @@ pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorE
         Err(poisoned) => poisoned.into_inner().clone(),
     };
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+        rdkafka::producer::Producer::flush(&*producer, Duration::from_secs(10))
     })
     .await
     {
@@ -785,7 +780,7 @@ struct Outbox {
 /// A cut batch on its way out: its records already enqueued in the producer (in order),
 /// its rows, and, when due, the snapshots and offsets to save after them.
 struct Outgoing {
-    acks: Vec<DeliveryFuture>,
+    acks: Arc<AckGroup>,
     batch: Batch,
     scope: String,
     states: Vec<StateRow>,
@@ -867,30 +862,20 @@ async fn cut<S: Stage>(
     };
     // 1. Internal topics and DLQ, enqueued now so they keep the order of the cuts; their
     // acknowledgements are awaited before anything of this cut is committed.
-    let mut acks = Vec::with_capacity(batch.records.len());
+    let acks = AckGroup::new();
     for r in &batch.records {
-        let mut rec = FutureRecord::to(&r.topic).payload(&r.payload);
-        if let Some(k) = &r.key {
-            rec = rec.key(k);
-        }
-        if let Some(p) = r.partition {
-            rec = rec.partition(p);
-        }
         let started = Instant::now();
         loop {
-            match producer.send_result(rec) {
-                Ok(ack) => {
-                    acks.push(ack);
-                    break;
-                }
-                Err((e, back))
+            let key = r.key.as_deref().map(str::as_bytes);
+            match acks.send(&producer, &r.topic, key, &r.payload, r.partition) {
+                Ok(()) => break,
+                Err(e)
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
                         && started.elapsed() < Duration::from_secs(30) =>
                 {
-                    rec = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((e, _)) => return Err(ProcessorError::Produce(e.to_string())),
+                Err(e) => return Err(ProcessorError::Produce(e.to_string())),
             }
         }
     }
@@ -946,13 +931,10 @@ async fn write_out(
     after: Option<oneshot::Receiver<()>>,
     done: oneshot::Sender<()>,
 ) -> Result<(), ProcessorError> {
-    for ack in join_all(job.acks).await {
-        match ack {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(ProcessorError::Produce(e.to_string())),
-            Err(_) => return Err(ProcessorError::Produce("producer dropped".into())),
-        }
-    }
+    job.acks
+        .wait()
+        .await
+        .map_err(|e| ProcessorError::Produce(e.to_string()))?;
     job.batch.write(&ctx.store, &job.scope).await?;
     if let Some(after) = after {
         // The sender goes away unsent only when the earlier write failed or was dropped:

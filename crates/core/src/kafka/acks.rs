@@ -1,0 +1,183 @@
+//! A producer for callers that wait for a group of records at once (the collector
+//! answers a request only when all of its records are acknowledged): one counter per
+//! group instead of one future per record.
+//!
+//! rdkafka's `FutureProducer` allocates a oneshot channel per record, its delivery
+//! callback sends on it and wakes the waiting task, and the request joins a hundred such
+//! futures. Here every record of a group carries the same [`AckGroup`] (one reference
+//! count increment, no allocation); the delivery callback counts it down and wakes the
+//! waiter once, when the last record of the group is settled. The first delivery error
+//! is kept and returned.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use tokio::sync::Notify;
+
+use super::{producer_config, KafkaSetupError};
+use crate::config::KafkaConfig;
+
+/// The producer: librdkafka's own polling thread runs the delivery callbacks.
+/// Cheap to clone (shared).
+pub type GroupProducer = Arc<ThreadedProducer<GroupAcks>>;
+
+/// The producer's context: settles each record on its [`AckGroup`].
+pub struct GroupAcks;
+
+impl ClientContext for GroupAcks {}
+
+impl ProducerContext for GroupAcks {
+    type DeliveryOpaque = Arc<AckGroup>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, group: Arc<AckGroup>) {
+        if let Err((e, _)) = result {
+            group.fail(e.clone());
+        }
+        group.settle();
+    }
+}
+
+/// The [`super::producer`] settings (idempotent, acks=all, lz4) with counted
+/// acknowledgements instead of a future per record. `linger_ms`: 0 for a caller that
+/// answers someone as soon as its records are in (the collector, see
+/// [`super::producer`]); a few ms for one that enqueues thousands at a time.
+pub fn group_producer(
+    cfg: &KafkaConfig,
+    message_timeout_ms: u64,
+    linger_ms: u32,
+) -> Result<GroupProducer, KafkaSetupError> {
+    producer_config(cfg, message_timeout_ms, linger_ms)
+        .create_with_context(GroupAcks)
+        .map(Arc::new)
+        .map_err(KafkaSetupError::Client)
+}
+
+/// The acknowledgements of one group of records.
+pub struct AckGroup {
+    /// Records sent and not yet settled, plus one while the sender may still send.
+    pending: AtomicUsize,
+    /// The first delivery failure.
+    error: Mutex<Option<KafkaError>>,
+    /// Signalled once, when `pending` reaches zero.
+    settled: Notify,
+}
+
+impl AckGroup {
+    /// An empty group, open for [`AckGroup::send`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: AtomicUsize::new(1),
+            error: Mutex::new(None),
+            settled: Notify::new(),
+        })
+    }
+
+    /// Enqueue one record in `producer` as part of this group: to `partition`, or by
+    /// `key` when `None`. A record the producer refuses (e.g. its queue is full) is not
+    /// part of the group: the error is returned and nothing waits for it.
+    pub fn send(
+        self: &Arc<Self>,
+        producer: &ThreadedProducer<GroupAcks>,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        partition: Option<i32>,
+    ) -> Result<(), KafkaError> {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let mut record = BaseRecord::with_opaque_to(topic, Arc::clone(self)).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        producer.send(record).map_err(|(e, _record)| {
+            // The refused record (and its reference to the group) is dropped here; no
+            // callback will come for it.
+            self.settle();
+            e
+        })
+    }
+
+    /// Wait until every record sent is acknowledged or failed; the first failure is the
+    /// result. Call once, after the last [`AckGroup::send`].
+    pub async fn wait(&self) -> Result<(), KafkaError> {
+        // Give up the sender's hold; whoever takes the count to zero signals.
+        if self.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            // `Notify` keeps the signal if it comes before this await.
+            self.settled.notified().await;
+        }
+        match self.error.lock() {
+            Ok(mut e) => e.take().map_or(Ok(()), Err),
+            Err(poisoned) => poisoned.into_inner().take().map_or(Ok(()), Err),
+        }
+    }
+
+    fn settle(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_one();
+        }
+    }
+
+    fn fail(&self, e: KafkaError) {
+        let mut slot = match self.error.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slot.get_or_insert(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
+
+    #[tokio::test]
+    async fn an_empty_group_is_settled_at_once() {
+        AckGroup::new().wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn waits_for_the_last_record_and_keeps_the_first_error() {
+        let g = AckGroup::new();
+        // Three records "sent" (what a successful send does to the count).
+        g.pending.fetch_add(3, Ordering::AcqRel);
+        let waiter = {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { g.wait().await })
+        };
+        g.settle();
+        g.fail(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        ));
+        g.settle();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one record still pending");
+        g.fail(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+        g.settle();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("settled")
+            .unwrap();
+        assert_eq!(
+            got.unwrap_err(),
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+        );
+    }
+
+    #[tokio::test]
+    async fn records_settled_before_the_wait_are_not_missed() {
+        let g = AckGroup::new();
+        g.pending.fetch_add(2, Ordering::AcqRel);
+        g.settle();
+        g.settle();
+        tokio::time::timeout(std::time::Duration::from_secs(5), g.wait())
+            .await
+            .expect("no lost wakeup")
+            .unwrap();
+    }
+}
