@@ -632,6 +632,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.clickhouse.password, "s3cret");
         assert!(!format!("{:?}", c.clickhouse).contains("s3cret"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
