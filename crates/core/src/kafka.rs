@@ -64,15 +64,19 @@ pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// An idempotent, acks=all producer (SPEC §2: 200 only after a durable ack) for a
-/// caller that waits for each record's acknowledgement (the collector answers a request
-/// only after its records are acknowledged): `linger.ms` 0, since every millisecond spent
-/// filling a batch is latency on every request. A request's records still leave in one
-/// produce request (they are enqueued together), and records that queue up while a
-/// produce request is in flight are sent together after it. Measured with tansu: one
-/// sequential client's 100-message request waited 3.4 ms for its acks at `linger.ms` 1
-/// and 1.1 ms at 0; 8 keep-alive clients in `touchstream bench` went from 204–224k to
-/// 246–261k ev/s (three alternating pairs; 75k at 5 ms before that).
+/// An idempotent, acks=all producer (SPEC §2: 200 only after a durable ack) with a
+/// future per record, for tools and tests that produce a few records. The collector and
+/// the processor use the same settings through [`acks::group_producer`], which counts a
+/// group's acknowledgements instead.
+///
+/// `linger.ms` 0: a caller that answers someone once its records are acknowledged (the
+/// collector answers a request only then) pays every millisecond spent filling a batch
+/// on every request. A request's records still leave in one produce request (they are
+/// enqueued together), and records that queue up while a produce request is in flight
+/// are sent together after it. Measured with tansu: one sequential client's 100-message
+/// request waited 3.4 ms for its acks at `linger.ms` 1 and 1.1 ms at 0; 8 keep-alive
+/// clients in `touchstream bench` went from 204–224k to 246–261k ev/s (three
+/// alternating pairs; 75k at 5 ms before that).
 ///
 /// `message_timeout_ms` bounds how long librdkafka retries one message before failing it,
 /// so callers learn of a dead broker in bounded time.
@@ -83,8 +87,8 @@ pub fn producer(
     producer_with_linger(cfg, message_timeout_ms, 0)
 }
 
-/// [`producer`] with another `linger.ms`: the processor, which produces thousands of
-/// records per cut and waits for them together, keeps 5 ms.
+/// [`producer`] with another `linger.ms` (the processor's, 5 ms, for tests that stand in
+/// for it).
 pub fn producer_with_linger(
     cfg: &KafkaConfig,
     message_timeout_ms: u64,
