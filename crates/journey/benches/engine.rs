@@ -18,10 +18,10 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use criterion::{BatchSize, Criterion, Throughput};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use touchstream_journey::{
     Catalog, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent,
-    JourneyStage, Kind, RoutedEvent,
+    JourneyStage, Kind, Properties, RoutedEvent,
 };
 
 const MIN: i64 = 60_000;
@@ -72,10 +72,11 @@ impl Rng {
     }
 }
 
-fn props(v: Value) -> Map<String, Value> {
+/// As a decoded event carries them: the object's text, unparsed.
+fn props(v: Value) -> Properties {
     match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
+        Value::Object(m) if !m.is_empty() => Properties::from_json(&Value::Object(m).to_string()),
+        _ => Properties::default(),
     }
 }
 

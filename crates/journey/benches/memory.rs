@@ -17,10 +17,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 use touchstream_journey::{
     Catalog, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent,
-    JourneyStage, Kind, RoutedEvent,
+    JourneyStage, Kind, Properties, RoutedEvent,
 };
 
 const MIN: i64 = 60_000;
@@ -40,7 +40,8 @@ fn event(i: usize, n: usize) -> JourneyEvent {
         previous_id: None,
         event_time_ms: NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n.max(1) as i64,
         channel: None,
-        properties,
+        // As a decoded event carries them: the text, unparsed.
+        properties: Properties::from_json(&Value::Object(properties).to_string()),
     }
 }
 

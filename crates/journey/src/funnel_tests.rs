@@ -21,7 +21,7 @@ fn track(name: &str, props: serde_json::Value) -> JourneyEvent {
         previous_id: None,
         event_time_ms: 0,
         channel: None,
-        properties: props.as_object().cloned().unwrap_or_default(),
+        properties: crate::Properties::from_map(props.as_object().cloned().unwrap_or_default()),
     }
 }
 

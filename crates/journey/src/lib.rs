@@ -30,7 +30,7 @@ pub use catalog::{Catalog, Channel, Stage, Touchpoint};
 pub use engine::{
     JourneyConfig, JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage,
 };
-pub use event::{JourneyEvent, Kind, Retract, RoutedEvent};
+pub use event::{JourneyEvent, Kind, Properties, Retract, RoutedEvent};
 pub use funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
 pub use identity::{
     is_placeholder_id, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,

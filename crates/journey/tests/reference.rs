@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use touchstream_journey::{
     is_placeholder_id, Catalog, FunnelAttemptRow, FunnelSet, IdentityConfig, IdentityOutput,
     IdentityStage, JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, Kind, Outcome,
-    SessionRow,
+    Properties, SessionRow,
 };
 
 const MIN: i64 = 60_000;
@@ -128,7 +128,8 @@ fn build(specs: &[Spec], anonymous: bool) -> Vec<JourneyEvent> {
                     previous_id: previous.map(Into::into),
                     event_time_ms: base + jitter,
                     channel: CHANNELS[channel].map(Into::into),
-                    properties,
+                    // Text, as the processor passes it: the funnel filters parse it.
+                    properties: Properties::from_json(&Value::Object(properties).to_string()),
                 }
             },
         )

@@ -13,8 +13,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput};
-use serde_json::{json, Map};
-use touchstream_journey::{JourneyEvent, Kind, RoutedEvent};
+use serde_json::{json, Map, Value};
+use touchstream_journey::{JourneyEvent, Kind, Properties, RoutedEvent};
 use touchstream_processor::convert::Routed;
 use touchstream_processor::routed_codec;
 
@@ -43,7 +43,7 @@ fn events(n: usize) -> Vec<Routed> {
                     previous_id: None,
                     event_time_ms: 1_764_071_995_037 + i as i64,
                     channel: Some("web".into()),
-                    properties,
+                    properties: Properties::from_json(&Value::Object(properties).to_string()),
                 }),
                 version: i as u64,
                 reattributed: i % 7 == 0,

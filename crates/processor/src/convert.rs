@@ -7,11 +7,10 @@
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use touchstream_core::{MessageType, Touchpoint};
 use touchstream_journey::{
-    Conflict, FunnelAttemptRow, JourneyEvent, Kind, Link, Retract, RoutedEvent, SessionRow,
-    TouchpointRow,
+    Conflict, FunnelAttemptRow, JourneyEvent, Kind, Link, Properties, Retract, RoutedEvent,
+    SessionRow, TouchpointRow,
 };
 
 /// A message on `touchpoints.by_customer` (serde's externally tagged JSON:
@@ -34,10 +33,8 @@ pub enum Routed {
 
 /// The journey view of a touchpoint.
 pub fn journey_event(tp: &Touchpoint) -> JourneyEvent {
-    let properties = match serde_json::from_str::<Value>(&tp.properties) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
+    // Passed on as text: parsed only if a funnel filter needs it (journey::Properties).
+    let properties = Properties::from_json(&tp.properties);
     JourneyEvent {
         event_id: tp.event_id.clone(),
         kind: match tp.message_type {

@@ -5,8 +5,9 @@
 //! are this crate), and JSON cost the processor about 16 % of its CPU on a 1M-event run
 //! (serializing in the identity stage, parsing in the journey stage: escaping, field-name
 //! matching, number text), most of it for the fields every event has. The `properties`
-//! object stays JSON text inside the record: it is free-form, and the funnel filters
-//! need it as a map anyway.
+//! object stays JSON text inside the record: it is free-form, and it is the text that
+//! came in, passed through unparsed ([`touchstream_journey::Properties`]; the funnel
+//! filters parse it when they need a value).
 //!
 //! A binary event starts with [`EVENT_MAGIC`], which JSON never does (a JSON object
 //! starts with `{`), so records written by older processors (all JSON) are still read:
@@ -15,13 +16,12 @@
 //! absent): magic `0xE1`, format version `1`, `customer_id`, `event_id`, kind (`u8`:
 //! 0 track, 1 page, 2 screen, 3 identify, 4 alias), optional `event`, `anonymous_id`,
 //! `user_id`, `previous_id`, `channel`, `event_time_ms` (`i64`), `version` (`u64`),
-//! `reattributed` (`u8` 0/1), `properties` (a string holding the JSON object; empty
-//! when the object is empty). Documented in `schemas/README.md`.
+//! `reattributed` (`u8` 0/1), `properties` (a string holding the JSON object as the
+//! collector wrote it, `{}` included; empty for none). Documented in `schemas/README.md`.
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-use touchstream_journey::{JourneyEvent, Kind, RoutedEvent};
+use touchstream_journey::{JourneyEvent, Kind, Properties, RoutedEvent};
 
 use crate::convert::Routed;
 
@@ -57,6 +57,7 @@ pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
         .filter_map(|s| s.as_ref())
         .map(String::len)
         .sum();
+    let text = text + e.properties.json().len();
     let mut out = Vec::with_capacity(64 + r.customer_id.len() + e.event_id.len() + text);
     out.push(EVENT_MAGIC);
     out.push(FORMAT_VERSION);
@@ -78,17 +79,8 @@ pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
     out.extend_from_slice(&e.event_time_ms.to_le_bytes());
     out.extend_from_slice(&r.version.to_le_bytes());
     out.push(u8::from(r.reattributed));
-    if e.properties.is_empty() {
-        out.extend_from_slice(&0u32.to_le_bytes());
-    } else {
-        // Length first, patched once the JSON is written in place.
-        let at = out.len();
-        out.extend_from_slice(&0u32.to_le_bytes());
-        // A map of JSON values always serializes.
-        let _ = serde_json::to_writer(&mut out, &e.properties);
-        let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
-        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
-    }
+    // The text as it arrived (empty for none), not re-serialized.
+    put_str(&mut out, e.properties.json());
     out
 }
 
@@ -200,16 +192,14 @@ fn decode_event(payload: &[u8]) -> Result<RoutedEvent, String> {
         }
     };
     let len = r.len("properties")?;
-    let properties = if len == 0 {
-        Map::new()
-    } else {
-        let text = r.take(len as usize, "properties")?;
-        match serde_json::from_slice::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return Err("routed event properties are not a JSON object".into()),
-            Err(e) => return Err(format!("routed event properties: {e}")),
-        }
-    };
+    let text = r.text(len, "properties")?;
+    // Not parsed here (only when a funnel filter needs it): checked to be an object's
+    // text by its ends, as the identity stage writes it.
+    let object = text.starts_with('{') && text.ends_with('}');
+    if !(text.is_empty() || object) {
+        return Err("routed event properties are not a JSON object".into());
+    }
+    let properties = Properties::from_json(text);
     if r.at != payload.len() {
         return Err(format!(
             "routed event has {} bytes after its end",
@@ -238,7 +228,7 @@ fn decode_event(payload: &[u8]) -> Result<RoutedEvent, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
     use touchstream_journey::Retract;
 
     fn sample() -> RoutedEvent {
@@ -257,7 +247,7 @@ mod tests {
                 previous_id: None,
                 event_time_ms: 1_795_621_205_000,
                 channel: Some("web".into()),
-                properties,
+                properties: Properties::from_map(properties),
             }),
             version: 42,
             reattributed: true,
@@ -270,6 +260,23 @@ mod tests {
         let bytes = encode(&Routed::Event(e.clone()));
         assert_eq!(bytes[0], EVENT_MAGIC);
         assert_eq!(decode(&bytes).unwrap(), Routed::Event(e));
+    }
+
+    #[test]
+    fn properties_pass_through_as_their_text() {
+        let text = r#"{"z": 1,  "a":{"k":[true]}}"#;
+        let mut e = sample();
+        Arc::make_mut(&mut e.event).properties = Properties::from_json(text);
+        let Routed::Event(back) = decode(&encode_event(&e)).unwrap() else {
+            panic!("an event");
+        };
+        assert_eq!(back.event.properties.json(), text, "not re-serialized");
+        assert_eq!(back.event.properties.get("z"), Some(&json!(1)));
+        // Something that is not an object's text is a damaged record.
+        let mut bad = e.clone();
+        Arc::make_mut(&mut bad.event).properties = Properties::from_json("[1,2]");
+        let err = decode(&encode_event(&bad)).unwrap_err();
+        assert!(err.contains("not a JSON object"), "{err}");
     }
 
     #[test]
@@ -349,7 +356,7 @@ mod tests {
                     previous_id,
                     event_time_ms,
                     channel,
-                    properties: props.into_iter().collect(),
+                    properties: Properties::from_map(props.into_iter().collect()),
                 }),
                 version,
                 reattributed,
