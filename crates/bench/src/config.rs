@@ -115,8 +115,8 @@ pub struct BenchOptions {
     pub clients: usize,
     /// Messages per `/v1/batch` request. Default 100 (the batch).
     pub batch_messages: usize,
-    /// Active-customer counts of the memory phase. tiny [2,000], small [10,000,
-    /// 100,000], full [10,000, 100,000, 1,000,000].
+    /// Active-customer counts of the memory phase. tiny 2,000; small 10,000 and
+    /// 100,000; full 10,000, 100,000 and 1,000,000.
     pub customers: Vec<usize>,
     /// Customers of the memory phase's idle baseline, whose RSS is subtracted. Default 1:
     /// the processor has run one full cycle (consume, write, snapshot, commit) but holds

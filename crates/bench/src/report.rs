@@ -82,8 +82,9 @@ impl Figure {
     }
 
     /// One figure per local service in `secs` (CPU seconds it spent over `events`
-    /// events, from [`crate::procs::add_service_cpu`]): `<prefix>_<service>_cpu_secs_per_100k_events`,
-    /// labelled "<service> CPU per 100k events (<during>)".
+    /// events, from [`crate::procs::add_service_cpu`]), named
+    /// `<prefix>_<service>_cpu_secs_per_100k_events` and labelled
+    /// `<service> CPU per 100k events (<during>)`.
     pub fn service_cpu(
         phase: Phase,
         prefix: &str,

@@ -8,7 +8,7 @@
 //! - a newer one means another instance moved on and saved a newer snapshot: the state is
 //!   reloaded, and if it is still behind, the consumer seeks back to it (from further
 //!   back each time a seek does not take: tansu never serves an offset inside a producer
-//!   batch, see [`seek_back`]).
+//!   batch, see `seek_back`).
 //!
 //! A flush writes every row of the batch (retrying while ClickHouse is away), then the
 //! snapshots, then commits the offsets: offsets never pass rows that are not stored. If a
