@@ -71,27 +71,24 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     // one flush has no such window; its rate then includes start-up.
     // The local services' CPU over the same window (over the whole run when there is no
     // window: then it includes their start-up work for the processor too).
-    let mut services = BTreeMap::new();
-    let (rate, cpu, startup) = match seen.first {
-        Some((at, rows)) if seen.done > at && rows < n => {
-            crate::procs::add_service_cpu(&mut services, &seen.services.0, &seen.services.1);
-            for s in services.values_mut() {
-                *s /= (n - rows) as f64;
-            }
-            (
-                (n - rows) as f64 / seen.done.duration_since(at).as_secs_f64(),
-                (seen.done_cpu - seen.first_cpu) / (n - rows) as f64,
-                at.duration_since(started).as_secs_f64(),
-            )
-        }
-        _ => {
-            crate::procs::add_service_cpu(&mut services, &services_at_start, &seen.services.1);
-            for s in services.values_mut() {
-                *s /= n as f64;
-            }
-            (n as f64 / total_secs, seen.done_cpu / n as f64, 0.0)
-        }
+    let (rate, cpu, startup, events, services_from) = match seen.first {
+        Some((at, rows)) if seen.done > at && rows < n => (
+            (n - rows) as f64 / seen.done.duration_since(at).as_secs_f64(),
+            (seen.done_cpu - seen.first_cpu) / (n - rows) as f64,
+            at.duration_since(started).as_secs_f64(),
+            (n - rows) as f64,
+            &seen.services.0,
+        ),
+        _ => (
+            n as f64 / total_secs,
+            seen.done_cpu / n as f64,
+            0.0,
+            n as f64,
+            &services_at_start,
+        ),
     };
+    let mut services = BTreeMap::new();
+    crate::procs::add_service_cpu(&mut services, services_from, &seen.services.1);
     let mut figures = vec![
         Figure::info(
             Phase::Processor,
@@ -132,13 +129,12 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             "bytes",
         ),
     ];
-    // Per event from here on; `service_cpu` scales to 100k.
     figures.extend(Figure::service_cpu(
         Phase::Processor,
         "processor",
         "processor phase",
         &services,
-        1.0,
+        events,
     ));
     if crate::procs::SERVICES
         .iter()
@@ -148,7 +144,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             Phase::Processor,
             "processor_box_cpu_secs_per_100k_events",
             "processor + ClickHouse + broker CPU per 100k events",
-            (cpu + services.values().sum::<f64>()) * 100_000.0,
+            (cpu + services.values().sum::<f64>() / events) * 100_000.0,
             "cpu-s",
         ));
     }

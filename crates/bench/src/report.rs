@@ -154,6 +154,16 @@ pub struct Machine {
     pub release_build: bool,
 }
 
+/// The value a figure's ratio is taken against: the smallest positive of its baselines
+/// that `value_of` finds.
+fn smallest_baseline(baselines: &[String], value_of: impl Fn(&str) -> Option<f64>) -> Option<f64> {
+    baselines
+        .iter()
+        .filter_map(|b| value_of(b))
+        .filter(|v| *v > 0.0)
+        .reduce(f64::min)
+}
+
 /// (throughput figure, its phase's all-processes CPU per 100k events figure, what that
 /// CPU covers) for [`Report::derive_core_budgets`].
 pub const CORE_BUDGETS: [(&str, &str, &str); 2] = [
@@ -206,12 +216,9 @@ impl Report {
             .map(|f| (f.name.clone(), f.value))
             .collect();
         for f in &mut self.figures {
-            let base = f
-                .baselines
-                .iter()
-                .filter_map(|b| values.iter().find(|(n, _)| n == b).map(|(_, v)| *v))
-                .filter(|v| *v > 0.0)
-                .reduce(f64::min);
+            let base = smallest_baseline(&f.baselines, |b| {
+                values.iter().find(|(n, _)| n == b).map(|(_, v)| *v)
+            });
             f.ratio = base.map(|b| f.value / b);
             f.pass = f
                 .targets
@@ -239,12 +246,7 @@ impl Report {
             }) else {
                 continue;
             };
-            let base = rate
-                .baselines
-                .iter()
-                .filter_map(|b| self.figure(b).map(|f| f.value))
-                .filter(|v| *v > 0.0)
-                .reduce(f64::min);
+            let base = smallest_baseline(&rate.baselines, |b| self.figure(b).map(|f| f.value));
             let Some(at) = self.figures.iter().position(|f| f.name == box_name) else {
                 continue;
             };

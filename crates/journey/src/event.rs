@@ -73,7 +73,7 @@ pub struct JourneyEvent {
 /// The text is trusted to be a JSON object (the collector writes it, canonical); text
 /// that is not reads as no properties. Serialized (state snapshots, the JSON form of
 /// routed events) as the object itself.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Properties {
     /// The object's JSON text; empty for none.
     text: Box<str>,
@@ -123,15 +123,6 @@ impl Properties {
                 _ => Map::new(),
             }
         })
-    }
-}
-
-impl Clone for Properties {
-    fn clone(&self) -> Self {
-        Self {
-            text: self.text.clone(),
-            parsed: self.parsed.clone(),
-        }
     }
 }
 
