@@ -15,28 +15,24 @@
 //! output is a function of the input order and `seq`s, so replaying from a snapshot
 //! writes identical rows with identical versions (idempotent under `FINAL`).
 
-mod catalog;
-mod engine;
 mod event;
-mod funnel;
 mod hash;
 mod identity;
-mod rows;
-mod session;
+mod journey;
 
 use std::path::{Path, PathBuf};
 
-pub use catalog::{Catalog, Channel, Stage, Touchpoint};
-pub use engine::{
-    JourneyConfig, JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage,
-};
 pub use event::{JourneyEvent, Kind, Properties, Retract, RoutedEvent};
-pub use funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
 pub use identity::{
     is_placeholder_id, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,
     IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
 };
-pub use rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
+pub use journey::funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
+pub use journey::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+pub use journey::{
+    JourneyConfig, JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage,
+};
 
 /// Why journey configuration could not be loaded. Always permanent: fix the file.
 #[derive(Debug, thiserror::Error)]

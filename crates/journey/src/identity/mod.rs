@@ -500,5 +500,4 @@ impl IdentityStage {
 }
 
 #[cfg(test)]
-#[path = "identity_tests.rs"]
 mod tests;

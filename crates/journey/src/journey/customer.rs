@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::FastState;
-use crate::session::{HistEvent, Machine};
+use crate::journey::session::{HistEvent, Machine};
 
 /// A row key this partition has written and may still change or delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Channel, Stage};
-use crate::funnel::Outcome;
+use crate::journey::catalog::{Channel, Stage};
+use crate::journey::funnel::Outcome;
 
 /// Journey columns of one `touchpoints` row (key `event_id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

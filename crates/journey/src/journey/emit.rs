@@ -7,15 +7,15 @@
 //! the sessions and attempts its history already closed are untouched by such events, so
 //! only what the new events change is compared and written; anything else replays the
 //! history from the checkpoint, whose results the tail shortcut's must always equal
-//! (`engine_tests.rs` compares the two over a seeded mixed stream).
+//! (`journey/tests.rs` compares the two over a seeded mixed stream).
 
 use std::sync::Arc;
 
 use super::output::{Output, Row};
 use super::{Customer, JourneyStage, LiveRow};
-use crate::funnel::{ClosedAttempt, FunnelSet};
 use crate::hash::{fingerprint, Fnv128};
-use crate::session::{Machine, Produced, Replayer};
+use crate::journey::funnel::{ClosedAttempt, FunnelSet};
+use crate::journey::session::{Machine, Produced, Replayer};
 
 /// Histories at least this long keep their end-of-history machine between recomputes;
 /// shorter ones replay (cheap) and save the memory.

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::catalog::Channel;
 use crate::event::{JourneyEvent, Kind};
-use crate::funnel::Outcome;
 use crate::hash::{hex128, id128};
 use crate::identity::{IdentityConfig, IdentityOutput, IdentityStage};
-use crate::rows::{FunnelAttemptRow, SessionRow, TouchpointRow};
+use crate::journey::catalog::Channel;
+use crate::journey::funnel::Outcome;
+use crate::journey::rows::{FunnelAttemptRow, SessionRow, TouchpointRow};
 
 const MIN: i64 = 60_000;
 

@@ -2,18 +2,18 @@
 //! version counter that orders them.
 //!
 //! Rows are kept as what they are made of (shared ids, the replay's session and attempt
-//! state) and become [`crate::rows`] structs, with their strings, only at
+//! state) and become [`crate::journey::rows`] structs, with their strings, only at
 //! [`Output::take`]: a customer's open session is usually rewritten several times
 //! between two takes, and only the last version is returned.
 
 use std::sync::Arc;
 
 use super::LiveRow;
-use crate::catalog::{Channel, Stage};
-use crate::funnel::{ClosedAttempt, FunnelSet, Outcome};
 use crate::hash::{hex128, FastMap};
-use crate::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
-use crate::session::{HistEvent, SessionAcc};
+use crate::journey::catalog::{Channel, Stage};
+use crate::journey::funnel::{ClosedAttempt, FunnelSet, Outcome};
+use crate::journey::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+use crate::journey::session::{HistEvent, SessionAcc};
 
 const VERSION_LOW_BITS: u32 = 20;
 

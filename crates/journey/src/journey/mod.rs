@@ -12,25 +12,34 @@
 //! `is_late` touchpoints without a session and counted, never placed.
 //!
 //! Per customer, released events join a bounded history after a checkpoint (see
-//! [`crate::session`]); each change replays that history (or, when the new events only
-//! extend it, steps the kept end-of-history state over them: see `engine_emit.rs`) and
+//! [`crate::journey::session`]); each change replays that history (or, when the new events only
+//! extend it, steps the kept end-of-history state over them: see `emit.rs`) and
 //! emits only rows that changed, plus tombstones for rows that no longer exist. History
 //! reaches back the
 //! re-attribution horizon (default: longest funnel window + session gap): a re-attributed
 //! event older than that cannot be placed and is stored as a late touchpoint. A customer
 //! idle past the horizon is forgotten entirely, so memory follows active customers.
 
+mod buffer;
+pub(crate) mod catalog;
+mod customer;
+mod emit;
+pub(crate) mod funnel;
+mod output;
+pub(crate) mod rows;
+pub(crate) mod session;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Catalog;
 use crate::event::{Retract, RoutedEvent};
-use crate::funnel::FunnelSet;
 use crate::hash::{FastMap, FastState, Fnv128};
-use crate::rows::JourneyOutput;
-use crate::session::HistEvent;
+use crate::journey::catalog::Catalog;
+use crate::journey::funnel::FunnelSet;
+use crate::journey::rows::JourneyOutput;
+use crate::journey::session::HistEvent;
 
 use buffer::Buffer;
 use customer::{Customer, LiveRow, Names, SavedCustomer};
@@ -506,15 +515,5 @@ impl JourneyStage {
     }
 }
 
-#[path = "engine_buffer.rs"]
-mod buffer;
-#[path = "engine_customer.rs"]
-mod customer;
-#[path = "engine_emit.rs"]
-mod emit;
-#[path = "engine_output.rs"]
-mod output;
-
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;

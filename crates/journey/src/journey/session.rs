@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Channel, Stage};
-use crate::funnel::{AttemptSlot, ClosedAttempt, Funnel, FunnelSet, Steps};
 use crate::hash::Fnv128;
+use crate::journey::catalog::{Channel, Stage};
+use crate::journey::funnel::{AttemptSlot, ClosedAttempt, Funnel, FunnelSet, Steps};
 
 /// What stage 2 keeps of a released event: enough to rebuild sessions and attempts and to
 /// re-emit its touchpoint row, not its properties.

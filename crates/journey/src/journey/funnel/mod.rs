@@ -448,5 +448,4 @@ impl AttemptSlot {
 }
 
 #[cfg(test)]
-#[path = "funnel_tests.rs"]
 mod tests;

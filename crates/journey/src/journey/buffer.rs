@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::hash::FastMap;
-use crate::session::HistEvent;
+use crate::journey::session::HistEvent;
 
 /// Release order: `(event_time, event_id, customer_id)`.
 pub(super) type BufferKey = (i64, Arc<str>, Arc<str>);
@@ -157,8 +157,8 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Channel, Stage};
-    use crate::funnel::Steps;
+    use crate::journey::catalog::{Channel, Stage};
+    use crate::journey::funnel::Steps;
 
     fn event(time_ms: i64, id: &str) -> HistEvent {
         HistEvent {
