@@ -56,7 +56,7 @@ async fn wait_http(url: &str) {
 
 /// The rules with test-sized windows.
 fn shortened_rules() -> String {
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = support::repo_root();
     std::fs::read_to_string(repo.join("deploy/prometheus/rules/touchstream.yml"))
         .expect("rules file")
         .replace("[10m]", "[30s]")
@@ -90,7 +90,7 @@ async fn dropoff_spike_fires_reaches_alertmanager_and_resolves() {
     support::require_port("Kafka", &support::kafka_brokers());
     let dir = std::env::temp_dir().join(support::unique("alerting"));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = support::repo_root();
 
     // Pipeline with a fast funnel.
     let funnels = dir.join("funnels.toml");

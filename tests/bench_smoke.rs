@@ -6,15 +6,10 @@
 //! the real binary (target/debug/touchstream, built by tests/run.sh) because the bench
 //! starts collector and processor children of that same binary.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 use touchstream_tests as support;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// Figures that count or time real work: must be positive.
 const POSITIVE: &[&str] = &[
@@ -65,7 +60,7 @@ async fn tiny_bench_reports_every_figure() {
     support::require_port("Kafka", &support::kafka_brokers());
     let ch = support::clickhouse_url();
     support::require_port("ClickHouse", ch.trim_start_matches("http://"));
-    let bin = repo().join("target/debug/touchstream");
+    let bin = support::repo_root().join("target/debug/touchstream");
     assert!(
         bin.is_file(),
         "{} missing: run `cargo build -p touchstream` (tests/run.sh does)",
@@ -74,7 +69,7 @@ async fn tiny_bench_reports_every_figure() {
     let json = std::env::temp_dir().join(format!("{}.json", support::unique("bench-smoke")));
     // Blocking on purpose: this test does nothing else meanwhile.
     let out = Command::new(&bin)
-        .current_dir(repo())
+        .current_dir(support::repo_root())
         .args(["bench", "--size", "tiny", "--json"])
         .arg(&json)
         .env("TOUCHSTREAM__KAFKA__BROKERS", support::kafka_brokers())

@@ -80,7 +80,7 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
     let c = CollectorHandle::start(config.clone()).await;
     // A processor on the same broker, writing to its own database: after the restart,
     // every event answered 200 must reach ClickHouse.
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = support::repo_root();
     config.clickhouse = support::clickhouse_config("outage");
     config.processor.group_id = support::unique("it-outage");
     config.processor.funnels_path = repo.join("deploy/funnels.toml");

@@ -12,7 +12,7 @@ use touchstream_tests as support;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_report_matches_the_configured_rates() {
     support::require_port("Kafka", &support::kafka_brokers());
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = support::repo_root();
     let mut config = Config {
         kafka: support::kafka_config("demo"),
         clickhouse: support::clickhouse_config("demo"),

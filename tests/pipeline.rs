@@ -5,7 +5,6 @@
 //! the deduplicated tables unchanged. The README's five analyst queries run on the result.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clickhouse::Row;
@@ -212,12 +211,6 @@ fn generate(t0: i64) -> Vec<Planned> {
 /// with overwhelming probability.
 const TICKS: usize = 64;
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
-
 fn config(test: &str) -> Config {
     let mut c = Config {
         kafka: support::kafka_config(test),
@@ -237,8 +230,8 @@ fn config(test: &str) -> Config {
         },
     ];
     c.processor.group_id = support::unique("it-pipeline");
-    c.processor.funnels_path = repo("deploy/funnels.toml");
-    c.processor.catalog_path = repo("deploy/catalog.toml");
+    c.processor.funnels_path = support::repo_path("deploy/funnels.toml");
+    c.processor.catalog_path = support::repo_path("deploy/catalog.toml");
     c.processor.batch_max_ms = 200;
     // Event time only: the log ends with "tick" page views at the current time, which
     // move every partition's watermark past all windows (wall-clock idle advance would
@@ -588,8 +581,8 @@ async fn generated_log_through_collector_and_two_processors() {
     // The README's analyst queries, on this database.
     let db = &config.clickhouse.database;
     let run = |file: &str| {
-        let sql =
-            std::fs::read_to_string(repo(&format!("docs/queries/{file}"))).expect("query file");
+        let sql = std::fs::read_to_string(support::repo_path(&format!("docs/queries/{file}")))
+            .expect("query file");
         let sql = sql.replace("touchstream.", &format!("`{db}`."));
         let ch = ch.clone();
         async move {

@@ -155,7 +155,7 @@ async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
     let server = ClickHouse::start(&dir, http, tcp);
     wait_ready(&ch_url).await;
 
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = support::repo_root();
     let mut config = Config {
         kafka: support::kafka_config("ch_outage"),
         ..Config::default()

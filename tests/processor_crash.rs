@@ -7,7 +7,6 @@
 //! has a second member join (rebalance) and later leave with SIGTERM.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,10 +19,6 @@ use touchstream_demo::report::closed_attempts;
 use touchstream_demo::sender::{send, SendConfig};
 use touchstream_tests::{self as support, CollectorHandle};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn config(test: &str) -> Config {
     let mut c = Config {
         kafka: support::kafka_config(test),
@@ -31,8 +26,8 @@ fn config(test: &str) -> Config {
         ..Config::default()
     };
     c.processor.group_id = support::unique(&format!("it-{test}"));
-    c.processor.funnels_path = repo().join("deploy/funnels.toml");
-    c.processor.catalog_path = repo().join("deploy/catalog.toml");
+    c.processor.funnels_path = support::repo_root().join("deploy/funnels.toml");
+    c.processor.catalog_path = support::repo_root().join("deploy/catalog.toml");
     c.processor.batch_max_ms = 200;
     c.processor.allowed_lateness_secs = 60;
     c.processor.idle_watermark_secs = 5;
@@ -100,7 +95,7 @@ impl Drop for Proc {
 
 /// `instance`: static group membership name (`processor.instance_id`), if any.
 fn start_child(c: &Config, instance: Option<&str>) -> Proc {
-    let bin = repo().join("target/debug/touchstream");
+    let bin = support::repo_root().join("target/debug/touchstream");
     assert!(
         bin.is_file(),
         "{} missing: run `cargo build -p touchstream` (tests/run.sh does)",

@@ -69,7 +69,7 @@ pub fn require_port(what: &str, addr: &str) {
 
 /// Folder where tests leave files for the Python tests of the same run.
 pub fn artifacts_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    let dir = repo_path("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
     dir
 }
@@ -184,11 +184,14 @@ pub async fn drop_database(cfg: &ClickHouseConfig) {
         .unwrap_or_else(|e| panic!("dropping test database {}: {e}", cfg.database));
 }
 
+/// The repository's root folder (the tests' package is the root package).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// A path in the repository (`deploy/funnels.toml`, ...).
 pub fn repo_path(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
+    repo_root().join(path)
 }
 
 /// A processor config on fresh topics, database and group, with the repository's funnels

@@ -13,8 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::error::BenchError;
-use crate::report::Machine;
 
 /// A running `touchstream collector` or `touchstream processor`.
 pub struct ChildProc {
@@ -269,6 +270,29 @@ fn status_kib(pid: u32, key: &str) -> Result<u64, BenchError> {
                 std::io::Error::other("field missing"),
             )
         })
+}
+
+/// Where the run happened, so figures from different boxes are not mixed up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Machine {
+    /// Logical CPUs available to the process.
+    pub nproc: usize,
+    /// `MemTotal` from /proc/meminfo, bytes.
+    pub memory_bytes: u64,
+    /// Kernel release.
+    pub kernel: String,
+    /// CPU model from /proc/cpuinfo.
+    pub cpu_model: String,
+    /// `git rev-parse HEAD` of the working directory, when it is a checkout.
+    pub git_commit: Option<String>,
+    /// Whether the checkout had uncommitted changes.
+    pub git_dirty: Option<bool>,
+    /// ClickHouse `version()`.
+    pub clickhouse_version: String,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Whether the binary was built with optimizations (debug figures mean little).
+    pub release_build: bool,
 }
 
 /// Facts about the box (what /proc and git say; blanks where they say nothing).

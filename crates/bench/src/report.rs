@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::{BenchOptions, Phase};
+// Measured from /proc and git where the rest of the box's facts are read; reported here.
+pub use crate::procs::Machine;
 
 /// A goal a figure should meet (the targets, for 2 cores and `--size full`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -129,29 +131,6 @@ pub struct PhaseError {
     pub phase: Phase,
     /// The error, with its causes.
     pub error: String,
-}
-
-/// Where the run happened, so figures from different boxes are not mixed up.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Machine {
-    /// Logical CPUs available to the process.
-    pub nproc: usize,
-    /// `MemTotal` from /proc/meminfo, bytes.
-    pub memory_bytes: u64,
-    /// Kernel release.
-    pub kernel: String,
-    /// CPU model from /proc/cpuinfo.
-    pub cpu_model: String,
-    /// `git rev-parse HEAD` of the working directory, when it is a checkout.
-    pub git_commit: Option<String>,
-    /// Whether the checkout had uncommitted changes.
-    pub git_dirty: Option<bool>,
-    /// ClickHouse `version()`.
-    pub clickhouse_version: String,
-    /// Kafka bootstrap servers.
-    pub kafka_brokers: String,
-    /// Whether the binary was built with optimizations (debug figures mean little).
-    pub release_build: bool,
 }
 
 /// The value a figure's ratio is taken against: the smallest positive of its baselines

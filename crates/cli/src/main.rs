@@ -82,6 +82,11 @@ enum Command {
         /// Seconds to wait for the pipeline to catch up after sending.
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
+        /// Also print the in-process collector's and processor's info logs (stderr).
+        /// Without it only warnings and errors are logged, so the report reads clean;
+        /// RUST_LOG, when set, decides either way.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Send generated customer journeys to any collector (test data, load).
     Generate {
@@ -264,9 +269,11 @@ async fn main() -> anyhow::Result<()> {
     // Before any Kafka client starts its threads (see touchstream_core::memory).
     touchstream_core::memory::limit_c_heap_arenas();
     let cli = Cli::parse();
-    // The bench draws progress bars; its info lines (migrations) would only break them.
+    // The bench and the demo draw progress bars and print a report; info lines (the
+    // bench's migrations, the demo's in-process collector and processor) would only
+    // break them. The services themselves log at info.
     let default_level = match cli.command {
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::Demo { verbose: false, .. } => "warn",
         _ => "info",
     };
     init_tracing(cli.log_format, default_level);
@@ -335,6 +342,7 @@ async fn main() -> anyhow::Result<()> {
             gen,
             rate,
             wait_secs,
+            verbose: _,
         } => {
             let opts = touchstream_demo::demo::DemoOptions {
                 generator: gen.config()?,

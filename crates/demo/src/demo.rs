@@ -178,7 +178,7 @@ async fn drive(config: &Config, opts: &DemoOptions, base: &str) -> anyhow::Resul
         if Instant::now() > deadline {
             b.abandon();
             bail!(
-                "the pipeline closed {closed} of {} funnel attempts within {:?}; see .local/log and the processor metrics",
+                "the pipeline closed {closed} of {} funnel attempts within {:?}; see .local/log, the processor metrics and its log (`touchstream demo --verbose`)",
                 summary.attempts,
                 opts.wait
             );

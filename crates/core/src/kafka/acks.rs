@@ -17,7 +17,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use tokio::sync::Notify;
 
-use super::{producer_config, KafkaSetupError};
+use super::KafkaSetupError;
 use crate::config::KafkaConfig;
 
 /// The producer: librdkafka's own polling thread runs the delivery callbacks.
@@ -49,10 +49,7 @@ pub fn group_producer(
     message_timeout_ms: u64,
     linger_ms: u32,
 ) -> Result<GroupProducer, KafkaSetupError> {
-    producer_config(cfg, message_timeout_ms, linger_ms)
-        .create_with_context(GroupAcks)
-        .map(Arc::new)
-        .map_err(KafkaSetupError::Client)
+    super::create_producer(cfg, message_timeout_ms, linger_ms, GroupAcks).map(Arc::new)
 }
 
 /// The acknowledgements of one group of records.

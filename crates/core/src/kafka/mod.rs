@@ -1,13 +1,16 @@
 //! Kafka client settings and topic administration shared by collector and processor.
 //!
 //! All clients start from [`client_config`], so pass-through properties (TLS, SASL) set
-//! once in config reach every producer, consumer and admin client.
+//! once in config reach every producer, consumer and admin client. A client's own
+//! settings (the producers' idempotence and acks, the consumers' fetch wait, a caller's
+//! extras through [`consumer_config_with`]) are defaults under one rule: a key set in
+//! `kafka.client_properties` wins.
 
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 
@@ -33,7 +36,17 @@ pub enum KafkaSetupError {
 
 /// Base client settings: brokers plus the configured pass-through properties.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    client_config_with(cfg, &[])
+}
+
+/// [`client_config`] over `defaults`: each default holds unless the configured
+/// properties set the same key, so an operator can override any of them. The one rule
+/// for every client's own settings (producers, consumers, and a caller's extras).
+pub(crate) fn client_config_with(cfg: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
     c.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in &cfg.client_properties {
         c.set(k, v);
@@ -57,11 +70,16 @@ pub const CONSUMER_FETCH_WAIT_MS: u32 = 25;
 /// [`client_config`] for a consumer: adds `fetch.wait.max.ms` =
 /// [`CONSUMER_FETCH_WAIT_MS`] unless the configured properties set it.
 pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
-    let mut c = client_config(cfg);
-    if !cfg.client_properties.contains_key("fetch.wait.max.ms") {
-        c.set("fetch.wait.max.ms", CONSUMER_FETCH_WAIT_MS.to_string());
-    }
-    c
+    consumer_config_with(cfg, &[])
+}
+
+/// [`consumer_config`] plus a caller's own consumer defaults (e.g. a smaller prefetch),
+/// which the configured properties override like every default.
+pub fn consumer_config_with(cfg: &KafkaConfig, extra: &[(&str, &str)]) -> ClientConfig {
+    let fetch_wait = CONSUMER_FETCH_WAIT_MS.to_string();
+    let mut defaults = vec![("fetch.wait.max.ms", fetch_wait.as_str())];
+    defaults.extend_from_slice(extra);
+    client_config_with(cfg, &defaults)
 }
 
 /// An idempotent, acks=all producer (SPEC §2: 200 only after a durable ack) with a
@@ -94,30 +112,42 @@ pub fn producer_with_linger(
     message_timeout_ms: u64,
     linger_ms: u32,
 ) -> Result<FutureProducer, KafkaSetupError> {
+    create_producer(cfg, message_timeout_ms, linger_ms, DefaultClientContext)
+}
+
+/// A producer of any kind (`FutureProducer`, or the counting
+/// [`acks::GroupProducer`]'s) with [`producer_config`].
+pub(crate) fn create_producer<C, P>(
+    cfg: &KafkaConfig,
+    message_timeout_ms: u64,
+    linger_ms: u32,
+    context: C,
+) -> Result<P, KafkaSetupError>
+where
+    C: ClientContext,
+    P: FromClientConfigAndContext<C>,
+{
     producer_config(cfg, message_timeout_ms, linger_ms)
-        .create()
+        .create_with_context(context)
         .map_err(KafkaSetupError::Client)
 }
 
 /// The settings of every producer: idempotent, acks=all, lz4, then the configured
 /// properties, last so an operator can override any of them.
-pub(crate) fn producer_config(
-    cfg: &KafkaConfig,
-    message_timeout_ms: u64,
-    linger_ms: u32,
-) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", linger_ms.to_string())
-        .set("message.timeout.ms", message_timeout_ms.to_string())
-        .set("queue.buffering.max.kbytes", "262144");
-    c.set("bootstrap.servers", &cfg.brokers);
-    for (k, v) in &cfg.client_properties {
-        c.set(k, v);
-    }
-    c
+fn producer_config(cfg: &KafkaConfig, message_timeout_ms: u64, linger_ms: u32) -> ClientConfig {
+    let linger_ms = linger_ms.to_string();
+    let message_timeout_ms = message_timeout_ms.to_string();
+    client_config_with(
+        cfg,
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", &linger_ms),
+            ("message.timeout.ms", &message_timeout_ms),
+            ("queue.buffering.max.kbytes", "262144"),
+        ],
+    )
 }
 
 /// Create the raw, DLQ and internal topics (plus `extra`) with the configured partitions. Topics that already
@@ -209,6 +239,24 @@ mod tests {
                 client_config(&cfg).set("group.id", "tls-test").create();
             consumer.unwrap_or_else(|e| panic!("{props:?}: {e}"));
         }
+    }
+
+    #[test]
+    fn configured_properties_override_every_default() {
+        let cfg = with(&[("fetch.wait.max.ms", "7"), ("linger.ms", "9")]);
+        let consumer = consumer_config_with(&cfg, &[("queued.max.messages.kbytes", "16384")]);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(consumer.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        let defaults = consumer_config(&KafkaConfig::default());
+        assert_eq!(
+            defaults.get("fetch.wait.max.ms"),
+            Some(CONSUMER_FETCH_WAIT_MS.to_string().as_str())
+        );
+        let producer = producer_config(&cfg, 1000, 0);
+        assert_eq!(producer.get("linger.ms"), Some("9"));
+        assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(producer.get("message.timeout.ms"), Some("1000"));
     }
 
     #[test]
