@@ -93,6 +93,12 @@ impl Harness {
         self.call(post(path, key).body(body.into()).unwrap()).await
     }
 
+    /// One valid event to `/v1/batch` with the web key.
+    async fn post_one(&self) -> Answer {
+        self.post("/v1/batch", Some(KEY), one_event().to_string())
+            .await
+    }
+
     async fn get(&self, path: &str) -> Answer {
         self.call(Request::get(path).body(Body::empty()).unwrap())
             .await
@@ -134,6 +140,12 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 fn one_event() -> Value {
     json!({"batch": [{"type": "track", "event": "E", "anonymousId": "a", "messageId": "e-1"}]})
+}
+
+/// A retryable 503 with this error and `Retry-After`.
+fn unavailable(a: &Answer, error: &str, retry_after: &str) {
+    refused(a, 503, error, true);
+    assert_eq!(a.headers[header::RETRY_AFTER], retry_after);
 }
 
 fn refused(a: &Answer, status: u16, error: &str, retryable: bool) {
@@ -403,10 +415,7 @@ async fn a_key_over_its_rate_gets_429_and_publishes_nothing() {
     let h = harness(|c| c.collector.rate_limit_per_key = 1);
     let mut answers = Vec::new();
     for _ in 0..3 {
-        answers.push(
-            h.post("/v1/batch", Some(KEY), one_event().to_string())
-                .await,
-        );
+        answers.push(h.post_one().await);
     }
     assert_eq!(answers[0].status, StatusCode::OK);
     assert_eq!(answers[1].status, StatusCode::OK);
@@ -431,16 +440,8 @@ async fn a_failing_sink_gives_503_with_retry_after() {
     let h = harness(|c| c.collector.retry_after_secs = 3);
     h.sink
         .fail_with(Some(SinkError::Timeout(Duration::from_millis(2000))));
-    let a = h
-        .post("/v1/batch", Some(KEY), one_event().to_string())
-        .await;
-    refused(
-        &a,
-        503,
-        "kafka did not acknowledge within 2s; retry later",
-        true,
-    );
-    assert_eq!(a.headers[header::RETRY_AFTER], "3");
+    let a = h.post_one().await;
+    unavailable(&a, "kafka did not acknowledge within 2s; retry later", "3");
     h.sink.fail_with(Some(SinkError::QueueFull));
     let a = h
         .post(
@@ -449,13 +450,11 @@ async fn a_failing_sink_gives_503_with_retry_after() {
             json!({"event": "E", "userId": "u"}).to_string(),
         )
         .await;
-    refused(&a, 503, "kafka producer queue is full; retry later", true);
+    unavailable(&a, "kafka producer queue is full; retry later", "3");
     assert!(h.sink.records().is_empty());
 
     h.sink.fail_with(None);
-    let a = h
-        .post("/v1/batch", Some(KEY), one_event().to_string())
-        .await;
+    let a = h.post_one().await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(h.raw().len(), 1);
 }
@@ -463,16 +462,12 @@ async fn a_failing_sink_gives_503_with_retry_after() {
 #[tokio::test]
 async fn in_flight_byte_cap_gives_503() {
     let h = harness(|c| c.collector.max_in_flight_bytes = 16);
-    let a = h
-        .post("/v1/batch", Some(KEY), one_event().to_string())
-        .await;
-    refused(
+    let a = h.post_one().await;
+    unavailable(
         &a,
-        503,
         "collector is at its in-flight byte limit; retry later",
-        true,
+        "5",
     );
-    assert_eq!(a.headers[header::RETRY_AFTER], "5");
     assert!(h.sink.records().is_empty());
     let small = h.post("/v1/batch", Some(KEY), r#"{"batch":[]}"#).await;
     assert_eq!(
@@ -507,10 +502,8 @@ async fn readyz_follows_the_sink_and_shutdown() {
             json!({"ready": false, "reason": "shutting down"})
         )
     );
-    let a = h
-        .post("/v1/batch", Some(KEY), one_event().to_string())
-        .await;
-    refused(&a, 503, "collector is shutting down; retry later", true);
+    let a = h.post_one().await;
+    unavailable(&a, "collector is shutting down; retry later", "5");
     assert!(h.sink.records().is_empty());
 }
 
