@@ -79,11 +79,6 @@ impl<S: Sink> Collector<S> {
         self.router.clone()
     }
 
-    /// The sink the collector publishes to.
-    pub fn sink(&self) -> &S {
-        &self.state.sink
-    }
-
     /// Begin shutdown: from now on ingest answers 503 (retryable) and `/readyz` 503.
     pub fn shut_down(&self) {
         self.state.begin_shutdown();
