@@ -2,7 +2,7 @@
 //!
 //! One `/v1/batch` body of 100 analytics.js-shaped messages (track, page and identify with
 //! properties, traits, context, timestamps and `messageId`, about 300 B each) goes through
-//! exactly what `server::ingest_inner` does before producing: UTF-8 check, envelope split,
+//! exactly what the ingest pipeline (`server/ingest.rs`) does before publishing: UTF-8 check, envelope split,
 //! per-message validation (a `Validator` handing out borrowed touchpoints), Avro
 //! single-object encoding into the request's `Records`. No socket, no broker: this is the
 //! CPU cost that bounds one core's ingest rate.
@@ -154,7 +154,8 @@ fn parse_validate(text: &str, cfg: &CollectorConfig) -> usize {
         .count()
 }
 
-/// What `server::ingest_inner` does between reading the body and `produce_all`.
+/// What the ingest pipeline (`server/ingest.rs`) does between reading the body and
+/// publishing.
 fn pipeline<'t>(
     raw: Bytes,
     headers: &HeaderMap,

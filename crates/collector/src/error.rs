@@ -1,11 +1,29 @@
-//! Request-level errors and their one mapping to HTTP status and body (STYLE §5).
+//! The collector's errors: [`ApiError`], why one request is refused, with its one mapping to
+//! HTTP status and body (STYLE §5); and [`CollectorError`], why the service could not start.
 //!
 //! Per-message problems are not errors here: they become DLQ records and are listed in a
-//! 200 response. These are the cases where the request as a whole is refused.
+//! 200 response. [`ApiError`] covers the cases where the request as a whole is refused.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+/// Why the collector could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    /// Kafka client could not be created.
+    #[error(transparent)]
+    Kafka(#[from] touchstream_core::kafka::KafkaSetupError),
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A route alias names an unknown route.
+    #[error("collector.route_aliases: {0}")]
+    Alias(String),
+    /// The server failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// Why a whole request was refused.
 #[derive(Debug, thiserror::Error)]

@@ -1,17 +1,38 @@
-//! Producing a request's messages to Kafka and waiting for every acknowledgement.
+//! Where a request's records go: the [`Sink`] trait and the records it is given.
 //!
-//! A request is answered 200 only when the broker acknowledged all of its records
-//! (idempotent producer, acks=all). Any failure — queue full, delivery error, or no ack
-//! within `produce_timeout_ms` — fails the whole request with a retryable error; records
-//! that did land are deduplicated downstream by `messageId`.
+//! A request is answered 200 only when its sink has acknowledged every one of its records;
+//! any failure fails the whole request with a retryable 503 (records that did land are
+//! deduplicated downstream by `messageId`). Two sinks implement the trait:
+//! - [`KafkaSink`], the one `touchstream collector` runs: an idempotent producer (acks=all)
+//!   that waits for every acknowledgement within `produce_timeout_ms`;
+//! - [`MemorySink`], for tests and for embedding the collector without a broker: it keeps
+//!   what it is given and can be told to fail or to report itself unready.
 
+use std::future::Future;
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use touchstream_core::kafka::acks::{AckGroup, GroupProducer};
+use rdkafka::error::KafkaError;
 
-use crate::metrics::Metrics;
+mod kafka;
+mod memory;
+
+pub use kafka::{produce_all, KafkaSink};
+pub use memory::{MemorySink, PublishedRecord};
+
+/// Publishes the records of a request. The collector's router is built over one
+/// (`server::Collector::new`); every method is called concurrently from many requests.
+pub trait Sink: Send + Sync + 'static {
+    /// Publish every record; `Ok` only once each one is acknowledged (durably stored).
+    /// An error refuses the whole request with 503 and `Retry-After`.
+    fn publish(&self, records: &Records<'_>) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Whether publishing can succeed now (`/readyz`).
+    fn ready(&self) -> impl Future<Output = bool> + Send;
+
+    /// Settle whatever is still buffered; called once at shutdown, after the last answer.
+    fn flush(&self) -> impl Future<Output = ()> + Send;
+}
 
 /// The records of one request: every key and value in one buffer, so building a record
 /// costs no allocation of its own (librdkafka copies what it produces anyway).
@@ -84,8 +105,8 @@ impl<'t> Records<'t> {
     }
 }
 
-/// Why a produce failed; each maps to a `broker_errors` label.
-#[derive(Debug, thiserror::Error)]
+/// Why a publish failed; each maps to a `broker_errors` label.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     /// librdkafka's local queue is full: the broker is not keeping up.
     #[error("kafka producer queue is full")]
@@ -107,41 +128,6 @@ impl SinkError {
             SinkError::Delivery(_) => "delivery",
         }
     }
-}
-
-/// Produce all records and wait until every one is acknowledged, or fail. The records
-/// share one [`AckGroup`]: one wake-up when the last is settled, no future per record.
-pub async fn produce_all(
-    producer: &GroupProducer,
-    records: &Records<'_>,
-    timeout: Duration,
-    metrics: &Metrics,
-) -> Result<(), SinkError> {
-    let started = Instant::now();
-    let group = AckGroup::new();
-    for r in records.iter() {
-        match group.send(producer, r.topic, r.key, r.payload, None) {
-            Ok(()) => {}
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                return Err(fail(metrics, SinkError::QueueFull));
-            }
-            Err(e) => return Err(fail(metrics, SinkError::Delivery(e))),
-        }
-    }
-    let acks = tokio::time::timeout(timeout, group.wait()).await;
-    metrics
-        .produce_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match acks {
-        Err(_elapsed) => Err(fail(metrics, SinkError::Timeout(timeout))),
-        Ok(Err(e)) => Err(fail(metrics, SinkError::Delivery(e))),
-        Ok(Ok(())) => Ok(()),
-    }
-}
-
-fn fail(metrics: &Metrics, e: SinkError) -> SinkError {
-    metrics.broker_errors.with_label_values(&[e.kind()]).inc();
-    e
 }
 
 #[cfg(test)]

@@ -1,0 +1,355 @@
+//! The ingest pipeline every ingest route runs, one named step per stage, in this order:
+//!
+//! 1. `admit`: refuse while shutting down;
+//! 2. `header_source`: a write key in the `Authorization` header is checked before the
+//!    body is read, so strangers cost nothing;
+//! 3. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit;
+//! 4. `reserve_in_flight`: hold the body's bytes against `max_in_flight_bytes`;
+//! 5. `split`: the envelope, under the message count and size limits;
+//! 6. `authenticate` and `rate_limit`: the source (from the header, else the body's
+//!    `writeKey`) and its request budget;
+//! 7. `encode`: validate each message; valid ones become Avro records for the raw topic,
+//!    rejected ones JSON records for the DLQ topic;
+//! 8. `publish`: every record to the sink, acknowledged, or 503;
+//! 9. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
+//!
+//! A refused request publishes nothing. Any step's [`ApiError`] is the answer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::SemaphorePermit;
+use touchstream_core::avro;
+use tracing::Instrument as _;
+
+use super::dlq;
+use super::endpoint::Endpoint;
+use super::envelope::split;
+use super::state::AppState;
+use crate::auth::{basic_username, Source};
+use crate::body;
+use crate::error::ApiError;
+use crate::message::{BatchContext, Rejection, RequestMeta, Validator};
+use crate::metrics::Metrics;
+use crate::sink::{Records, Sink};
+
+/// The handler of every ingest route: the pipeline, then the request metrics.
+pub(super) async fn ingest<S: Sink>(
+    State(st): State<Arc<AppState<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+    ep: Endpoint,
+) -> Response {
+    let started = Instant::now();
+    // A span per request: counts and reasons only, never bodies or ids.
+    let result = pipeline(&st, peer, &headers, body, ep)
+        .instrument(tracing::debug_span!("ingest", endpoint = ep.label()))
+        .await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, ApiError::Unavailable { .. }) {
+                tracing::warn!(endpoint = ep.label(), error = %e, "request refused");
+            }
+            e.into_response()
+        }
+    };
+    st.metrics
+        .requests
+        .with_label_values(&[ep.label(), resp.status().as_str()])
+        .inc();
+    st.metrics
+        .request_seconds
+        .with_label_values(&[ep.label()])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn pipeline<S: Sink>(
+    st: &AppState<S>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+    ep: Endpoint,
+) -> Result<Response, ApiError> {
+    let received_at_ms = now_ms();
+    admit(st)?;
+    let header_source = header_source(st, headers)?;
+    let text = read_body(st, body, headers).await?;
+    let _reserved = reserve_in_flight(st, text.len())?;
+    let text =
+        std::str::from_utf8(&text).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
+    let (messages, batch_sent_at_ms, batch_context, body_key) = split(text, ep, &st.cfg)?;
+    let source = authenticate(st, header_source, body_key.as_deref())?;
+    rate_limit(st, &source)?;
+    let batch_context = batch_context.map(BatchContext::new);
+    let meta = RequestMeta {
+        source: &source.name,
+        default_channel: source.default_channel,
+        received_at_ms,
+        ip: client_ip(headers, peer, st.cfg.trusted_proxy_header.as_deref()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+        batch_sent_at_ms,
+        batch_context: batch_context.as_ref(),
+    };
+    let encoded = encode(st, &messages, text.len(), ep, &meta);
+    publish(st, &encoded.records).await?;
+    Ok(answer(st, &encoded))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The answer to a request that comes in once shutdown has begun: retry elsewhere.
+fn admit<S>(st: &AppState<S>) -> Result<(), ApiError> {
+    if st.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable {
+            reason: "collector is shutting down".into(),
+            retry_after_secs: st.cfg.retry_after_secs,
+        });
+    }
+    Ok(())
+}
+
+/// The source of a key in the `Authorization` header: `None` without one, 401 for an
+/// unknown one.
+fn header_source<S>(
+    st: &AppState<S>,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Source>>, ApiError> {
+    match basic_username(headers) {
+        Some(key) => Ok(Some(st.sources.lookup(&key).ok_or(ApiError::Unauthorized)?)),
+        None => Ok(None),
+    }
+}
+
+/// The body, read and inflated within `max_request_bytes` (413 beyond).
+async fn read_body<S>(
+    st: &AppState<S>,
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<Bytes, ApiError> {
+    let raw = body::read_limited(body, headers, st.cfg.max_request_bytes).await?;
+    st.metrics.bytes.inc_by(raw.len() as u64);
+    body::decode(raw, headers, st.cfg.max_request_bytes)
+}
+
+/// Bytes of one request held against `max_in_flight_bytes` until it is answered.
+struct InFlight<'a> {
+    _permit: SemaphorePermit<'a>,
+    metrics: &'a Metrics,
+    cost: i64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.in_flight_bytes.sub(self.cost);
+    }
+}
+
+/// Bounded memory under overload: refuse (503) rather than queue without end.
+fn reserve_in_flight<S>(st: &AppState<S>, len: usize) -> Result<InFlight<'_>, ApiError> {
+    let cost = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
+    let permit = st.in_flight.try_acquire_many(cost).map_err(|_| {
+        st.metrics
+            .throttled
+            .with_label_values(&["in_flight_bytes"])
+            .inc();
+        ApiError::Unavailable {
+            reason: "collector is at its in-flight byte limit".into(),
+            retry_after_secs: st.cfg.retry_after_secs,
+        }
+    })?;
+    st.metrics.in_flight_bytes.add(i64::from(cost));
+    Ok(InFlight {
+        _permit: permit,
+        metrics: &st.metrics,
+        cost: i64::from(cost),
+    })
+}
+
+/// The request's source: the header's, else the body `writeKey`'s; 401 without either.
+fn authenticate<S>(
+    st: &AppState<S>,
+    header_source: Option<Arc<Source>>,
+    body_key: Option<&str>,
+) -> Result<Arc<Source>, ApiError> {
+    match header_source {
+        Some(s) => Ok(s),
+        None => body_key
+            .and_then(|k| st.sources.lookup(k))
+            .ok_or(ApiError::Unauthorized),
+    }
+}
+
+/// 429 with the wait when the source is over `rate_limit_per_key`.
+fn rate_limit<S>(st: &AppState<S>, source: &Source) -> Result<(), ApiError> {
+    let Some(limiter) = &st.limiter else {
+        return Ok(());
+    };
+    limiter.check_key(&source.name).map_err(|not_until| {
+        st.metrics
+            .throttled
+            .with_label_values(&["rate_limit"])
+            .inc();
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        ApiError::RateLimited {
+            retry_after_secs: wait.as_secs().max(1),
+        }
+    })
+}
+
+/// A request's records and what its answer lists.
+struct Encoded<'t> {
+    records: Records<'t>,
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
+
+/// A rejected message, as the answer lists it.
+struct Rejected {
+    index: usize,
+    message_id: Value,
+    rejection: Rejection,
+}
+
+/// Validate every message: valid ones as Avro to the raw topic (keyed by identity),
+/// rejected ones as DLQ records.
+fn encode<'t, S>(
+    st: &'t AppState<S>,
+    messages: &[&str],
+    text_len: usize,
+    ep: Endpoint,
+    meta: &RequestMeta<'_>,
+) -> Encoded<'t> {
+    // Avro values are about as long as the message text plus the request's strings
+    // (a hint: the buffer grows if it is short; a long User-Agent does not inflate the
+    // up-front reservation by thousands of copies).
+    let per_message = meta.source.len()
+        + meta.ip.as_ref().map_or(0, String::len)
+        + meta.user_agent.as_ref().map_or(0, |ua| ua.len().min(256))
+        + 96;
+    let mut records =
+        Records::with_capacity(messages.len(), text_len + messages.len() * per_message);
+    let mut validator = Validator::new();
+    let mut rejected = Vec::new();
+    for (index, raw) in messages.iter().enumerate() {
+        match validator.validate(raw, ep.implied_type(), meta) {
+            Ok(tp) => records.push(&st.raw_topic, Some(tp.identity_key()), |out| {
+                avro::encode_ref(&tp, out)
+            }),
+            Err(rejection) => {
+                dlq::push_record(&mut records, &st.dlq_topic, raw, &rejection, meta, ep);
+                rejected.push(Rejected {
+                    index,
+                    message_id: message_id_of(raw),
+                    rejection,
+                });
+            }
+        }
+    }
+    Encoded {
+        accepted: messages.len() - rejected.len(),
+        records,
+        rejected,
+    }
+}
+
+/// The `messageId` of a message, if it has one (`null` otherwise).
+fn message_id_of(raw: &str) -> Value {
+    serde_json::from_str::<Value>(raw)
+        .ok()
+        .and_then(|v| v.get("messageId").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Every record to the sink; 503 with `Retry-After` unless all are acknowledged.
+async fn publish<S: Sink>(st: &AppState<S>, records: &Records<'_>) -> Result<(), ApiError> {
+    st.sink
+        .publish(records)
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            reason: e.to_string(),
+            retry_after_secs: st.cfg.retry_after_secs,
+        })
+}
+
+/// 200 with the accepted count and every rejection; counted in the events metric.
+fn answer<S>(st: &AppState<S>, encoded: &Encoded<'_>) -> Response {
+    st.metrics
+        .events
+        .with_label_values(&["accepted", "ok"])
+        .inc_by(encoded.accepted as u64);
+    for r in &encoded.rejected {
+        st.metrics
+            .events
+            .with_label_values(&["rejected", r.rejection.reason.label()])
+            .inc();
+    }
+    let rejected: Vec<Value> = encoded
+        .rejected
+        .iter()
+        .map(|r| {
+            json!({
+                "index": r.index,
+                "messageId": r.message_id,
+                "reason": r.rejection.reason.label(),
+                "detail": r.rejection.detail,
+            })
+        })
+        .collect();
+    Json(json!({"success": true, "accepted": encoded.accepted, "rejected": rejected}))
+        .into_response()
+}
+
+/// The client's address: the first entry of the trusted proxy header when it is an IP,
+/// else the peer's.
+fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: Option<&str>) -> Option<String> {
+    trusted
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+        .or_else(|| Some(peer.ip().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ip_honours_only_the_trusted_header() {
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        assert_eq!(
+            client_ip(&h, peer, Some("x-forwarded-for")).unwrap(),
+            "203.0.113.9"
+        );
+        assert_eq!(client_ip(&h, peer, None).unwrap(), "10.0.0.1");
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(
+            client_ip(&h, peer, Some("x-forwarded-for")).unwrap(),
+            "10.0.0.1"
+        );
+    }
+}

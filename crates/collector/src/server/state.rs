@@ -1,0 +1,61 @@
+//! What every request of one collector shares: config, write keys, the sink, metrics and
+//! the overload limits.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+use touchstream_core::config::CollectorConfig;
+use touchstream_core::Config;
+
+use crate::auth::Sources;
+use crate::metrics::Metrics;
+
+/// The state behind every route of one collector.
+pub(super) struct AppState<S> {
+    pub(super) cfg: CollectorConfig,
+    /// Topic of valid messages (Avro).
+    pub(super) raw_topic: String,
+    /// Topic of rejected messages (JSON).
+    pub(super) dlq_topic: String,
+    pub(super) sources: Sources,
+    pub(super) sink: S,
+    pub(super) metrics: Arc<Metrics>,
+    /// Request bytes being handled, bounded by `max_in_flight_bytes`.
+    pub(super) in_flight: Semaphore,
+    /// Per-write-key request rate (`rate_limit_per_key`; `None` when 0).
+    pub(super) limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Set once shutdown begins: ingest and `/readyz` answer 503 from then on.
+    pub(super) shutting_down: AtomicBool,
+}
+
+impl<S> AppState<S> {
+    pub(super) fn new(config: &Config, sink: S, metrics: Arc<Metrics>) -> Self {
+        let cfg = config.collector.clone();
+        // Burst of twice the per-second rate.
+        let limiter = NonZeroU32::new(cfg.rate_limit_per_key).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        let permits = cfg.max_in_flight_bytes.min(Semaphore::MAX_PERMITS);
+        Self {
+            raw_topic: config.kafka.raw_topic.clone(),
+            dlq_topic: config.kafka.dlq_topic.clone(),
+            sources: Sources::new(&cfg.sources),
+            sink,
+            metrics,
+            in_flight: Semaphore::new(permits),
+            limiter,
+            shutting_down: AtomicBool::new(false),
+            cfg,
+        }
+    }
+
+    /// Refuse new ingest requests and report unready from now on.
+    pub(super) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        tracing::info!("collector shutting down: draining requests");
+    }
+}
