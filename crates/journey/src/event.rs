@@ -1,8 +1,8 @@
 //! The event shape the journey logic works on, and the records passed between stages.
 //!
-//! Decoupled from the wire format (Avro, `touchstream-core`) on purpose: the I/O layer
-//! converts a decoded message into a [`JourneyEvent`], and everything here stays pure and
-//! testable without a broker. All types are serde so the I/O layer can put
+//! Decoupled from the wire format (Avro) on purpose: the I/O layer converts a decoded
+//! message into a [`JourneyEvent`], and everything here stays pure and testable without a
+//! broker. The message type is the event model's own ([`MessageType`], re-exported). All types are serde so the I/O layer can put
 //! [`RoutedEvent`] and [`Retract`] on the internal repartition topic keyed by
 //! `customer_id`.
 
@@ -10,35 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-/// Segment message type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// `track`: a named action.
-    Track,
-    /// `page`: a web page view.
-    Page,
-    /// `screen`: an app screen view.
-    Screen,
-    /// `identify`: ties the anonymous id to a user id (and carries traits).
-    Identify,
-    /// `alias`: ties `previousId` to `userId`.
-    Alias,
-}
-
-impl Kind {
-    /// The Segment `type` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Track => "track",
-            Kind::Page => "page",
-            Kind::Screen => "screen",
-            Kind::Identify => "identify",
-            Kind::Alias => "alias",
-        }
-    }
-}
+pub use touchstream_core::MessageType;
 
 /// One accepted touchpoint, as far as journeys care.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +18,7 @@ pub struct JourneyEvent {
     /// Segment `messageId`; unique per event, the touchpoint row key.
     pub event_id: String,
     /// Message type.
-    pub kind: Kind,
+    pub kind: MessageType,
     /// Track event name, or page/screen name; `None` for identify/alias and unnamed pages.
     pub event: Option<String>,
     /// Device/browser id before login.
