@@ -28,29 +28,23 @@ pub(crate) trait Named: Copy {
     fn name(self) -> &'static str;
 }
 
-impl Named for crate::Stage {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
+/// [`Named`] by the enum's own `as_str`.
+macro_rules! named_by_as_str {
+    ($($t:ty),*) => {$(
+        impl Named for $t {
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+        }
+    )*};
 }
 
-impl Named for crate::Channel {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl Named for crate::Outcome {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl Named for crate::LinkType {
-    fn name(self) -> &'static str {
-        self.as_str()
-    }
-}
+named_by_as_str!(
+    crate::Stage,
+    crate::Channel,
+    crate::Outcome,
+    crate::LinkType
+);
 
 /// `serialize_with` for a `String` column holding an enum's name.
 pub(crate) fn name<S: Serializer, T: Named>(value: &T, s: S) -> Result<S::Ok, S::Error> {

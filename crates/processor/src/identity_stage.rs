@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use touchstream_core::{avro, MessageType, Touchpoint};
+use touchstream_core::{avro, MessageType};
 use touchstream_journey::{
-    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, JourneyEvent, Properties,
-    RoutedEvent,
+    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, JourneyEvent, RoutedEvent,
 };
 
 use crate::batch::{Batch, Record};
@@ -130,7 +129,7 @@ impl Stage for Identity {
                 .saturating_add(touchstream_core::event::MAX_FUTURE_MS),
         );
         state.watermark_ms = Some(state.watermark_ms.map_or(t, |w| w.max(t)));
-        let event = journey_event(&tp);
+        let event = JourneyEvent::from(&tp);
         if topic == self.raw_topic {
             let alias_ids = (tp.message_type == MessageType::Alias && tp.anonymous_id.is_none())
                 .then(|| (tp.previous_id.clone(), tp.user_id.clone()));
@@ -233,25 +232,6 @@ impl Stage for Identity {
             }
             _ => false,
         }
-    }
-}
-
-/// The journey view of a touchpoint.
-pub fn journey_event(tp: &Touchpoint) -> JourneyEvent {
-    // Passed on as text: parsed only if a funnel filter needs it (journey::Properties).
-    let properties = Properties::from_json(&tp.properties);
-    JourneyEvent {
-        event_id: tp.event_id.clone(),
-        kind: tp.message_type,
-        event: tp.event.clone(),
-        anonymous_id: tp.anonymous_id.clone(),
-        user_id: tp.user_id.clone(),
-        previous_id: tp.previous_id.clone(),
-        event_time_ms: tp.event_time_ms,
-        // The collector fills the message's channel or the source's default; a source whose
-        // default is `other` leaves the choice to the touchpoint catalog.
-        channel: (tp.channel != "other").then(|| tp.channel.clone()),
-        properties,
     }
 }
 

@@ -7,8 +7,9 @@
 //! 2. [`journey_stage`] reads that topic and builds sessions, journeys and funnel attempts.
 //!
 //! The pure state machines live in `touchstream-journey`; this crate is the I/O around
-//! them ([`runner`]): consuming, batching, writing ClickHouse ([`store`]), snapshotting
-//! state and committing offsets only after the rows are stored. Run N processes with the
+//! them ([`runner`]): consuming, batching ([`batch`]), writing ClickHouse ([`store`], one
+//! module per table in [`tables`]), snapshotting state ([`state_codec`]) and committing
+//! offsets only after the rows are stored. Run N processes with the
 //! same config and Kafka spreads the partitions over them; results are the same as with one.
 
 pub mod batch;
