@@ -4,8 +4,8 @@ use touchstream_journey::Link;
 
 use super::Table;
 
-/// The `identities` table. Its row is the stage's [`Link`] as it is: the journey crate declares
-/// the columns (see [`super`]).
+/// The `identities` table. Its row is the stage's [`Link`] as it is: the journey crate
+/// declares the columns (see [`super`]).
 pub struct Identities;
 
 impl Table for Identities {
