@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use touchstream_core::kafka;
 use touchstream_processor::batch::Batch;
 use touchstream_processor::metrics::Metrics;
-use touchstream_processor::runner::{run_stage, RunCtx, Stage};
-use touchstream_processor::store::{StateRow, Store};
+use touchstream_processor::runner::{run_stage, Input, RunCtx, Stage};
+use touchstream_processor::store::Store;
+use touchstream_processor::tables::processor_state::StateRow;
 use touchstream_tests as support;
 
 /// Records every offset handed to it; its state is the count.
@@ -37,24 +38,15 @@ impl Stage for Recorder {
     fn new_state(&self) -> u64 {
         0
     }
-    fn restore(&self, json: &[u8]) -> Result<u64, String> {
-        serde_json::from_slice(json).map_err(|e| e.to_string())
+    fn restore(&self, json: &[u8]) -> Result<u64, serde_json::Error> {
+        serde_json::from_slice(json)
     }
     fn snapshot<'a>(&'a self, state: &'a u64) -> impl serde::Serialize + 'a {
         state
     }
-    fn handle(
-        &self,
-        state: &mut u64,
-        _topic: &str,
-        _partition: i32,
-        offset: i64,
-        _payload: &[u8],
-        _seq: u64,
-        _batch: &mut Batch,
-    ) {
+    fn handle(&self, state: &mut u64, input: &Input<'_>, _batch: &mut Batch) {
         *state += 1;
-        self.seen.lock().expect("seen").push(offset);
+        self.seen.lock().expect("seen").push(input.offset);
     }
     fn drain(&self, _state: &mut u64, _partition: i32, _batch: &mut Batch) {}
 }

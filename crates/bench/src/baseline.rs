@@ -12,9 +12,10 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
 use touchstream_core::avro;
-use touchstream_processor::convert::{EventRow, JourneyRow};
+use touchstream_processor::tables::events::Events;
+use touchstream_processor::tables::touchpoint_journey::TouchpointJourney;
+use touchstream_processor::tables::Table;
 
 use crate::config::Phase;
 use crate::ctx::{wait_limit, Ctx};
@@ -83,8 +84,8 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
         let cpu_before = procs::service_cpu_secs();
         let started = Instant::now();
         tokio::try_join!(
-            insert::<EventRow>(&ch, "events", &events),
-            insert::<JourneyRow>(&ch, "touchpoint_journey", &journey)
+            insert::<Events>(&ch, &events),
+            insert::<TouchpointJourney>(&ch, &journey)
         )?;
         insert_secs += started.elapsed().as_secs_f64();
         procs::add_service_cpu(&mut services, &cpu_before, &procs::service_cpu_secs());
@@ -134,13 +135,10 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     Ok(figures)
 }
 
-async fn insert<R>(ch: &clickhouse::Client, table: &str, rows: &[R]) -> Result<(), BenchError>
-where
-    R: clickhouse::RowOwned + clickhouse::RowWrite + Serialize,
-{
-    let what = || format!("inserting into {table}");
+async fn insert<T: Table>(ch: &clickhouse::Client, rows: &[T::Row]) -> Result<(), BenchError> {
+    let what = || format!("inserting into {}", T::NAME);
     let mut ins = ch
-        .insert::<R>(table)
+        .insert::<T::Row>(T::NAME)
         .await
         .map_err(|e| BenchError::clickhouse(what(), e))?;
     for r in rows {

@@ -13,7 +13,9 @@ use touchstream_collector::message::{to_touchpoint, RequestMeta};
 use touchstream_core::{avro, Channel, Touchpoint};
 use touchstream_demo::generator::{plan, GeneratorConfig};
 use touchstream_demo::sender::iso;
-use touchstream_processor::convert::{days, EventRow, JourneyRow};
+use touchstream_journey::columns::days;
+use touchstream_journey::{Stage, TouchpointRow};
+use touchstream_processor::tables::events::EventRow;
 
 use crate::error::BenchError;
 
@@ -91,20 +93,23 @@ pub fn record(tp: &Touchpoint) -> Result<(String, Vec<u8>), BenchError> {
 
 /// The rows the processor writes for one event: its `events` row (identity stage) and its
 /// `touchpoint_journey` row (journey stage), which the `touchpoints` view joins.
-pub fn rows(tp: &Touchpoint, partition: i32, offset: i64) -> (EventRow, JourneyRow) {
+pub fn rows(tp: &Touchpoint, partition: i32, offset: i64) -> (EventRow, TouchpointRow) {
     let customer = tp
         .user_id
         .clone()
         .or_else(|| tp.anonymous_id.clone())
         .unwrap_or_default();
-    let journey = JourneyRow {
+    let journey = TouchpointRow {
         event_id: tp.event_id.clone(),
         event_date: days(tp.event_time_ms),
         session_id: format!("{:016x}{:016x}", fnv(&customer), offset.unsigned_abs()),
         customer_id: customer,
-        stage: "consideration".into(),
-        channel: tp.channel.clone(),
-        is_late: 0,
+        stage: Stage::Consideration,
+        // The row's channel as the journey stage reads a message's (`tp.channel` is a
+        // collector channel name, so always recognised).
+        channel: touchstream_journey::Channel::from_message(&tp.channel)
+            .unwrap_or(touchstream_journey::Channel::Other),
+        is_late: false,
         version: offset.unsigned_abs(),
     };
     (EventRow::new(tp.clone(), partition, offset), journey)

@@ -1,5 +1,5 @@
-//! ClickHouse access for Touchstream: connection, schema migrations, and (for the
-//! processor) the row types it writes.
+//! ClickHouse access for Touchstream: connection and schema migrations. The row types
+//! the processor writes are declared with the processor (`touchstream_processor::tables`).
 //!
 //! Data comes from the processor's batches and from `touchstream migrate`; it goes to the
 //! tables analysts query (SPEC §6). The client is built with the official `clickhouse`

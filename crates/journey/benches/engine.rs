@@ -21,7 +21,7 @@ use criterion::{BatchSize, Criterion, Throughput};
 use serde_json::{json, Value};
 use touchstream_journey::{
     Catalog, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent,
-    JourneyStage, Kind, Properties, RoutedEvent,
+    JourneyStage, MessageType, Properties, RoutedEvent,
 };
 
 const MIN: i64 = 60_000;
@@ -96,7 +96,14 @@ struct Builder {
 }
 
 impl Builder {
-    fn push(&mut self, t: i64, kind: Kind, name: Option<&str>, who: Who<'_>, properties: Value) {
+    fn push(
+        &mut self,
+        t: i64,
+        kind: MessageType,
+        name: Option<&str>,
+        who: Who<'_>,
+        properties: Value,
+    ) {
         self.n += 1;
         let event = JourneyEvent {
             event_id: format!("ajs-{:016x}", self.n.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -116,7 +123,7 @@ impl Builder {
     }
 
     fn track(&mut self, t: i64, name: &str, who: Who<'_>, properties: Value) {
-        self.push(t, Kind::Track, Some(name), who, properties);
+        self.push(t, MessageType::Track, Some(name), who, properties);
     }
 
     /// 1 to 12 minutes: the pause between two steps of a visit.
@@ -156,11 +163,17 @@ fn journeys(customers: usize, seed: u64) -> Vec<JourneyEvent> {
                 match b.rng.range(0, 3) {
                     0 => b.track(t, "Ad Clicked", web, json!({"campaign": "autumn"})),
                     1 => b.track(t, "Email Link Clicked", web, json!({"campaign": "news"})),
-                    _ => b.push(t, Kind::Page, Some("Home"), web, json!({"path": "/"})),
+                    _ => b.push(
+                        t,
+                        MessageType::Page,
+                        Some("Home"),
+                        web,
+                        json!({"path": "/"}),
+                    ),
                 }
                 t += b.step();
                 let list = json!({"path": "/shop/shoes", "title": "Shoes"});
-                b.push(t, Kind::Page, Some("Product List"), web, list);
+                b.push(t, MessageType::Page, Some("Product List"), web, list);
                 let sku = format!("SKU-{}", b.rng.range(1, 40));
                 for _ in 0..b.rng.range(1, 4) {
                     t += b.step();
@@ -172,7 +185,7 @@ fn journeys(customers: usize, seed: u64) -> Vec<JourneyEvent> {
                 let bought = checkout && b.rng.chance(0.75);
                 if !checkout && b.rng.chance(0.3) {
                     t += b.step();
-                    b.push(t, Kind::Identify, None, signed_in, json!({}));
+                    b.push(t, MessageType::Identify, None, signed_in, json!({}));
                 }
                 if added {
                     t += b.step();
@@ -186,7 +199,7 @@ fn journeys(customers: usize, seed: u64) -> Vec<JourneyEvent> {
                 if checkout {
                     // Signing in to check out links the anonymous browsing to the user.
                     t += b.step();
-                    b.push(t, Kind::Identify, None, signed_in, json!({}));
+                    b.push(t, MessageType::Identify, None, signed_in, json!({}));
                     t += 1000;
                     let p = json!({"value": 89.9, "currency": "GBP"});
                     b.track(t, "Checkout Started", signed_in, p);
@@ -260,7 +273,7 @@ fn heavy_journeys(customers: usize, per_customer: usize, seed: u64) -> Vec<Route
             };
             let p = json!({"sku": format!("SKU-{}", k % 40)});
             match k % 3 {
-                0 => b.push(t, Kind::Page, Some("Product List"), who, p),
+                0 => b.push(t, MessageType::Page, Some("Product List"), who, p),
                 1 => b.track(t, "Product Viewed", who, p),
                 _ => b.track(t, "Product Added", who, p),
             }

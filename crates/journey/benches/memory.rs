@@ -20,7 +20,7 @@ use std::process::Command;
 use serde_json::{json, Map, Value};
 use touchstream_journey::{
     Catalog, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent,
-    JourneyStage, Kind, Properties, RoutedEvent,
+    JourneyStage, MessageType, Properties, RoutedEvent,
 };
 
 const MIN: i64 = 60_000;
@@ -33,7 +33,7 @@ fn event(i: usize, n: usize) -> JourneyEvent {
     properties.insert("sku".into(), json!(format!("SKU-{}", i % 40)));
     JourneyEvent {
         event_id: format!("m-7f3a9c21-{i}"),
-        kind: Kind::Track,
+        kind: MessageType::Track,
         event: Some("Product Viewed".into()),
         anonymous_id: Some(format!("a-7f3a9c21-{i}")),
         user_id: Some(format!("u-7f3a9c21-{i}")),

@@ -1,8 +1,9 @@
 //! The event shape the journey logic works on, and the records passed between stages.
 //!
-//! Decoupled from the wire format (Avro, `touchstream-core`) on purpose: the I/O layer
-//! converts a decoded message into a [`JourneyEvent`], and everything here stays pure and
-//! testable without a broker. All types are serde so the I/O layer can put
+//! Decoupled from the wire format (Avro) on purpose: the I/O layer converts a decoded
+//! touchpoint into a [`JourneyEvent`] (`From<&Touchpoint>`: only what journeys use, the
+//! properties left unparsed), and everything here stays pure and testable without a
+//! broker. The message type is the event model's own ([`MessageType`], re-exported). All types are serde so the I/O layer can put
 //! [`RoutedEvent`] and [`Retract`] on the internal repartition topic keyed by
 //! `customer_id`.
 
@@ -10,35 +11,8 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-/// Segment message type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// `track`: a named action.
-    Track,
-    /// `page`: a web page view.
-    Page,
-    /// `screen`: an app screen view.
-    Screen,
-    /// `identify`: ties the anonymous id to a user id (and carries traits).
-    Identify,
-    /// `alias`: ties `previousId` to `userId`.
-    Alias,
-}
-
-impl Kind {
-    /// The Segment `type` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Track => "track",
-            Kind::Page => "page",
-            Kind::Screen => "screen",
-            Kind::Identify => "identify",
-            Kind::Alias => "alias",
-        }
-    }
-}
+pub use touchstream_core::MessageType;
+use touchstream_core::Touchpoint;
 
 /// One accepted touchpoint, as far as journeys care.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +20,7 @@ pub struct JourneyEvent {
     /// Segment `messageId`; unique per event, the touchpoint row key.
     pub event_id: String,
     /// Message type.
-    pub kind: Kind,
+    pub kind: MessageType,
     /// Track event name, or page/screen name; `None` for identify/alias and unnamed pages.
     pub event: Option<String>,
     /// Device/browser id before login.
@@ -157,6 +131,25 @@ impl<'de> Deserialize<'de> for Properties {
             return Ok(Self::default());
         }
         Ok(Self::from_json(&Value::Object(map).to_string()))
+    }
+}
+
+impl From<&Touchpoint> for JourneyEvent {
+    fn from(tp: &Touchpoint) -> Self {
+        JourneyEvent {
+            event_id: tp.event_id.clone(),
+            kind: tp.message_type,
+            event: tp.event.clone(),
+            anonymous_id: tp.anonymous_id.clone(),
+            user_id: tp.user_id.clone(),
+            previous_id: tp.previous_id.clone(),
+            event_time_ms: tp.event_time_ms,
+            // The collector fills the message's channel or the source's default; a source
+            // whose default is `other` leaves the choice to the touchpoint catalog.
+            channel: (tp.channel != "other").then(|| tp.channel.clone()),
+            // Passed on as text: parsed only if a funnel filter needs it.
+            properties: Properties::from_json(&tp.properties),
+        }
     }
 }
 

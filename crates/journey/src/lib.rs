@@ -15,6 +15,7 @@
 //! output is a function of the input order and `seq`s, so replaying from a snapshot
 //! writes identical rows with identical versions (idempotent under `FINAL`).
 
+pub mod columns;
 mod event;
 mod hash;
 mod identity;
@@ -22,10 +23,10 @@ mod journey;
 
 use std::path::{Path, PathBuf};
 
-pub use event::{JourneyEvent, Kind, Properties, Retract, RoutedEvent};
+pub use event::{JourneyEvent, MessageType, Properties, Retract, RoutedEvent};
 pub use identity::{
-    is_placeholder_id, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,
-    IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
+    Conflict, IdentityConfig, IdentityCounters, IdentityOutput, IdentitySnapshot,
+    IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
 };
 pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
 pub use journey::funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};

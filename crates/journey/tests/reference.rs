@@ -12,10 +12,12 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{json, Map, Value};
+use touchstream_core::is_placeholder_id;
+use touchstream_journey::columns::secs;
 use touchstream_journey::{
-    is_placeholder_id, Catalog, FunnelAttemptRow, FunnelSet, IdentityConfig, IdentityOutput,
-    IdentityStage, JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, Kind, Outcome,
-    Properties, SessionRow,
+    Catalog, FunnelAttemptRow, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage,
+    JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, MessageType, Outcome, Properties,
+    SessionRow,
 };
 
 const MIN: i64 = 60_000;
@@ -95,18 +97,28 @@ fn build(specs: &[Spec], anonymous: bool) -> Vec<JourneyEvent> {
             |(i, &(shape, anon_i, user_i, name, pro, delta, jitter, channel))| {
                 base += delta;
                 let (kind, anon, user, previous) = match (anonymous, shape) {
-                    (false, _) => (Kind::Track, None, Some(USERS[user_i]), None),
-                    (true, 0..=3) => (Kind::Track, Some(ANONS[anon_i]), None, None),
-                    (true, 4) => (Kind::Track, None, Some(USERS[user_i]), None),
-                    (true, 5 | 6) => (Kind::Track, Some(ANONS[anon_i]), Some(USERS[user_i]), None),
-                    (true, 7) => (
-                        Kind::Identify,
+                    (false, _) => (MessageType::Track, None, Some(USERS[user_i]), None),
+                    (true, 0..=3) => (MessageType::Track, Some(ANONS[anon_i]), None, None),
+                    (true, 4) => (MessageType::Track, None, Some(USERS[user_i]), None),
+                    (true, 5 | 6) => (
+                        MessageType::Track,
                         Some(ANONS[anon_i]),
                         Some(USERS[user_i]),
                         None,
                     ),
-                    (true, 8) => (Kind::Alias, None, Some(USERS[user_i]), Some(ANONS[anon_i])),
-                    (true, _) => (Kind::Page, Some(ANONS[anon_i]), None, None),
+                    (true, 7) => (
+                        MessageType::Identify,
+                        Some(ANONS[anon_i]),
+                        Some(USERS[user_i]),
+                        None,
+                    ),
+                    (true, 8) => (
+                        MessageType::Alias,
+                        None,
+                        Some(USERS[user_i]),
+                        Some(ANONS[anon_i]),
+                    ),
+                    (true, _) => (MessageType::Page, Some(ANONS[anon_i]), None, None),
                 };
                 let name = if name < 3 {
                     name + 4 // Complaint Filed, Follow-up Completed, Home
@@ -122,7 +134,8 @@ fn build(specs: &[Spec], anonymous: bool) -> Vec<JourneyEvent> {
                 JourneyEvent {
                     event_id: format!("e{i:03}"),
                     kind,
-                    event: matches!(kind, Kind::Track | Kind::Page).then(|| NAMES[name].to_owned()),
+                    event: matches!(kind, MessageType::Track | MessageType::Page)
+                        .then(|| NAMES[name].to_owned()),
                     anonymous_id: anon.map(Into::into),
                     user_id: user.map(Into::into),
                     previous_id: previous.map(Into::into),
@@ -273,7 +286,7 @@ fn reference(log: &[JourneyEvent]) -> Expected {
             real(&e.user_id),
             real(&e.previous_id),
         );
-        let ok = if e.kind == Kind::Alias {
+        let ok = if e.kind == MessageType::Alias {
             prev.is_some() && user.is_some()
         } else {
             anon.is_some() || user.is_some()
@@ -282,7 +295,7 @@ fn reference(log: &[JourneyEvent]) -> Expected {
             continue;
         }
         if let Some(u) = user {
-            for a in [prev.filter(|_| e.kind == Kind::Alias), anon]
+            for a in [prev.filter(|_| e.kind == MessageType::Alias), anon]
                 .into_iter()
                 .flatten()
             {
@@ -340,6 +353,7 @@ fn reference(log: &[JourneyEvent]) -> Expected {
                 SessionRow {
                     session_id: id,
                     customer_id: c.clone(),
+                    started_at: secs(g[0].event_time_ms),
                     start_ms: g[0].event_time_ms,
                     end_ms: g[g.len() - 1].event_time_ms,
                     event_count: g.len() as u32,
@@ -355,7 +369,7 @@ fn reference(log: &[JourneyEvent]) -> Expected {
         for f in funnels.funnels() {
             let matches = |e: &JourneyEvent, k: usize| {
                 let step = &f.steps[k];
-                e.kind == Kind::Track
+                e.kind == MessageType::Track
                     && e.event.as_deref() == Some(step.event.as_str())
                     && step
                         .filters
@@ -371,7 +385,9 @@ fn reference(log: &[JourneyEvent]) -> Expected {
                         attempt_id: id,
                         funnel: f.name.clone(),
                         customer_id: c.clone(),
+                        started_at: secs(steps[0].event_time_ms),
                         start_ms: steps[0].event_time_ms,
+                        closed_at: secs(closed_ms),
                         closed_ms,
                         outcome,
                         reached_step: steps.len() as u8,

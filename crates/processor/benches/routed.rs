@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput};
 use serde_json::{json, Map, Value};
-use touchstream_journey::{JourneyEvent, Kind, Properties, RoutedEvent};
-use touchstream_processor::convert::Routed;
+use touchstream_journey::{JourneyEvent, MessageType, Properties, RoutedEvent};
 use touchstream_processor::routed_codec;
+use touchstream_processor::routed_codec::Routed;
 
 fn events(n: usize) -> Vec<Routed> {
     (0..n)
@@ -34,7 +34,7 @@ fn events(n: usize) -> Vec<Routed> {
                 customer_id: user.clone().unwrap_or_else(|| anon.clone()),
                 event: Arc::new(JourneyEvent {
                     event_id: format!("ajs-next-1764072000000-{i:08x}"),
-                    kind: Kind::Track,
+                    kind: MessageType::Track,
                     event: Some(
                         ["Product Viewed", "Product Added", "Checkout Started"][i % 3].into(),
                     ),

@@ -1,8 +1,14 @@
 //! Everything one flush writes: records for internal topics and the DLQ, and rows per
-//! ClickHouse table. Stages fill it; the runner writes it in a fixed order.
+//! ClickHouse table ([`crate::tables`]). Stages fill it; the runner writes it in a fixed
+//! order (records, rows, then snapshots and offsets).
 
-use crate::convert::{AttemptDbRow, ConflictRow, EventRow, IdentityRow, JourneyRow, SessionDbRow};
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::store::Store;
+use crate::tables::{
+    events, funnel_attempts, identities, identity_conflicts, sessions, touchpoint_journey, Table,
+};
 use crate::ProcessorError;
 
 /// A Kafka record to produce before the batch's offsets are committed.
@@ -22,39 +28,52 @@ pub struct Record {
 pub struct Batch {
     /// Internal-topic and DLQ records, in production order.
     pub records: Vec<Record>,
-    /// `events` rows.
-    pub events: Vec<EventRow>,
-    /// `identities` rows.
-    pub identities: Vec<IdentityRow>,
-    /// `identity_conflicts` rows.
-    pub conflicts: Vec<ConflictRow>,
-    /// `touchpoint_journey` rows.
-    pub journey: Vec<JourneyRow>,
-    /// `sessions` rows.
-    pub sessions: Vec<SessionDbRow>,
-    /// `funnel_attempts` rows.
-    pub attempts: Vec<AttemptDbRow>,
+    /// Rows per table.
+    pub rows: Rows,
 }
 
-impl Batch {
+/// One table's insert, as [`Rows::write`] runs them side by side.
+type Insert<'a> = Pin<Box<dyn Future<Output = Result<(), ProcessorError>> + Send + 'a>>;
+
+/// Declares [`Rows`] from the list of tables: a row list per table, named after the
+/// table's module (which is named after the table), and their inserts.
+macro_rules! tables {
+    ($($module:ident::$table:ident),* $(,)?) => {
+        /// The rows of every table a flush writes, gathered by the stages.
+        #[derive(Default)]
+        pub struct Rows {
+            $(
+                #[doc = concat!("`", stringify!($module), "` rows.")]
+                pub $module: Vec<<$module::$table as Table>::Row>,
+            )*
+        }
+
+        impl Rows {
+            /// Each table's insert (one that has no rows returns at once).
+            fn inserts<'a>(&'a self, store: &'a Store, scope: Option<&'a str>) -> Vec<Insert<'a>> {
+                vec![$(Box::pin(store.write::<$module::$table>(&self.$module, scope))),*]
+            }
+        }
+    };
+}
+
+// The tables a flush writes. `processor_state` is not here: the runner writes it after
+// these, and only when snapshots are due.
+tables! {
+    events::Events,
+    identities::Identities,
+    identity_conflicts::IdentityConflicts,
+    touchpoint_journey::TouchpointJourney,
+    sessions::Sessions,
+    funnel_attempts::FunnelAttempts,
+}
+
+impl Rows {
     /// Write every table's rows (each retried until stored), all tables at once: the
     /// inserts are independent, and a flush waits for the slowest instead of the sum.
     /// `scope` names the input offset ranges of the batch (deduplication tokens).
     pub async fn write(&self, store: &Store, scope: &str) -> Result<(), ProcessorError> {
-        let scope = Some(scope);
-        futures::try_join!(
-            store.insert("events", &self.events, scope),
-            store.insert("identities", &self.identities, scope),
-            store.insert("identity_conflicts", &self.conflicts, scope),
-            store.insert("touchpoint_journey", &self.journey, scope),
-            store.insert("sessions", &self.sessions, scope),
-            store.insert("funnel_attempts", &self.attempts, scope),
-        )?;
+        futures::future::try_join_all(self.inserts(store, Some(scope))).await?;
         Ok(())
-    }
-
-    /// Forget everything (after a write, or when a failed flush is abandoned).
-    pub fn clear(&mut self) {
-        *self = Batch::default();
     }
 }

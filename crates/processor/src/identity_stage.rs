@@ -12,16 +12,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use serde_json::json;
 use touchstream_core::{avro, MessageType};
 use touchstream_journey::{
-    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, RoutedEvent,
+    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, JourneyEvent, RoutedEvent,
 };
 
 use crate::batch::{Batch, Record};
-use crate::convert::{journey_event, ConflictRow, EventRow, IdentityRow, Routed};
 use crate::metrics::Metrics;
-use crate::runner::Stage;
+use crate::routed_codec::Routed;
+use crate::runner::{Input, Stage};
+use crate::tables::events::EventRow;
 
 /// Stage 1 wiring.
 pub struct Identity {
@@ -41,33 +41,6 @@ pub struct Identity {
     pub idle_watermark: Option<Duration>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-}
-
-/// A DLQ record for an input the processor cannot use, with where it came from.
-pub fn dlq_record(
-    dlq_topic: &str,
-    reason: &str,
-    detail: &str,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    payload: &[u8],
-) -> Record {
-    let doc = json!({
-        "reason": reason,
-        "detail": detail,
-        "source": "processor",
-        "kafka_topic": topic,
-        "kafka_partition": partition,
-        "kafka_offset": offset,
-        "payload_hex": payload.iter().take(64 * 1024).map(|b| format!("{b:02x}")).collect::<String>(),
-    });
-    Record {
-        topic: dlq_topic.to_string(),
-        key: None,
-        partition: None,
-        payload: doc.to_string().into_bytes(),
-    }
 }
 
 /// Per-partition state: links and history, plus the partition's event-time watermark.
@@ -117,8 +90,8 @@ impl Stage for Identity {
         }
     }
 
-    fn restore(&self, json: &[u8]) -> Result<IdentityState, String> {
-        let saved: SavedIdentity = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    fn restore(&self, json: &[u8]) -> Result<IdentityState, serde_json::Error> {
+        let saved: SavedIdentity = serde_json::from_slice(json)?;
         Ok(IdentityState {
             identity: IdentityStage::from_snapshot(self.config.clone(), saved.identity),
             watermark_ms: saved.watermark_ms,
@@ -133,17 +106,9 @@ impl Stage for Identity {
         }
     }
 
-    fn handle(
-        &self,
-        state: &mut IdentityState,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        payload: &[u8],
-        seq: u64,
-        batch: &mut Batch,
-    ) {
-        let tp = match avro::decode(payload) {
+    fn handle(&self, state: &mut IdentityState, input: &Input<'_>, batch: &mut Batch) {
+        let (topic, partition, offset) = (input.topic, input.partition, input.offset);
+        let tp = match avro::decode(input.payload) {
             Ok(tp) => tp,
             Err(e) => {
                 self.metrics
@@ -151,15 +116,9 @@ impl Stage for Identity {
                     .with_label_values(&["identity", "undecodable"])
                     .inc();
                 tracing::warn!(topic, partition, offset, error = %e, "undecodable record sent to the DLQ");
-                batch.records.push(dlq_record(
-                    &self.dlq_topic,
-                    "undecodable",
-                    &e.to_string(),
-                    topic,
-                    partition,
-                    offset,
-                    payload,
-                ));
+                batch
+                    .records
+                    .push(input.dlq(&self.dlq_topic, "undecodable", &e.to_string()));
                 return;
             }
         };
@@ -170,12 +129,12 @@ impl Stage for Identity {
                 .saturating_add(touchstream_core::event::MAX_FUTURE_MS),
         );
         state.watermark_ms = Some(state.watermark_ms.map_or(t, |w| w.max(t)));
-        let event = journey_event(&tp);
+        let event = JourneyEvent::from(&tp);
         if topic == self.raw_topic {
             let alias_ids = (tp.message_type == MessageType::Alias && tp.anonymous_id.is_none())
                 .then(|| (tp.previous_id.clone(), tp.user_id.clone()));
             // The row takes the touchpoint's strings; `event` has its own copies.
-            batch.events.push(EventRow::new(tp, partition, offset));
+            batch.rows.events.push(EventRow::new(tp, partition, offset));
             if let Some((Some(prev), Some(user))) = alias_ids {
                 // The alias event is the user's touchpoint: route it now, in order with
                 // the user's other events. The link itself is decided by the owner of
@@ -187,7 +146,7 @@ impl Stage for Identity {
                     &Routed::Event(RoutedEvent {
                         customer_id: user,
                         event: event.into(),
-                        version: seq,
+                        version: input.seq,
                         reattributed: false,
                     }),
                 );
@@ -195,14 +154,14 @@ impl Stage for Identity {
                     topic: self.aliases_topic.clone(),
                     key: Some(prev),
                     partition: None,
-                    payload: payload.to_vec(),
+                    payload: input.payload.to_vec(),
                 });
                 return;
             }
         }
         // An alias forwarded from its userId's partition: that partition routed it already.
         let forwarded = (topic == self.aliases_topic).then(|| event.event_id.clone());
-        for out in state.identity.process(event, seq) {
+        for out in state.identity.process(event, input.seq) {
             match out {
                 IdentityOutput::Event(routed)
                     if !routed.reattributed
@@ -215,25 +174,19 @@ impl Stage for Identity {
                     let key = r.customer_id.clone();
                     push_routed(batch, &self.routed_topic, key, &Routed::Retract(r));
                 }
-                IdentityOutput::Link(link) => batch.identities.push(IdentityRow::from(link)),
+                IdentityOutput::Link(link) => batch.rows.identities.push(link),
                 IdentityOutput::Conflict(c) => {
                     self.metrics
                         .identity_conflicts
                         .with_label_values(&["identity"])
                         .inc();
-                    batch.conflicts.push(ConflictRow::from(c));
+                    batch.rows.identity_conflicts.push(c);
                 }
                 IdentityOutput::Rejected { event, reason } => {
                     let detail = format!("{reason:?} (event {})", event.event_id);
-                    batch.records.push(dlq_record(
-                        &self.dlq_topic,
-                        "rejected_identity",
-                        &detail,
-                        topic,
-                        partition,
-                        offset,
-                        payload,
-                    ));
+                    batch
+                        .records
+                        .push(input.dlq(&self.dlq_topic, "rejected_identity", &detail));
                 }
             }
         }

@@ -12,14 +12,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage, Kind, Outcome,
+    Catalog, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage, MessageType, Outcome,
 };
 
 use crate::batch::Batch;
-use crate::convert::{AttemptDbRow, JourneyRow, Routed, SessionDbRow};
-use crate::identity_stage::dlq_record;
 use crate::metrics::Metrics;
-use crate::runner::Stage;
+use crate::routed_codec::Routed;
+use crate::runner::{Input, Stage};
 
 /// Stage 2 wiring.
 pub struct Journey {
@@ -90,8 +89,8 @@ impl Stage for Journey {
         }
     }
 
-    fn restore(&self, json: &[u8]) -> Result<JourneyState, String> {
-        let saved: SavedJourney = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    fn restore(&self, json: &[u8]) -> Result<JourneyState, serde_json::Error> {
+        let saved: SavedJourney = serde_json::from_slice(json)?;
         let engine = JourneyStage::from_snapshot(
             self.config.clone(),
             self.catalog.clone(),
@@ -114,22 +113,13 @@ impl Stage for Journey {
         }
     }
 
-    fn handle(
-        &self,
-        state: &mut JourneyState,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        payload: &[u8],
-        seq: u64,
-        batch: &mut Batch,
-    ) {
-        match crate::routed_codec::decode(payload) {
+    fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
+        match crate::routed_codec::decode(input.payload) {
             Ok(Routed::Event(e)) => {
                 if !e.reattributed {
                     let tp = self.catalog.classify(&e.event);
                     let name = match e.event.kind {
-                        Kind::Track => e
+                        MessageType::Track => e
                             .event
                             .event
                             .as_deref()
@@ -142,9 +132,9 @@ impl Stage for Journey {
                         .with_label_values(&[name, tp.stage.as_str(), tp.channel.as_str()])
                         .inc();
                 }
-                state.engine.process(e, seq)
+                state.engine.process(e, input.seq)
             }
-            Ok(Routed::Retract(r)) => state.engine.retract(&r, seq),
+            Ok(Routed::Retract(r)) => state.engine.retract(&r, input.seq),
             Ok(Routed::Watermark {
                 source_partition,
                 watermark_ms,
@@ -157,7 +147,7 @@ impl Stage for Journey {
                 let all = i32::try_from(state.sources.len()).unwrap_or(i32::MAX)
                     >= self.source_partitions;
                 if let (true, Some(min)) = (all, state.sources.values().min()) {
-                    state.engine.advance_watermark(*min, seq);
+                    state.engine.advance_watermark(*min, input.seq);
                 }
             }
             Err(e) => {
@@ -165,15 +155,9 @@ impl Stage for Journey {
                     .messages
                     .with_label_values(&["journey", "undecodable"])
                     .inc();
-                batch.records.push(dlq_record(
-                    &self.dlq_topic,
-                    "undecodable",
-                    &e,
-                    topic,
-                    partition,
-                    offset,
-                    payload,
-                ));
+                batch
+                    .records
+                    .push(input.dlq(&self.dlq_topic, "undecodable", &e));
             }
         }
     }
@@ -199,55 +183,47 @@ impl Stage for Journey {
             .buffered_events
             .with_label_values(&[&label])
             .set(i64::try_from(state.engine.buffered_events()).unwrap_or(i64::MAX));
-        {
-            for a in out.attempts.iter().filter(|a| !a.is_deleted) {
-                if !state.counted.insert(a.attempt_id.clone()) {
-                    continue;
-                }
-                if state.counted.len() >= MAX_COUNTED {
-                    state.counted.clear();
-                }
-                let funnel = a.funnel.as_str();
-                self.metrics
-                    .funnel_attempts
-                    .with_label_values(&[funnel, a.outcome.as_str()])
-                    .inc();
-                if let Some(first) = a.step_times_ms.first() {
-                    for (k, t) in a.step_times_ms.iter().enumerate().skip(1) {
-                        self.metrics
-                            .step_delay_seconds
-                            .with_label_values(&[funnel, &(k + 1).to_string()])
-                            .observe((t - first).max(0) as f64 / 1000.0);
-                    }
-                }
-                for step in 1..=a.reached_step {
+        for a in out.attempts.iter().filter(|a| !a.is_deleted) {
+            if !state.counted.insert(a.attempt_id.clone()) {
+                continue;
+            }
+            if state.counted.len() >= MAX_COUNTED {
+                state.counted.clear();
+            }
+            let funnel = a.funnel.as_str();
+            self.metrics
+                .funnel_attempts
+                .with_label_values(&[funnel, a.outcome.as_str()])
+                .inc();
+            if let Some(first) = a.step_times_ms.first() {
+                for (k, t) in a.step_times_ms.iter().enumerate().skip(1) {
                     self.metrics
-                        .funnel_step_reached
-                        .with_label_values(&[funnel, &step.to_string()])
-                        .inc();
-                }
-                match a.outcome {
-                    Outcome::Dropped => self
-                        .metrics
-                        .funnel_step_dropped
-                        .with_label_values(&[funnel, &a.reached_step.to_string()])
-                        .inc(),
-                    Outcome::Converted => self
-                        .metrics
-                        .funnel_converted
-                        .with_label_values(&[funnel])
-                        .inc(),
+                        .step_delay_seconds
+                        .with_label_values(&[funnel, &(k + 1).to_string()])
+                        .observe((t - first).max(0) as f64 / 1000.0);
                 }
             }
-            batch
-                .attempts
-                .extend(out.attempts.iter().map(AttemptDbRow::from));
-            batch
-                .journey
-                .extend(out.touchpoints.into_iter().map(JourneyRow::from));
-            batch
-                .sessions
-                .extend(out.sessions.into_iter().map(SessionDbRow::from));
+            for step in 1..=a.reached_step {
+                self.metrics
+                    .funnel_step_reached
+                    .with_label_values(&[funnel, &step.to_string()])
+                    .inc();
+            }
+            match a.outcome {
+                Outcome::Dropped => self
+                    .metrics
+                    .funnel_step_dropped
+                    .with_label_values(&[funnel, &a.reached_step.to_string()])
+                    .inc(),
+                Outcome::Converted => self
+                    .metrics
+                    .funnel_converted
+                    .with_label_values(&[funnel])
+                    .inc(),
+            }
         }
+        batch.rows.funnel_attempts.extend(out.attempts);
+        batch.rows.touchpoint_journey.extend(out.touchpoints);
+        batch.rows.sessions.extend(out.sessions);
     }
 }

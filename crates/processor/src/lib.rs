@@ -7,12 +7,12 @@
 //! 2. [`journey_stage`] reads that topic and builds sessions, journeys and funnel attempts.
 //!
 //! The pure state machines live in `touchstream-journey`; this crate is the I/O around
-//! them ([`runner`]): consuming, batching, writing ClickHouse ([`store`]), snapshotting
-//! state and committing offsets only after the rows are stored. Run N processes with the
+//! them ([`runner`]): consuming, batching ([`batch`]), writing ClickHouse ([`store`], one
+//! module per table in [`tables`]), snapshotting state ([`state_codec`]) and committing
+//! offsets only after the rows are stored. Run N processes with the
 //! same config and Kafka spreads the partitions over them; results are the same as with one.
 
 pub mod batch;
-pub mod convert;
 pub mod identity_stage;
 pub mod journey_stage;
 pub mod lag;
@@ -21,6 +21,7 @@ pub mod routed_codec;
 pub mod runner;
 pub mod state_codec;
 pub mod store;
+pub mod tables;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,10 +51,39 @@ pub enum ProcessorError {
     KafkaSetup(#[from] touchstream_core::kafka::KafkaSetupError),
     /// Producing to an internal topic failed. Retryable.
     #[error("producing to an internal topic: {0}")]
-    Produce(String),
-    /// A saved state could not be read or written. Permanent until fixed.
-    #[error("processor state: {0}")]
-    State(String),
+    Produce(#[source] rdkafka::error::KafkaError),
+    /// A partition's saved state could not be read or written. Permanent until fixed.
+    #[error("processor state: {at} {source}")]
+    State {
+        /// `<group>/<stage>/<partition>`.
+        at: String,
+        /// What failed.
+        #[source]
+        source: StateError,
+    },
+    /// An input topic has no partitions (not created yet). Permanent until fixed.
+    #[error("topic {0} has no partitions; run `touchstream topics` first")]
+    NoPartitions(String),
+    /// Seeks back to a partition's saved position kept not taking; the position was
+    /// committed instead. Retryable: the restarted stage starts there.
+    #[error(
+        "{stage} partition {partition}: {seeks} seeks back to {topic} offset {next} did not \
+         take; committed offset {target}, restarting the stage"
+    )]
+    SeeksFailed {
+        /// Stage name.
+        stage: &'static str,
+        /// Input partition.
+        partition: i32,
+        /// Input topic.
+        topic: String,
+        /// The saved position.
+        next: i64,
+        /// Seeks tried.
+        seeks: u32,
+        /// The offset committed instead.
+        target: i64,
+    },
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -65,11 +95,29 @@ pub enum ProcessorError {
     ShuttingDown,
     /// A stage task panicked or was cancelled.
     #[error("stage task: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    /// An earlier cut's write failed or was dropped, so a later one must not save or
+    /// commit anything. Retryable (the stage restarts).
+    #[error("stage task: an earlier cut's write did not finish")]
+    EarlierWrite(#[source] tokio::sync::oneshot::error::RecvError),
     /// The stage's consumer has not completed joining its group for too long.
     /// Retryable: the stage restarts with a new consumer (as a dynamic member).
     #[error("consumer group join not completed for {0:?}")]
     GroupStalled(std::time::Duration),
+}
+
+/// What went wrong with a partition's saved state ([`ProcessorError::State`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The position (`processor_state.offsets`) did not serialize or parse.
+    #[error("offsets: {0}")]
+    Offsets(#[source] serde_json::Error),
+    /// The snapshot did not encode or decode ([`state_codec`]).
+    #[error("snapshot: {0}")]
+    Snapshot(#[source] state_codec::CodecError),
+    /// The snapshot's JSON is not a state of this stage.
+    #[error("snapshot: {0}")]
+    Restore(#[source] serde_json::Error),
 }
 
 /// Run both stages until `shutdown`; serve `/metrics` on `metrics_listener` if given.
@@ -133,9 +181,7 @@ pub async fn run(
     // Partition counts drive the in-band watermarks between the stages.
     let kafka = config.kafka.clone();
     let (source_partitions, routed_partitions) =
-        tokio::task::spawn_blocking(move || partition_counts(&kafka))
-            .await
-            .map_err(|e| ProcessorError::Task(e.to_string()))??;
+        tokio::task::spawn_blocking(move || partition_counts(&kafka)).await??;
     let idle_watermark =
         (pc.idle_watermark_secs > 0).then(|| Duration::from_secs(pc.idle_watermark_secs));
     let identity = identity_stage::Identity {
@@ -188,8 +234,8 @@ pub async fn run(
     let s1 = tokio::spawn(run_stage(identity, ctx("identity")?));
     let s2 = tokio::spawn(run_stage(journey, ctx("journey")?));
     let (r1, r2) = tokio::join!(s1, s2);
-    r1.map_err(|e| ProcessorError::Task(e.to_string()))??;
-    r2.map_err(|e| ProcessorError::Task(e.to_string()))??;
+    r1??;
+    r2??;
 
     if let Some(s) = server {
         let _ = s.await;
@@ -212,9 +258,7 @@ fn partition_counts(
         )?;
         let n = md.topics().first().map_or(0, |t| t.partitions().len());
         if n == 0 {
-            return Err(ProcessorError::State(format!(
-                "topic {topic} has no partitions; run `touchstream topics` first"
-            )));
+            return Err(ProcessorError::NoPartitions(topic.to_string()));
         }
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     };

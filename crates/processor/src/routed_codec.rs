@@ -21,9 +21,26 @@
 
 use std::sync::Arc;
 
-use touchstream_journey::{JourneyEvent, Kind, Properties, RoutedEvent};
+use serde::{Deserialize, Serialize};
+use touchstream_journey::{JourneyEvent, MessageType, Properties, Retract, RoutedEvent};
 
-use crate::convert::Routed;
+/// A message on `touchpoints.by_customer` (serde's externally tagged JSON:
+/// `{"Event": {...}}` or `{"Retract": {...}}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Routed {
+    /// An event with its customer.
+    Event(RoutedEvent),
+    /// Delete an anonymous customer's journey (its events are re-sent under a user).
+    Retract(Retract),
+    /// An identity-stage partition's event-time watermark, sent to every journey
+    /// partition: a journey partition's watermark is the minimum over all of them.
+    Watermark {
+        /// Identity-stage (raw topic) partition.
+        source_partition: i32,
+        /// Newest event time that partition has routed, ms.
+        watermark_ms: i64,
+    },
+}
 
 /// First byte of a binary event record (never the first byte of JSON).
 pub const EVENT_MAGIC: u8 = 0xE1;
@@ -63,13 +80,7 @@ pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
     out.push(FORMAT_VERSION);
     put_str(&mut out, &r.customer_id);
     put_str(&mut out, &e.event_id);
-    out.push(match e.kind {
-        Kind::Track => 0,
-        Kind::Page => 1,
-        Kind::Screen => 2,
-        Kind::Identify => 3,
-        Kind::Alias => 4,
-    });
+    out.push(kind_byte(e.kind));
     for s in optional {
         match s {
             Some(s) => put_str(&mut out, s),
@@ -91,6 +102,12 @@ pub fn decode(payload: &[u8]) -> Result<Routed, String> {
     } else {
         serde_json::from_slice(payload).map_err(|e| e.to_string())
     }
+}
+
+/// A message type's byte in the layout: its position in the Avro enum (0 track, 1 page,
+/// 2 screen, 3 identify, 4 alias), which never changes (readers of old records rely on it).
+fn kind_byte(kind: MessageType) -> u8 {
+    u8::try_from(kind.avro_index()).unwrap_or(u8::MAX)
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -167,14 +184,11 @@ fn decode_event(payload: &[u8]) -> Result<RoutedEvent, String> {
     }
     let customer_id = r.string("customer_id")?;
     let event_id = r.string("event_id")?;
-    let kind = match r.u8("kind")? {
-        0 => Kind::Track,
-        1 => Kind::Page,
-        2 => Kind::Screen,
-        3 => Kind::Identify,
-        4 => Kind::Alias,
-        other => return Err(format!("routed event kind {other} is unknown")),
-    };
+    let byte = r.u8("kind")?;
+    let kind = MessageType::ALL
+        .into_iter()
+        .find(|k| kind_byte(*k) == byte)
+        .ok_or_else(|| format!("routed event kind {byte} is unknown"))?;
     let event = r.opt_string("event")?;
     let anonymous_id = r.opt_string("anonymous_id")?;
     let user_id = r.opt_string("user_id")?;
@@ -229,7 +243,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::{json, Map, Value};
-    use touchstream_journey::Retract;
 
     fn sample() -> RoutedEvent {
         let mut properties = Map::new();
@@ -240,7 +253,7 @@ mod tests {
             customer_id: "u-1001".into(),
             event: Arc::new(JourneyEvent {
                 event_id: "doc-m-2".into(),
-                kind: Kind::Track,
+                kind: MessageType::Track,
                 event: Some("Product Viewed".into()),
                 anonymous_id: Some("a-7f3c".into()),
                 user_id: None,
@@ -252,6 +265,28 @@ mod tests {
             version: 42,
             reattributed: true,
         }
+    }
+
+    #[test]
+    fn kinds_keep_their_bytes() {
+        // Fixed by the layout: records already on the topic must still decode.
+        let bytes = MessageType::ALL.map(kind_byte);
+        assert_eq!(bytes, [0, 1, 2, 3, 4]);
+        assert_eq!(
+            MessageType::ALL.map(MessageType::as_str),
+            ["track", "page", "screen", "identify", "alias"]
+        );
+    }
+
+    #[test]
+    fn routed_json_shape_is_documented_one() {
+        let r = Routed::Retract(Retract {
+            customer_id: "a".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"Retract":{"customer_id":"a"}}"#
+        );
     }
 
     #[test]
@@ -345,22 +380,13 @@ mod tests {
                 Just(Value::Null),
             ], 0..4),
         ) {
-            let e = RoutedEvent {
-                customer_id,
-                event: Arc::new(JourneyEvent {
-                    event_id,
-                    kind: [Kind::Track, Kind::Page, Kind::Screen, Kind::Identify, Kind::Alias][kind as usize],
-                    event,
-                    anonymous_id,
-                    user_id,
-                    previous_id,
-                    event_time_ms,
-                    channel,
-                    properties: Properties::from_map(props.into_iter().collect()),
-                }),
-                version,
-                reattributed,
-            };
+            let mut e = sample();
+            (e.customer_id, e.version, e.reattributed) = (customer_id, version, reattributed);
+            let ev = Arc::make_mut(&mut e.event);
+            (ev.event_id, ev.kind, ev.event_time_ms) = (event_id, MessageType::ALL[kind as usize], event_time_ms);
+            (ev.event, ev.anonymous_id, ev.user_id, ev.previous_id, ev.channel) =
+                (event, anonymous_id, user_id, previous_id, channel);
+            ev.properties = Properties::from_map(props.into_iter().collect());
             prop_assert_eq!(decode(&encode_event(&e)).unwrap(), Routed::Event(e));
         }
 

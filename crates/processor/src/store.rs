@@ -1,4 +1,4 @@
-//! ClickHouse writes with retry, and the per-partition state snapshots.
+//! ClickHouse writes with retry, and reading the per-partition state snapshots back.
 //!
 //! An insert is retried with exponential backoff (capped at 10 s) until it succeeds or
 //! the processor shuts down: while ClickHouse is away, nothing downstream of the failed
@@ -9,11 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clickhouse::{Row, RowOwned, RowWrite};
-use serde::{Deserialize, Serialize};
+use clickhouse::{RowOwned, RowWrite};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::tables::processor_state::{self, Saved};
+use crate::tables::Table;
 use crate::ProcessorError;
 
 /// ClickHouse access for the processor.
@@ -40,32 +42,6 @@ pub fn dedup_token<R: Serialize>(scope: &str, table: &str, rows: &[R]) -> String
     format!("{scope}/{table}/{:016x}", h.finish())
 }
 
-/// One `processor_state` row.
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
-pub struct StateRow {
-    /// `<group>/<stage>`.
-    pub stage: String,
-    /// Input partition number.
-    pub partition: i32,
-    /// JSON: next offset per input topic, and the stage's seq counter.
-    pub offsets: String,
-    /// The stage's state at that position: JSON in an LZ4 frame ([`crate::state_codec`]).
-    #[serde(with = "serde_bytes")]
-    pub snapshot: Vec<u8>,
-    /// Wall clock when saved.
-    pub saved_at_ms: i64,
-    /// Increases with every save of this partition, so the newest wins.
-    pub version: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct LoadedState {
-    offsets: String,
-    #[serde(with = "serde_bytes")]
-    snapshot: Vec<u8>,
-    version: u64,
-}
-
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Store {
@@ -82,6 +58,15 @@ impl Store {
             shutdown,
             dedup_tokens,
         }
+    }
+
+    /// Insert `rows` into table `T` (see [`Store::insert`]).
+    pub async fn write<T: Table>(
+        &self,
+        rows: &[T::Row],
+        scope: Option<&str>,
+    ) -> Result<(), ProcessorError> {
+        self.insert(T::NAME, rows, scope).await
     }
 
     /// Insert `rows` into `table`, retrying until it succeeds. Fails only on shutdown.
@@ -151,18 +136,19 @@ impl Store {
         &self,
         stage: &str,
         partition: i32,
-    ) -> Result<Option<(String, Vec<u8>, u64)>, ProcessorError> {
+    ) -> Result<Option<Saved>, ProcessorError> {
+        let query = processor_state::load_query();
         let mut backoff = Duration::from_millis(100);
         loop {
             let res = self
                 .client
-                .query("SELECT offsets, snapshot, version FROM processor_state FINAL WHERE stage = ? AND partition = ?")
+                .query(&query)
                 .bind(stage)
                 .bind(partition)
-                .fetch_optional::<LoadedState>()
+                .fetch_optional::<Saved>()
                 .await;
             match res {
-                Ok(r) => return Ok(r.map(|s| (s.offsets, s.snapshot, s.version))),
+                Ok(r) => return Ok(r),
                 Err(e) => {
                     tracing::warn!(stage, partition, error = %e, "loading processor state failed; retrying");
                     tokio::select! {

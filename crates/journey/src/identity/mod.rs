@@ -18,26 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use touchstream_core::is_placeholder_id;
 
-use crate::event::{JourneyEvent, Kind, Retract, RoutedEvent};
+use crate::event::{JourneyEvent, MessageType, Retract, RoutedEvent};
 use crate::hash::{FastMap, FastState};
-
-const PLACEHOLDERS: [&str; 4] = ["anonymous", "null", "undefined", "0"];
-
-/// True for ids broken clients send instead of an identity (`anonymous`, `null`,
-/// `undefined`, `0`, empty, whitespace), compared trimmed and case-insensitively.
-pub fn is_placeholder_id(id: &str) -> bool {
-    // Nothing to trim when both ends are ASCII and not whitespace (U+0009..U+000D,
-    // space): the usual case, decided without decoding.
-    let plain = |b: &u8| b.is_ascii() && !matches!(b, 9..=13 | b' ');
-    let bytes = id.as_bytes();
-    if bytes.first().is_some_and(plain) && bytes.last().is_some_and(plain) {
-        return matches!(bytes.len(), 1 | 4 | 9)
-            && PLACEHOLDERS.iter().any(|p| id.eq_ignore_ascii_case(p));
-    }
-    let id = id.trim();
-    id.is_empty() || PLACEHOLDERS.iter().any(|p| id.eq_ignore_ascii_case(p))
-}
 
 /// Stage-1 tuning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,8 +70,10 @@ impl LinkType {
     }
 }
 
-/// A new anonymous → user link: one `identities` row.
+/// A new anonymous → user link: one `identities` row (key `anonymous_id`), written by
+/// the processor as it is ([`crate::columns`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct Link {
     /// The anonymous (or alias previous) id.
     pub anonymous_id: String,
@@ -98,13 +84,16 @@ pub struct Link {
     /// `messageId` of the linking message.
     pub link_event_id: String,
     /// How the link was learned.
+    #[serde(serialize_with = "crate::columns::name")]
     pub link_type: LinkType,
     /// Row version (the stage-1 seq).
     pub version: u64,
 }
 
-/// A rejected later link: one `identity_conflicts` row. Never applied.
+/// A rejected later link: one `identity_conflicts` row (key `(anonymous_id,
+/// event_id)`), written by the processor as it is. Never applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct Conflict {
     /// The anonymous id already linked.
     pub anonymous_id: String,
@@ -324,7 +313,7 @@ impl IdentityStage {
         event.anonymous_id = real_id(event.anonymous_id.take());
         event.user_id = real_id(event.user_id.take());
         event.previous_id = real_id(event.previous_id.take());
-        let rejected = if event.kind == Kind::Alias {
+        let rejected = if event.kind == MessageType::Alias {
             (event.previous_id.is_none() || event.user_id.is_none())
                 .then_some(RejectReason::AliasWithoutIds)
         } else {
@@ -338,13 +327,13 @@ impl IdentityStage {
 
         let mut out = Vec::new();
         if let Some(user) = event.user_id.as_deref() {
-            if let (Kind::Alias, Some(prev)) = (event.kind, event.previous_id.as_deref()) {
+            if let (MessageType::Alias, Some(prev)) = (event.kind, event.previous_id.as_deref()) {
                 self.link(prev, user, LinkType::Alias, &event, seq, &mut out);
             }
             if let Some(anon) = event.anonymous_id.as_deref() {
                 let link_type = match event.kind {
-                    Kind::Identify => LinkType::Identify,
-                    Kind::Alias => LinkType::Alias,
+                    MessageType::Identify => LinkType::Identify,
+                    MessageType::Alias => LinkType::Alias,
                     _ => LinkType::BothIds,
                 };
                 self.link(anon, user, link_type, &event, seq, &mut out);

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{JourneyEvent, Kind};
+use crate::event::{JourneyEvent, MessageType};
 use crate::JourneyError;
 
 /// Journey stage of a touchpoint.
@@ -170,16 +170,16 @@ impl Catalog {
     /// track; then a recognised message `channel` replaces the default channel.
     pub fn classify(&self, event: &JourneyEvent) -> Touchpoint {
         let mut tp = match event.kind {
-            Kind::Track => event
+            MessageType::Track => event
                 .event
                 .as_deref()
                 .and_then(|name| self.events.get(name))
                 .copied()
                 .unwrap_or(self.unknown),
-            Kind::Page => self.page,
-            Kind::Screen => self.screen,
-            Kind::Identify => self.identify,
-            Kind::Alias => self.alias,
+            MessageType::Page => self.page,
+            MessageType::Screen => self.screen,
+            MessageType::Identify => self.identify,
+            MessageType::Alias => self.alias,
         };
         if let Some(channel) = event.channel.as_deref().and_then(Channel::from_message) {
             tp.channel = channel;
@@ -195,7 +195,7 @@ mod tests {
     fn track(name: &str, channel: Option<&str>) -> JourneyEvent {
         JourneyEvent {
             event_id: "e".into(),
-            kind: Kind::Track,
+            kind: MessageType::Track,
             event: Some(name.into()),
             anonymous_id: Some("a".into()),
             user_id: None,
@@ -247,10 +247,10 @@ mod tests {
         let tp = catalog.classify(&track("Never Heard Of", None));
         assert_eq!((tp.stage, tp.channel), (Stage::Feedback, Channel::Email));
         let mut page = track("Home", None);
-        page.kind = Kind::Page;
+        page.kind = MessageType::Page;
         assert_eq!(catalog.classify(&page).stage, Stage::Consideration);
         let mut screen = track("Home", None);
-        screen.kind = Kind::Screen;
+        screen.kind = MessageType::Screen;
         assert_eq!(catalog.classify(&screen), Catalog::default().screen);
     }
 

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::LiveRow;
+use crate::columns::{days, secs};
 use crate::hash::{hex128, FastMap};
 use crate::journey::catalog::{Channel, Stage};
 use crate::journey::funnel::{ClosedAttempt, FunnelSet, Outcome};
@@ -280,7 +281,7 @@ fn touchpoint_row(t: PendingTouchpoint) -> TouchpointRow {
         event_id: t.event_id.as_ref().to_owned(),
         customer_id: t.customer.as_ref().to_owned(),
         session_id: t.session.map(hex128).unwrap_or_default(),
-        event_time_ms: t.time_ms,
+        event_date: days(t.time_ms),
         stage: t.stage,
         channel: t.channel,
         is_late: t.is_late,
@@ -294,6 +295,7 @@ fn session_row(s: PendingSession) -> SessionRow {
         Some(acc) => SessionRow {
             session_id: hex128(s.key),
             customer_id,
+            started_at: secs(acc.start_ms),
             start_ms: acc.start_ms,
             end_ms: acc.end_ms,
             event_count: acc.event_count,
@@ -307,6 +309,7 @@ fn session_row(s: PendingSession) -> SessionRow {
         None => SessionRow {
             session_id: hex128(s.key),
             customer_id,
+            started_at: secs(s.partition_ms),
             start_ms: s.partition_ms,
             end_ms: s.partition_ms,
             event_count: 0,
@@ -329,7 +332,9 @@ fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
             attempt_id: hex128(a.key),
             funnel: name,
             customer_id,
+            started_at: secs(closed.attempt.start_ms()),
             start_ms: closed.attempt.start_ms(),
+            closed_at: secs(closed.closed_ms),
             closed_ms: closed.closed_ms,
             outcome: closed.outcome,
             reached_step: u8::try_from(closed.attempt.reached()).unwrap_or(u8::MAX),
@@ -343,7 +348,9 @@ fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
             attempt_id: hex128(a.key),
             funnel: name,
             customer_id,
+            started_at: secs(a.partition_ms),
             start_ms: a.partition_ms,
+            closed_at: secs(a.partition_ms),
             closed_ms: a.partition_ms,
             outcome: Outcome::Dropped,
             reached_step: 0,

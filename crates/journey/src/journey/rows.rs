@@ -1,45 +1,56 @@
 //! Rows stage 2 emits, one struct per ClickHouse table (`deploy/clickhouse/0001_init.sql`).
 //!
-//! Only the columns journeys decide are here; the I/O layer adds the rest (raw payload
-//! columns of `touchpoints`, `DateTime` partition columns derived from the `_ms` fields).
+//! Each struct is its table's row, column for column in insert order: the processor
+//! writes it as it is (see [`crate::columns`] for how enums, flags and times are stored),
+//! so a table's columns are declared here and nowhere else. The `touchpoints` view adds
+//! the raw payload columns from `events`, which the identity stage writes.
+//!
 //! Every table is a `ReplacingMergeTree(version)`: a later row with the same key and a
 //! higher `version` replaces an earlier one, and `is_deleted = 1` rows mark keys that no
 //! longer exist (same key and same partition time as the row they delete).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::columns::{flag, name, names};
 use crate::journey::catalog::{Channel, Stage};
 use crate::journey::funnel::Outcome;
 
-/// Journey columns of one `touchpoints` row (key `event_id`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One `touchpoint_journey` row (key `event_id`): what stage 2 decided for an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct TouchpointRow {
     /// Segment `messageId`.
     pub event_id: String,
+    /// Event time's day ([`crate::columns::days`]), the partition column.
+    pub event_date: u16,
     /// The journey the event belongs to.
     pub customer_id: String,
     /// Its session; empty for late events (not placed in any session).
     pub session_id: String,
-    /// Event time, ms (partition column `event_date` derives from it).
-    pub event_time_ms: i64,
     /// Catalog stage.
+    #[serde(serialize_with = "name")]
     pub stage: Stage,
     /// Message channel if recognised, else the catalog's.
+    #[serde(serialize_with = "name")]
     pub channel: Channel,
     /// Arrived too late to be placed in order (or re-attributed beyond the horizon).
+    #[serde(serialize_with = "flag")]
     pub is_late: bool,
     /// `stage-1 version × 65536 + emissions of this event in this partition`: grows when a
     /// re-attribution (higher stage-1 version) or a session change re-emits the row.
     pub version: u64,
 }
 
-/// One `sessions` row (key `session_id`, partition by `start_ms`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// One `sessions` row (key `session_id`, partition by `started_at`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct SessionRow {
     /// Hex hash of customer id and first event id.
     pub session_id: String,
     /// Owner.
     pub customer_id: String,
+    /// `start_ms` as a `DateTime` ([`crate::columns::secs`]), the partition column.
+    pub started_at: u32,
     /// First event time, ms.
     pub start_ms: i64,
     /// Last event time, ms.
@@ -53,15 +64,18 @@ pub struct SessionRow {
     /// Last event's name (or message type).
     pub exit_event: String,
     /// Distinct channels, in [`Channel`] declaration order.
+    #[serde(serialize_with = "names")]
     pub channels: Vec<Channel>,
     /// Tombstone: the session no longer exists (re-attribution reshaped it).
+    #[serde(serialize_with = "flag")]
     pub is_deleted: bool,
     /// Stage-2 seq × 2^20 + emission counter: strictly increasing per partition.
     pub version: u64,
 }
 
-/// One `funnel_attempts` row (key `(funnel, attempt_id)`, partition by `closed_ms`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// One `funnel_attempts` row (key `(funnel, attempt_id)`, partition by `closed_at`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct FunnelAttemptRow {
     /// Hex hash of funnel, customer id and step-1 event id.
     pub attempt_id: String,
@@ -69,11 +83,16 @@ pub struct FunnelAttemptRow {
     pub funnel: String,
     /// Owner.
     pub customer_id: String,
+    /// `start_ms` as a `DateTime`.
+    pub started_at: u32,
     /// Step-1 event time, ms.
     pub start_ms: i64,
+    /// `closed_ms` as a `DateTime`, the partition column.
+    pub closed_at: u32,
     /// Conversion time, or start + window for drops, ms.
     pub closed_ms: i64,
     /// Converted or dropped.
+    #[serde(serialize_with = "name")]
     pub outcome: Outcome,
     /// Last step reached, 1-based.
     pub reached_step: u8,
@@ -84,6 +103,7 @@ pub struct FunnelAttemptRow {
     /// Event id of each reached step.
     pub step_event_ids: Vec<String>,
     /// Tombstone: the attempt no longer exists, or moved to another `closed_ms`.
+    #[serde(serialize_with = "flag")]
     pub is_deleted: bool,
     /// Stage-2 seq × 2^20 + emission counter: strictly increasing per partition.
     pub version: u64,
@@ -91,9 +111,9 @@ pub struct FunnelAttemptRow {
 
 /// Rows produced since the last [`crate::JourneyStage::take_output`], each list sorted by
 /// version and holding only the newest row per key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct JourneyOutput {
-    /// `touchpoints` journey columns.
+    /// `touchpoint_journey` rows.
     pub touchpoints: Vec<TouchpointRow>,
     /// `sessions` rows.
     pub sessions: Vec<SessionRow>,

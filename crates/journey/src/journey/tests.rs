@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::event::{JourneyEvent, Kind};
+use crate::event::{JourneyEvent, MessageType};
 use crate::hash::{hex128, id128};
 use crate::identity::{IdentityConfig, IdentityOutput, IdentityStage};
 use crate::journey::catalog::Channel;
@@ -26,7 +26,7 @@ fn stage() -> JourneyStage {
 fn event(id: &str, name: &str, t: i64) -> JourneyEvent {
     JourneyEvent {
         event_id: id.into(),
-        kind: Kind::Track,
+        kind: MessageType::Track,
         event: Some(name.into()),
         anonymous_id: None,
         user_id: None,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::{JourneyEvent, Kind};
+use crate::event::{JourneyEvent, MessageType};
 use crate::JourneyError;
 
 /// Most steps a funnel may have (step masks are `u32`; `reached_step` is `UInt8`).
@@ -62,7 +62,7 @@ pub struct Step {
 
 impl Step {
     fn matches(&self, event: &JourneyEvent) -> bool {
-        event.kind == Kind::Track
+        event.kind == MessageType::Track
             && event.event.as_deref() == Some(self.event.as_str())
             && self
                 .filters
@@ -215,7 +215,7 @@ impl FunnelSet {
 
     fn masks<'a>(&'a self, event: &'a JourneyEvent) -> impl Iterator<Item = (u16, u32)> + 'a {
         // Only a named track event can match a step.
-        let named = event.kind == Kind::Track && event.event.is_some();
+        let named = event.kind == MessageType::Track && event.event.is_some();
         self.funnels
             .iter()
             .enumerate()

@@ -14,7 +14,7 @@ fn deploy_funnels() -> FunnelSet {
 fn track(name: &str, props: serde_json::Value) -> JourneyEvent {
     JourneyEvent {
         event_id: "e".into(),
-        kind: Kind::Track,
+        kind: MessageType::Track,
         event: Some(name.into()),
         anonymous_id: Some("a".into()),
         user_id: None,
@@ -95,7 +95,7 @@ fn property_filters_must_all_match() {
     );
     // Only track events match steps: a page named like a step does not.
     let mut page = track("Pricing Viewed", json!({}));
-    page.kind = Kind::Page;
+    page.kind = MessageType::Page;
     assert!(set.matches(&page).is_empty());
 }
 

@@ -1,0 +1,237 @@
+//! The loop itself: consume, hand each in-order message to the stage, cut batches by
+//! size and time, follow revocations, let caught-up partitions go idle, and restart the
+//! stage run after a failure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, StreamExt as _};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+
+use super::consumer::{subscribe, LagContext, GROUP_STALL};
+use super::ctx::RunCtx;
+use super::flush::{finish, flush, InFlight, Outbox, SnapshotDue};
+use super::part::{load_part, Part, Position};
+use super::seek::{admit, reseek_stalled, SEEK_SETTLE};
+use super::stage::{Input, Stage};
+use crate::batch::Batch;
+use crate::metrics::Metrics;
+use crate::ProcessorError;
+
+/// Run a stage until shutdown, restarting from saved state after failures.
+pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorError> {
+    let mut instance_id = ctx.instance_id.clone();
+    loop {
+        match run_once(&stage, &ctx, instance_id.as_deref()).await {
+            Ok(()) | Err(ProcessorError::ShuttingDown) => break,
+            Err(e) => {
+                if matches!(e, ProcessorError::GroupStalled(_)) && instance_id.is_some() {
+                    // tansu never expires a dead static member (it checks heartbeats
+                    // only on requests of dynamic members), so a group whose leader is
+                    // such a member never completes a join; a dynamic member's join
+                    // makes it drop the dead ones.
+                    tracing::warn!(
+                        stage = stage.name(),
+                        "rejoining as a dynamic member (without group.instance.id) for the rest of this run"
+                    );
+                    instance_id = None;
+                }
+                tracing::warn!(stage = stage.name(), error = %e, "stage failed; restarting from saved state");
+                ctx.renew_producer();
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(ctx.restart_backoff) => {}
+                }
+            }
+        }
+    }
+    let producer = ctx.producer();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
+        rdkafka::producer::Producer::flush(&*producer, Duration::from_secs(10))
+    })
+    .await
+    {
+        tracing::warn!(stage = stage.name(), error = %e, "flushing producer at shutdown");
+    }
+    Ok(())
+}
+
+/// Whether every input topic of `partition` has been processed up to its end: the high
+/// watermark librdkafka's statistics last reported ([`LagContext::high_watermark`]). A
+/// topic this partition never delivered and the statistics do not know yet counts as
+/// caught up (an unused co-partitioned topic such as `touchpoints.aliases`); one we did
+/// read but without statistics does not.
+fn caught_up(
+    consumer: &StreamConsumer<LagContext>,
+    topics: &[String],
+    partition: i32,
+    pos: &Position,
+) -> bool {
+    topics.iter().all(|topic| {
+        let next = pos.next.get(topic).copied();
+        match (consumer.context().high_watermark(topic, partition), next) {
+            (Some((h, _)), Some(n)) => n >= h,
+            // Not read since start: librdkafka's own lag (from its fetch position) says.
+            (Some((h, lag)), None) => h == 0 || lag == 0,
+            (None, Some(_)) => false,
+            (None, None) => true,
+        }
+    })
+}
+
+async fn run_once<S: Stage>(
+    stage: &S,
+    ctx: &RunCtx,
+    instance_id: Option<&str>,
+) -> Result<(), ProcessorError> {
+    let consumer = subscribe(stage, ctx, instance_id)?;
+    let topics = stage.topics();
+    let mut parts: HashMap<i32, Part<S::State>> = HashMap::new();
+    let mut pending_msgs = 0usize;
+    let mut last_flush = Instant::now();
+    // Any input at all, skipped replays included: the consumer is delivering.
+    let mut last_msg = Instant::now();
+    let mut tick = tokio::time::interval(
+        ctx.batch_max
+            .min(Duration::from_millis(500))
+            .max(Duration::from_millis(10)),
+    );
+    let mut revocations_seen = 0u64;
+    let mut out = Outbox {
+        batch: Batch::default(),
+        ranges: BTreeMap::new(),
+        snap: SnapshotDue {
+            last: Instant::now(),
+            every: ctx.snapshot_every,
+            min_pause: Duration::ZERO,
+            force: false,
+        },
+        prev_done: None,
+    };
+    let mut in_flight: InFlight<'_> = FuturesOrdered::new();
+    let counters = Counters::new(&ctx.metrics, stage.name());
+
+    loop {
+        // After a revocation, finish the work in hand (rows, snapshots; the commit may be
+        // refused, which is fine) and forget every partition's state: whatever is
+        // assigned now is reloaded from its snapshot, which another member may have
+        // moved on while it was away. Keeping the old state would leave its position
+        // behind the committed offset, so the partition never looks caught up.
+        let revocations = consumer.context().revocations();
+        if revocations != revocations_seen {
+            revocations_seen = revocations;
+            if !parts.is_empty() {
+                out.snap.force = true;
+                flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
+                finish(&mut in_flight).await?;
+                pending_msgs = 0;
+                last_flush = Instant::now();
+                tracing::info!(
+                    stage = stage.name(),
+                    partitions = parts.len(),
+                    "rebalance: partition states dropped, reloading from snapshots"
+                );
+                parts.clear();
+            }
+        }
+        tokio::select! {
+            // Surface a failed write as soon as it fails (not only at the next cut).
+            Some(res) = in_flight.next(), if !in_flight.is_empty() => {
+                res?;
+            }
+            _ = ctx.shutdown.cancelled() => {
+                out.snap.force = true;
+                flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
+                finish(&mut in_flight).await?;
+                tracing::info!(stage = stage.name(), "stage stopped after a final flush");
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                let joining = consumer.context().joining_for();
+                if joining > GROUP_STALL {
+                    return Err(ProcessorError::GroupStalled(joining));
+                }
+                // Partitions assigned but silent so far still need a state, so that idle
+                // handling (e.g. the identity stage's watermark) covers them too.
+                let assigned: Vec<i32> = consumer
+                    .assignment()
+                    .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+                    .unwrap_or_default();
+                for p in assigned {
+                    if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(p) {
+                        v.insert(load_part(stage, ctx, p).await?);
+                    }
+                }
+                reseek_stalled(stage, &consumer, &mut parts, last_msg.elapsed() >= 4 * SEEK_SETTLE)?;
+                if let Some(limit) = stage.idle_after() {
+                    for (p, part) in parts.iter_mut() {
+                        let idle = part.last_input.elapsed();
+                        // Silent is not idle while a backlog waits (a rebalance or restart
+                        // pauses consumption): only a caught-up partition counts.
+                        if idle >= limit
+                            && caught_up(&consumer, &topics, *p, &part.pos)
+                            && stage.idle(&mut part.state, idle, part.pos.seq)
+                        {
+                            part.dirty = true;
+                            part.unsaved = true;
+                        }
+                    }
+                }
+                let due = last_flush.elapsed() >= ctx.batch_max;
+                let snapshot_due = out.snap.due() && parts.values().any(|p| p.unsaved);
+                if due && (pending_msgs > 0 || snapshot_due || parts.values().any(|p| p.dirty)) {
+                    flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
+                    pending_msgs = 0;
+                    last_flush = Instant::now();
+                }
+            }
+            msg = consumer.recv() => {
+                let msg = msg?;
+                last_msg = Instant::now();
+                let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(partition) {
+                    v.insert(load_part(stage, ctx, partition).await?);
+                }
+                let admit = admit(stage, ctx, &consumer, &mut parts, &topic, partition, offset).await?;
+                if !admit {
+                    counters.skipped.inc();
+                    continue;
+                }
+                if let Some(part) = parts.get_mut(&partition) {
+                    let seq = part.advance(&topic, offset);
+                    let input = Input { topic: &topic, partition, offset, payload: msg.payload().unwrap_or_default(), seq };
+                    stage.handle(&mut part.state, &input, &mut out.batch);
+                }
+                out.ranges
+                    .entry((topic.clone(), partition))
+                    .and_modify(|r| r.1 = offset)
+                    .or_insert((offset, offset));
+                counters.processed.inc();
+                pending_msgs += 1;
+                if pending_msgs >= ctx.batch_max_rows {
+                    flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
+                    pending_msgs = 0;
+                    last_flush = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// A stage's per-message counters, looked up once per run rather than per message.
+struct Counters {
+    processed: prometheus::IntCounter,
+    skipped: prometheus::IntCounter,
+}
+
+impl Counters {
+    fn new(metrics: &Metrics, stage: &str) -> Self {
+        Self {
+            processed: metrics.messages.with_label_values(&[stage, "processed"]),
+            skipped: metrics
+                .messages
+                .with_label_values(&[stage, "skipped_replay"]),
+        }
+    }
+}
