@@ -98,16 +98,13 @@ pub(super) fn subscribe<S: Stage>(
     ctx: &RunCtx,
     instance_id: Option<&str>,
 ) -> Result<StreamConsumer<LagContext>, ProcessorError> {
-    let mut config = touchstream_core::kafka::consumer_config(&ctx.kafka);
     // librdkafka prefetches up to 64 MiB per consumer by default: memory that does not
     // buy throughput here (each stage drains its queue in batches of `batch_max_rows`).
-    if !ctx
-        .kafka
-        .client_properties
-        .contains_key("queued.max.messages.kbytes")
-    {
-        config.set("queued.max.messages.kbytes", "16384");
-    }
+    // A default like the fetch wait: `kafka.client_properties` can override it.
+    let mut config = touchstream_core::kafka::consumer_config_with(
+        &ctx.kafka,
+        &[("queued.max.messages.kbytes", "16384")],
+    );
     if let Some(id) = instance_id {
         config.set("group.instance.id", id);
     }
