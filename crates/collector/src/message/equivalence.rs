@@ -14,7 +14,7 @@ use super::dom::Dom;
 use super::reject::{RejectReason, Rejection};
 use super::scan::Scanned;
 use super::seam::{ObjectField, ScalarField, WRITE_KEY};
-use super::tests::{meta, RECEIVED};
+use super::tests::{batch_context, meta, RECEIVED};
 use super::{to_touchpoint, BatchContext, RequestMeta, Validator};
 
 /// The touchpoint or rejection of the `Value` reading.
@@ -37,7 +37,7 @@ fn known_fields() -> impl Iterator<Item = &'static str> {
 }
 
 /// A batch context from generated text, when it is an object.
-fn batch_context(text: Option<String>) -> Option<BatchContext> {
+fn generated_batch_context(text: Option<String>) -> Option<BatchContext> {
     text.and_then(|b| serde_json::from_str::<Value>(&b).ok())
         .and_then(|v| v.as_object().cloned())
         .map(BatchContext::new)
@@ -45,11 +45,8 @@ fn batch_context(text: Option<String>) -> Option<BatchContext> {
 
 #[test]
 fn canonical_forms_and_context_merge_match_the_value_path() {
-    let ctx = BatchContext::new(
-        json!({"channel": "mobile", "userAgent": "batch-ua", "z": [1, {"b": 2, "a": 1}]})
-            .as_object()
-            .unwrap()
-            .clone(),
+    let ctx = batch_context(
+        json!({"channel": "mobile", "userAgent": "batch-ua", "z": [1, {"b": 2, "a": 1}]}),
     );
     let batch = RequestMeta {
         batch_context: Some(&ctx),
@@ -332,7 +329,7 @@ proptest! {
         batch_sent_at in proptest::option::of(RECEIVED - 5_000..RECEIVED),
         header_ua in proptest::option::of(Just("ua-header".to_string())),
     ) {
-        let ctx = batch_context(batch);
+        let ctx = generated_batch_context(batch);
         let m = RequestMeta {
             batch_context: ctx.as_ref(),
             batch_sent_at_ms: batch_sent_at,
@@ -367,7 +364,7 @@ proptest! {
         raws in prop::collection::vec(message(), 1..6),
         batch in proptest::option::of(context()),
     ) {
-        let ctx = batch_context(batch);
+        let ctx = generated_batch_context(batch);
         let m = RequestMeta {
             batch_context: ctx.as_ref(),
             ..meta()

@@ -20,6 +20,11 @@ pub(super) fn meta() -> RequestMeta<'static> {
     }
 }
 
+/// A batch-level `context`.
+pub(super) fn batch_context(v: Value) -> BatchContext {
+    BatchContext::new(v.as_object().expect("an object").clone())
+}
+
 fn ok(v: Value) -> Touchpoint {
     to_touchpoint(&v.to_string(), None, &meta()).unwrap()
 }
@@ -71,12 +76,7 @@ fn unknown_fields_are_kept_but_not_the_write_key() {
 
 #[test]
 fn page_name_and_batch_context_merge() {
-    let ctx = BatchContext::new(
-        json!({"locale": "de", "page": {"path": "/"}})
-            .as_object()
-            .unwrap()
-            .clone(),
-    );
+    let ctx = batch_context(json!({"locale": "de", "page": {"path": "/"}}));
     let m = RequestMeta {
         batch_context: Some(&ctx),
         ..meta()
@@ -103,63 +103,39 @@ fn missing_message_id_is_deterministic() {
 
 #[test]
 fn rejections_name_their_reason() {
-    for (message, reason) in [
-        (json!([1]), RejectReason::Malformed),
-        (json!({"userId": "u"}), RejectReason::UnknownType),
+    use RejectReason::*;
+    for (reason, message) in [
+        (Malformed, "[1]"),
+        (Malformed, "{not json"),
+        (UnknownType, r#"{"userId":"u"}"#),
+        (UnknownType, r#"{"type":"purchase","userId":"u"}"#),
+        (MissingIdentity, r#"{"type":"track","event":"E"}"#),
+        (MissingEvent, r#"{"type":"track","userId":"u"}"#),
+        (MissingEvent, r#"{"type":"track","userId":"u","event":" "}"#),
+        (MissingAliasIds, r#"{"type":"alias","userId":"u"}"#),
+        (MissingAliasIds, r#"{"type":"alias","previousId":"a"}"#),
         (
-            json!({"type": "purchase", "userId": "u"}),
-            RejectReason::UnknownType,
+            PlaceholderId,
+            r#"{"type":"page","anonymousId":"undefined"}"#,
+        ),
+        (PlaceholderId, r#"{"type":"page","userId":"0"}"#),
+        (InvalidField, r#"{"type":"page","userId":{"id":1}}"#),
+        (
+            InvalidField,
+            r#"{"type":"page","userId":"u","properties":[1]}"#,
         ),
         (
-            json!({"type": "track", "event": "E"}),
-            RejectReason::MissingIdentity,
+            InvalidTimestamp,
+            r#"{"type":"page","userId":"u","timestamp":"yesterday"}"#,
         ),
         (
-            json!({"type": "track", "userId": "u"}),
-            RejectReason::MissingEvent,
-        ),
-        (
-            json!({"type": "track", "userId": "u", "event": " "}),
-            RejectReason::MissingEvent,
-        ),
-        (
-            json!({"type": "alias", "userId": "u"}),
-            RejectReason::MissingAliasIds,
-        ),
-        (
-            json!({"type": "alias", "previousId": "a"}),
-            RejectReason::MissingAliasIds,
-        ),
-        (
-            json!({"type": "page", "anonymousId": "undefined"}),
-            RejectReason::PlaceholderId,
-        ),
-        (
-            json!({"type": "page", "userId": "0"}),
-            RejectReason::PlaceholderId,
-        ),
-        (
-            json!({"type": "page", "userId": {"id": 1}}),
-            RejectReason::InvalidField,
-        ),
-        (
-            json!({"type": "page", "userId": "u", "properties": [1]}),
-            RejectReason::InvalidField,
-        ),
-        (
-            json!({"type": "page", "userId": "u", "timestamp": "yesterday"}),
-            RejectReason::InvalidTimestamp,
-        ),
-        (
-            json!({"type": "page", "userId": "u", "timestamp": 1700000000}),
-            RejectReason::InvalidTimestamp,
+            InvalidTimestamp,
+            r#"{"type":"page","userId":"u","timestamp":1700000000}"#,
         ),
     ] {
-        let got = to_touchpoint(&message.to_string(), None, &meta()).map_err(|r| r.reason);
+        let got = to_touchpoint(message, None, &meta()).map_err(|r| r.reason);
         assert_eq!(got, Err(reason), "{message}");
     }
-    let got = to_touchpoint("{not json", None, &meta()).map_err(|r| r.reason);
-    assert_eq!(got, Err(RejectReason::Malformed));
 }
 
 #[test]
@@ -212,7 +188,7 @@ fn channel_names_and_aliases_else_the_source_default() {
         json!({"type": "page", "userId": "u", "channel": null, "context": {"channel": "ios"}});
     assert_eq!(channel_of(hidden), "call_center");
     // A batch context's channel applies under a message context without one.
-    let ctx = BatchContext::new(json!({"channel": "POS"}).as_object().unwrap().clone());
+    let ctx = batch_context(json!({"channel": "POS"}));
     let batch = RequestMeta {
         batch_context: Some(&ctx),
         ..crm.clone()
