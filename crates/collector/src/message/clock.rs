@@ -1,4 +1,5 @@
-//! Client timestamps and the event time the collector derives from them (SPEC §2, Time).
+//! Client timestamps and the event time the collector derives from them (docs/design.md,
+//! "Time correction").
 
 use time::format_description::well_known::{Iso8601, Rfc3339};
 use time::OffsetDateTime;

@@ -1,6 +1,6 @@
-//! The rules of SPEC §2 for one message, written once over [`MessageFields`]: which
-//! fields a message needs, which JSON types they may have, its ids, its time, and the
-//! channel and user agent it names.
+//! The API's rules for one message (docs/design.md, "API"), written once over
+//! [`MessageFields`]: which fields a message needs, which JSON types they may have, its
+//! ids, its time, and the channel and user agent it names.
 //!
 //! Rules run in a fixed order and the first that fails decides the rejection (its reason
 //! and detail text are part of the API: the response and the dead-letter record carry
