@@ -8,11 +8,8 @@
 
 pub mod auth;
 pub mod body;
-mod canonical;
 pub mod error;
 pub mod message;
-mod message_dom;
-mod message_scan;
 pub mod metrics;
 pub mod server;
 pub mod sink;

@@ -76,7 +76,11 @@ impl FromStr for MessageType {
 }
 
 /// Where a touchpoint happened (SPEC §4, touchpoint catalog).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// The one channel vocabulary of the workspace: the collector names a message's channel
+/// with [`Channel::from_message`], the journey catalog classifies with it. Declaration
+/// order is the order of `sessions.channels` (hence `Ord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// Web site.
@@ -96,7 +100,7 @@ pub enum Channel {
 }
 
 impl Channel {
-    /// Every channel.
+    /// Every channel, in declaration order.
     pub const ALL: [Channel; 7] = [
         Channel::Web,
         Channel::App,
@@ -118,6 +122,33 @@ impl Channel {
             Channel::Social => "social",
             Channel::Other => "other",
         }
+    }
+
+    /// Channel named by a message's `channel` field (top-level or in `context`). Besides
+    /// our own names this accepts Segment's library values `browser` (→ web) and `mobile`
+    /// (→ app) and the common device and desk names (`ios`, `android`, `pos`, `phone`,
+    /// ...), compared case-insensitively with spaces and hyphens read as `_`. `server`
+    /// and anything unrecognised say nothing about the channel: `None`, and the caller's
+    /// default applies (the source's in the collector, the catalog's in the journey).
+    pub fn from_message(value: &str) -> Option<Channel> {
+        // Most messages already use a normalized name: no allocation for them.
+        Self::normalized(value).or_else(|| {
+            Self::normalized(&value.trim().to_ascii_lowercase().replace(['-', ' '], "_"))
+        })
+    }
+
+    /// The channel of an already normalized (trimmed, lowercase, `_`-separated) name.
+    fn normalized(v: &str) -> Option<Channel> {
+        Some(match v {
+            "web" | "browser" => Channel::Web,
+            "app" | "mobile" | "ios" | "android" => Channel::App,
+            "store" | "pos" => Channel::Store,
+            "call_center" | "callcenter" | "call_centre" | "phone" => Channel::CallCenter,
+            "email" => Channel::Email,
+            "social" => Channel::Social,
+            "other" => Channel::Other,
+            _ => return None,
+        })
     }
 }
 
@@ -273,5 +304,39 @@ mod tests {
             assert_eq!(c.as_str().parse::<Channel>().unwrap(), c);
         }
         assert!("fax".parse::<Channel>().is_err());
+    }
+
+    #[test]
+    fn message_channels_and_their_aliases() {
+        for c in Channel::ALL {
+            assert_eq!(Channel::from_message(c.as_str()), Some(c));
+        }
+        for (value, want) in [
+            ("browser", Channel::Web),
+            ("mobile", Channel::App),
+            ("ios", Channel::App),
+            ("Android", Channel::App),
+            ("pos", Channel::Store),
+            (" Store ", Channel::Store),
+            ("phone", Channel::CallCenter),
+            ("Call Center", Channel::CallCenter),
+            ("call-centre", Channel::CallCenter),
+            ("callcenter", Channel::CallCenter),
+        ] {
+            assert_eq!(Channel::from_message(value), Some(want), "{value:?}");
+        }
+        for value in ["server", "", "fax", "web site"] {
+            assert_eq!(Channel::from_message(value), None, "{value:?}");
+        }
+        // The config's `default_channel` stays strict: only our own names.
+        assert!("browser".parse::<Channel>().is_err());
+    }
+
+    #[test]
+    fn channels_order_as_declared() {
+        let mut sorted = Channel::ALL;
+        sorted.sort();
+        assert_eq!(sorted, Channel::ALL);
+        assert!(Channel::Web < Channel::Other);
     }
 }

@@ -11,8 +11,8 @@
 //! (grammar, number range, surrogates, the 128-level nesting limit) is what
 //! `serde_json::from_str::<Value>` accepts. The one `Value` behaviour it does not copy — an
 //! object whose first key is serde_json's private raw-value token — makes it fail, and
-//! the caller falls back to the `Value` path. A proptest in `message` checks the output
-//! against `Value` round trips.
+//! the caller falls back to the `Value` path. A proptest below checks the output against
+//! `Value` round trips.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -147,11 +147,15 @@ pub struct Canon<'a, 'de> {
     pub scratch: &'a mut Scratch<'de>,
 }
 
-impl<'de> DeserializeSeed<'de> for Canon<'_, 'de> {
-    type Value = ();
+/// Deserializes any JSON value with the visitor it wraps (`deserialize_any`): the seed
+/// of every visitor here and in the message scanner.
+pub struct AnyValue<V>(pub V);
 
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+impl<'de, V: Visitor<'de>> DeserializeSeed<'de> for AnyValue<V> {
+    type Value = V::Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+        d.deserialize_any(self.0)
     }
 }
 
@@ -210,10 +214,10 @@ impl<'de> Visitor<'de> for Canon<'_, 'de> {
             if !first {
                 self.out.push(',');
             }
-            let seed = Canon {
+            let seed = AnyValue(Canon {
                 out: &mut *self.out,
                 scratch: &mut *self.scratch,
-            };
+            });
             if seq.next_element_seed(seed)?.is_none() {
                 self.out.truncate(mark);
                 break;
@@ -254,10 +258,10 @@ pub fn object<'de, A: MapAccess<'de>>(
         write_cow(out, &key);
         out.push(':');
         let value_start = out.len();
-        map.next_value_seed(Canon {
+        map.next_value_seed(AnyValue(Canon {
             out: &mut *out,
             scratch: &mut *scratch,
-        })?;
+        }))?;
         seen(&key, &out[value_start..]);
         scratch.entries.push(Entry {
             key,
@@ -356,10 +360,10 @@ pub fn canonical(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut scratch = Scratch::default();
     let mut de = serde_json::Deserializer::from_str(text);
-    Canon {
+    AnyValue(Canon {
         out: &mut out,
         scratch: &mut scratch,
-    }
+    })
     .deserialize(&mut de)
     .ok()?;
     de.end().ok()?;
