@@ -2,7 +2,7 @@
 //! the processor writes are declared with the processor (`touchstream_processor::tables`).
 //!
 //! Data comes from the processor's batches and from `touchstream migrate`; it goes to the
-//! tables analysts query (SPEC §6). The client is built with the official `clickhouse`
+//! tables analysts query (docs/design.md §6). The client is built with the official `clickhouse`
 //! crate over HTTP; schema validation is off because ClickHouse 18.16, which our tests run
 //! on, lacks `RowBinaryWithNamesAndTypes`.
 

@@ -1,4 +1,4 @@
-//! Ordered, recorded, idempotent schema migrations (SPEC §6).
+//! Ordered, recorded, idempotent schema migrations (docs/design.md §6).
 //!
 //! Migrations are the `deploy/clickhouse/NNNN_name.sql` files, embedded at build time and
 //! applied in file-name order. Each applied file is recorded in `<db>.schema_migrations`

@@ -30,21 +30,7 @@ const BATCH: usize = 100;
 const RECEIVED_MS: i64 = 1_764_072_000_000;
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0";
 
-/// RFC 3339 with milliseconds, as SDKs write timestamps.
-fn iso(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let dt = time::OffsetDateTime::from_unix_timestamp(secs).expect("valid time");
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        ms.rem_euclid(1000)
-    )
-}
+use touchstream_collector::message::format_timestamp as iso;
 
 /// Message `i` of a web batch: 60 % track (product/cart/checkout/order), 30 % page,
 /// 10 % identify, each with the context analytics.js sends.

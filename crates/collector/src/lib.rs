@@ -1,4 +1,4 @@
-//! The collector: Touchstream's Segment-compatible front door (SPEC §2–3).
+//! The collector: Touchstream's Segment-compatible front door (docs/design.md §2–3).
 //!
 //! Frontends and offline systems POST Segment messages; each request is authenticated by
 //! write key ([`auth`]), read under size limits ([`body`]), split into messages that are

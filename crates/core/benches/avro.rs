@@ -2,7 +2,7 @@
 //!
 //! `encode` is the collector's per-message cost, `decode` the processor's per-record
 //! cost; `decode_then_properties` adds the `serde_json` parse of `properties` that the
-//! processor's `convert::journey_event` does right after decoding (mimicked here, since
+//! processor's `JourneyEvent::from(&Touchpoint)` (crates/journey/src/event.rs) used to do right after decoding (mimicked here, since
 //! core cannot depend on the processor).
 //!
 //! Run: `cargo bench -p touchstream-core --bench avro -- --warm-up-time 1

@@ -1,4 +1,4 @@
-//! The canonical touchpoint record (SPEC §2–3).
+//! The canonical touchpoint record (docs/design.md §2–3).
 //!
 //! This is the in-memory twin of `schemas/touchpoint.avsc`: the collector builds it from a
 //! validated Segment message, the processor enriches and stores it. Free-form JSON parts
@@ -75,7 +75,7 @@ impl FromStr for MessageType {
     }
 }
 
-/// Where a touchpoint happened (SPEC §4, touchpoint catalog).
+/// Where a touchpoint happened (docs/design.md §4, touchpoint catalog).
 ///
 /// The one channel vocabulary of the workspace: the collector names a message's channel
 /// with [`Channel::from_message`], the journey catalog classifies with it. Declaration
@@ -210,7 +210,7 @@ pub struct Touchpoint {
 }
 
 impl Touchpoint {
-    /// The Kafka key of SPEC §3: `anonymousId` if present, else `userId`.
+    /// The Kafka key of docs/design.md §3: `anonymousId` if present, else `userId`.
     ///
     /// Keying by the device id keeps one browser's events in one partition, in order,
     /// before the customer identifies.
@@ -223,11 +223,11 @@ impl Touchpoint {
 }
 
 /// An event time more than this after `received_at` is treated as `received_at`
-/// (SPEC §2, Time): the collector clamps, and the processor never lets such a time move a
+/// (docs/design.md §2, Time): the collector clamps, and the processor never lets such a time move a
 /// watermark (a record written by another producer could carry any time).
 pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 
-/// Ids that broken clients send instead of a real one (SPEC §4): `anonymous`, `null`,
+/// Ids that broken clients send instead of a real one (docs/design.md §4): `anonymous`, `null`,
 /// `undefined`, `0`, empty or whitespace, compared trimmed and case-insensitively.
 /// They are never identities; a message carrying one is rejected.
 pub fn is_placeholder_id(id: &str) -> bool {

@@ -66,21 +66,9 @@ pub struct SendStats {
     pub requests: usize,
 }
 
-/// RFC 3339 UTC with milliseconds, as Segment SDKs write timestamps.
-pub fn iso(ms: i64) -> String {
-    let dt = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        dt.millisecond()
-    )
-}
+/// RFC 3339 UTC with milliseconds, as Segment SDKs write timestamps (the collector's
+/// own formatter, the inverse of the parser it validates with).
+pub use touchstream_collector::message::format_timestamp as iso;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -29,7 +29,7 @@ pub struct JourneyEvent {
     pub user_id: Option<String>,
     /// Alias source id (treated as an anonymous id).
     pub previous_id: Option<String>,
-    /// Corrected event time (SPEC §2 "Time"), UTC epoch ms.
+    /// Corrected event time (docs/design.md §2 "Time"), UTC epoch ms.
     pub event_time_ms: i64,
     /// Message `channel`, overrides the catalog's channel when recognised.
     pub channel: Option<String>,

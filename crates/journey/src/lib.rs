@@ -1,5 +1,5 @@
 //! Touchstream's journey logic: the deterministic state machines of the stream processor,
-//! with no I/O (SPEC §4–5).
+//! with no I/O (docs/design.md §4–5).
 //!
 //! The processor runs in two Kafka stages and this crate is the pure core of both:
 //!

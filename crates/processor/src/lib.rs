@@ -1,4 +1,4 @@
-//! The processor: Touchstream's stream processor (SPEC §4–6).
+//! The processor: Touchstream's stream processor (docs/design.md §4–6).
 //!
 //! Two Kafka consumer-group stages run in every processor process (see
 //! `schemas/README.md` for the topology):

@@ -13,7 +13,24 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     i64::try_from(dt.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// SPEC §2 time correction: skew-correct with `sentAt` when both are present, else the
+/// Epoch ms as RFC 3339 UTC with milliseconds (`2026-11-25T15:40:00.000Z`), the form
+/// Segment SDKs write and [`parse_timestamp`] reads: for generators, benches and tests.
+pub fn format_timestamp(ms: i64) -> String {
+    let dt = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.millisecond()
+    )
+}
+
+/// docs/design.md §2 time correction: skew-correct with `sentAt` when both are present, else the
 /// client timestamp, else receipt time; never more than 10 minutes in the future.
 pub fn event_time_ms(
     received_at_ms: i64,
@@ -37,6 +54,21 @@ mod tests {
     use super::*;
 
     const RECEIVED: i64 = 1_764_072_000_000; // 2025-11-25T12:00:00Z
+
+    #[test]
+    fn formatted_timestamps_parse_back() {
+        for ms in [
+            0,
+            RECEIVED,
+            RECEIVED + 1,
+            RECEIVED - 999,
+            253_402_300_799_999,
+        ] {
+            let text = format_timestamp(ms);
+            assert_eq!(text.len(), 24, "{text}");
+            assert_eq!(parse_timestamp(&text), Some(ms), "{text}");
+        }
+    }
 
     #[test]
     fn worked_time_examples() {

@@ -1,6 +1,6 @@
 //! One Segment message → a validated [`Touchpoint`] or a rejection with a reason.
 //!
-//! Pure and synchronous so that every rule of SPEC §2 (validation, ids, time correction)
+//! Pure and synchronous so that every rule of docs/design.md §2 (validation, ids, time correction)
 //! is unit-tested without a server. The HTTP layer hands us each message's raw JSON text
 //! (so the 32 KiB limit is measured on what the client sent) plus request metadata.
 //!
@@ -38,7 +38,7 @@ mod equivalence;
 #[cfg(test)]
 mod tests;
 
-pub use clock::{event_time_ms, parse_timestamp};
+pub use clock::{event_time_ms, format_timestamp, parse_timestamp};
 pub use reject::{RejectReason, Rejection};
 pub use request::{BatchContext, RequestMeta};
 pub use touchstream_core::event::MAX_FUTURE_MS;

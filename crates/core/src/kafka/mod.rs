@@ -82,7 +82,7 @@ pub fn consumer_config_with(cfg: &KafkaConfig, extra: &[(&str, &str)]) -> Client
     client_config_with(cfg, &defaults)
 }
 
-/// An idempotent, acks=all producer (SPEC §2: 200 only after a durable ack) with a
+/// An idempotent, acks=all producer (docs/design.md §2: 200 only after a durable ack) with a
 /// future per record, for tools and tests that produce a few records. The collector and
 /// the processor use the same settings through [`acks::group_producer`], which counts a
 /// group's acknowledgements instead.

@@ -3,7 +3,7 @@
 //! Input: every accepted message in partition order (the raw topic is keyed by
 //! `anonymousId`, else `userId`). Output: each event routed to its `customer_id`, plus
 //! identity links, conflicts and re-attributions for stage 2 and the `identities` /
-//! `identity_conflicts` tables (SPEC §4 "Identity").
+//! `identity_conflicts` tables (docs/design.md §4 "Identity").
 //!
 //! Why re-attribution lives here: only this stage knows which events were routed under an
 //! anonymous id before that id got linked. It keeps those events (bounded, see

@@ -1,4 +1,4 @@
-//! Stage-1 rules, SPEC §4 "Identity", worked by hand.
+//! Stage-1 rules, docs/design.md §4 "Identity", worked by hand.
 
 use super::*;
 

@@ -1,4 +1,4 @@
-//! Touchpoint catalog: which journey stage and channel an event belongs to (SPEC §4).
+//! Touchpoint catalog: which journey stage and channel an event belongs to (docs/design.md §4).
 //!
 //! Loaded from TOML (`deploy/catalog.toml`) once at startup; stage 2 classifies every
 //! event with it so each stored touchpoint carries a stage and a channel. A channel sent
@@ -42,74 +42,9 @@ impl Stage {
     }
 }
 
-/// Where a touchpoint happened. Declaration order is the order of `sessions.channels`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    /// Website.
-    Web,
-    /// Mobile app.
-    App,
-    /// Physical store (tablet, POS).
-    Store,
-    /// Call centre / CRM.
-    CallCenter,
-    /// Email.
-    Email,
-    /// Social networks.
-    Social,
-    /// Anything else.
-    Other,
-}
-
-impl Channel {
-    /// All channels, in declaration order.
-    pub const ALL: [Channel; 7] = [
-        Channel::Web,
-        Channel::App,
-        Channel::Store,
-        Channel::CallCenter,
-        Channel::Email,
-        Channel::Social,
-        Channel::Other,
-    ];
-
-    /// Value stored in `touchpoints.channel`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Web => "web",
-            Channel::App => "app",
-            Channel::Store => "store",
-            Channel::CallCenter => "call_center",
-            Channel::Email => "email",
-            Channel::Social => "social",
-            Channel::Other => "other",
-        }
-    }
-
-    /// Channel named by a message's `channel` field. Besides our own names this accepts
-    /// Segment's library values `browser` (→ web) and `mobile` (→ app); `server` and
-    /// anything unrecognised say nothing about the channel, so the catalog decides.
-    pub fn from_message(value: &str) -> Option<Channel> {
-        // Most messages already use a normalized name: no allocation for them.
-        Self::normalized(value).or_else(|| {
-            Self::normalized(&value.trim().to_ascii_lowercase().replace(['-', ' '], "_"))
-        })
-    }
-
-    fn normalized(v: &str) -> Option<Channel> {
-        Some(match v {
-            "web" | "browser" => Channel::Web,
-            "app" | "mobile" | "ios" | "android" => Channel::App,
-            "store" | "pos" => Channel::Store,
-            "call_center" | "callcenter" | "call_centre" | "phone" => Channel::CallCenter,
-            "email" => Channel::Email,
-            "social" => Channel::Social,
-            "other" => Channel::Other,
-            _ => return None,
-        })
-    }
-}
+/// Where a touchpoint happened: core's one channel vocabulary (names, message aliases,
+/// and the declaration order that is the order of `sessions.channels`).
+pub use touchstream_core::Channel;
 
 /// Stage and channel of one kind of touchpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! Stage-2 rules (SPEC §4 sessions, lateness; §5 funnels through the watermark;
+//! Stage-2 rules (docs/design.md §4 sessions, lateness; §5 funnels through the watermark;
 //! re-attribution), worked by hand.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Funnel definitions and the anchored-attempt state machine (SPEC §5).
+//! Funnel definitions and the anchored-attempt state machine (docs/design.md §5).
 //!
 //! Definitions come from TOML (`deploy/funnels.toml`). Stage 2 matches each event against
 //! every step once, when the event enters ([`FunnelSet::matches`]), and keeps only the

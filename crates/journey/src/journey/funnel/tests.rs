@@ -1,4 +1,4 @@
-//! Funnel config parsing and the anchored-attempt rules of SPEC §5, step by step.
+//! Funnel config parsing and the anchored-attempt rules of docs/design.md §5, step by step.
 
 use std::path::Path;
 
