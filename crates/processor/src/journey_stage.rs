@@ -45,6 +45,8 @@ pub struct JourneyState {
     /// Attempts already counted in metrics (re-emitted rows are not counted twice).
     counted: HashSet<String>,
     late_seen: u64,
+    /// `corrected_events` already added to the metric.
+    corrected_seen: u64,
     /// Watermark of each identity-stage partition, ms.
     sources: BTreeMap<i32, i64>,
 }
@@ -85,6 +87,7 @@ impl Stage for Journey {
             ),
             counted: HashSet::new(),
             late_seen: 0,
+            corrected_seen: 0,
             sources: BTreeMap::new(),
         }
     }
@@ -98,10 +101,12 @@ impl Stage for Journey {
             saved.engine,
         );
         let late_seen = engine.counters().late_events;
+        let corrected_seen = engine.counters().corrected_events;
         Ok(JourneyState {
             engine,
             counted: HashSet::new(),
             late_seen,
+            corrected_seen,
             sources: saved.sources,
         })
     }
@@ -171,6 +176,14 @@ impl Stage for Journey {
                 .with_label_values(&["journey"])
                 .inc_by(late - state.late_seen);
             state.late_seen = late;
+        }
+        let corrected = state.engine.counters().corrected_events;
+        if corrected > state.corrected_seen {
+            self.metrics
+                .corrected_events
+                .with_label_values(&["journey"])
+                .inc_by(corrected - state.corrected_seen);
+            state.corrected_seen = corrected;
         }
         let label = partition.to_string();
         if let Some(w) = state.engine.watermark_ms() {

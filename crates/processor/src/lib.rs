@@ -200,8 +200,8 @@ pub async fn run(
         config: JourneyConfig {
             session_gap_secs: pc.session_gap_secs,
             allowed_lateness_secs: pc.allowed_lateness_secs,
+            reattribution_horizon_secs: Some(correction_horizon_secs(pc, &funnels)),
             external_watermark: true,
-            ..JourneyConfig::default()
         },
         catalog,
         funnels,
@@ -267,3 +267,17 @@ fn partition_counts(
 
 /// Shared so tests can hold it.
 pub type SharedMetrics = Arc<Metrics>;
+
+/// The correction horizon the journey stage uses, seconds: `processor.correction_horizon_secs`,
+/// or by default the longest funnel window plus the session gap, at least 7 days
+/// (docs/design.md §4, Lateness).
+pub fn correction_horizon_secs(pc: &touchstream_core::config::ProcessorConfig, funnels: &FunnelSet) -> u64 {
+    const WEEK_SECS: u64 = 7 * 24 * 3600;
+    if pc.correction_horizon_secs > 0 {
+        return pc.correction_horizon_secs;
+    }
+    let window_secs = u64::try_from(funnels.max_window_ms() / 1000).unwrap_or(0);
+    window_secs
+        .saturating_add(pc.session_gap_secs)
+        .max(WEEK_SECS)
+}

@@ -23,8 +23,11 @@ pub struct Metrics {
     pub insert_seconds: HistogramVec,
     /// Failed ClickHouse insert attempts (each retried), by table.
     pub insert_failures: IntCounterVec,
-    /// Events that arrived behind the allowed lateness (stored, not placed in a session).
+    /// Events older than the correction horizon on arrival (stored, not placed).
     pub late_events: IntCounterVec,
+    /// Events that arrived behind the release frontier but inside the horizon: placed,
+    /// and the rows they change rewritten.
+    pub corrected_events: IntCounterVec,
     /// Later conflicting identity links, recorded and not applied.
     pub identity_conflicts: IntCounterVec,
     /// Closed funnel attempts by funnel and outcome (`converted`, `dropped`).
@@ -69,7 +72,12 @@ impl Metrics {
         )?;
         let late_events = counter(
             "touchstream_processor_late_events_total",
-            "Events behind the allowed lateness: stored raw, not placed in order",
+            "Events older than the correction horizon: stored raw, not placed in order",
+            &["stage"],
+        )?;
+        let corrected_events = counter(
+            "touchstream_processor_corrected_events_total",
+            "Events behind the release frontier but inside the correction horizon: placed, rows rewritten",
             &["stage"],
         )?;
         let identity_conflicts = counter(
@@ -166,6 +174,7 @@ impl Metrics {
             insert_seconds,
             insert_failures,
             late_events,
+            corrected_events,
             identity_conflicts,
             funnel_attempts,
             funnel_step_reached,

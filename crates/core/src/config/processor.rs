@@ -15,9 +15,18 @@ pub struct ProcessorConfig {
     pub metrics_listen: String,
     /// Inactivity gap that starts a new session, seconds. Default 1800 (30 min).
     pub session_gap_secs: u64,
-    /// How far behind the partition watermark an event may arrive and still be placed in
-    /// order, seconds. Default 300 (5 min).
+    /// How long events wait behind the partition watermark before their journey rows are
+    /// first written, seconds. Default 300 (5 min). An event that arrives later still
+    /// finds its place (see `correction_horizon_secs`); this only sets how soon rows appear
+    /// and how often they are rewritten.
     pub allowed_lateness_secs: u64,
+    /// The correction horizon, seconds: an event that arrives behind the release frontier
+    /// (watermark − lateness) but no further back than this is placed in its customer's
+    /// journey and the sessions and funnel attempts it changes are rewritten, so the
+    /// tables equal a time-ordered run whatever the arrival order. Older events are stored
+    /// as late (`is_late = 1`) and counted. Also how long an idle customer's state is kept.
+    /// Default 0: the longest funnel window plus the session gap, at least 7 days.
+    pub correction_horizon_secs: u64,
     /// Flush a ClickHouse batch at this many input messages (about as many rows per
     /// table). Default 50000: only a backlog fills it (at 5k ev/s `batch_max_ms` cuts
     /// first), and every insert makes a ClickHouse part that merges rewrite later; 50k
@@ -68,6 +77,7 @@ impl Default for ProcessorConfig {
             metrics_listen: "127.0.0.1:9464".into(),
             session_gap_secs: 1800,
             allowed_lateness_secs: 300,
+            correction_horizon_secs: 0,
             batch_max_rows: 50_000,
             batch_max_ms: 300,
             snapshot_interval_ms: 5000,

@@ -7,9 +7,11 @@
 //!
 //! Order: the partition watermark is the newest event time seen. Events wait in a reorder
 //! buffer and are released in `(event_time, event_id)` order once older than
-//! `watermark − allowed_lateness` (strictly, so an equal-time event may still arrive).
-//! Events more than the lateness behind the watermark on arrival are too late: stored as
-//! `is_late` touchpoints without a session and counted, never placed.
+//! `watermark − allowed_lateness` (the release frontier; strictly, so an equal-time event
+//! may still arrive). An event that arrives behind the frontier is placed all the same and
+//! the rows it changes are rewritten, so arrival order does not change the tables; only an
+//! event older than the correction horizon behind the frontier is too late: stored as an
+//! `is_late` touchpoint without a session and counted, never placed.
 //!
 //! Per customer, released events join a bounded history after a checkpoint (see
 //! [`crate::journey::session`]); each change replays that history (or, when the new events only
@@ -53,12 +55,13 @@ pub struct JourneyConfig {
     /// Inactivity gap that starts a new session, seconds. Default 1800 (30 min); a gap of
     /// exactly this long stays in the session.
     pub session_gap_secs: u64,
-    /// How far behind the watermark an event may arrive and still be placed in order,
-    /// seconds. Default 300 (5 min).
+    /// How long events wait behind the watermark before their journey rows are first
+    /// written, seconds. Default 300 (5 min). An event later than that is still placed
+    /// (its customer's rows are rewritten) as long as it is inside the horizon below.
     pub allowed_lateness_secs: u64,
-    /// How far back (behind the release frontier) a re-attributed event can still be
-    /// placed into sessions and attempts, seconds; also how long an idle customer is kept.
-    /// Default: longest funnel window + session gap.
+    /// The correction horizon: how far back behind the release frontier a late or
+    /// re-attributed event can still be placed into sessions and attempts, seconds; also
+    /// how long an idle customer is kept. Default: longest funnel window + session gap.
     pub reattribution_horizon_secs: Option<u64>,
     /// When true, events do not move the watermark; only [`JourneyStage::advance_watermark`]
     /// does. The processor sets it because its input is repartitioned: events from
@@ -84,9 +87,13 @@ fn secs_to_ms(secs: u64) -> i64 {
 
 /// Monotonic counts for metrics (`_total` counters).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JourneyCounters {
-    /// Events that arrived more than the allowed lateness behind the watermark.
+    /// Events older than the correction horizon on arrival: stored unplaced (`is_late`).
     pub late_events: u64,
+    /// Events that arrived behind the release frontier (the watermark less the allowed
+    /// lateness) but inside the horizon: placed, and their customer's rows rewritten.
+    pub corrected_events: u64,
     /// Re-attributed events older than the horizon, stored as late touchpoints.
     pub reattributed_too_old: u64,
     /// Events whose `(event_time, event_id)` was already in the customer's history.
@@ -360,13 +367,22 @@ impl JourneyStage {
                 self.counters.duplicates += 1;
                 return;
             }
-            let too_late = self
-                .watermark_ms
-                .is_some_and(|w| hist.time_ms < w.saturating_sub(self.lateness_ms));
-            if too_late {
+            // Behind the correction horizon: the customer's state there is folded into its
+            // checkpoint (or forgotten), so the event cannot be placed; stored and counted.
+            if hist.time_ms < self.cutoff_ms() {
                 self.counters.late_events += 1;
                 self.out.unplaced(&id, &hist, true);
                 return;
+            }
+            // Behind the release frontier but inside the horizon: placed all the same (the
+            // buffer releases it at once), and the customer's sessions and attempts it
+            // changes are rewritten — the tables end as a time-ordered arrival would leave
+            // them, whatever order the events came in (docs/design.md §4, Lateness).
+            if self
+                .frontier_ms
+                .is_some_and(|f| hist.time_ms < f)
+            {
+                self.counters.corrected_events += 1;
             }
             if !self.external_watermark {
                 self.watermark_ms = Some(

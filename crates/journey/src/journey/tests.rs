@@ -160,19 +160,98 @@ fn late_within_lateness_is_placed_in_order() {
 }
 
 #[test]
-fn exactly_lateness_behind_is_placed_one_ms_more_is_too_late_stored_and_counted() {
+fn behind_the_frontier_inside_the_horizon_is_placed_and_the_session_rewritten() {
+    // Lateness 5 min: e20 moves the frontier to 15 min. e15 is exactly at it; e14 is 1 ms
+    // behind it, yet inside the horizon: placed too, the session now starts with it.
     let (t, st) = run(vec![
         routed("c", "e20", "Home", 20 * MIN, 1),
         routed("c", "e15", "Home", 15 * MIN, 2),
         routed("c", "e14", "Home", 15 * MIN - 1, 3),
     ]);
-    assert!(!t.touchpoints["e15"].is_late);
-    assert_eq!(t.sessions[t.session_of("e20")].first_event_id, "e15");
-    let late = &t.touchpoints["e14"];
+    assert_eq!(t.sessions.len(), 1, "the superseded session is deleted");
+    let s = &t.sessions[t.session_of("e20")];
+    assert_eq!((s.first_event_id.as_str(), s.event_count), ("e14", 3));
+    for id in ["e14", "e15", "e20"] {
+        assert!(!t.touchpoints[id].is_late, "{id}");
+        assert_eq!(t.session_of(id), t.session_of("e20"), "{id}");
+    }
+    assert_eq!(st.counters().late_events, 0);
+    assert_eq!(st.counters().corrected_events, 1);
+}
+
+#[test]
+fn older_than_the_horizon_is_too_late_stored_and_counted() {
+    let config = JourneyConfig {
+        reattribution_horizon_secs: Some(3600),
+        ..JourneyConfig::default()
+    };
+    let mut st = JourneyStage::new(config, Catalog::default(), funnels());
+    let mut t = Tables::default();
+    // Frontier 120 min, horizon 60 min: the cutoff is 60 min.
+    st.process(routed("c", "e125", "Home", 125 * MIN, 1), 1);
+    st.process(routed("c", "e60", "Home", 60 * MIN, 2), 2);
+    st.process(routed("c", "e59", "Home", 60 * MIN - 1, 3), 3);
+    st.flush_all(4);
+    t.apply(st.take_output());
+    assert!(!t.touchpoints["e60"].is_late);
+    let late = &t.touchpoints["e59"];
     assert!(late.is_late && late.session_id.is_empty());
     assert_eq!(late.customer_id, "c");
     assert_eq!(st.counters().late_events, 1);
-    assert_eq!(t.sessions.len(), 1);
+    assert_eq!(st.counters().corrected_events, 1);
+}
+
+#[test]
+fn arrival_order_does_not_change_the_tables() {
+    // Customer after customer (a backfill, an offline queue), each journey hours long,
+    // against the same events in time order: the same rows (versions aside).
+    let mut log = Vec::new();
+    for c in 0..6_i64 {
+        let base = (c % 3) * 50 * MIN;
+        for (k, name) in ["Product Viewed", "Product Added", "Home", "Checkout Started"]
+            .into_iter()
+            .enumerate()
+        {
+            let t = base + k as i64 * 40 * MIN + c * MIN;
+            log.push((format!("c{c}"), format!("c{c}-e{k}"), name, t));
+        }
+    }
+    let run_in = |order: &[(String, String, &str, i64)]| {
+        let mut st = stage();
+        let mut t = Tables::default();
+        for (i, (c, id, name, time)) in order.iter().enumerate() {
+            st.process(routed(c, id, name, *time, i as u64 + 1), i as u64 + 1);
+            t.apply(st.take_output());
+        }
+        st.flush_all(order.len() as u64 + 1);
+        t.apply(st.take_output());
+        (t, st.counters().clone())
+    };
+    let mut by_time = log.clone();
+    by_time.sort_by_key(|e| (e.3, e.1.clone()));
+    let (a, a_counters) = run_in(&by_time);
+    let (b, b_counters) = run_in(&log);
+    assert_eq!(a_counters.corrected_events, 0);
+    assert!(b_counters.corrected_events > 0, "{b_counters:?}");
+    assert_eq!(b_counters.late_events, 0);
+    let unversioned = |t: &Tables| {
+        (
+            t.touchpoints
+                .values()
+                .map(|r| (r.event_id.clone(), r.session_id.clone(), r.is_late))
+                .collect::<Vec<_>>(),
+            t.sessions
+                .values()
+                .map(|r| SessionRow { version: 0, ..r.clone() })
+                .collect::<Vec<_>>(),
+            t.attempts
+                .values()
+                .map(|r| FunnelAttemptRow { version: 0, ..r.clone() })
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert!(!a.attempts.is_empty());
+    assert_eq!(unversioned(&b), unversioned(&a));
 }
 
 #[test]
@@ -214,9 +293,15 @@ fn an_idle_watermark_advance_closes_attempts_without_new_events() {
     t.apply(st.take_output());
     let row = t.attempts.values().next().expect("dropped attempt");
     assert_eq!((row.outcome, row.reached_step), (Outcome::Dropped, 1));
-    // An event behind the new frontier is now late.
+    // An event behind the new frontier (inside the horizon) corrects the closed attempt.
     st.process(routed("c", "late", "Product Added", MIN, 3), 3);
-    assert_eq!(st.counters().late_events, 1);
+    t.apply(st.take_output());
+    assert_eq!(st.counters().late_events, 0);
+    assert_eq!(st.counters().corrected_events, 1);
+    assert_eq!(t.attempts.len(), 1);
+    let row = t.attempts.values().next().expect("corrected attempt");
+    assert_eq!((row.outcome, row.reached_step), (Outcome::Dropped, 2));
+    assert_eq!(row.step_event_ids, vec!["v", "late"]);
 }
 
 #[test]
@@ -243,9 +328,13 @@ fn an_external_watermark_alone_releases_and_judges_lateness() {
         "only the event behind the frontier is released"
     );
     assert!(!t.touchpoints["early"].session_id.is_empty());
-    // Now an event more than the lateness behind the external watermark is late.
+    // An event more than the lateness behind the external watermark is placed at once
+    // (inside the horizon), not held back.
     st.process(routed("e", "old", "Home", MIN, 4), 4);
-    assert_eq!(st.counters().late_events, 1);
+    t.apply(st.take_output());
+    assert_eq!(st.counters().late_events, 0);
+    assert_eq!(st.counters().corrected_events, 1);
+    assert!(!t.touchpoints["old"].session_id.is_empty());
 }
 
 #[test]
@@ -403,8 +492,8 @@ fn a_full_replay_leaves_reattributed_events_with_the_user() {
     st.flush_all(seq2 + 1);
     t.apply(st.take_output());
     assert!(
-        st.counters().late_events > 0,
-        "the replay's anonymous copies came late"
+        st.counters().corrected_events > 0,
+        "the replay's anonymous copies came behind the frontier"
     );
     for id in ["a-view", "a-add", "login"] {
         let row = &t.touchpoints[id];
@@ -717,7 +806,7 @@ fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
     };
     let (always, counters) = run(0);
     assert!(
-        counters.late_events > 0 && counters.retractions > 0,
+        counters.corrected_events > 0 && counters.retractions > 0,
         "{counters:?}"
     );
     assert!(always.iter().map(|o| o.attempts.len()).sum::<usize>() > 0);
