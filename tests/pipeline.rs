@@ -26,20 +26,7 @@ struct Planned {
     customer: String,
 }
 
-fn iso(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let dt = time::OffsetDateTime::from_unix_timestamp(secs).expect("time");
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        ms.rem_euclid(1000)
-    )
-}
+use touchstream_collector::message::format_timestamp as iso;
 
 /// The scripted journeys (`i % 4` picks the script); see the test's expectations.
 fn generate(t0: i64) -> Vec<Planned> {
