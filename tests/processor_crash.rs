@@ -17,6 +17,7 @@ use touchstream_core::Config;
 use touchstream_demo::generator::{plan, GeneratorConfig, PlanSummary};
 use touchstream_demo::report::closed_attempts;
 use touchstream_demo::sender::{send, SendConfig};
+use touchstream_tests::journeys::{settle, Tables};
 use touchstream_tests::{self as support, CollectorHandle};
 
 fn config(test: &str) -> Config {
@@ -132,111 +133,6 @@ fn sigterm(proc: &mut Proc) {
             "processor did not stop on SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
-struct Tp {
-    event_id: String,
-    customer_id: String,
-    session_id: String,
-    stage: String,
-    channel: String,
-    is_late: u8,
-}
-
-#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
-struct Sess {
-    session_id: String,
-    customer_id: String,
-    start_ms: i64,
-    end_ms: i64,
-    event_count: u32,
-}
-
-#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
-struct Att {
-    attempt_id: String,
-    funnel: String,
-    customer_id: String,
-    outcome: String,
-    reached_step: u8,
-    closed_ms: i64,
-}
-
-#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
-struct Link {
-    anonymous_id: String,
-    user_id: String,
-}
-
-#[derive(Debug, PartialEq)]
-struct Tables {
-    touchpoints: BTreeSet<Tp>,
-    sessions: BTreeSet<Sess>,
-    attempts: BTreeSet<Att>,
-    links: BTreeSet<Link>,
-    events: u64,
-}
-
-async fn tables(c: &Config) -> Tables {
-    let ch = touchstream_clickhouse::client(&c.clickhouse);
-    Tables {
-        touchpoints: ch
-            .query("SELECT event_id, customer_id, session_id, stage, channel, is_late FROM touchpoints")
-            .fetch_all()
-            .await
-            .expect("touchpoints")
-            .into_iter()
-            .collect(),
-        sessions: ch
-            .query("SELECT session_id, customer_id, start_ms, end_ms, event_count FROM sessions FINAL WHERE is_deleted = 0")
-            .fetch_all()
-            .await
-            .expect("sessions")
-            .into_iter()
-            .collect(),
-        attempts: ch
-            .query("SELECT attempt_id, funnel, customer_id, outcome, reached_step, closed_ms FROM funnel_attempts FINAL WHERE is_deleted = 0")
-            .fetch_all()
-            .await
-            .expect("attempts")
-            .into_iter()
-            .collect(),
-        links: ch
-            .query("SELECT anonymous_id, user_id FROM identities FINAL")
-            .fetch_all()
-            .await
-            .expect("identities")
-            .into_iter()
-            .collect(),
-        events: ch.query("SELECT count() FROM events FINAL").fetch_one().await.expect("events"),
-    }
-}
-
-async fn settle(c: &Config, g: &GeneratorConfig, start_ms: i64, summary: &PlanSummary) -> Tables {
-    let ch = touchstream_clickhouse::client(&c.clickhouse);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut last: Option<Tables> = None;
-    loop {
-        let closed = closed_attempts(&ch, g, start_ms).await.unwrap_or(0);
-        if closed >= summary.attempts as u64 {
-            let t = tables(c).await;
-            if t.events == summary.messages as u64
-                && t.touchpoints.iter().all(|r| !r.customer_id.is_empty())
-                && last.as_ref() == Some(&t)
-            {
-                return t;
-            }
-            last = Some(t);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} closed {closed} of {} attempts",
-            c.clickhouse.database,
-            summary.attempts
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

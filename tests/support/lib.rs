@@ -4,6 +4,8 @@
 //! Each test gets its own topic and database names so tests can run in parallel and
 //! leave no state that another test could read.
 
+pub mod journeys;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

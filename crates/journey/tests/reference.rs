@@ -448,10 +448,9 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
 
 fn check(log: &[JourneyEvent], horizon_secs: Option<u64>) -> Result<(), TestCaseError> {
     let got = stream(log, horizon_secs);
-    let horizon_ms = horizon_secs.map_or(
-        funnels().max_window_ms() + GAP_SECS as i64 * 1000,
-        |s| s as i64 * 1000,
-    );
+    let horizon_ms = horizon_secs.map_or(funnels().max_window_ms() + GAP_SECS as i64 * 1000, |s| {
+        s as i64 * 1000
+    });
     let want = reference(log, horizon_ms);
     let got_tp: BTreeMap<_, _> = got
         .touchpoints

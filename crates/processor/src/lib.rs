@@ -271,7 +271,10 @@ pub type SharedMetrics = Arc<Metrics>;
 /// The correction horizon the journey stage uses, seconds: `processor.correction_horizon_secs`,
 /// or by default the longest funnel window plus the session gap, at least 7 days
 /// (docs/design.md §4, Lateness).
-pub fn correction_horizon_secs(pc: &touchstream_core::config::ProcessorConfig, funnels: &FunnelSet) -> u64 {
+pub fn correction_horizon_secs(
+    pc: &touchstream_core::config::ProcessorConfig,
+    funnels: &FunnelSet,
+) -> u64 {
     const WEEK_SECS: u64 = 7 * 24 * 3600;
     if pc.correction_horizon_secs > 0 {
         return pc.correction_horizon_secs;
@@ -280,4 +283,32 @@ pub fn correction_horizon_secs(pc: &touchstream_core::config::ProcessorConfig, f
     window_secs
         .saturating_add(pc.session_gap_secs)
         .max(WEEK_SECS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn funnels(window_secs: u64) -> FunnelSet {
+        FunnelSet::from_toml_str(
+            &format!(
+                "[[funnel]]\nname = \"f\"\nwindow_secs = {window_secs}\nsteps = [{{ event = \"A\" }}, {{ event = \"B\" }}]\n"
+            ),
+            None,
+        )
+        .expect("funnels")
+    }
+
+    #[test]
+    fn the_correction_horizon_defaults_to_window_plus_gap_at_least_a_week() {
+        let week = 7 * 24 * 3600;
+        let mut pc = touchstream_core::config::ProcessorConfig::default();
+        assert_eq!(correction_horizon_secs(&pc, &funnels(3600)), week);
+        assert_eq!(
+            correction_horizon_secs(&pc, &funnels(week)),
+            week + pc.session_gap_secs
+        );
+        pc.correction_horizon_secs = 600;
+        assert_eq!(correction_horizon_secs(&pc, &funnels(week)), 600);
+    }
 }

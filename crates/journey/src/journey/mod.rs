@@ -378,10 +378,7 @@ impl JourneyStage {
             // buffer releases it at once), and the customer's sessions and attempts it
             // changes are rewritten — the tables end as a time-ordered arrival would leave
             // them, whatever order the events came in (docs/design.md §4, Lateness).
-            if self
-                .frontier_ms
-                .is_some_and(|f| hist.time_ms < f)
-            {
+            if self.frontier_ms.is_some_and(|f| hist.time_ms < f) {
                 self.counters.corrected_events += 1;
             }
             if !self.external_watermark {

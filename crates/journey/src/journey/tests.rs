@@ -208,9 +208,14 @@ fn arrival_order_does_not_change_the_tables() {
     let mut log = Vec::new();
     for c in 0..6_i64 {
         let base = (c % 3) * 50 * MIN;
-        for (k, name) in ["Product Viewed", "Product Added", "Home", "Checkout Started"]
-            .into_iter()
-            .enumerate()
+        for (k, name) in [
+            "Product Viewed",
+            "Product Added",
+            "Home",
+            "Checkout Started",
+        ]
+        .into_iter()
+        .enumerate()
         {
             let t = base + k as i64 * 40 * MIN + c * MIN;
             log.push((format!("c{c}"), format!("c{c}-e{k}"), name, t));
@@ -242,11 +247,17 @@ fn arrival_order_does_not_change_the_tables() {
                 .collect::<Vec<_>>(),
             t.sessions
                 .values()
-                .map(|r| SessionRow { version: 0, ..r.clone() })
+                .map(|r| SessionRow {
+                    version: 0,
+                    ..r.clone()
+                })
                 .collect::<Vec<_>>(),
             t.attempts
                 .values()
-                .map(|r| FunnelAttemptRow { version: 0, ..r.clone() })
+                .map(|r| FunnelAttemptRow {
+                    version: 0,
+                    ..r.clone()
+                })
                 .collect::<Vec<_>>(),
         )
     };

@@ -1,0 +1,130 @@
+//! The journey tables of a test run, read back for comparison: two runs of the same log
+//! (uninterrupted and faulty, or in two arrival orders) must give equal `Tables`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use clickhouse::Row;
+use serde::Deserialize;
+use touchstream_core::Config;
+use touchstream_demo::generator::{GeneratorConfig, PlanSummary};
+use touchstream_demo::report::closed_attempts;
+
+/// A `touchpoints` row.
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+pub struct Tp {
+    pub event_id: String,
+    pub customer_id: String,
+    pub session_id: String,
+    pub stage: String,
+    pub channel: String,
+    pub is_late: u8,
+}
+
+/// A live `sessions` row.
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+pub struct Sess {
+    pub session_id: String,
+    pub customer_id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub event_count: u32,
+}
+
+/// A live `funnel_attempts` row.
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+pub struct Att {
+    pub attempt_id: String,
+    pub funnel: String,
+    pub customer_id: String,
+    pub outcome: String,
+    pub reached_step: u8,
+    pub closed_ms: i64,
+}
+
+/// An `identities` link.
+#[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+pub struct Link {
+    pub anonymous_id: String,
+    pub user_id: String,
+}
+
+/// Everything compared.
+#[derive(Debug, PartialEq)]
+pub struct Tables {
+    pub touchpoints: BTreeSet<Tp>,
+    pub sessions: BTreeSet<Sess>,
+    pub attempts: BTreeSet<Att>,
+    pub links: BTreeSet<Link>,
+    pub events: u64,
+}
+
+/// The journey-derived tables of a test's database, deduplicated (`FINAL`, no tombstones),
+/// versions left out: what two runs of the same log must agree on.
+pub async fn tables(c: &Config) -> Tables {
+    let ch = touchstream_clickhouse::client(&c.clickhouse);
+    Tables {
+        touchpoints: ch
+            .query("SELECT event_id, customer_id, session_id, stage, channel, is_late FROM touchpoints")
+            .fetch_all()
+            .await
+            .expect("touchpoints")
+            .into_iter()
+            .collect(),
+        sessions: ch
+            .query("SELECT session_id, customer_id, start_ms, end_ms, event_count FROM sessions FINAL WHERE is_deleted = 0")
+            .fetch_all()
+            .await
+            .expect("sessions")
+            .into_iter()
+            .collect(),
+        attempts: ch
+            .query("SELECT attempt_id, funnel, customer_id, outcome, reached_step, closed_ms FROM funnel_attempts FINAL WHERE is_deleted = 0")
+            .fetch_all()
+            .await
+            .expect("attempts")
+            .into_iter()
+            .collect(),
+        links: ch
+            .query("SELECT anonymous_id, user_id FROM identities FINAL")
+            .fetch_all()
+            .await
+            .expect("identities")
+            .into_iter()
+            .collect(),
+        events: ch.query("SELECT count() FROM events FINAL").fetch_one().await.expect("events"),
+    }
+}
+
+/// Wait until every planned funnel attempt of a generated log is closed and the tables
+/// stop changing (two equal readings 2 s apart); at most 240 s.
+pub async fn settle(
+    c: &Config,
+    g: &GeneratorConfig,
+    start_ms: i64,
+    summary: &PlanSummary,
+) -> Tables {
+    let ch = touchstream_clickhouse::client(&c.clickhouse);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut last: Option<Tables> = None;
+    loop {
+        let closed = closed_attempts(&ch, g, start_ms).await.unwrap_or(0);
+        if closed >= summary.attempts as u64 {
+            let t = tables(c).await;
+            if t.events == summary.messages as u64
+                && t.touchpoints.iter().all(|r| !r.customer_id.is_empty())
+                && last.as_ref() == Some(&t)
+            {
+                return t;
+            }
+            last = Some(t);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} closed {closed} of {} attempts",
+            c.clickhouse.database,
+            summary.attempts
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
