@@ -6,18 +6,14 @@
 //! SIGKILLed mid-stream twice and restarted, the other
 //! has a second member join (rebalance) and later leave with SIGTERM.
 
-use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clickhouse::Row;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
-use touchstream_demo::generator::{plan, GeneratorConfig, PlanSummary};
-use touchstream_demo::report::closed_attempts;
+use touchstream_demo::generator::{plan, GeneratorConfig};
 use touchstream_demo::sender::{send, SendConfig};
-use touchstream_tests::journeys::{settle, Tables};
+use touchstream_tests::journeys::settle;
 use touchstream_tests::{self as support, CollectorHandle};
 
 fn config(test: &str) -> Config {

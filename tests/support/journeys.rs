@@ -1,6 +1,9 @@
 //! The journey tables of a test run, read back for comparison: two runs of the same log
 //! (uninterrupted and faulty, or in two arrival orders) must give equal `Tables`.
 
+// Row fields are the columns of the same name (deploy/clickhouse/0001_init.sql).
+#![allow(missing_docs)]
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
