@@ -8,13 +8,11 @@
 //! many batches in between: every later customer's events then arrive behind a watermark
 //! the earlier customers moved on.
 
-use std::collections::BTreeMap;
-
 use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
 use touchstream_demo::generator::{plan, GeneratorConfig, Planned};
 use touchstream_demo::sender::{send, SendConfig};
-use touchstream_tests::journeys::{settle, Tables};
+use touchstream_tests::journeys::{customer_after_customer, settle, Tables};
 use touchstream_tests::{self as support, CollectorHandle};
 
 fn config(test: &str) -> Config {
@@ -57,16 +55,6 @@ async fn run(
     tables
 }
 
-/// The customer a planned message belongs to, as far as its sender knows: the device's
-/// anonymous id, else the user id.
-fn sender_of(m: &Planned) -> String {
-    ["anonymousId", "userId"]
-        .iter()
-        .find_map(|k| m.message.get(*k).and_then(|v| v.as_str()))
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn customer_after_customer_gives_the_time_ordered_answer() {
     support::require_port("Kafka", &support::kafka_brokers());
@@ -85,21 +73,7 @@ async fn customer_after_customer_gives_the_time_ordered_answer() {
     let (messages, summary) = plan(&g);
     let start_ms = messages.first().map_or(now, |m| m.time_ms);
 
-    // Customer after customer, each customer's messages in time order.
-    let mut order: Vec<String> = Vec::new();
-    let mut by_sender: BTreeMap<String, Vec<Planned>> = BTreeMap::new();
-    for m in &messages {
-        let s = sender_of(m);
-        if !by_sender.contains_key(&s) {
-            order.push(s.clone());
-        }
-        by_sender.entry(s).or_default().push(m.clone());
-    }
-    let reordered: Vec<Planned> = order
-        .iter()
-        .flat_map(|s| by_sender[s].iter().cloned())
-        .collect();
-    assert_eq!(reordered.len(), messages.len());
+    let reordered = customer_after_customer(&messages);
     assert_ne!(reordered, messages, "the log must really be reordered");
 
     let in_time_order = run("arrival_time", &messages, 0.0, &g, start_ms, &summary).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clickhouse::Row;
 use serde::Deserialize;
 use touchstream_core::Config;
-use touchstream_demo::generator::{GeneratorConfig, PlanSummary};
+use touchstream_demo::generator::{GeneratorConfig, PlanSummary, Planned};
 use touchstream_demo::report::closed_attempts;
 
 /// A `touchpoints` row.
@@ -130,4 +130,32 @@ pub async fn settle(
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// The same log customer after customer (each customer's messages in time order), as a
+/// backfill, a server-side import or a mobile app's offline queue sends it. A customer is
+/// its sender's id: the anonymous id, else the user id.
+pub fn customer_after_customer(messages: &[Planned]) -> Vec<Planned> {
+    let sender = |m: &Planned| -> String {
+        ["anonymousId", "userId"]
+            .iter()
+            .find_map(|k| m.message.get(*k).and_then(|v| v.as_str()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut order: Vec<String> = Vec::new();
+    let mut by_sender: std::collections::HashMap<String, Vec<Planned>> = Default::default();
+    for m in messages {
+        let s = sender(m);
+        if !by_sender.contains_key(&s) {
+            order.push(s.clone());
+        }
+        by_sender.entry(s).or_default().push(m.clone());
+    }
+    let out: Vec<Planned> = order
+        .iter()
+        .flat_map(|s| by_sender[s].iter().cloned())
+        .collect();
+    assert_eq!(out.len(), messages.len());
+    out
 }
