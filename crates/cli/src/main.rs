@@ -210,7 +210,7 @@ impl GenArgs {
     }
 }
 
-/// One token for the whole process, cancelled on SIGTERM or Ctrl-C (STYLE §7).
+/// One token for the whole process, cancelled on SIGTERM or Ctrl-C (README, the CLI).
 fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
     let t = token.clone();

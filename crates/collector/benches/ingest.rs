@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the collector's per-request CPU work (issue 8).
+//! Criterion micro-benchmarks of the collector's per-request CPU work (docs/microbench.md).
 //!
 //! One `/v1/batch` body of 100 analytics.js-shaped messages (track, page and identify with
 //! properties, traits, context, timestamps and `messageId`, about 300 B each) goes through

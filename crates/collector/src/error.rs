@@ -1,5 +1,5 @@
 //! The collector's errors: [`ApiError`], why one request is refused, with its one mapping to
-//! HTTP status and body (STYLE §5); and [`CollectorError`], why the service could not start.
+//! HTTP status and body (README, "Collector API"); and [`CollectorError`], why the service could not start.
 //!
 //! Per-message problems are not errors here: they become DLQ records and are listed in a
 //! 200 response. [`ApiError`] covers the cases where the request as a whole is refused.

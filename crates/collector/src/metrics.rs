@@ -1,4 +1,4 @@
-//! The collector's Prometheus metrics, declared once (STYLE §8).
+//! The collector's Prometheus metrics, declared once (README, "Collector metrics"; docs/design.md §7).
 //!
 //! Names follow `touchstream_collector_<name>_<unit>`; label values are bounded (endpoint
 //! names, status codes, reason codes), never ids.

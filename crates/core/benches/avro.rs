@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the `touchpoints.raw` Avro codec (issue 8).
+//! Criterion micro-benchmarks of the `touchpoints.raw` Avro codec (docs/microbench.md).
 //!
 //! `encode` is the collector's per-message cost, `decode` the processor's per-record
 //! cost; `decode_then_properties` adds the `serde_json` parse of `properties` that the

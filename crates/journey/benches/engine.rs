@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the processor's pure journey logic (issue 8).
+//! Criterion micro-benchmarks of the processor's pure journey logic (docs/microbench.md).
 //!
 //! A seeded stream of multi-channel journeys for many customers (default 10,000; set
 //! `TS_BENCH_CUSTOMERS`), shaped like the demo generator's: anonymous web browsing with

@@ -1,4 +1,4 @@
-//! Memory per active customer of both stages (issue 8), measured as resident set growth.
+//! Memory per active customer of both stages (docs/bench.md), measured as resident set growth.
 //!
 //! Shaped like the `touchstream bench` memory phase: customer `i` sends one signed-in
 //! `Product Viewed` (anonymous id and user id in one message), so stage 1 holds a link and

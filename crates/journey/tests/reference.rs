@@ -1,4 +1,4 @@
-//! Stage 1 → stage 2 against a batch reference (STYLE habit 10).
+//! Stage 1 → stage 2 against a batch reference (docs/design.md §4–5).
 //!
 //! Random logs: a few anonymous ids and users, random links (both ids, identify, alias,
 //! conflicts, placeholders), event times shuffled within the allowed lateness (and, in

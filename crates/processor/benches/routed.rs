@@ -1,4 +1,4 @@
-//! Criterion micro-benchmark of the `touchpoints.by_customer` event codec (issue 8).
+//! Criterion micro-benchmark of the `touchpoints.by_customer` event codec (docs/microbench.md).
 //!
 //! Every event crosses the topic once: the identity stage encodes it, the journey stage
 //! decodes it. `binary_*` is `processor::routed_codec` (what the processor writes since

@@ -1,4 +1,4 @@
-//! The processor's Prometheus metrics, declared once (STYLE §8).
+//! The processor's Prometheus metrics, declared once (README, "Processor metrics"; docs/design.md §7).
 //!
 //! `touchstream_processor_<name>_<unit>`; labels are stage, table, topic partition number,
 //! funnel name and step number: all bounded by configuration, never ids.

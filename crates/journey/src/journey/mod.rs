@@ -418,7 +418,8 @@ impl JourneyStage {
     /// Move the watermark to at least `ms` without an event: the processor calls this
     /// with the wall clock when a partition has been idle, so that attempts in a quiet
     /// partition still close as dropped. Events older than the new frontier that arrive
-    /// later are late, exactly as if a newer event had moved the watermark.
+    /// later are treated exactly as if a newer event had moved the watermark: placed and
+    /// their customer's rows rewritten inside the correction horizon, late beyond it.
     pub fn advance_watermark(&mut self, ms: i64, seq: u64) {
         self.out.bump_seq(seq);
         self.watermark_ms = Some(self.watermark_ms.map_or(ms, |w| w.max(ms)));

@@ -471,9 +471,10 @@ fn reattribution_moves_anonymous_events_sessions_and_attempts_to_the_user() {
 /// A full replay by a fresh consumer group: the journey stage reads the first run's
 /// routed stream, then the replay's copy of it (a fresh identity stage routes the
 /// anonymous events under the anonymous id again before the link re-attributes them).
-/// The replay's anonymous copies arrive far behind the watermark and are written as late
-/// rows under the anonymous id; the re-attributed copies that follow must leave the
-/// user's rows the newest again.
+/// The replay's anonymous copies arrive far behind the watermark and are placed under the
+/// anonymous id (inside the correction horizon); the retraction and the re-attributed
+/// copies that follow must leave the user's rows the newest again and nothing live under
+/// the anonymous id.
 #[test]
 fn a_full_replay_leaves_reattributed_events_with_the_user() {
     let log = [
@@ -511,6 +512,14 @@ fn a_full_replay_leaves_reattributed_events_with_the_user() {
         assert_eq!(row.customer_id, "u", "after the replay: {id}");
         assert!(!row.is_late && !row.session_id.is_empty(), "{id}: {row:?}");
     }
+    assert!(
+        t.sessions.values().all(|s| s.customer_id != "a"),
+        "a live session under the anonymous id"
+    );
+    assert!(
+        t.attempts.values().all(|a| a.customer_id != "a"),
+        "a live attempt under the anonymous id"
+    );
 }
 
 #[test]
