@@ -343,15 +343,16 @@ impl JourneyStage {
             session: [0; 2],
             keyed: false,
         };
-        let (id, placed) = match self.customers.get_key_value(customer_id.as_str()) {
+        let (id, placed, checkpoint_ms) = match self.customers.get_key_value(customer_id.as_str()) {
             Some((id, c)) => (
                 Arc::clone(id),
                 !reattributed
                     && c.history
                         .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
                         .is_ok(),
+                c.base_until_ms,
             ),
-            None => (Arc::from(customer_id), false),
+            None => (Arc::from(customer_id), false, None),
         };
         if reattributed {
             if hist.time_ms < self.cutoff_ms() {
@@ -369,7 +370,10 @@ impl JourneyStage {
             }
             // Behind the correction horizon: the customer's state there is folded into its
             // checkpoint (or forgotten), so the event cannot be placed; stored and counted.
-            if hist.time_ms < self.cutoff_ms() {
+            // The customer's own checkpoint can lie later than today's cutoff when the
+            // horizon was raised since it was made: nothing before it can be placed either.
+            let cutoff = checkpoint_ms.map_or(self.cutoff_ms(), |b| b.max(self.cutoff_ms()));
+            if hist.time_ms < cutoff {
                 self.counters.late_events += 1;
                 self.out.unplaced(&id, &hist, true);
                 return;

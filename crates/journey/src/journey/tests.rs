@@ -202,6 +202,38 @@ fn older_than_the_horizon_is_too_late_stored_and_counted() {
 }
 
 #[test]
+fn a_raised_horizon_does_not_place_events_before_an_older_checkpoint() {
+    // Horizon 60 min: c's history before 60 min is folded into its checkpoint.
+    let short = JourneyConfig {
+        reattribution_horizon_secs: Some(3600),
+        ..JourneyConfig::default()
+    };
+    let mut st = JourneyStage::new(short, Catalog::default(), funnels());
+    st.process(routed("c", "e0", "Home", 0, 1), 1);
+    st.process(routed("c", "e125", "Home", 125 * MIN, 2), 2);
+    st.process(routed("c", "e126", "Home", 126 * MIN, 3), 3);
+    let snapshot = st.snapshot();
+    // Restarted with the default (week-long) horizon: 30 min is inside the new horizon
+    // but before c's checkpoint, so it is late and counted as such.
+    let mut st = JourneyStage::from_snapshot(
+        JourneyConfig::default(),
+        Catalog::default(),
+        funnels(),
+        snapshot,
+    );
+    st.process(routed("c", "e30", "Home", 30 * MIN, 4), 4);
+    let out = st.take_output();
+    let row = out
+        .touchpoints
+        .iter()
+        .find(|r| r.event_id == "e30")
+        .expect("row");
+    assert!(row.is_late && row.session_id.is_empty());
+    assert_eq!(st.counters().late_events, 1);
+    assert_eq!(st.counters().reattributed_too_old, 0);
+}
+
+#[test]
 fn arrival_order_does_not_change_the_tables() {
     // Customer after customer (a backfill, an offline queue), each journey hours long,
     // against the same events in time order: the same rows (versions aside).
