@@ -71,6 +71,22 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoRe
     opts.generator.validate().map_err(anyhow::Error::msg)?;
     config.processor.allowed_lateness_secs = 60;
     config.processor.idle_watermark_secs = 5;
+    // Topics and a consumer group of this run's own: the journeys are backdated by days,
+    // so a processor that had already seen newer traffic on the shared topics (an earlier
+    // demo, whose idle watermark followed the clock, or real events) would store them as
+    // late and the demo would wait for ever. The rows still go to the configured
+    // database; the report reads this run's customers only.
+    let run = format!("demo-{}", opts.generator.now_ms);
+    let kafka = &mut config.kafka;
+    for topic in [
+        &mut kafka.raw_topic,
+        &mut kafka.dlq_topic,
+        &mut kafka.aliases_topic,
+        &mut kafka.routed_topic,
+    ] {
+        *topic = format!("{run}.{topic}");
+    }
+    config.processor.group_id = format!("{}-{run}", config.processor.group_id);
 
     let report = touchstream_clickhouse::migrate(&config.clickhouse)
         .await
