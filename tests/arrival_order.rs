@@ -11,8 +11,8 @@
 use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
 use touchstream_demo::generator::{plan, GeneratorConfig, Planned};
-use touchstream_demo::sender::{send, SendConfig};
-use touchstream_tests::journeys::{customer_after_customer, settle, Tables};
+use touchstream_demo::sender::send;
+use touchstream_tests::journeys::{customer_after_customer, sender, settle, Tables};
 use touchstream_tests::{self as support, CollectorHandle};
 
 fn config(test: &str) -> Config {
@@ -38,15 +38,9 @@ async fn run(
     let collector = CollectorHandle::start(c.clone()).await;
     let stop = CancellationToken::new();
     let processor = tokio::spawn(touchstream_processor::run(c.clone(), None, stop.clone()));
-    let cfg = SendConfig {
-        url: collector.base.clone(),
-        web_key: "demo-web-key".into(),
-        crm_key: "demo-crm-key".into(),
-        rate_per_sec: rate,
-        batch: 20,
-        sent_at: false,
-    };
-    send(messages, &cfg, None).await.expect("send");
+    send(messages, &sender(&collector.base, rate), None)
+        .await
+        .expect("send");
     let tables = settle(&c, g, start_ms, summary).await;
     stop.cancel();
     let _ = processor.await;

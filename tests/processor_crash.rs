@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
 use touchstream_demo::generator::{plan, GeneratorConfig};
-use touchstream_demo::sender::{send, SendConfig};
-use touchstream_tests::journeys::{customer_after_customer, settle};
+use touchstream_demo::sender::send;
+use touchstream_tests::journeys::{customer_after_customer, sender, settle};
 use touchstream_tests::{self as support, CollectorHandle};
 
 fn config(test: &str) -> Config {
@@ -140,17 +140,6 @@ async fn prepare(c: &Config) -> CollectorHandle {
         .await
         .expect("topics");
     CollectorHandle::start(c.clone()).await
-}
-
-fn sender(base: &str, rate: f64) -> SendConfig {
-    SendConfig {
-        url: base.to_string(),
-        web_key: "demo-web-key".into(),
-        crm_key: "demo-crm-key".into(),
-        rate_per_sec: rate,
-        batch: 20,
-        sent_at: false,
-    }
 }
 
 /// The faulty run's schedule.

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use touchstream_core::Config;
 use touchstream_demo::generator::{GeneratorConfig, PlanSummary, Planned};
 use touchstream_demo::report::closed_attempts;
+use touchstream_demo::sender::SendConfig;
 
 /// A `touchpoints` row.
 #[derive(Row, Deserialize, Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
@@ -158,4 +159,18 @@ pub fn customer_after_customer(messages: &[Planned]) -> Vec<Planned> {
         .collect();
     assert_eq!(out.len(), messages.len());
     out
+}
+
+/// How the journey tests send a generated log: the demo write keys, batches of 20, no
+/// `sentAt` (event times exactly the planned ones, so two runs compare to the ms), at
+/// `rate` events/s (0: as fast as the collector answers).
+pub fn sender(base: &str, rate: f64) -> SendConfig {
+    SendConfig {
+        url: base.to_string(),
+        web_key: "demo-web-key".into(),
+        crm_key: "demo-crm-key".into(),
+        rate_per_sec: rate,
+        batch: 20,
+        sent_at: false,
+    }
 }

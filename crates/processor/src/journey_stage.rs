@@ -169,22 +169,14 @@ impl Stage for Journey {
 
     fn drain(&self, state: &mut JourneyState, partition: i32, batch: &mut Batch) {
         let out = state.engine.take_output();
-        let late = state.engine.counters().late_events;
-        if late > state.late_seen {
-            self.metrics
-                .late_events
-                .with_label_values(&["journey"])
-                .inc_by(late - state.late_seen);
-            state.late_seen = late;
-        }
-        let corrected = state.engine.counters().corrected_events;
-        if corrected > state.corrected_seen {
-            self.metrics
-                .corrected_events
-                .with_label_values(&["journey"])
-                .inc_by(corrected - state.corrected_seen);
-            state.corrected_seen = corrected;
-        }
+        let counters = state.engine.counters();
+        let m = &self.metrics;
+        add_since(&m.late_events, counters.late_events, &mut state.late_seen);
+        add_since(
+            &m.corrected_events,
+            counters.corrected_events,
+            &mut state.corrected_seen,
+        );
         let label = partition.to_string();
         if let Some(w) = state.engine.watermark_ms() {
             self.metrics
@@ -238,5 +230,15 @@ impl Stage for Journey {
         batch.rows.funnel_attempts.extend(out.attempts);
         batch.rows.touchpoint_journey.extend(out.touchpoints);
         batch.rows.sessions.extend(out.sessions);
+    }
+}
+/// Add to the journey stage's `counter` what the engine's `total` gained since `seen`
+/// (the engine's counters are totals, restored with its snapshot).
+fn add_since(counter: &prometheus::IntCounterVec, total: u64, seen: &mut u64) {
+    if total > *seen {
+        counter
+            .with_label_values(&["journey"])
+            .inc_by(total - *seen);
+        *seen = total;
     }
 }
