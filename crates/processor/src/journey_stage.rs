@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage, MessageType, Outcome,
+    Catalog, FunnelChangeKind, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage,
+    MessageType, Outcome,
 };
 
 use crate::batch::Batch;
@@ -100,6 +101,27 @@ impl Stage for Journey {
             self.funnels.clone(),
             saved.engine,
         );
+        for change in engine.funnel_changes() {
+            let kind = change.kind.as_str();
+            match change.kind {
+                FunnelChangeKind::Changed | FunnelChangeKind::Removed => tracing::warn!(
+                    funnel = %change.funnel,
+                    change = kind,
+                    "funnel definition differs from the saved state: its saved attempts and \
+                     step matches were dropped; `touchstream funnels backfill` recomputes it \
+                     (README, Funnels)"
+                ),
+                FunnelChangeKind::Added | FunnelChangeKind::Moved => tracing::info!(
+                    funnel = %change.funnel,
+                    change = kind,
+                    "funnel definition differs from the saved state"
+                ),
+            }
+            self.metrics
+                .funnel_definition_changes
+                .with_label_values(&[&change.funnel, kind])
+                .inc();
+        }
         let late_seen = engine.counters().late_events;
         let corrected_seen = engine.counters().corrected_events;
         Ok(JourneyState {

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub corrected_events: IntCounterVec,
     /// Later conflicting identity links, recorded and not applied.
     pub identity_conflicts: IntCounterVec,
+    /// Funnels found added, changed, removed or moved against a restored snapshot, by
+    /// funnel and change (one per partition restored).
+    pub funnel_definition_changes: IntCounterVec,
     /// Closed funnel attempts by funnel and outcome (`converted`, `dropped`).
     pub funnel_attempts: IntCounterVec,
     /// Closed attempts that reached a step, by funnel and step (1-based).
@@ -84,6 +87,11 @@ impl Metrics {
             "touchstream_processor_identity_conflicts_total",
             "Conflicting anonymous-to-user links, recorded and not applied",
             &["stage"],
+        )?;
+        let funnel_definition_changes = counter(
+            "touchstream_processor_funnel_definition_changes_total",
+            "Funnels whose definition differs from a restored partition snapshot (changed/removed: saved state dropped)",
+            &["funnel", "change"],
         )?;
         let funnel_attempts = counter(
             "touchstream_processor_funnel_attempts_total",
@@ -176,6 +184,7 @@ impl Metrics {
             late_events,
             corrected_events,
             identity_conflicts,
+            funnel_definition_changes,
             funnel_attempts,
             funnel_step_reached,
             funnel_step_dropped,

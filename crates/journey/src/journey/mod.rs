@@ -28,6 +28,7 @@ mod customer;
 mod emit;
 pub(crate) mod funnel;
 mod output;
+mod remap;
 pub(crate) mod rows;
 pub(crate) mod session;
 
@@ -47,6 +48,8 @@ use buffer::Buffer;
 use customer::{Customer, LiveRow, Names, SavedCustomer};
 use emit::Scratch;
 use output::Output;
+use remap::SavedFunnel;
+pub use remap::{funnel_fingerprint, FunnelChange, FunnelChangeKind};
 
 /// Stage-2 tuning (mirrors `[processor]` in the deployment config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +124,10 @@ pub struct JourneySnapshot {
     counters: JourneyCounters,
     version_seq: u64,
     version_n: u64,
+    /// Name and definition fingerprint of each funnel the state was built with, in the
+    /// order its indexes refer to (`None` in snapshots from before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    funnels: Option<Vec<SavedFunnel>>,
 }
 
 /// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
@@ -132,7 +139,7 @@ impl Serialize for JourneySnapshotRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let e = self.0;
-        let mut st = s.serialize_struct("JourneySnapshot", 7)?;
+        let mut st = s.serialize_struct("JourneySnapshot", 8)?;
         st.serialize_field("watermark_ms", &e.watermark_ms)?;
         st.serialize_field("frontier_ms", &e.frontier_ms)?;
         st.serialize_field("buffer", &BufferRef(&e.buffer))?;
@@ -140,6 +147,7 @@ impl Serialize for JourneySnapshotRef<'_> {
         st.serialize_field("counters", &e.counters)?;
         st.serialize_field("version_seq", &e.out.version_seq)?;
         st.serialize_field("version_n", &e.out.version_n)?;
+        st.serialize_field("funnels", &remap::saved_funnels(&e.funnels))?;
         st.end()
     }
 }
@@ -202,6 +210,8 @@ pub struct JourneyStage {
     /// tests vary it to compare the tail shortcut with full replays).
     tail_min_events: usize,
     counters: JourneyCounters,
+    /// How today's funnels differ from the snapshot's (empty when they match).
+    funnel_changes: Vec<FunnelChange>,
 }
 
 impl JourneyStage {
@@ -210,15 +220,19 @@ impl JourneyStage {
         Self::from_snapshot(config, catalog, funnels, JourneySnapshot::default())
     }
 
-    /// Resume from [`JourneyStage::snapshot`]. Funnels must be the ones the snapshot was
-    /// taken with (their order indexes the state); start from an empty snapshot after
-    /// changing them.
+    /// Resume from [`JourneyStage::snapshot`]. Funnels may differ from the ones the
+    /// snapshot was taken with: state is matched to them by definition fingerprint, and a
+    /// changed or removed funnel's saved state is dropped (see [`Self::funnel_changes`]).
     pub fn from_snapshot(
         config: JourneyConfig,
         catalog: Catalog,
         funnels: FunnelSet,
-        snapshot: JourneySnapshot,
+        mut snapshot: JourneySnapshot,
     ) -> Self {
+        let (remap, funnel_changes) = match snapshot.funnels.take() {
+            Some(saved) => remap::plan(&saved, &funnels),
+            None => (None, Vec::new()),
+        };
         let gap_ms = secs_to_ms(config.session_gap_secs);
         let horizon_ms = config
             .reattribution_horizon_secs
@@ -236,7 +250,10 @@ impl JourneyStage {
         let mut timers = BTreeSet::new();
         let mut customers =
             FastMap::with_capacity_and_hasher(snapshot.customers.len(), FastState::default());
-        for (id, saved) in snapshot.customers {
+        for (id, mut saved) in snapshot.customers {
+            if let Some(remap) = &remap {
+                remap.customer(&mut saved);
+            }
             let mut customer = Customer::restore(saved, &mut names);
             if let Some(wake) = customer.wake_ms {
                 timers.insert((wake, Arc::clone(&id)));
@@ -246,6 +263,9 @@ impl JourneyStage {
         }
         let mut buffer = Buffer::default();
         for mut b in snapshot.buffer {
+            if let Some(remap) = &remap {
+                remap.buffered(&mut b.event);
+            }
             b.event.name = names.intern(&b.event.name);
             buffer.insert(b.customer_id, b.event);
         }
@@ -268,7 +288,14 @@ impl JourneyStage {
             scratch: Scratch::default(),
             tail_min_events: emit::TAIL_MIN_EVENTS,
             counters: snapshot.counters,
+            funnel_changes,
         }
+    }
+
+    /// How the configured funnels differ from the snapshot this stage resumed from:
+    /// for the processor's log and metric. Empty for a fresh stage or unchanged funnels.
+    pub fn funnel_changes(&self) -> &[FunnelChange] {
+        &self.funnel_changes
     }
 
     /// The state to persist alongside the consumed offset (after [`Self::take_output`]'s
@@ -293,6 +320,7 @@ impl JourneyStage {
             counters: self.counters.clone(),
             version_seq: self.out.version_seq,
             version_n: self.out.version_n,
+            funnels: Some(remap::saved_funnels(&self.funnels)),
         }
     }
 
