@@ -33,7 +33,7 @@ pub use journey::funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
 pub use journey::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
 pub use journey::{
     funnel_fingerprint, FunnelChange, FunnelChangeKind, JourneyConfig, JourneyCounters,
-    JourneySnapshot, JourneySnapshotRef, JourneyStage,
+    JourneySnapshot, JourneySnapshotRef, JourneyStage, StoredAttempt,
 };
 
 /// Why journey configuration could not be loaded. Always permanent: fix the file.

@@ -106,6 +106,14 @@ impl Buffer {
     }
 
     /// `(customer, event)` in release order.
+    /// Every buffered event, in no particular order, to change what it keeps (not its
+    /// time or id, which order the buffer).
+    pub(super) fn for_each_mut(&mut self, mut f: impl FnMut(&mut HistEvent)) {
+        for e in self.slots.iter_mut().flatten() {
+            f(e);
+        }
+    }
+
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &HistEvent)> {
         self.order
             .iter()

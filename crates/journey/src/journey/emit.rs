@@ -34,7 +34,7 @@ pub(super) struct Ctx<'a> {
 impl Ctx<'_> {
     /// `id128(funnel name, customer, first step event id)`; `None` for an attempt that
     /// cannot become a row.
-    fn attempt_key(&self, id: &str, a: &ClosedAttempt) -> Option<u128> {
+    pub(super) fn attempt_key(&self, id: &str, a: &ClosedAttempt) -> Option<u128> {
         let mut h = *self.funnel_keys.get(usize::from(a.funnel))?;
         let first = a.attempt.steps.first()?;
         h.part(id);

@@ -22,6 +22,7 @@
 //! event older than that cannot be placed and is stored as a late touchpoint. A customer
 //! idle past the horizon is forgotten entirely, so memory follows active customers.
 
+mod backfill;
 mod buffer;
 pub(crate) mod catalog;
 mod customer;
@@ -44,6 +45,7 @@ use crate::journey::funnel::FunnelSet;
 use crate::journey::rows::JourneyOutput;
 use crate::journey::session::HistEvent;
 
+pub use backfill::StoredAttempt;
 use buffer::Buffer;
 use customer::{Customer, LiveRow, Names, SavedCustomer};
 use emit::Scratch;

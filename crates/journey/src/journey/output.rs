@@ -84,6 +84,16 @@ impl Output {
         }
     }
 
+    /// Make every later version greater than `version`.
+    pub(super) fn raise_above(&mut self, version: u64) {
+        let current = (self.version_seq << VERSION_LOW_BITS) | self.version_n;
+        if current <= version {
+            let next = version.saturating_add(1);
+            self.version_seq = next >> VERSION_LOW_BITS;
+            self.version_n = next & ((1 << VERSION_LOW_BITS) - 1);
+        }
+    }
+
     /// Strictly increasing within the partition, derived from the input offsets so a
     /// replay from the same snapshot writes identical versions.
     fn next_version(&mut self) -> u64 {
