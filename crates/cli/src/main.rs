@@ -111,6 +111,43 @@ enum Command {
     Bench(BenchArgs),
     /// Print the effective configuration (defaults + file + env), secrets masked.
     Config,
+    /// Funnel maintenance (README, "Changing funnels").
+    Funnels {
+        #[command(subcommand)]
+        command: FunnelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FunnelsCommand {
+    /// Recompute one funnel's attempts from the history stored in ClickHouse after its
+    /// definition changed or it was added: writes the rows the stream would have written
+    /// (same attempt ids, superseding versions, old rows tombstoned) and updates the
+    /// processor's saved state so it continues from them. Stop the processors first.
+    Backfill {
+        /// Funnel name, as in the funnels file.
+        name: String,
+        /// Only attempts that started on or after this date (YYYY-MM-DD, UTC) or time
+        /// (RFC 3339); earlier ones stay as they are. Default: all history.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+    },
+}
+
+/// `--since`: a UTC date or an RFC 3339 time, as epoch ms.
+fn parse_since(text: &str) -> Result<i64, String> {
+    use time::format_description::well_known::Rfc3339;
+    let at = match time::OffsetDateTime::parse(text, &Rfc3339) {
+        Ok(t) => t,
+        Err(_) => {
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            time::Date::parse(text, &format)
+                .map_err(|e| format!("expected YYYY-MM-DD or an RFC 3339 time: {e}"))?
+                .midnight()
+                .assume_utc()
+        }
+    };
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|e| e.to_string())
 }
 
 /// `touchstream bench` options; unset sizes come from `--size`.
@@ -408,6 +445,46 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             println!("{config:#?}");
+        }
+        Command::Funnels {
+            command: FunnelsCommand::Backfill { name, since },
+        } => {
+            use touchstream_processor::backfill::{backfill, BackfillOptions, Progress};
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("backfilling {name}"));
+            let progress = |p: Progress| match p {
+                Progress::Started { events, customers } => {
+                    bar.set_length(events);
+                    bar.println(format!(
+                        "{events} stored events of {customers} customers to read"
+                    ));
+                }
+                Progress::Events(n) => bar.set_position(n),
+            };
+            let options = BackfillOptions {
+                funnel: name.clone(),
+                since_ms: since.unwrap_or(i64::MIN),
+            };
+            let report = backfill(&config, &options, &progress)
+                .await
+                .with_context(|| format!("backfilling funnel {name}"))?;
+            bar.finish_and_clear();
+            println!(
+                "backfilled {name}: {} customers, {} events, {} attempt rows written \
+                 (tombstones included), {} journey partition states updated",
+                report.customers, report.events, report.attempt_rows, report.partitions
+            );
+            if report.missing_events > 0 {
+                println!(
+                    "note: {} held events had no stored copy and match no step",
+                    report.missing_events
+                );
+            }
         }
     }
     Ok(())

@@ -58,6 +58,25 @@ struct SavedJourney {
     sources: BTreeMap<i32, i64>,
 }
 
+/// A partition's saved state JSON: the engine snapshot and the source watermarks.
+pub(crate) fn decode_state(
+    json: &[u8],
+) -> Result<(JourneySnapshot, BTreeMap<i32, i64>), serde_json::Error> {
+    let saved: SavedJourney = serde_json::from_slice(json)?;
+    Ok((saved.engine, saved.sources))
+}
+
+/// What [`decode_state`] reads, for an engine and its source watermarks.
+pub(crate) fn encode_state<'a>(
+    engine: &'a JourneyStage,
+    sources: &'a BTreeMap<i32, i64>,
+) -> impl Serialize + 'a {
+    SavedJourneyRef {
+        engine: engine.snapshot_ref(),
+        sources,
+    }
+}
+
 /// [`SavedJourney`] as written: the engine serialized in place, not copied first.
 #[derive(Serialize)]
 struct SavedJourneyRef<'a> {

@@ -12,6 +12,7 @@
 //! offsets only after the rows are stored. Run N processes with the
 //! same config and Kafka spreads the partitions over them; results are the same as with one.
 
+pub mod backfill;
 pub mod batch;
 pub mod identity_stage;
 pub mod journey_stage;
@@ -84,6 +85,10 @@ pub enum ProcessorError {
         /// The offset committed instead.
         target: i64,
     },
+    /// A ClickHouse query (not an insert, which retries) failed: `touchstream funnels
+    /// backfill` reading the stored history.
+    #[error("clickhouse query: {0}")]
+    Query(#[from] clickhouse::error::Error),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
