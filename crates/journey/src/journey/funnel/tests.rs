@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use super::*;
+use crate::event::{JourneyEvent, MessageType};
 
 const MIN: i64 = 60_000;
 
