@@ -1,10 +1,12 @@
 //! Funnel definitions and the anchored-attempt state machine (docs/design.md §5).
 //!
 //! Definitions come from TOML (`deploy/funnels.toml`, parsed and validated in [`def`]).
-//! Stage 2 matches each event against every step once, when the event enters
-//! ([`FunnelSet::matches`]), and keeps only the resulting bit masks ([`Steps`]): the
-//! properties themselves are not needed again, which keeps per-customer history small.
-//! [`AttemptSlot::step`] (in [`attempt`]) then applies rules 1–4 to events in
+//! Stage 2 matches each event against every step and exclusion once, when the event
+//! enters ([`FunnelSet::matches`]), and keeps only the resulting bit masks ([`Steps`]):
+//! the properties themselves are not needed again, which keeps per-customer history
+//! small. Exclusions share the step mask (bits after the steps') rather than adding a
+//! second one, so a history event stays sixteen bytes. [`AttemptSlot::step`] (in
+//! [`attempt`]) then applies the rules of docs/design.md §5 to events in
 //! `(event_time, event_id)` order.
 
 mod attempt;
@@ -14,12 +16,14 @@ use serde::{Deserialize, Serialize};
 
 pub use attempt::Outcome;
 pub(crate) use attempt::{AttemptSlot, ClosedAttempt};
-pub use def::{Funnel, FunnelSet, Step};
+pub use def::{Exclusion, Filter, Funnel, FunnelSet, Order, Step};
 
-/// Most steps a funnel may have (step masks are `u32`; `reached_step` is `UInt8`).
+/// Most steps plus exclusions a funnel may have (they share one `u32` mask per event;
+/// `reached_step` is `UInt8`).
 pub const MAX_STEPS: usize = 32;
-/// An event's step masks, (funnel index, mask) for each funnel with a matching step, in
-/// funnel order. Serialized as that list. Sixteen bytes: every history event has one.
+
+/// An event's step masks, (funnel index, mask) for each funnel with a matching step or
+/// exclusion ([`Funnel::step_bits`], [`Funnel::exclusion_bits`]), in funnel order. Serialized as that list. Sixteen bytes: every history event has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Steps {
     /// Matches steps of at most one funnel (mask 0: of none, most events).
