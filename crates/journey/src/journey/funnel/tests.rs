@@ -69,6 +69,11 @@ fn deploy_file_has_the_two_default_funnels() {
     assert_eq!(set.funnels()[0].steps.len(), 4);
     assert_eq!(set.funnels()[1].window_ms, 7 * 24 * 60 * MIN);
     assert_eq!(set.funnels()[1].steps[1].event, "Follow-up Completed");
+    let refund = &set.funnels()[1].exclude[0];
+    assert_eq!(
+        (refund.event.as_str(), refund.from, refund.to),
+        ("Order Refunded", 2, 3)
+    );
     assert_eq!(set.max_window_ms(), 7 * 24 * 60 * MIN);
 }
 
