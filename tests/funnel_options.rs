@@ -130,14 +130,16 @@ fn scripts() -> Vec<Script> {
 }
 
 /// (customer, funnel, outcome, reached_step, step_event_ids, closed minute after t0).
-fn expected() -> Vec<(
+type Want = (
     &'static str,
     &'static str,
     &'static str,
     u8,
     Vec<&'static str>,
     i64,
-)> {
+);
+
+fn expected() -> Vec<Want> {
     const WEEK: i64 = 7 * 24 * 60;
     vec![
         (
