@@ -528,3 +528,21 @@ fn within_secs_drops_at_the_step_deadline() {
     let closed = run(&f, &[(0, A), (10 * MIN, B), (11 * MIN, D)], 0);
     assert_eq!(summary(&closed), vec![(Outcome::Converted, 4, 0, 11 * MIN)]);
 }
+
+#[test]
+fn deploy_file_commented_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/funnels.toml");
+    let text = std::fs::read_to_string(path).expect("deploy/funnels.toml");
+    let example: String = text
+        .split("# Example with the other options:\n")
+        .nth(1)
+        .expect("the example")
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let f = one(&example);
+    assert_eq!((f.name.as_str(), f.order), ("pro_upgrade", Order::Strict));
+    assert!(f.steps[1].optional);
+    assert_eq!(f.steps[2].within_ms, Some(600_000));
+}
