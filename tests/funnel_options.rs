@@ -5,7 +5,8 @@
 //! `not` filters. The `funnel_attempts` rows must be the hand-worked ones, and the
 //! analyst queries must leave excluded attempts and skipped steps out: the drop-off view
 //! (`docs/queries/1_funnel_dropoff_by_step.sql`) and the exclusion query
-//! (`docs/queries/6_service_recovery_exclusions.sql`).
+//! (`docs/queries/6_service_recovery_exclusions.sql`), and so must the processor's funnel
+//! counters.
 
 use std::time::{Duration, Instant};
 
@@ -254,7 +255,15 @@ async fn every_funnel_option_through_the_pipeline() {
     support::prepare(&c).await;
     let collector = CollectorHandle::start(c.clone()).await;
     let stop = CancellationToken::new();
-    let processor = tokio::spawn(touchstream_processor::run(c.clone(), None, stop.clone()));
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let metrics_addr = metrics.local_addr().expect("addr");
+    let processor = tokio::spawn(touchstream_processor::run(
+        c.clone(),
+        Some(metrics),
+        stop.clone(),
+    ));
 
     // Nine days ago: the 7-day service_recovery window has passed too.
     let now = std::time::SystemTime::now()
@@ -363,6 +372,40 @@ async fn every_funnel_option_through_the_pipeline() {
         "strict_checkout\t1\t4\t1\t25\nstrict_checkout\t2\t1\t1\t100\n\
          strict_checkout\t3\t2\t1\t50\nstrict_checkout\t4\t1\t0\t0"
     );
+
+    // The processor's counters: the excluded attempt only under outcome="excluded", in no
+    // step counter; skipped optional steps are not reached (README "Processor metrics").
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let metric = |name: &str, labels: &str| -> f64 {
+        let prefix = format!("touchstream_processor_{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    };
+    let sr = "funnel=\"service_recovery\"";
+    let sc = "funnel=\"strict_checkout\"";
+    let counted = [
+        metric(
+            "funnel_attempts_total",
+            &format!("{sr},outcome=\"excluded\""),
+        ),
+        metric(
+            "funnel_attempts_total",
+            &format!("{sr},outcome=\"dropped\""),
+        ),
+        metric("funnel_step_reached_total", &format!("{sr},step=\"1\"")),
+        metric("funnel_step_reached_total", &format!("{sr},step=\"2\"")),
+        metric("funnel_step_dropped_total", &format!("{sr},step=\"2\"")),
+        metric("funnel_step_reached_total", &format!("{sc},step=\"1\"")),
+        metric("funnel_step_reached_total", &format!("{sc},step=\"2\"")),
+        metric("funnel_step_reached_total", &format!("{sc},step=\"3\"")),
+    ];
+    assert_eq!(counted, [1.0, 1.0, 2.0, 2.0, 1.0, 4.0, 1.0, 2.0], "{text}");
 
     stop.cancel();
     let _ = processor.await;
