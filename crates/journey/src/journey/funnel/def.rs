@@ -90,6 +90,10 @@ pub enum Order {
 }
 
 impl Order {
+    fn is_ordered(&self) -> bool {
+        *self == Order::Ordered
+    }
+
     fn parse(text: &str) -> Option<Self> {
         match text {
             "ordered" => Some(Order::Ordered),
@@ -101,8 +105,7 @@ impl Order {
 }
 
 /// One condition on a top-level property.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// `key = value`: present and equal (`1` equals `1.0`).
     Eq(Value),
@@ -136,6 +139,29 @@ impl Filter {
             Filter::Le(n) => number(got).is_some_and(|g| g <= *n),
             Filter::Exists(want) => got.is_some() == *want,
         }
+    }
+}
+
+/// Serialized as written in the file (`"pro"`, `{"in": [..]}`, `{">": 5.0}`): an
+/// equality stays the bare value it was before the other conditions existed, so the
+/// definition fingerprints of funnels that use none of them (`journey/remap.rs`) do not
+/// change.
+impl Serialize for Filter {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (op, value): (&str, Value) = match self {
+            Filter::Eq(v) => return v.serialize(serializer),
+            Filter::In(v) => ("in", Value::from(v.clone())),
+            Filter::Not(v) => ("not", Value::from(v.clone())),
+            Filter::Gt(n) => (">", Value::from(*n)),
+            Filter::Ge(n) => (">=", Value::from(*n)),
+            Filter::Lt(n) => ("<", Value::from(*n)),
+            Filter::Le(n) => ("<=", Value::from(*n)),
+            Filter::Exists(b) => ("exists", Value::Bool(*b)),
+        };
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(op, &value)?;
+        map.end()
     }
 }
 
@@ -174,10 +200,18 @@ pub struct Step {
     /// Top-level property → condition; all must hold.
     pub filters: Vec<(String, Filter)>,
     /// An attempt may skip it (never the first or the last step).
+    // Left out when unset, here and below, so a funnel without the newer options
+    // serializes (and fingerprints, `journey/remap.rs`) as it did before they existed.
+    #[serde(skip_serializing_if = "is_false")]
     pub optional: bool,
     /// Time allowed since the previous reached step, ms (never on the first step, nor
     /// with [`Order::Any`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub within_ms: Option<i64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Step {
@@ -214,10 +248,12 @@ pub struct Funnel {
     /// Window from the first event of an attempt, ms.
     pub window_ms: i64,
     /// How steps must follow each other.
+    #[serde(skip_serializing_if = "Order::is_ordered")]
     pub order: Order,
     /// Steps, at least one; steps and exclusions together at most [`MAX_STEPS`].
     pub steps: Vec<Step>,
     /// Exclusions; in an event's mask, exclusion `j` is bit `steps.len() + j`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<Exclusion>,
 }
 

@@ -546,3 +546,30 @@ fn deploy_file_commented_example_is_valid() {
     assert!(f.steps[1].optional);
     assert_eq!(f.steps[2].within_ms, Some(600_000));
 }
+
+#[test]
+fn a_funnel_without_the_newer_options_serializes_as_before_them() {
+    // The shape `journey/remap.rs` fingerprints: {name, window_ms, steps: [{event,
+    // filters: [[key, value]]}]}, as before order, optional, within_secs, exclude and the
+    // non-equality conditions existed; upgrading must not mark such a funnel changed.
+    let f = one(r#"[[funnel]]
+           name = "pro"
+           window_secs = 60
+           steps = [{ event = "Pricing Viewed" }, { event = "Plan Selected", where = { plan = "pro", seats = 5 } }]"#);
+    assert_eq!(
+        serde_json::to_string(&f).unwrap(),
+        r#"{"name":"pro","window_ms":60000,"steps":[{"event":"Pricing Viewed","filters":[]},{"event":"Plan Selected","filters":[["plan","pro"],["seats",5]]}]}"#
+    );
+    // The options, when used, are part of it.
+    let g = one(r#"[[funnel]]
+           name = "pro"
+           order = "strict"
+           window_secs = 60
+           steps = [{ event = "A" }, { event = "B", optional = true, within_secs = 5,
+                      where = { n = { ">" = 1, in = [1, 2] }, t = { exists = true } } }, { event = "C" }]
+           exclude = [{ event = "X", between = [1, 3] }]"#);
+    assert_eq!(
+        serde_json::to_string(&g).unwrap(),
+        r#"{"name":"pro","window_ms":60000,"order":"strict","steps":[{"event":"A","filters":[]},{"event":"B","filters":[["n",{">":1.0}],["n",{"in":[1,2]}],["t",{"exists":true}]],"optional":true,"within_ms":5000},{"event":"C","filters":[]}],"exclude":[{"event":"X","filters":[],"from":1,"to":3}]}"#
+    );
+}
