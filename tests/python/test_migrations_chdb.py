@@ -48,13 +48,16 @@ def test_migrations_apply_twice_on_current_clickhouse():
                        "SETTINGS insert_deduplication_token = 't1' VALUES ('a', 'u', 1)")
         n = sess.query("SELECT count() FROM ts_chdb.identities", "CSV").bytes().decode().strip()
         assert n == "1", n
-        # A funnel attempt flows into the per-minute aggregate view.
+        # A funnel attempt flows into the per-minute aggregate view; an excluded attempt and
+        # a skipped optional step ('' event id) do not (0004_funnel_step_view_outcomes.sql).
         sess.query("INSERT INTO ts_chdb.funnel_attempts (attempt_id, funnel, customer_id, closed_at, "
-                   "outcome, reached_step, total_steps, version) VALUES "
-                   "('a1','web_checkout','c1','2026-11-25 10:00:10','dropped',2,4,1)")
+                   "outcome, reached_step, total_steps, step_event_ids, version) VALUES "
+                   "('a1','web_checkout','c1','2026-11-25 10:00:10','dropped',2,4,['e1','e2'],1), "
+                   "('a2','web_checkout','c2','2026-11-25 10:00:20','excluded',2,4,['e3','e4'],1), "
+                   "('a3','web_checkout','c3','2026-11-25 10:00:30','dropped',3,4,['e5','','e6'],1)")
         rows = sess.query("SELECT step, reached, dropped FROM ts_chdb.funnel_step_minute ORDER BY step",
                           "CSV").bytes().decode().split()
-        assert rows == ["1,1,0", "2,1,1"], rows
+        assert rows == ["1,2,0", "2,1,1", "3,1,1"], rows
 
 
 def test_18_16_plan_leaves_out_newer_features():

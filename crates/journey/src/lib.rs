@@ -29,7 +29,7 @@ pub use identity::{
     IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
 };
 pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
-pub use journey::funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
+pub use journey::funnel::{Exclusion, Filter, Funnel, FunnelSet, Order, Outcome, Step, MAX_STEPS};
 pub use journey::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
 pub use journey::{
     funnel_fingerprint, FunnelChange, FunnelChangeKind, JourneyConfig, JourneyCounters,

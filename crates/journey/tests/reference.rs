@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value};
 use touchstream_core::is_placeholder_id;
 use touchstream_journey::columns::secs;
 use touchstream_journey::{
-    Catalog, FunnelAttemptRow, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage,
-    JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, MessageType, Outcome, Properties,
-    SessionRow,
+    Catalog, Filter, Funnel, FunnelAttemptRow, FunnelSet, IdentityConfig, IdentityOutput,
+    IdentityStage, JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, MessageType, Order,
+    Outcome, Properties, SessionRow,
 };
 
 const MIN: i64 = 60_000;
@@ -35,8 +35,28 @@ steps = [{ event = "Product Viewed" }, { event = "Product Added", where = { plan
 [[funnel]]
 name = "recovery"
 window_secs = 2700
-steps = [{ event = "Complaint Filed" }, { event = "Follow-up Completed" },
+steps = [{ event = "Complaint Filed" }, { event = "Follow-up Completed", within_secs = 900 },
          { event = "Order Completed" }]
+exclude = [{ event = "Home", where = { coupon = { exists = false } }, between = [2, 3] }]
+
+[[funnel]]
+name = "strict_checkout"
+order = "strict"
+window_secs = 1800
+steps = [{ event = "Product Viewed" }, { event = "Product Added", optional = true },
+         { event = "Checkout Started", within_secs = 600 },
+         { event = "Order Completed", where = { amount = { ">" = 20, "<" = 140 },
+                                                coupon = { exists = false } } }]
+exclude = [{ event = "Complaint Filed", between = [1, 3] }]
+
+[[funnel]]
+name = "any_recovery"
+order = "any"
+window_secs = 1200
+steps = [{ event = "Complaint Filed", where = { plan = { in = ["pro", "team"] } } },
+         { event = "Follow-up Completed", optional = true },
+         { event = "Order Completed", where = { plan = { not = "free" } } }]
+exclude = [{ event = "Home", where = { amount = { exists = true } }, between = [1, 3] }]
 "#;
 
 const NAMES: [&str; 7] = [
@@ -131,6 +151,16 @@ fn build(specs: &[Spec], anonymous: bool) -> Vec<JourneyEvent> {
                 };
                 let mut properties = Map::new();
                 properties.insert("plan".into(), json!(if pro { "pro" } else { "free" }));
+                // Numbers, numbers as text, or absent; a coupon now and then.
+                match i % 6 {
+                    0 => None,
+                    1 | 4 => Some(json!((i % 7) * 25)),
+                    _ => Some(json!(format!("{}", (i % 9) * 20))),
+                }
+                .map(|a| properties.insert("amount".into(), a));
+                if i % 5 == 0 {
+                    properties.insert("coupon".into(), json!("SAVE"));
+                }
                 JourneyEvent {
                     event_id: format!("e{i:03}"),
                     kind,
@@ -372,77 +402,178 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
             );
         }
         for f in funnels.funnels() {
-            let matches = |e: &JourneyEvent, k: usize| {
-                let step = &f.steps[k];
-                e.kind == MessageType::Track
-                    && e.event.as_deref() == Some(step.event.as_str())
-                    && step
-                        .filters
-                        .iter()
-                        .all(|(key, v)| e.properties.get(key) == Some(v as &Value))
-            };
-            let mut open: Option<Vec<&JourneyEvent>> = None;
-            let mut close = |steps: Vec<&JourneyEvent>, outcome, closed_ms| {
-                let id = hex_id(&[&f.name, c, &steps[0].event_id]);
-                attempts.insert(
-                    id.clone(),
-                    FunnelAttemptRow {
-                        attempt_id: id,
-                        funnel: f.name.clone(),
-                        customer_id: c.clone(),
-                        started_at: secs(steps[0].event_time_ms),
-                        start_ms: steps[0].event_time_ms,
-                        closed_at: secs(closed_ms),
-                        closed_ms,
-                        outcome,
-                        reached_step: steps.len() as u8,
-                        total_steps: f.steps.len() as u8,
-                        step_times_ms: steps.iter().map(|e| e.event_time_ms).collect(),
-                        step_event_ids: steps.iter().map(|e| e.event_id.clone()).collect(),
-                        is_deleted: false,
-                        version: 0,
-                    },
-                );
-            };
-            for e in events.iter() {
-                if let Some(steps) = open.take() {
-                    let deadline = steps[0].event_time_ms + f.window_ms;
-                    if e.event_time_ms > deadline {
-                        close(steps, Outcome::Dropped, deadline);
-                    } else if matches(e, steps.len()) {
-                        let mut steps = steps;
-                        steps.push(e);
-                        if steps.len() == f.steps.len() {
-                            close(steps, Outcome::Converted, e.event_time_ms);
-                        } else {
-                            open = Some(steps);
-                        }
-                        continue;
-                    } else {
-                        open = Some(steps);
-                        continue;
-                    }
-                }
-                if matches(e, 0) {
-                    open = Some(vec![e]);
-                    if f.steps.len() == 1 {
-                        close(vec![e], Outcome::Converted, e.event_time_ms);
-                        open = None;
-                    }
-                }
-            }
-            if let Some(steps) = open {
-                let deadline = steps[0].event_time_ms + f.window_ms;
-                if watermark > deadline {
-                    close(steps, Outcome::Dropped, deadline);
-                }
-            }
+            attempts_of(f, c, events, watermark, &mut attempts);
         }
     }
     Expected {
         touchpoints,
         sessions,
         attempts,
+    }
+}
+
+/// A reference condition, written from the README's table rather than shared with the
+/// crate.
+fn holds(filter: &Filter, got: Option<&Value>) -> bool {
+    let got = got.filter(|v| !v.is_null());
+    let eq = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    };
+    let num = || match got {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match filter {
+        Filter::Eq(v) => got.is_some_and(|g| eq(g, v)),
+        Filter::In(vs) => got.is_some_and(|g| vs.iter().any(|v| eq(g, v))),
+        Filter::Not(vs) => !got.is_some_and(|g| vs.iter().any(|v| eq(g, v))),
+        Filter::Gt(n) => num().is_some_and(|g| g > *n),
+        Filter::Ge(n) => num().is_some_and(|g| g >= *n),
+        Filter::Lt(n) => num().is_some_and(|g| g < *n),
+        Filter::Le(n) => num().is_some_and(|g| g <= *n),
+        Filter::Exists(want) => got.is_some() == *want,
+    }
+}
+
+fn named(e: &JourneyEvent, event: &str, filters: &[(String, Filter)]) -> bool {
+    e.kind == MessageType::Track
+        && e.event.as_deref() == Some(event)
+        && filters.iter().all(|(k, f)| holds(f, e.properties.get(k)))
+}
+
+/// One customer's attempts of one funnel, by walking its sorted events (docs/design.md
+/// §5 rules 1–6). `watermark`: the newest event time seen, which closes what is left.
+fn attempts_of(
+    f: &Funnel,
+    customer: &str,
+    events: &[&JourneyEvent],
+    watermark: i64,
+    attempts: &mut BTreeMap<String, FunnelAttemptRow>,
+) {
+    let n = f.steps.len();
+    let step = |e: &JourneyEvent, k: usize| named(e, &f.steps[k].event, &f.steps[k].filters);
+    // Steps as (step index, event): ordered by step for ordered/strict, by time for any.
+    type Att<'e> = Vec<(usize, &'e JourneyEvent)>;
+    let deadline = |a: &Att<'_>| {
+        let window = a[0].1.event_time_ms + f.window_ms;
+        if f.order == Order::Any {
+            return window;
+        }
+        let (last_k, last) = a[a.len() - 1];
+        let required = (last_k + 1..n)
+            .find(|&k| !f.steps[k].optional)
+            .expect("last required");
+        f.steps[required]
+            .within_ms
+            .map_or(window, |w| window.min(last.event_time_ms + w))
+    };
+    let mut close = |a: Att<'_>, outcome, closed_ms| {
+        let (times, ids): (Vec<i64>, Vec<String>) = if f.order == Order::Any {
+            a.iter()
+                .map(|(_, e)| (e.event_time_ms, e.event_id.clone()))
+                .unzip()
+        } else {
+            let deepest = a[a.len() - 1].0;
+            (0..=deepest)
+                .map(|k| match a.iter().find(|(j, _)| *j == k) {
+                    Some((_, e)) => (e.event_time_ms, e.event_id.clone()),
+                    None => (0, String::new()),
+                })
+                .unzip()
+        };
+        let first = a[0].1;
+        let id = hex_id(&[&f.name, customer, &first.event_id]);
+        attempts.insert(
+            id.clone(),
+            FunnelAttemptRow {
+                attempt_id: id,
+                funnel: f.name.clone(),
+                customer_id: customer.to_owned(),
+                started_at: secs(first.event_time_ms),
+                start_ms: first.event_time_ms,
+                closed_at: secs(closed_ms),
+                closed_ms,
+                outcome,
+                reached_step: times.len() as u8,
+                total_steps: n as u8,
+                step_times_ms: times,
+                step_event_ids: ids,
+                is_deleted: false,
+                version: 0,
+            },
+        );
+    };
+    let converted = |a: &Att<'_>| match f.order {
+        Order::Any => (0..n).all(|k| f.steps[k].optional || a.iter().any(|(j, _)| *j == k)),
+        _ => a[a.len() - 1].0 == n - 1,
+    };
+    let mut open: Option<Att<'_>> = None;
+    for &e in events {
+        if let Some(mut a) = open.take() {
+            let t = e.event_time_ms;
+            let reached = a[a.len() - 1].0 + 1;
+            let excluded = f.exclude.iter().any(|x| {
+                named(e, &x.event, &x.filters)
+                    && (f.order == Order::Any || (x.from <= reached && reached < x.to))
+            });
+            // The step this event takes, if any.
+            let takes = if f.order == Order::Any {
+                (0..n).find(|&k| step(e, k) && !a.iter().any(|(j, _)| *j == k))
+            } else {
+                let last_t = a[a.len() - 1].1.event_time_ms;
+                let mut found = None;
+                for k in reached..n {
+                    let in_time = f.steps[k].within_ms.is_none_or(|w| t - last_t <= w);
+                    if step(e, k) && in_time {
+                        found = Some(k);
+                        break;
+                    }
+                    if !f.steps[k].optional {
+                        break;
+                    }
+                }
+                found
+            };
+            let dl = deadline(&a);
+            if t > dl {
+                close(a, Outcome::Dropped, dl);
+            } else if excluded {
+                close(a, Outcome::Excluded, t);
+            } else if let Some(k) = takes {
+                a.push((k, e));
+                if converted(&a) {
+                    close(a, Outcome::Converted, t);
+                } else {
+                    open = Some(a);
+                }
+                continue;
+            } else if f.order == Order::Strict {
+                close(a, Outcome::Dropped, t);
+            } else {
+                open = Some(a);
+                continue;
+            }
+        }
+        let first = match f.order {
+            Order::Any => (0..n).find(|&k| step(e, k)),
+            _ => step(e, 0).then_some(0),
+        };
+        if let Some(k) = first {
+            let a = vec![(k, e)];
+            if converted(&a) {
+                close(a, Outcome::Converted, e.event_time_ms);
+            } else {
+                open = Some(a);
+            }
+        }
+    }
+    if let Some(a) = open {
+        let dl = deadline(&a);
+        if watermark > dl {
+            close(a, Outcome::Dropped, dl);
+        }
     }
 }
 
@@ -503,5 +634,243 @@ proptest! {
         specs in prop::collection::vec(spec(true), 1..80)
     ) {
         check(&build(&specs, false), Some(360))?;
+    }
+}
+
+/// The generated logs exercise every funnel option: otherwise the properties above
+/// could pass without ever excluding, interrupting, skipping or hitting a step deadline.
+#[test]
+fn generated_logs_exercise_every_funnel_option() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = prop::collection::vec(spec(false), 20..60);
+    let funnels = funnels();
+    let step_deadline = |r: &FunnelAttemptRow| {
+        let f = funnels
+            .funnels()
+            .iter()
+            .find(|f| f.name == r.funnel)
+            .unwrap();
+        r.closed_ms < r.start_ms + f.window_ms
+    };
+    let mut seen = BTreeMap::<&str, usize>::new();
+    for _ in 0..200 {
+        let log = build(&strategy.new_tree(&mut runner).unwrap().current(), true);
+        for r in reference(&log, i64::MAX / 4).attempts.values() {
+            let mut see = |what| *seen.entry(what).or_default() += 1;
+            let dropped = r.outcome == Outcome::Dropped;
+            match r.funnel.as_str() {
+                "recovery" if r.outcome == Outcome::Excluded => see("ordered excluded"),
+                "recovery" if dropped && step_deadline(r) => see("within_secs drop"),
+                "strict_checkout" if dropped && step_deadline(r) => {
+                    see("strict interrupted or within_secs")
+                }
+                "strict_checkout" if r.outcome == Outcome::Excluded => see("strict excluded"),
+                "strict_checkout" if r.outcome == Outcome::Converted => see("strict converted"),
+                "any_recovery" if r.outcome == Outcome::Excluded => see("any excluded"),
+                "any_recovery" if r.outcome == Outcome::Converted => see("any converted"),
+                _ => {}
+            }
+            if r.step_event_ids.iter().any(String::is_empty) {
+                see("optional skipped");
+            }
+            if r.funnel == "any_recovery" && r.step_event_ids.len() == 3 {
+                see("any with the optional step");
+            }
+        }
+    }
+    for what in [
+        "ordered excluded",
+        "within_secs drop",
+        "strict interrupted or within_secs",
+        "strict excluded",
+        "strict converted",
+        "any excluded",
+        "any converted",
+        "optional skipped",
+        "any with the optional step",
+    ] {
+        assert!(
+            seen.get(what).copied().unwrap_or(0) >= 3,
+            "{what}: {seen:?}"
+        );
+    }
+}
+
+/// Hand-worked cases, one per option (the funnels of `FUNNELS`): the rows written down
+/// here must be what both the batch reference and the streaming stages produce, with the
+/// events arriving in order and in reverse (placed late and corrected).
+#[test]
+fn hand_worked_cases_for_each_funnel_option() {
+    const T0: i64 = 1_700_000_000_000;
+    type Want = (Outcome, Vec<&'static str>, i64);
+    let track = |i: usize, minute: i64, name: &str, props: Value| JourneyEvent {
+        event_id: format!("h{i}"),
+        kind: MessageType::Track,
+        event: Some(name.to_owned()),
+        anonymous_id: None,
+        user_id: Some("u0".into()),
+        previous_id: None,
+        event_time_ms: T0 + minute * MIN,
+        channel: None,
+        properties: Properties::from_json(&props.to_string()),
+    };
+    let pro = || json!({"plan": "pro", "coupon": "SAVE"});
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(&str, &str, Vec<(i64, &str, Value)>, Vec<Want>)> = vec![
+        (
+            "an excluded event between steps 2 and 3 excludes the attempt",
+            "recovery",
+            vec![
+                (0, "Complaint Filed", pro()),
+                (10, "Follow-up Completed", pro()),
+                (20, "Home", json!({})),
+                (30, "Order Completed", pro()),
+            ],
+            vec![(Outcome::Excluded, vec!["h0", "h1"], 20)],
+        ),
+        (
+            "before step 2 the exclusion does not apply; a couponed Home is no exclusion",
+            "recovery",
+            vec![
+                (0, "Complaint Filed", pro()),
+                (5, "Home", json!({})),
+                (10, "Follow-up Completed", pro()),
+                (20, "Home", pro()),
+                (30, "Order Completed", pro()),
+            ],
+            vec![(Outcome::Converted, vec!["h0", "h2", "h4"], 30)],
+        ),
+        (
+            "a follow-up 16 min after the complaint is past within_secs = 900",
+            "recovery",
+            vec![
+                (0, "Complaint Filed", pro()),
+                (16, "Follow-up Completed", pro()),
+                (20, "Order Completed", pro()),
+            ],
+            vec![(Outcome::Dropped, vec!["h0"], 15)],
+        ),
+        (
+            "strict: any other event between steps drops the attempt there",
+            "strict_checkout",
+            vec![
+                (0, "Product Viewed", pro()),
+                (1, "Product Added", pro()),
+                (2, "Home", json!({})),
+                (3, "Checkout Started", pro()),
+                (4, "Order Completed", json!({"amount": 50})),
+            ],
+            vec![(Outcome::Dropped, vec!["h0", "h1"], 2)],
+        ),
+        (
+            "strict: the optional step 2 skipped, recorded empty; amount as text",
+            "strict_checkout",
+            vec![
+                (0, "Product Viewed", pro()),
+                (1, "Checkout Started", pro()),
+                (2, "Order Completed", json!({"amount": "50"})),
+            ],
+            vec![(Outcome::Converted, vec!["h0", "", "h1", "h2"], 2)],
+        ),
+        (
+            "strict: an order over the amount range or with a coupon is no step, so it \
+             interrupts; the complaint exclusion applies from step 1",
+            "strict_checkout",
+            vec![
+                (0, "Product Viewed", pro()),
+                (1, "Product Added", pro()),
+                (2, "Checkout Started", pro()),
+                (3, "Order Completed", json!({"amount": 200})),
+                (10, "Product Viewed", pro()),
+                (11, "Checkout Started", pro()),
+                (12, "Order Completed", json!({"amount": 50, "coupon": "X"})),
+                (20, "Product Viewed", pro()),
+                (21, "Complaint Filed", pro()),
+            ],
+            vec![
+                (Outcome::Dropped, vec!["h0", "h1", "h2"], 3),
+                (Outcome::Dropped, vec!["h4", "", "h5"], 12),
+                (Outcome::Excluded, vec!["h7"], 21),
+            ],
+        ),
+        (
+            "any: order first, then the complaint; the optional follow-up not needed",
+            "any_recovery",
+            vec![
+                (0, "Order Completed", json!({"plan": "team"})),
+                (5, "Follow-up Completed", json!({})),
+                (6, "Complaint Filed", json!({"plan": "team"})),
+            ],
+            vec![(Outcome::Converted, vec!["h0", "h1", "h2"], 6)],
+        ),
+        (
+            "any: a free-plan order is no step; a Home with an amount excludes; the next \
+             order (any step starts an attempt) drops at the end of its 20 min window",
+            "any_recovery",
+            vec![
+                (0, "Complaint Filed", pro()),
+                (1, "Order Completed", json!({"plan": "free"})),
+                (2, "Home", json!({"amount": 0})),
+                (3, "Order Completed", pro()),
+            ],
+            vec![
+                (Outcome::Excluded, vec!["h0"], 2),
+                (Outcome::Dropped, vec!["h3"], 23),
+            ],
+        ),
+    ];
+    for (what, funnel, events, want) in cases {
+        let mut log: Vec<JourneyEvent> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (minute, name, props))| track(i, minute, name, props))
+            .collect();
+        // Another customer's event five hours on moves the watermark past every window.
+        let mut later = track(99, 300, "Ping", json!({}));
+        later.user_id = Some("u1".into());
+        let want: Vec<(Outcome, Vec<String>, i64)> = want
+            .into_iter()
+            .map(|(o, ids, closed)| {
+                (
+                    o,
+                    ids.into_iter().map(Into::into).collect(),
+                    T0 + closed * MIN,
+                )
+            })
+            .collect();
+        let of_funnel = |rows: BTreeMap<String, FunnelAttemptRow>| {
+            let mut rows: Vec<_> = rows
+                .into_values()
+                .filter(|r| r.funnel == funnel)
+                .map(|r| {
+                    assert_eq!(r.reached_step as usize, r.step_event_ids.len(), "{what}");
+                    assert_eq!(r.step_times_ms.len(), r.step_event_ids.len(), "{what}");
+                    (r.outcome, r.step_event_ids, r.closed_ms)
+                })
+                .collect();
+            rows.sort_by_key(|r| r.2);
+            rows
+        };
+        let mut in_order = log.clone();
+        in_order.push(later.clone());
+        assert_eq!(
+            of_funnel(reference(&in_order, i64::MAX / 4).attempts),
+            want,
+            "reference: {what}"
+        );
+        assert_eq!(
+            of_funnel(stream(&in_order, Some(30 * 24 * 3600)).live_attempts()),
+            want,
+            "in order: {what}"
+        );
+        log.reverse();
+        log.insert(0, later);
+        assert_eq!(
+            of_funnel(stream(&log, Some(30 * 24 * 3600)).live_attempts()),
+            want,
+            "in reverse: {what}"
+        );
     }
 }

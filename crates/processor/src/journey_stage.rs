@@ -241,15 +241,30 @@ impl Stage for Journey {
                 .funnel_attempts
                 .with_label_values(&[funnel, a.outcome.as_str()])
                 .inc();
+            // An excluded attempt left the funnel: it reached no step and dropped at none
+            // as far as drop-off is concerned (README "Processor metrics").
+            if a.outcome == Outcome::Excluded {
+                continue;
+            }
+            // Steps reached, 1-based, with their times: a skipped optional step has an
+            // empty event id and is neither reached nor timed.
+            let reached = || {
+                a.step_event_ids
+                    .iter()
+                    .zip(&a.step_times_ms)
+                    .enumerate()
+                    .filter(|(_, (id, _))| !id.is_empty())
+                    .map(|(k, (_, t))| (k + 1, *t))
+            };
             if let Some(first) = a.step_times_ms.first() {
-                for (k, t) in a.step_times_ms.iter().enumerate().skip(1) {
+                for (step, t) in reached().skip(1) {
                     self.metrics
                         .step_delay_seconds
-                        .with_label_values(&[funnel, &(k + 1).to_string()])
+                        .with_label_values(&[funnel, &step.to_string()])
                         .observe((t - first).max(0) as f64 / 1000.0);
                 }
             }
-            for step in 1..=a.reached_step {
+            for (step, _) in reached() {
                 self.metrics
                     .funnel_step_reached
                     .with_label_values(&[funnel, &step.to_string()])
@@ -266,6 +281,7 @@ impl Stage for Journey {
                     .funnel_converted
                     .with_label_values(&[funnel])
                     .inc(),
+                Outcome::Excluded => {}
             }
         }
         batch.rows.funnel_attempts.extend(out.attempts);

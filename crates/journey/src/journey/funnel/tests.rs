@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use super::*;
+use crate::event::{JourneyEvent, MessageType};
 
 const MIN: i64 = 60_000;
 
@@ -66,6 +69,11 @@ fn deploy_file_has_the_two_default_funnels() {
     assert_eq!(set.funnels()[0].steps.len(), 4);
     assert_eq!(set.funnels()[1].window_ms, 7 * 24 * 60 * MIN);
     assert_eq!(set.funnels()[1].steps[1].event, "Follow-up Completed");
+    let refund = &set.funnels()[1].exclude[0];
+    assert_eq!(
+        (refund.event.as_str(), refund.from, refund.to),
+        ("Order Refunded", 2, 3)
+    );
     assert_eq!(set.max_window_ms(), 7 * 24 * 60 * MIN);
 }
 
@@ -104,7 +112,7 @@ use serde_json::json;
 #[test]
 fn bad_funnel_files_name_the_problem() {
     let cases = [
-        ("[[funnel]]\nname = \"x\"\nwindow_secs = 1\nsteps = []", "1 to 32"),
+        ("[[funnel]]\nname = \"x\"\nwindow_secs = 1\nsteps = []", "at least 1 entry"),
         ("[[funnel]]\nname = \"x\"\nwindow_secs = 0\nsteps = [{event = \"a\"}]", "window_secs"),
         ("[[funnel]]\nname = \"x\"\nwindow = 1\nsteps = [{event = \"a\"}]", "window"),
         (
@@ -137,13 +145,17 @@ fn abc(window_ms: i64) -> Funnel {
     Funnel {
         name: "abc".into(),
         window_ms,
+        order: Order::Ordered,
         steps: ["A", "B", "C"]
             .iter()
             .map(|e| Step {
                 event: (*e).into(),
                 filters: vec![],
+                optional: false,
+                within_ms: None,
             })
             .collect(),
+        exclude: vec![],
     }
 }
 
@@ -213,5 +225,351 @@ fn rule4_after_close_next_step1_starts_a_new_attempt() {
             (Outcome::Converted, 2, 0, 1),
             (Outcome::Dropped, 1, 2, 60 * MIN + 2)
         ]
+    );
+}
+
+/// The one funnel of a TOML text.
+fn one(text: &str) -> Funnel {
+    FunnelSet::from_toml_str(text, None)
+        .expect("valid")
+        .funnels()[0]
+        .clone()
+}
+
+#[test]
+fn in_not_comparisons_and_exists_filters() {
+    let set = FunnelSet::from_toml_str(
+        r#"[[funnel]]
+           name = "f"
+           window_secs = 60
+           steps = [{ event = "Order", where = {
+               plan = { in = ["pro", "team"] },
+               coupon = { not = ["FREE", "STAFF"] },
+               total = { ">" = 100, "<=" = 500 },
+               gift = { exists = false },
+               email = { exists = true } } }]"#,
+        None,
+    )
+    .expect("valid");
+    let base = json!({"plan": "pro", "coupon": "X", "total": 101, "email": "a@b"});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut p = base.clone();
+        p[k] = v;
+        p
+    };
+    let without = |k: &str| {
+        let mut p = base.clone();
+        p.as_object_mut().unwrap().remove(k);
+        p
+    };
+    let hits = [
+        base.clone(),
+        with("plan", json!("team")),
+        // `not`: an absent property is not one of them.
+        without("coupon"),
+        with("total", json!(500)),
+        // A number sent as text compares as a number.
+        with("total", json!("250.5")),
+        // `exists = false`: absent or null.
+        with("gift", json!(null)),
+    ];
+    for p in hits {
+        assert_eq!(set.matches(&track("Order", p.clone())), vec![(0, 1)], "{p}");
+    }
+    let misses = [
+        with("plan", json!("free")),
+        without("plan"),
+        with("coupon", json!("STAFF")),
+        with("total", json!(100)),
+        with("total", json!(500.5)),
+        with("total", json!("lots")),
+        with("total", json!(true)),
+        without("total"),
+        with("gift", json!("card")),
+        without("email"),
+        with("email", json!(null)),
+    ];
+    for p in misses {
+        assert!(set.matches(&track("Order", p.clone())).is_empty(), "{p}");
+    }
+}
+
+#[test]
+fn bad_options_name_the_funnel_the_step_and_the_problem() {
+    let f = |extra: &str, steps: &str| {
+        format!("[[funnel]]\nname = \"x\"\nwindow_secs = 60\n{extra}\nsteps = [{steps}]")
+    };
+    let abc = r#"{event = "a"}, {event = "b"}, {event = "c"}"#;
+    let cases = [
+        (
+            f("", r#"{event = "a", optional = true}, {event = "b"}"#),
+            "funnel `x` step 1: the first step cannot be optional",
+        ),
+        (
+            f("", r#"{event = "a"}, {event = "b", optional = true}"#),
+            "funnel `x` step 2: the last step cannot be optional",
+        ),
+        (
+            f("order = \"sequential\"", abc),
+            "funnel `x`: unknown order `sequential`",
+        ),
+        (
+            f("", r#"{event = "a", within_secs = 5}, {event = "b"}"#),
+            "funnel `x` step 1: within_secs needs a previous step",
+        ),
+        (
+            f("", r#"{event = "a"}, {event = "b", within_secs = 0}"#),
+            "funnel `x` step 2: within_secs must be positive",
+        ),
+        (
+            f("order = \"any\"", r#"{event = "a"}, {event = "b", within_secs = 5}"#),
+            "funnel `x` step 2: within_secs needs an order of steps",
+        ),
+        (
+            f("exclude = [{ event = \"r\", between = [2, 4] }]", abc),
+            "funnel `x` exclude 1: between must be [from, to] with 1 ≤ from < to ≤ 3",
+        ),
+        (
+            f("exclude = [{ event = \"r\", between = [2, 2] }]", abc),
+            "funnel `x` exclude 1: between must be",
+        ),
+        (
+            f("exclude = [{ event = \"r\", between = [0, 2] }]", abc),
+            "funnel `x` exclude 1: between must be",
+        ),
+        (
+            f("exclude = [{ event = \"r\", between = [1] }]", abc),
+            "funnel `x` exclude 1: between must be",
+        ),
+        (
+            f("exclude = [{ event = \"r\" }]", abc),
+            "between",
+        ),
+        (
+            f("order = \"any\"\nexclude = [{ event = \"r\", between = [1, 2] }]", abc),
+            "funnel `x` exclude 1: with order = \"any\" steps have no positions: between must be [1, 3]",
+        ),
+        (
+            f("", r#"{event = "a", where = {n = {">" = "5"}}}"#),
+            "funnel `x` step 1 where.n.>: expects a number",
+        ),
+        (
+            f("", r#"{event = "a", where = {n = {like = "5"}}}"#),
+            "funnel `x` step 1 where.n.like: unknown condition",
+        ),
+        (
+            f("", r#"{event = "a", where = {n = {in = "5"}}}"#),
+            "funnel `x` step 1 where.n.in: expects a list",
+        ),
+        (
+            f("", r#"{event = "a", where = {n = {exists = 1}}}"#),
+            "funnel `x` step 1 where.n.exists: expects true or false",
+        ),
+        (
+            f("", r#"{event = "a", where = {n = {}}}"#),
+            "funnel `x` step 1 where.n: empty condition table",
+        ),
+        (
+            f(
+                &format!(
+                    "exclude = [{}]",
+                    vec![r#"{ event = "r", between = [1, 2] }"#; 31].join(", ")
+                ),
+                r#"{event = "a"}, {event = "b"}"#,
+            ),
+            "steps plus exclusions at most 32, got 2 steps and 31 exclusions",
+        ),
+        (f("", r#"{event = "a", optonal = true}"#), "optonal"),
+    ];
+    for (text, needle) in cases {
+        let err = FunnelSet::from_toml_str(&text, Some("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(needle) && err.contains("f.toml"),
+            "{needle}: {err}"
+        );
+    }
+}
+
+#[test]
+fn exclusion_bits_follow_the_step_bits() {
+    let set = FunnelSet::from_toml_str(
+        r#"[[funnel]]
+           name = "r"
+           window_secs = 60
+           steps = [{ event = "A" }, { event = "B" }, { event = "C" }]
+           exclude = [{ event = "X", between = [1, 3] },
+                      { event = "B", where = { refund = true }, between = [2, 3] }]"#,
+        None,
+    )
+    .expect("valid");
+    let f = &set.funnels()[0];
+    assert_eq!(set.matches(&track("X", json!({}))), vec![(0, 0b01000)]);
+    // A refund-flagged B matches step 2 and exclusion 2.
+    let both = set.matches(&track("B", json!({"refund": true})));
+    assert_eq!(both, vec![(0, 0b10010)]);
+    assert_eq!(f.step_bits(both[0].1), 0b010);
+    assert_eq!(f.exclusion_bits(both[0].1), 0b10);
+}
+
+const X: u32 = 8; // exclusion 1 of a three-step funnel
+
+#[test]
+fn rule5_an_excluded_event_between_its_steps_closes_the_attempt_as_excluded() {
+    let f = one(r#"[[funnel]]
+           name = "r"
+           window_secs = 3600
+           steps = [{ event = "A" }, { event = "B" }, { event = "C" }]
+           exclude = [{ event = "X", between = [2, 3] }]"#);
+    // Before step 2 the exclusion does not apply.
+    let closed = run(&f, &[(0, A), (1, X), (2, B), (3, C)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 3, 0, 3)]);
+    // After step 2 and before step 3: excluded at the excluded event's time, with the
+    // steps reached; the next A starts a new attempt.
+    let closed = run(&f, &[(0, A), (1, B), (2, X), (3, C), (4, A)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Excluded, 2, 0, 2)]);
+    // After conversion nothing is excluded; after the window the attempt had dropped.
+    let closed = run(&f, &[(0, A), (1, B), (2, C), (3, X)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 3, 0, 2)]);
+    let closed = run(&f, &[(0, A), (1, B), (60 * MIN + 1, X)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Dropped, 2, 0, 60 * MIN)]);
+}
+
+#[test]
+fn rule6_strict_any_other_event_drops_the_attempt_there() {
+    let f = one(r#"[[funnel]]
+           name = "s"
+           order = "strict"
+           window_secs = 3600
+           steps = [{ event = "A" }, { event = "B" }, { event = "C" }]"#);
+    let closed = run(&f, &[(0, A), (1, B), (2, C)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 3, 0, 2)]);
+    // An unrelated event (mask 0) between B and C: dropped at it, reached 2.
+    let closed = run(&f, &[(0, A), (1, B), (2, 0), (3, C)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Dropped, 2, 0, 2)]);
+    // A repeated A interrupts, then starts the attempt that converts.
+    let closed = run(&f, &[(0, A), (1, A), (2, B), (3, C)], 0);
+    assert_eq!(
+        summary(&closed),
+        vec![(Outcome::Dropped, 1, 0, 1), (Outcome::Converted, 3, 1, 3)]
+    );
+    // Ordered would have ignored both.
+    let ordered = Funnel {
+        order: Order::Ordered,
+        ..f.clone()
+    };
+    let closed = run(&ordered, &[(0, A), (1, A), (2, 0), (3, B), (4, C)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 3, 0, 4)]);
+}
+
+#[test]
+fn any_order_converts_when_every_required_step_is_reached() {
+    let f = one(r#"[[funnel]]
+           name = "any"
+           order = "any"
+           window_secs = 3600
+           steps = [{ event = "A" }, { event = "B", optional = true }, { event = "C" }]"#);
+    // C then A: converted without the optional B; steps in the order reached.
+    let closed = run(&f, &[(0, C), (1, C), (2, A), (3, B)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 2, 0, 2)]);
+    assert_eq!(closed[0].attempt.step_event_ids(), vec!["e0", "e2"]);
+    // B starts an attempt too; it drops at start + window having reached 2 steps.
+    let closed = run(&f, &[(0, B), (1, C), (2, B)], 2 * 60 * MIN);
+    assert_eq!(summary(&closed), vec![(Outcome::Dropped, 2, 0, 60 * MIN)]);
+    assert_eq!(closed[0].attempt.step_times_ms(), vec![0, 1]);
+}
+
+#[test]
+fn optional_steps_may_be_skipped_and_are_recorded_empty() {
+    let f = one(r#"[[funnel]]
+           name = "o"
+           window_secs = 3600
+           steps = [{ event = "A" }, { event = "B", optional = true }, { event = "C" }]"#);
+    let closed = run(&f, &[(0, A), (5, C)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 3, 0, 5)]);
+    assert_eq!(closed[0].attempt.step_times_ms(), vec![0, 0, 5]);
+    assert_eq!(closed[0].attempt.step_event_ids(), vec!["e0", "", "e1"]);
+    // Taken when it happens; an event matching B after C-less progress still counts.
+    let closed = run(&f, &[(0, A), (1, B), (2, C)], 0);
+    assert_eq!(closed[0].attempt.step_event_ids(), vec!["e0", "e1", "e2"]);
+    // Dropped after skipping nothing: reached 1.
+    let closed = run(&f, &[(0, A)], 61 * MIN);
+    assert_eq!(summary(&closed), vec![(Outcome::Dropped, 1, 0, 60 * MIN)]);
+}
+
+#[test]
+fn within_secs_drops_at_the_step_deadline() {
+    let f = one(r#"[[funnel]]
+           name = "w"
+           window_secs = 3600
+           steps = [{ event = "A" }, { event = "B", within_secs = 600 },
+                    { event = "C", optional = true, within_secs = 60 }, { event = "D" }]"#);
+    const D: u32 = 8;
+    let mut slot = AttemptSlot::default();
+    let mut closed = Vec::new();
+    slot.step(0, &f, A, 0, &Arc::from("a"), &mut closed);
+    assert_eq!(slot.deadline_ms(&f), Some(10 * MIN));
+    slot.step(0, &f, B, 5 * MIN, &Arc::from("b"), &mut closed);
+    // C is optional: only the window bounds D.
+    assert_eq!(slot.deadline_ms(&f), Some(60 * MIN));
+    // C 2 min after B is past its own within_secs: it does not count as step 3.
+    slot.step(0, &f, C, 7 * MIN, &Arc::from("c"), &mut closed);
+    slot.step(0, &f, D, 8 * MIN, &Arc::from("d"), &mut closed);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 4, 0, 8 * MIN)]);
+    assert_eq!(closed[0].attempt.step_event_ids(), vec!["a", "b", "", "d"]);
+    // B 10 min + 1 ms after A: dropped at A + 10 min, by the event or by the frontier.
+    let closed = run(&f, &[(0, A), (10 * MIN + 1, B)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Dropped, 1, 0, 10 * MIN)]);
+    assert!(run(&f, &[(0, A)], 10 * MIN).is_empty());
+    let closed = run(&f, &[(0, A)], 10 * MIN + 1);
+    assert_eq!(summary(&closed), vec![(Outcome::Dropped, 1, 0, 10 * MIN)]);
+    // Exactly at the deadline still advances.
+    let closed = run(&f, &[(0, A), (10 * MIN, B), (11 * MIN, D)], 0);
+    assert_eq!(summary(&closed), vec![(Outcome::Converted, 4, 0, 11 * MIN)]);
+}
+
+#[test]
+fn deploy_file_commented_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/funnels.toml");
+    let text = std::fs::read_to_string(path).expect("deploy/funnels.toml");
+    let example: String = text
+        .split("# Example with the other options:\n")
+        .nth(1)
+        .expect("the example")
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let f = one(&example);
+    assert_eq!((f.name.as_str(), f.order), ("pro_upgrade", Order::Strict));
+    assert!(f.steps[1].optional);
+    assert_eq!(f.steps[2].within_ms, Some(600_000));
+}
+
+#[test]
+fn a_funnel_without_the_newer_options_serializes_as_before_them() {
+    // The shape `journey/remap.rs` fingerprints: {name, window_ms, steps: [{event,
+    // filters: [[key, value]]}]}, as before order, optional, within_secs, exclude and the
+    // non-equality conditions existed; upgrading must not mark such a funnel changed.
+    let f = one(r#"[[funnel]]
+           name = "pro"
+           window_secs = 60
+           steps = [{ event = "Pricing Viewed" }, { event = "Plan Selected", where = { plan = "pro", seats = 5 } }]"#);
+    assert_eq!(
+        serde_json::to_string(&f).unwrap(),
+        r#"{"name":"pro","window_ms":60000,"steps":[{"event":"Pricing Viewed","filters":[]},{"event":"Plan Selected","filters":[["plan","pro"],["seats",5]]}]}"#
+    );
+    // The options, when used, are part of it.
+    let g = one(r#"[[funnel]]
+           name = "pro"
+           order = "strict"
+           window_secs = 60
+           steps = [{ event = "A" }, { event = "B", optional = true, within_secs = 5,
+                      where = { n = { ">" = 1, in = [1, 2] }, t = { exists = true } } }, { event = "C" }]
+           exclude = [{ event = "X", between = [1, 3] }]"#);
+    assert_eq!(
+        serde_json::to_string(&g).unwrap(),
+        r#"{"name":"pro","window_ms":60000,"order":"strict","steps":[{"event":"A","filters":[]},{"event":"B","filters":[["n",{">":1.0}],["n",{"in":[1,2]}],["t",{"exists":true}]],"optional":true,"within_ms":5000},{"event":"C","filters":[]}],"exclude":[{"event":"X","filters":[],"from":1,"to":3}]}"#
     );
 }
