@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value};
 use touchstream_core::is_placeholder_id;
 use touchstream_journey::columns::secs;
 use touchstream_journey::{
-    Catalog, FunnelAttemptRow, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage,
-    JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, MessageType, Outcome, Properties,
-    SessionRow,
+    Catalog, FunnelAttemptRow, FunnelOpenAttemptRow, FunnelSet, IdentityConfig, IdentityOutput,
+    IdentityStage, JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, MessageType, Outcome,
+    Properties, SessionRow,
 };
 
 const MIN: i64 = 60_000;
@@ -155,6 +155,7 @@ struct Tables {
     touchpoints: BTreeMap<String, (u64, String, String, bool)>,
     sessions: BTreeMap<String, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
+    open_attempts: BTreeMap<String, FunnelOpenAttemptRow>,
 }
 
 impl Tables {
@@ -183,6 +184,19 @@ impl Tables {
             }
             self.attempts.insert(r.attempt_id.clone(), r);
         }
+        for r in out.open_attempts {
+            if let Some(old) = self.open_attempts.get(&r.attempt_id) {
+                assert!(
+                    r.version > old.version,
+                    "open attempt version went back: {r:?}"
+                );
+                assert_eq!(
+                    r.started_at, old.started_at,
+                    "tombstone in another partition"
+                );
+            }
+            self.open_attempts.insert(r.attempt_id.clone(), r);
+        }
     }
 
     fn live_sessions(&self) -> BTreeMap<String, SessionRow> {
@@ -193,6 +207,22 @@ impl Tables {
                 (
                     k.clone(),
                     SessionRow {
+                        version: 0,
+                        ..r.clone()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn live_open_attempts(&self) -> BTreeMap<String, FunnelOpenAttemptRow> {
+        self.open_attempts
+            .iter()
+            .filter(|(_, r)| !r.is_deleted)
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    FunnelOpenAttemptRow {
                         version: 0,
                         ..r.clone()
                     },
@@ -257,6 +287,9 @@ struct Expected {
     touchpoints: BTreeMap<String, (String, String, bool)>,
     sessions: BTreeMap<String, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
+    /// Attempts still open once every event is in (the release frontier at the newest
+    /// event time).
+    open_attempts: BTreeMap<String, FunnelOpenAttemptRow>,
 }
 
 fn real(id: &Option<String>) -> Option<&str> {
@@ -332,6 +365,7 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
     let funnels = funnels();
     let mut sessions = BTreeMap::new();
     let mut attempts = BTreeMap::new();
+    let mut open_attempts = BTreeMap::new();
     for (c, events) in &mut per_customer {
         events.sort_by(|a, b| (a.event_time_ms, &a.event_id).cmp(&(b.event_time_ms, &b.event_id)));
         let mut groups: Vec<Vec<&JourneyEvent>> = Vec::new();
@@ -435,6 +469,28 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
                 let deadline = steps[0].event_time_ms + f.window_ms;
                 if watermark > deadline {
                     close(steps, Outcome::Dropped, deadline);
+                } else {
+                    let id = hex_id(&[&f.name, c, &steps[0].event_id]);
+                    let last = steps[steps.len() - 1].event_time_ms;
+                    open_attempts.insert(
+                        id.clone(),
+                        FunnelOpenAttemptRow {
+                            attempt_id: id,
+                            funnel: f.name.clone(),
+                            customer_id: c.clone(),
+                            started_at: secs(steps[0].event_time_ms),
+                            start_ms: steps[0].event_time_ms,
+                            reached_step: steps.len() as u8,
+                            total_steps: f.steps.len() as u8,
+                            reached_ms: last,
+                            due_at: secs(deadline),
+                            due_ms: deadline,
+                            step_times_ms: steps.iter().map(|e| e.event_time_ms).collect(),
+                            step_event_ids: steps.iter().map(|e| e.event_id.clone()).collect(),
+                            is_deleted: false,
+                            version: 0,
+                        },
+                    );
                 }
             }
         }
@@ -443,6 +499,7 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
         touchpoints,
         sessions,
         attempts,
+        open_attempts,
     }
 }
 
@@ -460,6 +517,7 @@ fn check(log: &[JourneyEvent], horizon_secs: Option<u64>) -> Result<(), TestCase
     prop_assert_eq!(got_tp, want.touchpoints);
     prop_assert_eq!(got.live_sessions(), want.sessions);
     prop_assert_eq!(got.live_attempts(), want.attempts);
+    prop_assert_eq!(got.live_open_attempts(), want.open_attempts);
     Ok(())
 }
 

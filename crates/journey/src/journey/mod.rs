@@ -2,7 +2,8 @@
 //!
 //! Input: [`RoutedEvent`]s and [`Retract`]s from stage 1, in the order of one partition
 //! of the repartition topic, each with that topic's offset ordinal as `seq`. Output:
-//! rows for `touchpoints`, `sessions` and `funnel_attempts`, collected until
+//! rows for `touchpoints`, `sessions`, `funnel_attempts` and `funnel_open_attempts`
+//! (attempts still open at the release frontier), collected until
 //! [`JourneyStage::take_output`].
 //!
 //! Order: the partition watermark is the newest event time seen. Events wait in a reorder
@@ -28,6 +29,7 @@ pub(crate) mod catalog;
 mod customer;
 mod emit;
 pub(crate) mod funnel;
+mod open;
 mod output;
 mod remap;
 pub(crate) mod rows;
@@ -49,6 +51,7 @@ pub use backfill::StoredAttempt;
 use buffer::Buffer;
 use customer::{Customer, LiveRow, Names, SavedCustomer};
 use emit::Scratch;
+pub use open::OpenAttemptCount;
 use output::Output;
 use remap::SavedFunnel;
 pub use remap::{funnel_fingerprint, FunnelChange, FunnelChangeKind};
