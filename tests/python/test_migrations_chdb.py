@@ -13,7 +13,8 @@ import chdb.session
 
 BIN = os.environ.get("TS_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/touchstream"))
 TABLES = {"events", "touchpoint_journey", "processor_state", "touchpoints", "identities", "identity_conflicts", "sessions", "funnel_attempts",
-          "funnel_step_minute", "touchpoints_daily"}
+          "funnel_step_minute", "touchpoints_daily", "funnel_open_attempts", "funnel_entry_cohort_day",
+          "funnel_entry_cohort_hour"}
 
 
 def plan(version, database):
@@ -55,6 +56,18 @@ def test_migrations_apply_twice_on_current_clickhouse():
         rows = sess.query("SELECT step, reached, dropped FROM ts_chdb.funnel_step_minute ORDER BY step",
                           "CSV").bytes().decode().split()
         assert rows == ["1,1,0", "2,1,1"], rows
+        # It and an open attempt of the same start day flow into the entry-cohort views.
+        sess.query("INSERT INTO ts_chdb.funnel_open_attempts (attempt_id, funnel, customer_id, started_at, "
+                   "reached_step, total_steps, version) VALUES "
+                   "('a2','web_checkout','c2','2026-11-25 10:00:00',1,4,1)")
+        sess.query("ALTER TABLE ts_chdb.funnel_attempts UPDATE started_at = '2026-11-25 09:59:00' "
+                   "WHERE attempt_id = 'a1' SETTINGS mutations_sync = 1")
+        day = sess.query("SELECT step, reached, dropped, converted, open "
+                         "FROM ts_chdb.funnel_entry_cohort_day ORDER BY step", "CSV").bytes().decode().split()
+        assert day == ["1,2,0,0,1", "2,1,1,0,0"], day
+        hour = sess.query("SELECT toHour(hour), step, reached, open "
+                          "FROM ts_chdb.funnel_entry_cohort_hour ORDER BY hour, step", "CSV").bytes().decode().split()
+        assert hour == ["9,1,1,0", "9,2,1,0", "10,1,1,1"], hour
 
 
 def test_18_16_plan_leaves_out_newer_features():

@@ -71,7 +71,7 @@ pub struct ProcessorConfig {
     /// Shares of an open funnel attempt's time from start to due (`due_ms` in
     /// `funnel_open_attempts`) at which it counts as overdue in
     /// `touchstream_processor_funnel_open_attempts_overdue{share=...}` (the
-    /// `ComplaintsAwaitingFollowUp` alert reads `0.5`). Each in (0, 1], at most
+    /// `ComplaintsAwaitingFollowUp` alert reads `0.5` and `0.9`). Each in (0, 1], at most
     /// [`MAX_OVERDUE_SHARES`] (one series per funnel, step and share). An attempt past
     /// 1.0 at the release frontier closes as dropped, so 1.0 counts the ones due right at
     /// the frontier. Default `[0.5, 0.9]`.
