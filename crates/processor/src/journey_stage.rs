@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
@@ -78,7 +79,13 @@ pub struct JourneyState {
     sources: BTreeMap<i32, i64>,
     /// This partition's open-attempt counts in the shared gauges' sum.
     open_slot: OpenSlot,
+    /// When they were last counted ([`OPEN_GAUGE_INTERVAL`]).
+    open_counted_at: Option<Instant>,
 }
+
+/// Open attempts are counted (a walk over every customer of the partition) at most this
+/// often, not at every flush: gauges are scraped every few seconds at most.
+const OPEN_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Serialize, Deserialize)]
 struct SavedJourney {
@@ -119,6 +126,7 @@ impl Stage for Journey {
             corrected_seen: 0,
             sources: BTreeMap::new(),
             open_slot: self.open_slot(),
+            open_counted_at: None,
         }
     }
 
@@ -160,6 +168,7 @@ impl Stage for Journey {
             corrected_seen,
             sources: saved.sources,
             open_slot: self.open_slot(),
+            open_counted_at: None,
         })
     }
 
@@ -299,6 +308,13 @@ impl Journey {
     /// at (all but the last) and every configured share, 0 when none, so the series are
     /// bounded by configuration and an alert sees 0 rather than nothing.
     fn open_gauges(&self, state: &mut JourneyState, partition: i32) {
+        if state
+            .open_counted_at
+            .is_some_and(|at| at.elapsed() < OPEN_GAUGE_INTERVAL)
+        {
+            return;
+        }
+        state.open_counted_at = Some(Instant::now());
         let shares = &self.overdue_shares;
         let counts = state.engine.open_attempts(shares);
         state.open_slot.partition = Some(partition);
