@@ -255,9 +255,12 @@ impl JourneyStage {
         let mut timers = BTreeSet::new();
         let mut customers =
             FastMap::with_capacity_and_hasher(snapshot.customers.len(), FastState::default());
+        let mut out = Output::new(snapshot.version_seq, snapshot.version_n);
         for (id, mut saved) in snapshot.customers {
             if let Some(remap) = &remap {
-                remap.customer(&mut saved);
+                for (funnel, row) in remap.customer(&mut saved) {
+                    out.open_tombstone_named(&id, funnel, &row);
+                }
             }
             let mut customer = Customer::restore(saved, &mut names);
             if let Some(wake) = customer.wake_ms {
@@ -289,7 +292,7 @@ impl JourneyStage {
             timers,
             dirty: Vec::new(),
             names,
-            out: Output::new(snapshot.version_seq, snapshot.version_n),
+            out,
             scratch: Scratch::default(),
             tail_min_events: emit::TAIL_MIN_EVENTS,
             counters: snapshot.counters,

@@ -64,6 +64,9 @@ struct PendingOpen {
     partition_ms: i64,
     /// The attempt and its due time, ms.
     open: Option<(OpenAttempt, i64)>,
+    /// The funnel's name when it is no longer configured (a tombstone after a funnel
+    /// was removed or changed); `None`: today's funnel `funnel`.
+    name: Option<String>,
     version: u64,
 }
 
@@ -268,8 +271,24 @@ impl Output {
             customer: Arc::clone(customer),
             partition_ms,
             open,
+            name: None,
             version,
         }));
+    }
+
+    /// A tombstone for an open-attempt row of a funnel no longer configured (removed, or
+    /// changed: its saved attempts were dropped), under the name it was written with.
+    pub(super) fn open_tombstone_named(
+        &mut self,
+        customer: &Arc<str>,
+        name: String,
+        row: &LiveRow,
+    ) {
+        let funnel = row.funnel.unwrap_or(u16::MAX);
+        self.open_attempt(customer, funnel, row.key, row.partition_ms, None);
+        if let Some(Some(pending)) = self.open_attempts.last_mut() {
+            pending.name = Some(name);
+        }
     }
 
     /// A tombstone for a row this partition wrote: same key and partition time.
@@ -439,8 +458,14 @@ fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
 }
 
 fn open_attempt_row(funnels: &FunnelSet, a: PendingOpen) -> FunnelOpenAttemptRow {
-    let funnel = funnels.funnels().get(usize::from(a.funnel));
-    let name = funnel.map(|f| f.name.clone()).unwrap_or_default();
+    let funnel = funnels
+        .funnels()
+        .get(usize::from(a.funnel))
+        .filter(|_| a.name.is_none());
+    let name = match a.name {
+        Some(name) => name,
+        None => funnel.map(|f| f.name.clone()).unwrap_or_default(),
+    };
     let total_steps = funnel.map_or(0, |f| u8::try_from(f.steps.len()).unwrap_or(u8::MAX));
     let customer_id = a.customer.as_ref().to_owned();
     match a.open {
