@@ -12,9 +12,12 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 14] = [
     "events",
     "funnel_attempts",
+    "funnel_entry_cohort_day",
+    "funnel_entry_cohort_hour",
+    "funnel_open_attempts",
     "funnel_step_minute",
     "identities",
     "identity_conflicts",
@@ -102,6 +105,50 @@ async fn migrations_create_tables_and_are_idempotent() {
         customer, "c2",
         "ReplacingMergeTree keeps the highest version"
     );
+
+    // Entry cohorts: closed attempts by the day they started, plus the open ones; an
+    // open attempt's newest row being a tombstone takes it out.
+    client
+        .query(
+            "INSERT INTO funnel_attempts (attempt_id, funnel, started_at, closed_at, outcome, \
+             reached_step, total_steps, version) VALUES \
+             ('a1', 'f', '2026-11-25 10:00:00', '2026-11-26 09:00:00', 'dropped', 2, 3, 1), \
+             ('a2', 'f', '2026-11-25 11:00:00', '2026-11-25 11:30:00', 'converted', 3, 3, 1)",
+        )
+        .execute()
+        .await
+        .expect("insert attempts");
+    client
+        .query(
+            "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
+             total_steps, is_deleted, version) VALUES \
+             ('a3', 'f', '2026-11-25 12:00:00', 1, 3, 0, 1), \
+             ('a4', 'f', '2026-11-25 12:00:00', 2, 3, 0, 1), \
+             ('a4', 'f', '2026-11-25 12:00:00', 0, 3, 1, 2)",
+        )
+        .execute()
+        .await
+        .expect("insert open attempts");
+    let cohorts = client
+        .query(
+            "SELECT step, reached, dropped, converted, open FROM funnel_entry_cohort_day \
+             WHERE day = '2026-11-25' ORDER BY step FORMAT TSV",
+        )
+        .fetch_bytes("TSV")
+        .expect("cohorts")
+        .collect()
+        .await
+        .expect("cohort rows");
+    assert_eq!(
+        String::from_utf8_lossy(&cohorts),
+        "1\t3\t0\t1\t1\n2\t2\t1\t1\t0\n3\t1\t0\t1\t0\n"
+    );
+    let hours: u64 = client
+        .query("SELECT count() FROM funnel_entry_cohort_hour WHERE step = 1")
+        .fetch_one()
+        .await
+        .expect("hours");
+    assert_eq!(hours, 3, "one row per start hour");
 
     support::drop_database(&cfg).await;
 }

@@ -601,6 +601,34 @@ async fn generated_log_through_collector_and_two_processors() {
         run("3_complaint_followup_delay.sql").await,
         format!("{n}\t118\t118")
     );
+    // Entry cohorts: the same attempts by the day they started. Summed over the days
+    // (the log may cross midnight) they match the close-time numbers; none is open.
+    let cohorts = run("7_funnel_entry_cohort.sql").await;
+    let mut by_step: BTreeMap<(String, u32), [u64; 4]> = BTreeMap::new();
+    for line in cohorts.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f.len(), 8, "{line}");
+        let sums = by_step
+            .entry((f[0].to_string(), f[2].parse().expect("step")))
+            .or_default();
+        for (sum, v) in sums.iter_mut().zip(&f[3..7]) {
+            *sum += v.parse::<u64>().expect("count");
+        }
+    }
+    let n = n as u64;
+    let want: BTreeMap<(String, u32), [u64; 4]> = [
+        ("service_recovery", 1, [n, 0, n, 0]),
+        ("service_recovery", 2, [n, 0, n, 0]),
+        ("service_recovery", 3, [n, 0, n, 0]),
+        ("web_checkout", 1, [3 * n, n, n, 0]),
+        ("web_checkout", 2, [2 * n, n, n, 0]),
+        ("web_checkout", 3, [n, 0, n, 0]),
+        ("web_checkout", 4, [n, 0, n, 0]),
+    ]
+    .into_iter()
+    .map(|(f, s, v)| ((f.to_string(), s), v))
+    .collect();
+    assert_eq!(by_step, want, "{cohorts}");
     let journey = run("4_customer_journey.sql").await;
     let events: Vec<&str> = journey
         .lines()

@@ -88,6 +88,7 @@ def test_required_panels_exist(dashboard):
         "touchstream:complaints:rate10m",
         "touchstream:funnel_step_delay_seconds:p50_1h",
         "touchstream:funnel_step_delay_seconds:p90_1h",
+        "touchstream:funnel_open_attempts_overdue:sum",
         "sum by (stage) (rate(touchstream_processor_touchpoints_total",
         "sum by (channel) (rate(touchstream_processor_touchpoints_total",
         "touchstream_collector_events_total",

@@ -13,7 +13,8 @@ import chdb.session
 
 BIN = os.environ.get("TS_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/touchstream"))
 TABLES = {"events", "touchpoint_journey", "processor_state", "touchpoints", "identities", "identity_conflicts", "sessions", "funnel_attempts",
-          "funnel_step_minute", "touchpoints_daily"}
+          "funnel_step_minute", "touchpoints_daily", "funnel_open_attempts", "funnel_entry_cohort_day",
+          "funnel_entry_cohort_hour"}
 
 
 def plan(version, database):
@@ -58,6 +59,20 @@ def test_migrations_apply_twice_on_current_clickhouse():
         rows = sess.query("SELECT step, reached, dropped FROM ts_chdb.funnel_step_minute ORDER BY step",
                           "CSV").bytes().decode().split()
         assert rows == ["1,2,0", "2,1,1", "3,1,1"], rows
+        # The closed attempts and an open one flow into the entry-cohort views, which leave
+        # out the excluded attempt and the skipped step the same way.
+        sess.query("INSERT INTO ts_chdb.funnel_open_attempts (attempt_id, funnel, customer_id, started_at, "
+                   "reached_step, total_steps, step_event_ids, version) VALUES "
+                   "('o1','web_checkout','c4','2026-11-25 10:00:00',1,4,['e7'],1)")
+        sess.query("ALTER TABLE ts_chdb.funnel_attempts UPDATE started_at = "
+                   "if(attempt_id = 'a1', toDateTime('2026-11-25 09:59:00'), toDateTime('2026-11-25 10:00:00')) "
+                   "WHERE 1 SETTINGS mutations_sync = 1")
+        day = sess.query("SELECT step, reached, dropped, converted, open "
+                         "FROM ts_chdb.funnel_entry_cohort_day ORDER BY step", "CSV").bytes().decode().split()
+        assert day == ["1,3,0,0,1", "2,1,1,0,0", "3,1,1,0,0"], day
+        hour = sess.query("SELECT toHour(hour), step, reached, open "
+                          "FROM ts_chdb.funnel_entry_cohort_hour ORDER BY hour, step", "CSV").bytes().decode().split()
+        assert hour == ["9,1,1,0", "9,2,1,0", "10,1,2,1", "10,3,1,0"], hour
 
 
 def test_18_16_plan_leaves_out_newer_features():

@@ -16,10 +16,12 @@ RULES = os.path.join(ROOT, "deploy/prometheus/rules/touchstream.yml")
 BOUNDED_LABELS = {
     "funnel", "step", "stage", "topic", "partition", "table", "kind", "le",
     "outcome", "reason", "event", "channel", "endpoint", "status", "cause",
+    # processor.open_attempt_overdue_shares: at most 8 values.
+    "share",
 }
 ALERTS = {
     "FunnelStepDropoffSpike", "ComplaintSpike", "FollowUpSlaBreach",
-    "ComplaintsNotFollowedUp", "ConsumerLagGrowing", "CollectorSilent",
+    "ComplaintsNotFollowedUp", "ComplaintsAwaitingFollowUp", "ConsumerLagGrowing", "CollectorSilent",
     "CollectorHighRejectionShare", "CollectorBrokerErrors", "ClickHouseInsertFailures",
 }
 

@@ -30,10 +30,12 @@ pub use identity::{
 };
 pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
 pub use journey::funnel::{Exclusion, Filter, Funnel, FunnelSet, Order, Outcome, Step, MAX_STEPS};
-pub use journey::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+pub use journey::rows::{
+    FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow, TouchpointRow,
+};
 pub use journey::{
     funnel_fingerprint, FunnelChange, FunnelChangeKind, JourneyConfig, JourneyCounters,
-    JourneySnapshot, JourneySnapshotRef, JourneyStage, StoredAttempt,
+    JourneySnapshot, JourneySnapshotRef, JourneyStage, OpenAttemptCount, StoredAttempt,
 };
 
 /// Why journey configuration could not be loaded. Always permanent: fix the file.

@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value};
 use touchstream_core::is_placeholder_id;
 use touchstream_journey::columns::secs;
 use touchstream_journey::{
-    Catalog, Filter, Funnel, FunnelAttemptRow, FunnelSet, IdentityConfig, IdentityOutput,
-    IdentityStage, JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage, MessageType, Order,
-    Outcome, Properties, SessionRow,
+    Catalog, Filter, Funnel, FunnelAttemptRow, FunnelOpenAttemptRow, FunnelSet, IdentityConfig,
+    IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent, JourneyOutput, JourneyStage,
+    MessageType, Order, Outcome, Properties, SessionRow,
 };
 
 const MIN: i64 = 60_000;
@@ -185,6 +185,7 @@ struct Tables {
     touchpoints: BTreeMap<String, (u64, String, String, bool)>,
     sessions: BTreeMap<String, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
+    open_attempts: BTreeMap<String, FunnelOpenAttemptRow>,
 }
 
 impl Tables {
@@ -213,6 +214,19 @@ impl Tables {
             }
             self.attempts.insert(r.attempt_id.clone(), r);
         }
+        for r in out.open_attempts {
+            if let Some(old) = self.open_attempts.get(&r.attempt_id) {
+                assert!(
+                    r.version > old.version,
+                    "open attempt version went back: {r:?}"
+                );
+                assert_eq!(
+                    r.started_at, old.started_at,
+                    "tombstone in another partition"
+                );
+            }
+            self.open_attempts.insert(r.attempt_id.clone(), r);
+        }
     }
 
     fn live_sessions(&self) -> BTreeMap<String, SessionRow> {
@@ -223,6 +237,22 @@ impl Tables {
                 (
                     k.clone(),
                     SessionRow {
+                        version: 0,
+                        ..r.clone()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn live_open_attempts(&self) -> BTreeMap<String, FunnelOpenAttemptRow> {
+        self.open_attempts
+            .iter()
+            .filter(|(_, r)| !r.is_deleted)
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    FunnelOpenAttemptRow {
                         version: 0,
                         ..r.clone()
                     },
@@ -287,6 +317,9 @@ struct Expected {
     touchpoints: BTreeMap<String, (String, String, bool)>,
     sessions: BTreeMap<String, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
+    /// Attempts still open once every event is in (the release frontier at the newest
+    /// event time).
+    open_attempts: BTreeMap<String, FunnelOpenAttemptRow>,
 }
 
 fn real(id: &Option<String>) -> Option<&str> {
@@ -362,6 +395,7 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
     let funnels = funnels();
     let mut sessions = BTreeMap::new();
     let mut attempts = BTreeMap::new();
+    let mut open_attempts = BTreeMap::new();
     for (c, events) in &mut per_customer {
         events.sort_by(|a, b| (a.event_time_ms, &a.event_id).cmp(&(b.event_time_ms, &b.event_id)));
         let mut groups: Vec<Vec<&JourneyEvent>> = Vec::new();
@@ -402,13 +436,14 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
             );
         }
         for f in funnels.funnels() {
-            attempts_of(f, c, events, watermark, &mut attempts);
+            attempts_of(f, c, events, watermark, &mut attempts, &mut open_attempts);
         }
     }
     Expected {
         touchpoints,
         sessions,
         attempts,
+        open_attempts,
     }
 }
 
@@ -451,6 +486,7 @@ fn attempts_of(
     events: &[&JourneyEvent],
     watermark: i64,
     attempts: &mut BTreeMap<String, FunnelAttemptRow>,
+    open_attempts: &mut BTreeMap<String, FunnelOpenAttemptRow>,
 ) {
     let n = f.steps.len();
     let step = |e: &JourneyEvent, k: usize| named(e, &f.steps[k].event, &f.steps[k].filters);
@@ -469,8 +505,9 @@ fn attempts_of(
             .within_ms
             .map_or(window, |w| window.min(last.event_time_ms + w))
     };
-    let mut close = |a: Att<'_>, outcome, closed_ms| {
-        let (times, ids): (Vec<i64>, Vec<String>) = if f.order == Order::Any {
+    // Step times and ids as rows hold them (a skipped optional step: 0 and '').
+    let layout = |a: &Att<'_>| -> (Vec<i64>, Vec<String>) {
+        if f.order == Order::Any {
             a.iter()
                 .map(|(_, e)| (e.event_time_ms, e.event_id.clone()))
                 .unzip()
@@ -482,7 +519,10 @@ fn attempts_of(
                     None => (0, String::new()),
                 })
                 .unzip()
-        };
+        }
+    };
+    let mut close = |a: Att<'_>, outcome, closed_ms| {
+        let (times, ids) = layout(&a);
         let first = a[0].1;
         let id = hex_id(&[&f.name, customer, &first.event_id]);
         attempts.insert(
@@ -573,6 +613,30 @@ fn attempts_of(
         let dl = deadline(&a);
         if watermark > dl {
             close(a, Outcome::Dropped, dl);
+        } else {
+            // Still open at the frontier: a `funnel_open_attempts` row.
+            let (times, ids) = layout(&a);
+            let first = a[0].1;
+            let id = hex_id(&[&f.name, customer, &first.event_id]);
+            open_attempts.insert(
+                id.clone(),
+                FunnelOpenAttemptRow {
+                    attempt_id: id,
+                    funnel: f.name.clone(),
+                    customer_id: customer.to_owned(),
+                    started_at: secs(first.event_time_ms),
+                    start_ms: first.event_time_ms,
+                    reached_step: times.len() as u8,
+                    total_steps: n as u8,
+                    reached_ms: a[a.len() - 1].1.event_time_ms,
+                    due_at: secs(dl),
+                    due_ms: dl,
+                    step_times_ms: times,
+                    step_event_ids: ids,
+                    is_deleted: false,
+                    version: 0,
+                },
+            );
         }
     }
 }
@@ -591,6 +655,7 @@ fn check(log: &[JourneyEvent], horizon_secs: Option<u64>) -> Result<(), TestCase
     prop_assert_eq!(got_tp, want.touchpoints);
     prop_assert_eq!(got.live_sessions(), want.sessions);
     prop_assert_eq!(got.live_attempts(), want.attempts);
+    prop_assert_eq!(got.live_open_attempts(), want.open_attempts);
     Ok(())
 }
 

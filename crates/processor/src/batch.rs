@@ -7,7 +7,8 @@ use std::pin::Pin;
 
 use crate::store::Store;
 use crate::tables::{
-    events, funnel_attempts, identities, identity_conflicts, sessions, touchpoint_journey, Table,
+    events, funnel_attempts, funnel_open_attempts, identities, identity_conflicts, sessions,
+    touchpoint_journey, Table,
 };
 use crate::ProcessorError;
 
@@ -66,6 +67,7 @@ tables! {
     touchpoint_journey::TouchpointJourney,
     sessions::Sessions,
     funnel_attempts::FunnelAttempts,
+    funnel_open_attempts::FunnelOpenAttempts,
 }
 
 impl Rows {

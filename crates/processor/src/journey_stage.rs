@@ -1,19 +1,21 @@
 //! Stage 2: sessions, journeys and funnels, partitioned by customer id
 //! (`touchpoints.by_customer`).
 //!
-//! Reads routed JSON from stage 1; writes `touchpoint_journey`, `sessions` and
-//! `funnel_attempts`; counts funnel outcomes per step for Prometheus. Its input is
+//! Reads routed JSON from stage 1; writes `touchpoint_journey`, `sessions`,
+//! `funnel_attempts` and `funnel_open_attempts`; counts funnel outcomes per step, and
+//! open and overdue attempts per step, for Prometheus. Its input is
 //! repartitioned, so event times from different identity partitions interleave; the
 //! watermark is therefore the minimum of the identity partitions' watermarks, which they
 //! send in-band ([`Routed::Watermark`]), not the newest event time seen here.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
     Catalog, FunnelChangeKind, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage,
-    MessageType, Outcome,
+    MessageType, OpenAttemptCount, Outcome,
 };
 
 use crate::batch::Batch;
@@ -36,8 +38,33 @@ pub struct Journey {
     /// Partitions of the identity stage's input (`touchpoints.raw`): the watermark waits
     /// for all of them.
     pub source_partitions: i32,
+    /// `processor.open_attempt_overdue_shares`: the `share` labels of the overdue gauge.
+    pub overdue_shares: Vec<f64>,
+    /// Each held partition's open-attempt counts, summed into the gauges.
+    pub open_counts: Arc<OpenCounts>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+}
+
+/// Open-attempt counts per journey partition this process holds, as of each partition's
+/// last flush: the gauges are their sum, and a partition's entry goes with its state
+/// (revoked or restarted), so a partition moved to another process is not counted twice.
+#[derive(Debug, Default)]
+pub struct OpenCounts(Mutex<BTreeMap<i32, Vec<OpenAttemptCount>>>);
+
+/// A partition's entry in [`OpenCounts`], removed when its state is dropped.
+struct OpenSlot {
+    counts: Arc<OpenCounts>,
+    partition: Option<i32>,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        if let Some(p) = self.partition {
+            let mut all = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+            all.remove(&p);
+        }
+    }
 }
 
 /// Per-partition state: the engine plus metric bookkeeping (not snapshotted).
@@ -50,7 +77,15 @@ pub struct JourneyState {
     corrected_seen: u64,
     /// Watermark of each identity-stage partition, ms.
     sources: BTreeMap<i32, i64>,
+    /// This partition's open-attempt counts in the shared gauges' sum.
+    open_slot: OpenSlot,
+    /// When they were last counted ([`OPEN_GAUGE_INTERVAL`]).
+    open_counted_at: Option<Instant>,
 }
+
+/// Open attempts are counted (a walk over every customer of the partition) at most this
+/// often, not at every flush: gauges are scraped every few seconds at most.
+const OPEN_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Serialize, Deserialize)]
 struct SavedJourney {
@@ -109,6 +144,8 @@ impl Stage for Journey {
             late_seen: 0,
             corrected_seen: 0,
             sources: BTreeMap::new(),
+            open_slot: self.open_slot(),
+            open_counted_at: None,
         }
     }
 
@@ -149,6 +186,8 @@ impl Stage for Journey {
             late_seen,
             corrected_seen,
             sources: saved.sources,
+            open_slot: self.open_slot(),
+            open_counted_at: None,
         })
     }
 
@@ -284,11 +323,78 @@ impl Stage for Journey {
                 Outcome::Excluded => {}
             }
         }
+        self.open_gauges(state, partition);
         batch.rows.funnel_attempts.extend(out.attempts);
+        batch.rows.funnel_open_attempts.extend(out.open_attempts);
         batch.rows.touchpoint_journey.extend(out.touchpoints);
         batch.rows.sessions.extend(out.sessions);
     }
 }
+impl Journey {
+    fn open_slot(&self) -> OpenSlot {
+        OpenSlot {
+            counts: Arc::clone(&self.open_counts),
+            partition: None,
+        }
+    }
+
+    /// Count the partition's open attempts at its release frontier and set the gauges to
+    /// the sum over the partitions held: every funnel, every step an attempt can be open
+    /// at (all but the last) and every configured share, 0 when none, so the series are
+    /// bounded by configuration and an alert sees 0 rather than nothing.
+    fn open_gauges(&self, state: &mut JourneyState, partition: i32) {
+        if state
+            .open_counted_at
+            .is_some_and(|at| at.elapsed() < OPEN_GAUGE_INTERVAL)
+        {
+            return;
+        }
+        state.open_counted_at = Some(Instant::now());
+        let shares = &self.overdue_shares;
+        let counts = state.engine.open_attempts(shares);
+        state.open_slot.partition = Some(partition);
+        let funnels = self.funnels.funnels();
+        let mut totals: Vec<Vec<(u64, Vec<u64>)>> = funnels
+            .iter()
+            .map(|f| vec![(0, vec![0; shares.len()]); f.steps.len().saturating_sub(1)])
+            .collect();
+        {
+            let mut all = self
+                .open_counts
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            all.insert(partition, counts);
+            for c in all.values().flatten() {
+                let step = usize::from(c.step).saturating_sub(1);
+                let Some(total) = totals.get_mut(c.funnel).and_then(|f| f.get_mut(step)) else {
+                    continue;
+                };
+                total.0 += c.open;
+                for (sum, n) in total.1.iter_mut().zip(&c.overdue) {
+                    *sum += n;
+                }
+            }
+        }
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (funnel, steps) in funnels.iter().zip(&totals) {
+            for (i, (open, overdue)) in steps.iter().enumerate() {
+                let step = (i + 1).to_string();
+                self.metrics
+                    .funnel_open_attempts
+                    .with_label_values(&[&funnel.name, &step])
+                    .set(gauge(*open));
+                for (share, n) in shares.iter().zip(overdue) {
+                    self.metrics
+                        .funnel_open_attempts_overdue
+                        .with_label_values(&[&funnel.name, &step, &share.to_string()])
+                        .set(gauge(*n));
+                }
+            }
+        }
+    }
+}
+
 /// Add to the journey stage's `counter` what the engine's `total` gained since `seen`
 /// (the engine's counters are totals, restored with its snapshot).
 fn add_since(counter: &prometheus::IntCounterVec, total: u64, seen: &mut u64) {

@@ -211,6 +211,8 @@ pub async fn run(
         catalog,
         funnels,
         source_partitions,
+        overdue_shares: pc.open_attempt_overdue_shares.clone(),
+        open_counts: Arc::default(),
         metrics: metrics.clone(),
     };
     for (stage, topics) in [

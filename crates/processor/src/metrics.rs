@@ -45,6 +45,12 @@ pub struct Metrics {
     pub watermark_seconds: IntGaugeVec,
     /// Journey events held for the watermark, per partition.
     pub buffered_events: IntGaugeVec,
+    /// Funnel attempts open at the release frontier, by funnel and step reached (every
+    /// step but the last, 0 when none; summed over the partitions this process holds).
+    pub funnel_open_attempts: IntGaugeVec,
+    /// Of those, the ones that used at least `share` of their time from start to due, by
+    /// funnel, step and share (`processor.open_attempt_overdue_shares`).
+    pub funnel_open_attempts_overdue: IntGaugeVec,
     /// Touchpoints by event name (catalog events only; others by kind or `other`), stage
     /// and channel: complaint spikes and channel mix for dashboards.
     pub touchpoints: IntCounterVec,
@@ -154,6 +160,22 @@ impl Metrics {
             &["partition"],
         )?;
         registry.register(Box::new(buffered_events.clone()))?;
+        let funnel_open_attempts = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_funnel_open_attempts",
+                "Funnel attempts open at the release frontier, by step reached",
+            ),
+            &["funnel", "step"],
+        )?;
+        registry.register(Box::new(funnel_open_attempts.clone()))?;
+        let funnel_open_attempts_overdue = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_funnel_open_attempts_overdue",
+                "Open funnel attempts that used at least `share` of their time from start to due",
+            ),
+            &["funnel", "step", "share"],
+        )?;
+        registry.register(Box::new(funnel_open_attempts_overdue.clone()))?;
         let batch_rows = HistogramVec::new(
             HistogramOpts::new(
                 "touchstream_processor_batch_rows",
@@ -191,6 +213,8 @@ impl Metrics {
             funnel_converted,
             watermark_seconds,
             buffered_events,
+            funnel_open_attempts,
+            funnel_open_attempts_overdue,
             touchpoints,
             step_delay_seconds,
         }))

@@ -113,7 +113,12 @@ impl Config {
     /// The checks serde cannot express (ranges, unique write keys, known channels), each
     /// section's in its own module, in section order.
     fn validate(&self) -> Result<(), ConfigError> {
-        match self.kafka.problem().or_else(|| self.collector.problem()) {
+        let problem = self
+            .kafka
+            .problem()
+            .or_else(|| self.collector.problem())
+            .or_else(|| self.processor.problem());
+        match problem {
             Some(message) => Err(ConfigError::Invalid {
                 origin: None,
                 message,
@@ -272,6 +277,16 @@ mod tests {
                 "[collector.route_aliases]\n\"/t/b\" = \"/elsewhere\"\n",
                 vec![],
                 "route_aliases",
+            ),
+            (
+                "[processor]\nopen_attempt_overdue_shares = [0.5, 1.5]\n",
+                vec![],
+                "1.5 is not in (0, 1]",
+            ),
+            (
+                "",
+                vec![("TOUCHSTREAM__PROCESSOR__OPEN_ATTEMPT_OVERDUE_SHARES", "[0]")],
+                "open_attempt_overdue_shares",
             ),
         ] {
             let e = Config::from_toml_and_env(text, Some("f.toml".into()), &env(&envs))

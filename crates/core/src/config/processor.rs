@@ -68,6 +68,34 @@ pub struct ProcessorConfig {
     /// often, ms; without it the buffers of a burst or a backlog stay resident (see
     /// `touchstream_core::memory`). 0 turns it off. Default 5000.
     pub release_memory_ms: u64,
+    /// Shares of an open funnel attempt's time from start to due (`due_ms` in
+    /// `funnel_open_attempts`) at which it counts as overdue in
+    /// `touchstream_processor_funnel_open_attempts_overdue{share=...}` (the
+    /// `ComplaintsAwaitingFollowUp` alert reads `0.5` and `0.9`). Each in (0, 1], at most
+    /// [`MAX_OVERDUE_SHARES`] (one series per funnel, step and share). An attempt past
+    /// 1.0 at the release frontier closes as dropped, so 1.0 counts the ones due right at
+    /// the frontier. Default `[0.5, 0.9]`.
+    pub open_attempt_overdue_shares: Vec<f64>,
+}
+
+/// Most entries in `open_attempt_overdue_shares`: keeps the gauge's series bounded.
+pub const MAX_OVERDUE_SHARES: usize = 8;
+
+impl ProcessorConfig {
+    /// Range checks serde cannot express.
+    pub(super) fn problem(&self) -> Option<String> {
+        let shares = &self.open_attempt_overdue_shares;
+        if shares.len() > MAX_OVERDUE_SHARES {
+            return Some(format!(
+                "processor.open_attempt_overdue_shares: at most {MAX_OVERDUE_SHARES} shares, got {}",
+                shares.len()
+            ));
+        }
+        shares
+            .iter()
+            .find(|s| !(**s > 0.0 && **s <= 1.0))
+            .map(|s| format!("processor.open_attempt_overdue_shares: {s} is not in (0, 1]"))
+    }
 }
 
 impl Default for ProcessorConfig {
@@ -88,6 +116,7 @@ impl Default for ProcessorConfig {
             restart_backoff_ms: 1000,
             instance_id: String::new(),
             release_memory_ms: 5000,
+            open_attempt_overdue_shares: vec![0.5, 0.9],
         }
     }
 }

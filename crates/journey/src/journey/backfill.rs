@@ -142,6 +142,7 @@ impl JourneyStage {
                     closed_by_ms: 0,
                     funnel: Some(fi),
                     open: false,
+                    open_step: 0,
                 };
                 self.out.tombstone(&id, &row);
                 Some(key)
@@ -196,6 +197,7 @@ impl JourneyStage {
                 closed_by_ms: 0,
                 funnel: Some(fi),
                 open: false,
+                open_step: 0,
             };
             self.out.write_if_changed(&id, &[], &row, Row::Attempt(a));
         }

@@ -19,7 +19,8 @@ pub(super) struct LiveRow {
     pub(super) fingerprint: u64,
     /// Time of the event whose replay step closed the row (a session: the event that
     /// started the next one), unless `open`. The row becomes final once the eviction
-    /// cutoff passes it.
+    /// cutoff passes it. For an open-attempt row: the attempt's `due_ms` (the overdue
+    /// gauge reads it from here, see [`super::JourneyStage::open_attempts`]).
     pub(super) closed_by_ms: i64,
     /// `None` for a session, the funnel index for an attempt.
     pub(super) funnel: Option<u16>,
@@ -27,6 +28,24 @@ pub(super) struct LiveRow {
     /// release frontier closed): new events at the end can change or remove it, while
     /// closed rows stay as they are.
     pub(super) open: bool,
+    /// 0 for sessions and closed attempts; for a `funnel_open_attempts` row (an attempt
+    /// still open at the release frontier, always `open`), the step it reached (1-based).
+    /// Fits in the row's padding: open attempts cost one row each, no extra field.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) open_step: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+impl LiveRow {
+    /// The same ClickHouse row: same table (session, attempt or open attempt) and key.
+    pub(super) fn same(&self, other: &LiveRow) -> bool {
+        self.key == other.key
+            && self.funnel == other.funnel
+            && (self.open_step == 0) == (other.open_step == 0)
+    }
 }
 
 /// One customer's state.

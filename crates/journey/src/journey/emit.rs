@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::output::{Output, Row};
 use super::{Customer, JourneyStage, LiveRow};
 use crate::hash::{fingerprint, Fnv128};
-use crate::journey::funnel::{ClosedAttempt, FunnelSet};
+use crate::journey::funnel::{ClosedAttempt, FunnelSet, OpenAttempt};
 use crate::journey::session::{Machine, Produced, Replayer};
 
 /// Histories at least this long keep their end-of-history machine between recomputes;
@@ -35,8 +35,14 @@ impl Ctx<'_> {
     /// `id128(funnel name, customer, first step event id)`; `None` for an attempt that
     /// cannot become a row.
     pub(super) fn attempt_key(&self, id: &str, a: &ClosedAttempt) -> Option<u128> {
-        let mut h = *self.funnel_keys.get(usize::from(a.funnel))?;
-        let first = a.attempt.steps.first()?;
+        self.open_key(id, a.funnel, &a.attempt)
+    }
+
+    /// The same key for an attempt still open: its `funnel_open_attempts` row and, once
+    /// it closes, its `funnel_attempts` row share one `attempt_id`.
+    fn open_key(&self, id: &str, funnel: u16, a: &OpenAttempt) -> Option<u128> {
+        let mut h = *self.funnel_keys.get(usize::from(funnel))?;
+        let first = a.steps.first()?;
         h.part(id);
         h.part(&first.1);
         Some(h.finish())
@@ -99,7 +105,7 @@ pub(super) struct Scratch {
     /// Row of each produced session, then attempt, as just written.
     rows: Vec<LiveRow>,
     live: Vec<LiveRow>,
-    pairs: Vec<(u128, Option<u16>)>,
+    pairs: Vec<(u128, Option<u16>, bool)>,
 }
 
 /// The customer's machine during a replay: its kept tail, or built from the checkpoint.
@@ -200,6 +206,7 @@ fn replay(
             closed_by_ms: by.unwrap_or(0),
             funnel: None,
             open: by.is_none(),
+            open_step: 0,
         };
         out.write_if_changed(id, &c.live, &row, Row::Session(s));
         rows.push(row);
@@ -215,8 +222,46 @@ fn replay(
             closed_by_ms: by.unwrap_or(0),
             funnel: Some(a.funnel),
             open: by.is_none(),
+            open_step: 0,
         };
         out.write_if_changed(id, &c.live, &row, Row::Attempt(a));
+        rows.push(row);
+    }
+    // Attempts still open at the frontier: their `funnel_open_attempts` rows. Always
+    // `open` (the next event or the frontier may advance or close them), so every replay
+    // produces them again and the loop below tombstones the ones that closed or vanished.
+    let machine = m.machine();
+    for &(fi, due_ms) in &p.open_attempts {
+        let Some(open) = machine
+            .attempts
+            .get(usize::from(fi))
+            .and_then(|slot| slot.0.as_ref())
+        else {
+            continue;
+        };
+        let Some(key) = ctx.open_key(id, fi, open) else {
+            continue;
+        };
+        let row = LiveRow {
+            key,
+            partition_ms: open.start_ms(),
+            fingerprint: fingerprint(&(due_ms, &open.steps)),
+            closed_by_ms: due_ms,
+            funnel: Some(fi),
+            open: true,
+            open_step: u8::try_from(open.reached()).unwrap_or(u8::MAX).max(1),
+        };
+        let unchanged = c.live.iter().any(|w| {
+            w.same(&row) && w.fingerprint == row.fingerprint && w.partition_ms == row.partition_ms
+        });
+        if !unchanged {
+            let open = Row::Open {
+                funnel: fi,
+                attempt: open.clone(),
+                due_ms,
+            };
+            out.write_if_changed(id, &c.live, &row, open);
+        }
         rows.push(row);
     }
     // Rows written before that this replay no longer produces. On the tail path the
@@ -225,10 +270,7 @@ fn replay(
         if fast && !old.open {
             continue;
         }
-        if !rows
-            .iter()
-            .any(|r| r.key == old.key && r.funnel == old.funnel)
-        {
+        if !rows.iter().any(|r| r.same(old)) {
             out.tombstone(id, old);
         }
     }
@@ -250,9 +292,13 @@ fn replay(
     pairs.clear();
     if fast {
         // Old closed rows were unique and nothing new collides with them.
-        pairs.extend(rows.iter().filter(keep).map(|r| (r.key, r.funnel)));
+        pairs.extend(
+            rows.iter()
+                .filter(keep)
+                .map(|r| (r.key, r.funnel, r.open_step > 0)),
+        );
     } else {
-        pairs.extend(live.iter().map(|r| (r.key, r.funnel)));
+        pairs.extend(live.iter().map(|r| (r.key, r.funnel, r.open_step > 0)));
     }
     pairs.sort_unstable();
     c.live_unique = pairs.windows(2).all(|w| w[0] != w[1]);

@@ -2,7 +2,8 @@
 //!
 //! Input: [`RoutedEvent`]s and [`Retract`]s from stage 1, in the order of one partition
 //! of the repartition topic, each with that topic's offset ordinal as `seq`. Output:
-//! rows for `touchpoints`, `sessions` and `funnel_attempts`, collected until
+//! rows for `touchpoints`, `sessions`, `funnel_attempts` and `funnel_open_attempts`
+//! (attempts still open at the release frontier), collected until
 //! [`JourneyStage::take_output`].
 //!
 //! Order: the partition watermark is the newest event time seen. Events wait in a reorder
@@ -28,6 +29,7 @@ pub(crate) mod catalog;
 mod customer;
 mod emit;
 pub(crate) mod funnel;
+mod open;
 mod output;
 mod remap;
 pub(crate) mod rows;
@@ -49,6 +51,7 @@ pub use backfill::StoredAttempt;
 use buffer::Buffer;
 use customer::{Customer, LiveRow, Names, SavedCustomer};
 use emit::Scratch;
+pub use open::OpenAttemptCount;
 use output::Output;
 use remap::SavedFunnel;
 pub use remap::{funnel_fingerprint, FunnelChange, FunnelChangeKind};
@@ -252,9 +255,12 @@ impl JourneyStage {
         let mut timers = BTreeSet::new();
         let mut customers =
             FastMap::with_capacity_and_hasher(snapshot.customers.len(), FastState::default());
+        let mut out = Output::new(snapshot.version_seq, snapshot.version_n);
         for (id, mut saved) in snapshot.customers {
             if let Some(remap) = &remap {
-                remap.customer(&mut saved);
+                for (funnel, row) in remap.customer(&mut saved) {
+                    out.open_tombstone_named(&id, funnel, &row);
+                }
             }
             let mut customer = Customer::restore(saved, &mut names);
             if let Some(wake) = customer.wake_ms {
@@ -286,7 +292,7 @@ impl JourneyStage {
             timers,
             dirty: Vec::new(),
             names,
-            out: Output::new(snapshot.version_seq, snapshot.version_n),
+            out,
             scratch: Scratch::default(),
             tail_min_events: emit::TAIL_MIN_EVENTS,
             counters: snapshot.counters,

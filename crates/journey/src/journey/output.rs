@@ -12,8 +12,10 @@ use super::LiveRow;
 use crate::columns::{days, secs};
 use crate::hash::{hex128, FastMap};
 use crate::journey::catalog::{Channel, Stage};
-use crate::journey::funnel::{ClosedAttempt, FunnelSet, Outcome};
-use crate::journey::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
+use crate::journey::funnel::{ClosedAttempt, FunnelSet, OpenAttempt, Outcome};
+use crate::journey::rows::{
+    FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow, TouchpointRow,
+};
 use crate::journey::session::{HistEvent, SessionAcc};
 
 const VERSION_LOW_BITS: u32 = 20;
@@ -52,6 +54,22 @@ struct PendingAttempt {
     version: u64,
 }
 
+/// An open-attempt row to be; `open: None` for a tombstone.
+#[derive(Debug)]
+struct PendingOpen {
+    key: u128,
+    funnel: u16,
+    customer: Arc<str>,
+    /// Start time: the partition column.
+    partition_ms: i64,
+    /// The attempt and its due time, ms.
+    open: Option<(OpenAttempt, i64)>,
+    /// The funnel's name when it is no longer configured (a tombstone after a funnel
+    /// was removed or changed); `None`: today's funnel `funnel`.
+    name: Option<String>,
+    version: u64,
+}
+
 /// See the module docs. Sessions and attempts get strictly increasing versions as they
 /// are written, so their lists stay in version order when a newer row for the same key
 /// replaces an older one (which is marked `None`); touchpoints are sorted at the end.
@@ -63,6 +81,8 @@ pub(super) struct Output {
     session_at: FastMap<(u128, i64), usize>,
     attempts: Vec<Option<PendingAttempt>>,
     attempt_at: FastMap<(u16, u128, i64), usize>,
+    open_attempts: Vec<Option<PendingOpen>>,
+    open_at: FastMap<(u16, u128, i64), usize>,
     pub(super) version_seq: u64,
     pub(super) version_n: u64,
 }
@@ -111,15 +131,18 @@ impl Output {
         clear_bounded(&mut self.touchpoint_at);
         clear_bounded(&mut self.session_at);
         clear_bounded(&mut self.attempt_at);
+        clear_bounded(&mut self.open_at);
         let mut touchpoints = keep_capacity(&mut self.touchpoints);
         touchpoints
             .sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
         let sessions = keep_capacity(&mut self.sessions);
         let attempts = keep_capacity(&mut self.attempts);
+        let open_attempts = keep_capacity(&mut self.open_attempts);
         let mut out = JourneyOutput {
             touchpoints: Vec::with_capacity(touchpoints.len()),
             sessions: Vec::with_capacity(sessions.len()),
             attempts: Vec::with_capacity(attempts.len()),
+            open_attempts: Vec::with_capacity(open_attempts.len()),
         };
         out.touchpoints
             .extend(touchpoints.into_iter().map(touchpoint_row));
@@ -130,6 +153,12 @@ impl Output {
                 .into_iter()
                 .flatten()
                 .map(|a| attempt_row(funnels, a)),
+        );
+        out.open_attempts.extend(
+            open_attempts
+                .into_iter()
+                .flatten()
+                .map(|a| open_attempt_row(funnels, a)),
         );
         out
     }
@@ -222,10 +251,53 @@ impl Output {
         }));
     }
 
+    /// An open-attempt row (`None`: a tombstone) for `key` in partition `partition_ms`.
+    fn open_attempt(
+        &mut self,
+        customer: &Arc<str>,
+        funnel: u16,
+        key: u128,
+        partition_ms: i64,
+        open: Option<(OpenAttempt, i64)>,
+    ) {
+        let version = self.next_version();
+        let at = self.open_attempts.len();
+        if let Some(old) = self.open_at.insert((funnel, key, partition_ms), at) {
+            self.open_attempts[old] = None;
+        }
+        self.open_attempts.push(Some(PendingOpen {
+            key,
+            funnel,
+            customer: Arc::clone(customer),
+            partition_ms,
+            open,
+            name: None,
+            version,
+        }));
+    }
+
+    /// A tombstone for an open-attempt row of a funnel no longer configured (removed, or
+    /// changed: its saved attempts were dropped), under the name it was written with.
+    pub(super) fn open_tombstone_named(
+        &mut self,
+        customer: &Arc<str>,
+        name: String,
+        row: &LiveRow,
+    ) {
+        let funnel = row.funnel.unwrap_or(u16::MAX);
+        self.open_attempt(customer, funnel, row.key, row.partition_ms, None);
+        if let Some(Some(pending)) = self.open_attempts.last_mut() {
+            pending.name = Some(name);
+        }
+    }
+
     /// A tombstone for a row this partition wrote: same key and partition time.
     pub(super) fn tombstone(&mut self, customer: &Arc<str>, row: &LiveRow) {
         match row.funnel {
             None => self.session(customer, row.key, row.partition_ms, None),
+            Some(funnel) if row.open_step > 0 => {
+                self.open_attempt(customer, funnel, row.key, row.partition_ms, None);
+            }
             Some(funnel) => self.attempt(customer, funnel, row.key, row.partition_ms, None),
         }
     }
@@ -239,9 +311,7 @@ impl Output {
         new: &LiveRow,
         row: Row,
     ) {
-        let old = written
-            .iter()
-            .find(|w| w.key == new.key && w.funnel == new.funnel);
+        let old = written.iter().find(|w| w.same(new));
         if let Some(old) = old {
             if old.fingerprint == new.fingerprint && old.partition_ms == new.partition_ms {
                 return;
@@ -257,6 +327,14 @@ impl Output {
             Row::Attempt(a) => {
                 self.attempt(customer, a.funnel, new.key, new.partition_ms, Some(a));
             }
+            Row::Open {
+                funnel,
+                attempt,
+                due_ms,
+            } => {
+                let open = Some((attempt, due_ms));
+                self.open_attempt(customer, funnel, new.key, new.partition_ms, open);
+            }
         }
     }
 }
@@ -265,6 +343,12 @@ impl Output {
 pub(super) enum Row {
     Session(SessionAcc),
     Attempt(ClosedAttempt),
+    /// An attempt still open at the release frontier, due at `due_ms`.
+    Open {
+        funnel: u16,
+        attempt: OpenAttempt,
+        due_ms: i64,
+    },
 }
 
 /// Pending rows a partition keeps room for between flushes. A steady flow reuses its
@@ -365,6 +449,53 @@ fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
             outcome: Outcome::Dropped,
             reached_step: 0,
             total_steps: 0,
+            step_times_ms: Vec::new(),
+            step_event_ids: Vec::new(),
+            is_deleted: true,
+            version: a.version,
+        },
+    }
+}
+
+fn open_attempt_row(funnels: &FunnelSet, a: PendingOpen) -> FunnelOpenAttemptRow {
+    let funnel = funnels
+        .funnels()
+        .get(usize::from(a.funnel))
+        .filter(|_| a.name.is_none());
+    let name = match a.name {
+        Some(name) => name,
+        None => funnel.map(|f| f.name.clone()).unwrap_or_default(),
+    };
+    let total_steps = funnel.map_or(0, |f| u8::try_from(f.steps.len()).unwrap_or(u8::MAX));
+    let customer_id = a.customer.as_ref().to_owned();
+    match a.open {
+        Some((open, due_ms)) => FunnelOpenAttemptRow {
+            attempt_id: hex128(a.key),
+            funnel: name,
+            customer_id,
+            started_at: secs(open.start_ms()),
+            start_ms: open.start_ms(),
+            reached_step: u8::try_from(open.reached()).unwrap_or(u8::MAX),
+            total_steps,
+            reached_ms: open.steps.last().map_or(a.partition_ms, |s| s.0),
+            due_at: secs(due_ms),
+            due_ms,
+            step_times_ms: open.step_times_ms(),
+            step_event_ids: open.step_event_ids(),
+            is_deleted: false,
+            version: a.version,
+        },
+        None => FunnelOpenAttemptRow {
+            attempt_id: hex128(a.key),
+            funnel: name,
+            customer_id,
+            started_at: secs(a.partition_ms),
+            start_ms: a.partition_ms,
+            reached_step: 0,
+            total_steps,
+            reached_ms: a.partition_ms,
+            due_at: secs(a.partition_ms),
+            due_ms: a.partition_ms,
             step_times_ms: Vec::new(),
             step_event_ids: Vec::new(),
             is_deleted: true,

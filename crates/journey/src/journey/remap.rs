@@ -22,6 +22,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{hex128, Fnv128};
+use crate::journey::customer::LiveRow;
 use crate::journey::customer::SavedCustomer;
 use crate::journey::funnel::{AttemptSlot, Funnel, FunnelSet, Steps};
 use crate::journey::session::{HistEvent, Machine};
@@ -93,6 +94,9 @@ pub struct FunnelChange {
 pub(super) struct Remap {
     map: Vec<Option<u16>>,
     new_len: usize,
+    /// The saved funnels' names, by saved index: a dropped funnel's open-attempt rows are
+    /// tombstoned under the name they were written with.
+    old_names: Vec<String>,
 }
 
 /// Compare the snapshot's funnels with today's.
@@ -147,6 +151,7 @@ pub(super) fn plan(saved: &[SavedFunnel], now: &FunnelSet) -> (Option<Remap>, Ve
     let remap = (!identity).then_some(Remap {
         map,
         new_len: today.len(),
+        old_names: saved.iter().map(|s| s.name.clone()).collect(),
     });
     (remap, changes)
 }
@@ -197,7 +202,10 @@ impl Remap {
         e.steps = self.steps(&e.steps);
     }
 
-    pub(super) fn customer(&self, c: &mut SavedCustomer) {
+    /// Returns the dropped funnels' `funnel_open_attempts` rows, with the funnel name
+    /// they were written under: their attempts are gone from the state, so the caller
+    /// tombstones them (that table must hold only attempts open now).
+    pub(super) fn customer(&self, c: &mut SavedCustomer) -> Vec<(String, LiveRow)> {
         if let Some(base) = &mut c.base {
             self.machine(base);
         }
@@ -205,7 +213,8 @@ impl Remap {
             self.event(e);
         }
         // Attempt rows of a dropped funnel leave the bookkeeping: nothing will rewrite
-        // or delete them from here (see the module docs).
+        // or delete closed ones from here (see the module docs).
+        let mut gone = Vec::new();
         c.live.retain_mut(|row| match row.funnel {
             None => true,
             Some(old) => match self.index(old) {
@@ -213,9 +222,16 @@ impl Remap {
                     row.funnel = Some(new);
                     true
                 }
-                None => false,
+                None => {
+                    if row.open_step > 0 {
+                        let name = self.old_names.get(usize::from(old)).cloned();
+                        gone.push((name.unwrap_or_default(), *row));
+                    }
+                    false
+                }
             },
         });
+        gone
     }
 
     pub(super) fn buffered(&self, e: &mut HistEvent) {
@@ -352,6 +368,54 @@ steps = [{ event = "Complained" }, { event = "Emailed" }, { event = "Bought" }]
             .collect();
         v.sort();
         v
+    }
+
+    /// A changed or removed funnel's open attempts leave the state, so their
+    /// `funnel_open_attempts` rows are tombstoned (under the old name, same partition)
+    /// by the restore; a moved funnel's stay.
+    #[test]
+    fn a_dropped_funnels_open_attempt_rows_are_tombstoned_on_restore() {
+        let mut st = stage(set(&[CHECKOUT, SUPPORT]), JourneySnapshot::default());
+        for (seq, e) in [
+            routed("v1", "Viewed", 0),
+            routed("k1", "Complained", MIN),
+            routed("o", "Other", 5 * MIN),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            st.process(e, seq as u64 + 1);
+        }
+        let written = st.take_output().open_attempts;
+        let mut funnels: Vec<_> = written.iter().map(|r| r.funnel.as_str()).collect();
+        funnels.sort();
+        assert_eq!(funnels, ["checkout", "support"]);
+        let support = written
+            .iter()
+            .find(|r| r.funnel == "support")
+            .expect("support");
+        let json = serde_json::to_string(&st.snapshot_ref()).expect("serialize");
+        for after in [set(&[CHECKOUT, SUPPORT_CHANGED]), set(&[CHECKOUT])] {
+            let mut st = stage(after, serde_json::from_str(&json).expect("deserialize"));
+            let out = st.take_output().open_attempts;
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert!(out[0].is_deleted);
+            assert!(out[0].version > support.version);
+            assert_eq!(
+                (
+                    out[0].funnel.as_str(),
+                    &out[0].attempt_id,
+                    out[0].started_at
+                ),
+                ("support", &support.attempt_id, support.started_at)
+            );
+        }
+        let mut moved = stage(
+            set(&[SUPPORT, CHECKOUT]),
+            serde_json::from_str(&json).expect("deserialize"),
+        );
+        assert!(moved.take_output().open_attempts.is_empty());
+        assert_eq!(moved.open_attempts(&[]).len(), 2);
     }
 
     #[test]

@@ -109,6 +109,46 @@ pub struct FunnelAttemptRow {
     pub version: u64,
 }
 
+/// One `funnel_open_attempts` row (key `(funnel, attempt_id)`, partition by
+/// `started_at`): an attempt still open at the release frontier. Rewritten when it
+/// advances; tombstoned (`is_deleted = 1`, same key and `started_at`) when it closes —
+/// its `funnel_attempts` row, same `attempt_id`, appears then — or when a correction or
+/// re-attribution removes it. `FINAL WHERE is_deleted = 0` is the open attempts now.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+pub struct FunnelOpenAttemptRow {
+    /// Hex hash of funnel, customer id and step-1 event id (as in `funnel_attempts`).
+    pub attempt_id: String,
+    /// Funnel name.
+    pub funnel: String,
+    /// Owner.
+    pub customer_id: String,
+    /// `start_ms` as a `DateTime`, the partition column.
+    pub started_at: u32,
+    /// Step-1 event time, ms.
+    pub start_ms: i64,
+    /// Last step reached so far, 1-based.
+    pub reached_step: u8,
+    /// Steps in the funnel.
+    pub total_steps: u8,
+    /// Time the last reached step happened, ms.
+    pub reached_ms: i64,
+    /// `due_ms` as a `DateTime`.
+    pub due_at: u32,
+    /// When the attempt drops unless it advances first, ms: start + window, or the
+    /// step's own deadline where the funnel sets one.
+    pub due_ms: i64,
+    /// Time each reached step happened, ms.
+    pub step_times_ms: Vec<i64>,
+    /// Event id of each reached step.
+    pub step_event_ids: Vec<String>,
+    /// Tombstone: the attempt closed or no longer exists.
+    #[serde(serialize_with = "flag")]
+    pub is_deleted: bool,
+    /// Stage-2 seq × 2^20 + emission counter: strictly increasing per partition.
+    pub version: u64,
+}
+
 /// Rows produced since the last [`crate::JourneyStage::take_output`], each list sorted by
 /// version and holding only the newest row per key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -119,11 +159,16 @@ pub struct JourneyOutput {
     pub sessions: Vec<SessionRow>,
     /// `funnel_attempts` rows.
     pub attempts: Vec<FunnelAttemptRow>,
+    /// `funnel_open_attempts` rows.
+    pub open_attempts: Vec<FunnelOpenAttemptRow>,
 }
 
 impl JourneyOutput {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.touchpoints.is_empty() && self.sessions.is_empty() && self.attempts.is_empty()
+        self.touchpoints.is_empty()
+            && self.sessions.is_empty()
+            && self.attempts.is_empty()
+            && self.open_attempts.is_empty()
     }
 }

@@ -130,6 +130,9 @@ pub(crate) struct Produced {
     pub(crate) event_sessions: Vec<(u128, bool)>,
     /// Earliest deadline of an attempt still open at the end.
     pub(crate) next_deadline_ms: Option<i64>,
+    /// Attempts still open at the end, in funnel order: (funnel index, due time ms from
+    /// [`AttemptSlot::deadline_ms`]). Their steps stay in the machine's slots.
+    pub(crate) open_attempts: Vec<(u16, i64)>,
 }
 
 impl Produced {
@@ -139,6 +142,7 @@ impl Produced {
         self.attempt_by.clear();
         self.event_sessions.clear();
         self.next_deadline_ms = None;
+        self.open_attempts.clear();
     }
 }
 
@@ -225,8 +229,8 @@ impl<'a> Replayer<'a> {
     }
 
     /// The end of a replay at release frontier `frontier_ms`, without changing `m`: the
-    /// open session, attempts whose window the frontier passed (dropped), and the next
-    /// deadline of the others.
+    /// open session, attempts whose window the frontier passed (dropped), and the others
+    /// (still open) with their deadlines.
     pub(crate) fn finish(&self, m: &Machine, frontier_ms: i64, out: &mut Produced) {
         if let Some(open) = &m.session {
             out.sessions.push((open.clone(), None));
@@ -243,6 +247,7 @@ impl<'a> Replayer<'a> {
             } else {
                 out.next_deadline_ms =
                     Some(out.next_deadline_ms.map_or(deadline, |d| d.min(deadline)));
+                out.open_attempts.push((fi, deadline));
             }
         }
     }

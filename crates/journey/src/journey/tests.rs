@@ -862,6 +862,7 @@ fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
         "{counters:?}"
     );
     assert!(always.iter().map(|o| o.attempts.len()).sum::<usize>() > 0);
+    assert!(always.iter().map(|o| o.open_attempts.len()).sum::<usize>() > 0);
     let (never, never_counters) = run(usize::MAX);
     assert_eq!(counters, never_counters);
     assert_eq!(always.len(), never.len());
@@ -872,3 +873,124 @@ fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
 }
 
 const TAIL_MIN_EVENTS_FOR_TESTS: usize = emit::TAIL_MIN_EVENTS;
+
+/// `funnel_open_attempts`: an attempt's row appears when it opens, is rewritten (higher
+/// version) when it advances, and is tombstoned in its own partition when it converts or
+/// drops; the open-attempt counts follow the release frontier.
+#[test]
+fn open_attempts_appear_advance_and_vanish_on_close() {
+    use crate::journey::rows::FunnelOpenAttemptRow;
+    let mut st = stage();
+    let mut seq = 0;
+    let mut table: BTreeMap<(String, String), FunnelOpenAttemptRow> = BTreeMap::new();
+    let mut feed = |st: &mut JourneyStage, batch: Vec<(&str, &str, &str, i64)>| {
+        for (customer, id, name, t) in batch {
+            seq += 1;
+            st.process(routed(customer, id, name, t, 1), seq);
+        }
+        for r in st.take_output().open_attempts {
+            let key = (r.funnel.clone(), r.attempt_id.clone());
+            if let Some(old) = table.get(&key) {
+                assert!(r.version > old.version, "{r:?}");
+                assert_eq!(r.started_at, old.started_at, "same partition: {r:?}");
+            }
+            table.insert(key, r);
+        }
+        let mut open: Vec<_> = table.values().filter(|r| !r.is_deleted).cloned().collect();
+        open.sort_by(|a, b| a.funnel.cmp(&b.funnel));
+        open
+    };
+    let window = 60 * MIN;
+    let week = 7 * 24 * 60 * MIN;
+
+    // Released once the frontier (watermark − 5 min) passes them.
+    let open = feed(
+        &mut st,
+        vec![
+            ("c1", "complaint", "Complaint Filed", 0),
+            ("c2", "view", "Product Viewed", 0),
+            ("c3", "h1", "Home", 10 * MIN),
+        ],
+    );
+    let steps: Vec<_> = open
+        .iter()
+        .map(|r| {
+            (
+                r.funnel.as_str(),
+                r.customer_id.as_str(),
+                r.reached_step,
+                r.due_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("service_recovery", "c1", 1, week),
+            ("web_checkout", "c2", 1, window)
+        ]
+    );
+    assert_eq!(open[1].total_steps, 4);
+    assert_eq!(open[1].step_event_ids, vec!["view".to_string()]);
+    let attempt_id = open[1].attempt_id.clone();
+    // Frontier at 5 min: 1/12 of the checkout window used, ~0 of the week.
+    let counts = st.open_attempts(&[0.05, 0.5]);
+    assert_eq!(
+        counts,
+        vec![
+            OpenAttemptCount {
+                funnel: 0,
+                step: 1,
+                open: 1,
+                overdue: vec![1, 0]
+            },
+            OpenAttemptCount {
+                funnel: 1,
+                step: 1,
+                open: 1,
+                overdue: vec![0, 0]
+            },
+        ]
+    );
+
+    // The checkout advances to step 2: same row, rewritten.
+    let open = feed(
+        &mut st,
+        vec![
+            ("c2", "add", "Product Added", 20 * MIN),
+            ("c3", "h2", "Home", 40 * MIN),
+        ],
+    );
+    assert_eq!(open.len(), 2);
+    assert_eq!(
+        (
+            open[1].attempt_id.as_str(),
+            open[1].reached_step,
+            open[1].reached_ms
+        ),
+        (attempt_id.as_str(), 2, 20 * MIN)
+    );
+    let counts = st.open_attempts(&[0.05, 0.5]);
+    assert_eq!(
+        counts[0],
+        OpenAttemptCount {
+            funnel: 0,
+            step: 2,
+            open: 1,
+            overdue: vec![1, 1]
+        }
+    );
+
+    // The complaint converts, the checkout's window passes: both rows go.
+    let open = feed(
+        &mut st,
+        vec![
+            ("c1", "follow", "Follow-up Completed", 50 * MIN),
+            ("c1", "order", "Order Completed", 51 * MIN),
+            ("c3", "h3", "Home", 70 * MIN),
+        ],
+    );
+    assert!(open.is_empty(), "{open:?}");
+    assert!(st.open_attempts(&[0.5]).is_empty());
+    assert_eq!(table.len(), 2, "tombstones reuse the keys");
+}

@@ -15,7 +15,7 @@ mod def;
 use serde::{Deserialize, Serialize};
 
 pub use attempt::Outcome;
-pub(crate) use attempt::{AttemptSlot, ClosedAttempt};
+pub(crate) use attempt::{AttemptSlot, ClosedAttempt, OpenAttempt};
 pub use def::{Exclusion, Filter, Funnel, FunnelSet, Order, Step};
 
 /// Most steps plus exclusions a funnel may have (they share one `u32` mask per event;
