@@ -21,6 +21,7 @@ ALERTS = {
     "FunnelStepDropoffSpike", "ComplaintSpike", "FollowUpSlaBreach",
     "ComplaintsNotFollowedUp", "ConsumerLagGrowing", "CollectorSilent",
     "CollectorHighRejectionShare", "CollectorBrokerErrors", "ClickHouseInsertFailures",
+    "LateEventsShareHigh",
 }
 
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage, MessageType, Outcome,
+    Catalog, FunnelSet, JourneyConfig, JourneyCounters, JourneySnapshot, JourneyStage, MessageType,
+    Outcome,
 };
 
 use crate::batch::Batch;
@@ -44,9 +45,8 @@ pub struct JourneyState {
     engine: JourneyStage,
     /// Attempts already counted in metrics (re-emitted rows are not counted twice).
     counted: HashSet<String>,
-    late_seen: u64,
-    /// `corrected_events` already added to the metric.
-    corrected_seen: u64,
+    /// Engine counters already added to the metrics.
+    seen: JourneyCounters,
     /// Watermark of each identity-stage partition, ms.
     sources: BTreeMap<i32, i64>,
 }
@@ -86,8 +86,7 @@ impl Stage for Journey {
                 self.funnels.clone(),
             ),
             counted: HashSet::new(),
-            late_seen: 0,
-            corrected_seen: 0,
+            seen: JourneyCounters::default(),
             sources: BTreeMap::new(),
         }
     }
@@ -100,13 +99,12 @@ impl Stage for Journey {
             self.funnels.clone(),
             saved.engine,
         );
-        let late_seen = engine.counters().late_events;
-        let corrected_seen = engine.counters().corrected_events;
+        // The restored totals were counted by the process that saved them.
+        let seen = engine.counters().clone();
         Ok(JourneyState {
             engine,
             counted: HashSet::new(),
-            late_seen,
-            corrected_seen,
+            seen,
             sources: saved.sources,
         })
     }
@@ -169,14 +167,7 @@ impl Stage for Journey {
 
     fn drain(&self, state: &mut JourneyState, partition: i32, batch: &mut Batch) {
         let out = state.engine.take_output();
-        let counters = state.engine.counters();
-        let m = &self.metrics;
-        add_since(&m.late_events, counters.late_events, &mut state.late_seen);
-        add_since(
-            &m.corrected_events,
-            counters.corrected_events,
-            &mut state.corrected_seen,
-        );
+        export_counters(&self.metrics, state.engine.counters(), &mut state.seen);
         let label = partition.to_string();
         if let Some(w) = state.engine.watermark_ms() {
             self.metrics
@@ -232,13 +223,78 @@ impl Stage for Journey {
         batch.rows.sessions.extend(out.sessions);
     }
 }
-/// Add to the journey stage's `counter` what the engine's `total` gained since `seen`
-/// (the engine's counters are totals, restored with its snapshot).
-fn add_since(counter: &prometheus::IntCounterVec, total: u64, seen: &mut u64) {
+/// Add to the metrics what the engine's counters gained since `seen` (the engine's
+/// counters are totals, restored with its snapshot).
+fn export_counters(m: &Metrics, counters: &JourneyCounters, seen: &mut JourneyCounters) {
+    let late = |cause| m.late_events.with_label_values(&["journey", cause]);
+    add_since(
+        &late("beyond_horizon"),
+        counters.late_beyond_horizon,
+        &mut seen.late_beyond_horizon,
+    );
+    add_since(
+        &late("before_checkpoint"),
+        counters.late_before_checkpoint,
+        &mut seen.late_before_checkpoint,
+    );
+    add_since(
+        &late("reattributed_too_old"),
+        counters.reattributed_too_old,
+        &mut seen.reattributed_too_old,
+    );
+    add_since(
+        &m.placed_events.with_label_values(&["journey"]),
+        counters.placed_events,
+        &mut seen.placed_events,
+    );
+    add_since(
+        &m.corrected_events.with_label_values(&["journey"]),
+        counters.corrected_events,
+        &mut seen.corrected_events,
+    );
+}
+
+/// Add to `counter` what the engine's `total` gained since `seen`.
+fn add_since(counter: &prometheus::IntCounter, total: u64, seen: &mut u64) {
     if total > *seen {
-        counter
-            .with_label_values(&["journey"])
-            .inc_by(total - *seen);
+        counter.inc_by(total - *seen);
         *seen = total;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_events_are_exported_by_cause_and_only_once() {
+        let m = Metrics::new().expect("metrics");
+        // Restored totals were exported by the process that saved them.
+        let mut seen = JourneyCounters {
+            late_beyond_horizon: 2,
+            placed_events: 10,
+            ..JourneyCounters::default()
+        };
+        let counters = JourneyCounters {
+            late_events: 4,
+            late_beyond_horizon: 3,
+            late_before_checkpoint: 1,
+            reattributed_too_old: 5,
+            placed_events: 17,
+            corrected_events: 6,
+            ..JourneyCounters::default()
+        };
+        export_counters(&m, &counters, &mut seen);
+        export_counters(&m, &counters, &mut seen);
+        let text = m.render();
+        for line in [
+            r#"touchstream_processor_late_events_total{cause="beyond_horizon",stage="journey"} 1"#,
+            r#"touchstream_processor_late_events_total{cause="before_checkpoint",stage="journey"} 1"#,
+            r#"touchstream_processor_late_events_total{cause="reattributed_too_old",stage="journey"} 5"#,
+            r#"touchstream_processor_placed_events_total{stage="journey"} 7"#,
+            r#"touchstream_processor_corrected_events_total{stage="journey"} 6"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }

@@ -23,8 +23,14 @@ pub struct Metrics {
     pub insert_seconds: HistogramVec,
     /// Failed ClickHouse insert attempts (each retried), by table.
     pub insert_failures: IntCounterVec,
-    /// Events older than the correction horizon on arrival (stored, not placed).
+    /// Events stored late (`is_late`, not placed), by stage and cause: `beyond_horizon`
+    /// (older than the correction horizon behind the release frontier),
+    /// `before_checkpoint` (inside the horizon but before the customer's checkpoint),
+    /// `reattributed_too_old` (a re-attributed copy older than the horizon).
     pub late_events: IntCounterVec,
+    /// Events placed in their customer's history: with `late_events`, the denominator of
+    /// the late share (docs/ops.md, LateEventsShareHigh).
+    pub placed_events: IntCounterVec,
     /// Events that arrived behind the release frontier but inside the horizon: placed,
     /// and the rows they change rewritten.
     pub corrected_events: IntCounterVec,
@@ -72,7 +78,12 @@ impl Metrics {
         )?;
         let late_events = counter(
             "touchstream_processor_late_events_total",
-            "Events older than the correction horizon: stored raw, not placed in order",
+            "Events stored late (is_late, not placed in sessions or funnels), by cause",
+            &["stage", "cause"],
+        )?;
+        let placed_events = counter(
+            "touchstream_processor_placed_events_total",
+            "Events placed in their customer's history (sessions, funnels)",
             &["stage"],
         )?;
         let corrected_events = counter(
@@ -174,6 +185,7 @@ impl Metrics {
             insert_seconds,
             insert_failures,
             late_events,
+            placed_events,
             corrected_events,
             identity_conflicts,
             funnel_attempts,

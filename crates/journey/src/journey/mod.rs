@@ -89,8 +89,19 @@ fn secs_to_ms(secs: u64) -> i64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JourneyCounters {
-    /// Events older than the correction horizon on arrival: stored unplaced (`is_late`).
+    /// Events stored unplaced (`is_late`) on arrival: the sum of the two causes below.
     pub late_events: u64,
+    /// Of `late_events`: older than the correction horizon behind the release frontier.
+    pub late_beyond_horizon: u64,
+    /// Events inside the horizon but before their customer's checkpoint (made under a
+    /// shorter horizon, or, with a horizon shorter than the allowed lateness, moved past
+    /// a buffered event before its release): stored unplaced. Counted in `late_events`.
+    pub late_before_checkpoint: u64,
+    /// Events added to a customer's history: each event (by `(event_time, event_id)`) is
+    /// counted once, here or in a late cause, so `late / (late + placed)` is the share of
+    /// events that could not be placed. Duplicates count in neither; a re-attributed copy
+    /// counts as an event of its own (here or in `reattributed_too_old`).
+    pub placed_events: u64,
     /// Events that arrived behind the release frontier (the watermark less the allowed
     /// lateness) but inside the horizon: placed, and their customer's rows rewritten.
     pub corrected_events: u64,
@@ -375,6 +386,11 @@ impl JourneyStage {
             let cutoff = checkpoint_ms.map_or(self.cutoff_ms(), |b| b.max(self.cutoff_ms()));
             if hist.time_ms < cutoff {
                 self.counters.late_events += 1;
+                if hist.time_ms < self.cutoff_ms() {
+                    self.counters.late_beyond_horizon += 1;
+                } else {
+                    self.counters.late_before_checkpoint += 1;
+                }
                 self.out.unplaced(&id, &hist, true);
                 return;
             }
@@ -503,11 +519,17 @@ impl JourneyStage {
                 if customer.base_until_ms.is_some_and(|b| hist.time_ms < b) {
                     // Before the checkpoint: only reachable with a horizon shorter than
                     // the lateness. Keep the promise of never losing an event.
-                    self.counters.reattributed_too_old += 1;
+                    self.counters.late_events += 1;
+                    self.counters.late_before_checkpoint += 1;
                     self.out.unplaced(&customer_id, &hist, true);
                     return;
                 }
-                if let Some(kept) = customer.add(hist, &mut self.counters.duplicates) {
+                let duplicates = self.counters.duplicates;
+                let kept = customer.add(hist, &mut self.counters.duplicates);
+                if self.counters.duplicates == duplicates {
+                    self.counters.placed_events += 1;
+                }
+                if let Some(kept) = kept {
                     // A copy with a higher version (e.g. the re-attributed copy in a full
                     // replay by a fresh group, after a late row for the same event id under
                     // the anonymous id): the placed row goes out again, same content, so
@@ -525,6 +547,7 @@ impl JourneyStage {
                 let mut customer = Box::<Customer>::default();
                 // A new customer's history holds no duplicate.
                 let _ = customer.add(hist, &mut self.counters.duplicates);
+                self.counters.placed_events += 1;
                 customer.dirty = true;
                 self.customers.insert(Arc::clone(&customer_id), customer);
                 self.dirty.push(customer_id);

@@ -198,7 +198,11 @@ fn older_than_the_horizon_is_too_late_stored_and_counted() {
     assert!(late.is_late && late.session_id.is_empty());
     assert_eq!(late.customer_id, "c");
     assert_eq!(st.counters().late_events, 1);
+    assert_eq!(st.counters().late_beyond_horizon, 1);
+    assert_eq!(st.counters().late_before_checkpoint, 0);
     assert_eq!(st.counters().corrected_events, 1);
+    // Each event once: placed or late.
+    assert_eq!(st.counters().placed_events, 2);
 }
 
 #[test]
@@ -230,6 +234,8 @@ fn a_raised_horizon_does_not_place_events_before_an_older_checkpoint() {
         .expect("row");
     assert!(row.is_late && row.session_id.is_empty());
     assert_eq!(st.counters().late_events, 1);
+    assert_eq!(st.counters().late_before_checkpoint, 1);
+    assert_eq!(st.counters().late_beyond_horizon, 0);
     assert_eq!(st.counters().reattributed_too_old, 0);
 }
 
@@ -395,6 +401,8 @@ fn a_replayed_copy_behind_the_watermark_does_not_replace_the_placed_row() {
     assert_eq!(t.touchpoints["e1"], placed);
     assert_eq!(st.counters().late_events, 0);
     assert_eq!(st.counters().duplicates, 1);
+    // e1 only: e2 still waits for the frontier (events count as placed on release).
+    assert_eq!(st.counters().placed_events, 1);
 }
 
 #[test]
@@ -586,6 +594,7 @@ fn duplicates_are_placed_once() {
     ]);
     assert_eq!(t.sessions.values().next().map(|s| s.event_count), Some(1));
     assert_eq!(st.counters().duplicates, 1);
+    assert_eq!(st.counters().placed_events, 1);
 }
 
 #[test]
