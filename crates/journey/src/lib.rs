@@ -32,7 +32,7 @@ pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
 pub use journey::funnel::{Funnel, FunnelSet, Outcome, Step, MAX_STEPS};
 pub use journey::rows::{FunnelAttemptRow, JourneyOutput, SessionRow, TouchpointRow};
 pub use journey::{
-    JourneyConfig, JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage,
+    JourneyConfig, JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage, Origin,
 };
 
 /// Why journey configuration could not be loaded. Always permanent: fix the file.

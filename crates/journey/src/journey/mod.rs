@@ -113,6 +113,25 @@ pub struct JourneyCounters {
     pub retractions: u64,
     /// Customers forgotten after idling past the horizon.
     pub customers_expired: u64,
+    /// Re-delivered copies recognised by their [`Origin`] and skipped (an identity
+    /// partition re-sent what it had routed before a crash or a rebalance).
+    pub redelivered: u64,
+}
+
+/// Where a routed event comes from: its identity-stage partition and its place in that
+/// partition's output (the stage-1 `seq` of the input that produced it, and the output's
+/// index among that input's routed records). A partition's output reaches each journey
+/// partition in this order, and a restarted identity partition re-sends the same output
+/// with the same origins (it is deterministic), so an origin not after the last one
+/// processed from its source is a copy (docs/design.md §4, Crashes and copies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Origin {
+    /// Identity-stage (raw topic) partition.
+    pub source: i32,
+    /// Stage-1 `seq` of the input that produced the event.
+    pub seq: u64,
+    /// Index of the event among that input's routed records.
+    pub index: u32,
 }
 
 /// A buffered event in a snapshot.
@@ -132,6 +151,9 @@ pub struct JourneySnapshot {
     counters: JourneyCounters,
     version_seq: u64,
     version_n: u64,
+    /// Last `(seq, index)` processed per source partition ([`Origin`]).
+    #[serde(default)]
+    delivered: BTreeMap<i32, (u64, u32)>,
 }
 
 /// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
@@ -143,7 +165,7 @@ impl Serialize for JourneySnapshotRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let e = self.0;
-        let mut st = s.serialize_struct("JourneySnapshot", 7)?;
+        let mut st = s.serialize_struct("JourneySnapshot", 8)?;
         st.serialize_field("watermark_ms", &e.watermark_ms)?;
         st.serialize_field("frontier_ms", &e.frontier_ms)?;
         st.serialize_field("buffer", &BufferRef(&e.buffer))?;
@@ -151,6 +173,7 @@ impl Serialize for JourneySnapshotRef<'_> {
         st.serialize_field("counters", &e.counters)?;
         st.serialize_field("version_seq", &e.out.version_seq)?;
         st.serialize_field("version_n", &e.out.version_n)?;
+        st.serialize_field("delivered", &e.delivered)?;
         st.end()
     }
 }
@@ -213,6 +236,8 @@ pub struct JourneyStage {
     /// tests vary it to compare the tail shortcut with full replays).
     tail_min_events: usize,
     counters: JourneyCounters,
+    /// Last `(seq, index)` processed per source partition ([`Self::process_from`]).
+    delivered: BTreeMap<i32, (u64, u32)>,
 }
 
 impl JourneyStage {
@@ -279,6 +304,7 @@ impl JourneyStage {
             scratch: Scratch::default(),
             tail_min_events: emit::TAIL_MIN_EVENTS,
             counters: snapshot.counters,
+            delivered: snapshot.delivered,
         }
     }
 
@@ -304,6 +330,7 @@ impl JourneyStage {
             counters: self.counters.clone(),
             version_seq: self.out.version_seq,
             version_n: self.out.version_n,
+            delivered: self.delivered.clone(),
         }
     }
 
@@ -330,6 +357,30 @@ impl JourneyStage {
     /// Events waiting in the reorder buffer (for a gauge).
     pub fn buffered_events(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// [`Self::process`] an event sent by identity partition `origin.source`, unless it is
+    /// a copy of one already processed from there: an identity partition restarted from
+    /// its saved state (after `kill -9`, a pause that cost it its partitions, a rebalance)
+    /// re-sends everything it routed after that state was saved. Whether a copy would
+    /// still be placed, or found in its customer's history, depends on how far the
+    /// watermark moved meanwhile (a copy older than the correction horizon, or before its
+    /// customer's checkpoint, would be stored late and replace the placed row), so copies
+    /// are recognised by where they come from, not by when they happened. Counted in
+    /// `redelivered`.
+    pub fn process_from(&mut self, routed: RoutedEvent, seq: u64, origin: Origin) {
+        let at = (origin.seq, origin.index);
+        if self
+            .delivered
+            .get(&origin.source)
+            .is_some_and(|last| at <= *last)
+        {
+            self.out.bump_seq(seq);
+            self.counters.redelivered += 1;
+            return;
+        }
+        self.delivered.insert(origin.source, at);
+        self.process(routed, seq);
     }
 
     /// Handle one routed event. `seq` (the input offset ordinal) must not decrease.

@@ -881,3 +881,50 @@ fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
 }
 
 const TAIL_MIN_EVENTS_FOR_TESTS: usize = emit::TAIL_MIN_EVENTS;
+
+#[test]
+fn a_copy_re_sent_after_the_watermark_moved_on_is_recognised_not_late() {
+    // Horizon 60 min. c's event at 0 is placed; the watermark then moves 9 days on, past
+    // the longest funnel window, so c is forgotten. The identity partition restarts and re-sends
+    // the event: without its origin it would be stored late and replace the placed row.
+    let config = JourneyConfig {
+        reattribution_horizon_secs: Some(3600),
+        external_watermark: true,
+        ..JourneyConfig::default()
+    };
+    let origin = |seq, index| Origin {
+        source: 1,
+        seq,
+        index,
+    };
+    const FAR: i64 = 9 * 24 * 60 * MIN;
+    let mut st = JourneyStage::new(config.clone(), Catalog::default(), funnels());
+    let mut t = Tables::default();
+    st.process_from(routed("c", "e1", "Home", 0, 7), 1, origin(7, 0));
+    st.advance_watermark(10 * MIN, 2);
+    t.apply(st.take_output());
+    let placed = t.touchpoints["e1"].clone();
+    assert!(!placed.is_late && !placed.session_id.is_empty());
+    st.process_from(routed("d", "e2", "Home", FAR, 8), 3, origin(8, 0));
+    st.advance_watermark(FAR, 4);
+    // The state survives a restart (snapshot round trip) with what it has processed.
+    let json = serde_json::to_string(&st.snapshot_ref()).expect("snapshot");
+    let mut st = JourneyStage::from_snapshot(
+        config,
+        Catalog::default(),
+        funnels(),
+        serde_json::from_str(&json).expect("restore"),
+    );
+    st.process_from(routed("c", "e1", "Home", 0, 7), 5, origin(7, 0));
+    st.process_from(routed("d", "e2", "Home", FAR, 8), 6, origin(8, 0));
+    t.apply(st.take_output());
+    assert_eq!(t.touchpoints["e1"], placed);
+    assert_eq!(st.counters().redelivered, 2);
+    assert_eq!(st.counters().late_events, 0);
+    // Without an origin the same copy is judged by its time: late.
+    st.process(routed("c", "e1", "Home", 0, 7), 7);
+    assert_eq!(st.counters().late_events, 1);
+    // What follows from the same source is new.
+    st.process_from(routed("d", "e3", "Home", FAR + 1, 8), 8, origin(8, 1));
+    assert_eq!(st.counters().redelivered, 2);
+}
