@@ -576,6 +576,7 @@ impl IdentityPart {
 
     fn step(&mut self, me: usize) {
         let (seq, e) = self.input[self.pos].clone();
+        let position = self.pos as u64;
         self.pos += 1;
         self.watermark_ms = Some(
             self.watermark_ms
@@ -584,8 +585,8 @@ impl IdentityPart {
         let mut index = 0;
         for out in self.stage.process(e, seq) {
             let origin = Origin {
-                source: me as i32,
-                seq,
+                source: me as u32,
+                position,
                 index,
             };
             match out {
@@ -822,7 +823,9 @@ fn journey_run(
     while pos < topic.len() {
         let seq = pos as u64 + 1;
         match &topic[pos] {
-            Routed::Event(r, origin) => stage.process_from(r.clone(), seq, *origin),
+            Routed::Event(r, origin) => {
+                stage.process_from(r.clone(), seq, *origin);
+            }
             Routed::Retract(r) => stage.retract(r, seq),
             Routed::Watermark { source, ms } => {
                 let w = marks.entry(*source).or_insert(*ms);

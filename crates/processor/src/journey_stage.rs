@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelSet, JourneyConfig, JourneyCounters, JourneySnapshot, JourneyStage, MessageType,
-    Outcome,
+    Catalog, FunnelSet, JourneyConfig, JourneyCounters, JourneyEvent, JourneySnapshot,
+    JourneyStage, MessageType, Outcome, RoutedEvent,
 };
 
 use crate::batch::Batch;
@@ -119,23 +119,18 @@ impl Stage for Journey {
     fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
         match crate::routed_codec::decode(input.payload) {
             Ok(Routed::Event(e)) => {
-                if !e.reattributed {
-                    let tp = self.catalog.classify(&e.event);
-                    let name = match e.event.kind {
-                        MessageType::Track => e
-                            .event
-                            .event
-                            .as_deref()
-                            .filter(|n| self.catalog.events.contains_key(*n))
-                            .unwrap_or("other"),
-                        kind => kind.as_str(),
-                    };
-                    self.metrics
-                        .touchpoints
-                        .with_label_values(&[name, tp.stage.as_str(), tp.channel.as_str()])
-                        .inc();
+                self.count_touchpoint(&e);
+                state.engine.process(e, input.seq);
+            }
+            Ok(Routed::EventFrom(e, origin)) => {
+                // Counted only when new: a copy re-sent by a restarted identity partition
+                // is skipped by the engine.
+                let counted = (!e.reattributed).then(|| Arc::clone(&e.event));
+                if state.engine.process_from(e, input.seq, origin) {
+                    if let Some(event) = counted {
+                        self.count_touchpoint_event(&event);
+                    }
                 }
-                state.engine.process(e, input.seq)
             }
             Ok(Routed::Retract(r)) => state.engine.retract(&r, input.seq),
             Ok(Routed::Watermark {
@@ -223,6 +218,32 @@ impl Stage for Journey {
         batch.rows.sessions.extend(out.sessions);
     }
 }
+impl Journey {
+    /// The touchpoints metric for an event arriving at the stage (re-attributed copies
+    /// are not counted: their event was counted under the anonymous id).
+    fn count_touchpoint(&self, e: &RoutedEvent) {
+        if !e.reattributed {
+            self.count_touchpoint_event(&e.event);
+        }
+    }
+
+    fn count_touchpoint_event(&self, event: &JourneyEvent) {
+        let tp = self.catalog.classify(event);
+        let name = match event.kind {
+            MessageType::Track => event
+                .event
+                .as_deref()
+                .filter(|n| self.catalog.events.contains_key(*n))
+                .unwrap_or("other"),
+            kind => kind.as_str(),
+        };
+        self.metrics
+            .touchpoints
+            .with_label_values(&[name, tp.stage.as_str(), tp.channel.as_str()])
+            .inc();
+    }
+}
+
 /// Add to the metrics what the engine's counters gained since `seen` (the engine's
 /// counters are totals, restored with its snapshot).
 fn export_counters(m: &Metrics, counters: &JourneyCounters, seen: &mut JourneyCounters) {
@@ -251,6 +272,11 @@ fn export_counters(m: &Metrics, counters: &JourneyCounters, seen: &mut JourneyCo
         &m.corrected_events.with_label_values(&["journey"]),
         counters.corrected_events,
         &mut seen.corrected_events,
+    );
+    add_since(
+        &m.redelivered_events.with_label_values(&["journey"]),
+        counters.redelivered,
+        &mut seen.redelivered,
     );
 }
 
@@ -282,6 +308,7 @@ mod tests {
             reattributed_too_old: 5,
             placed_events: 17,
             corrected_events: 6,
+            redelivered: 8,
             ..JourneyCounters::default()
         };
         export_counters(&m, &counters, &mut seen);
@@ -293,6 +320,7 @@ mod tests {
             r#"touchstream_processor_late_events_total{cause="reattributed_too_old",stage="journey"} 5"#,
             r#"touchstream_processor_placed_events_total{stage="journey"} 7"#,
             r#"touchstream_processor_corrected_events_total{stage="journey"} 6"#,
+            r#"touchstream_processor_redelivered_events_total{stage="journey"} 8"#,
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -34,6 +34,9 @@ pub struct Metrics {
     /// Events that arrived behind the release frontier but inside the horizon: placed,
     /// and the rows they change rewritten.
     pub corrected_events: IntCounterVec,
+    /// Events an identity partition re-sent after restarting from its saved state,
+    /// recognised as copies of events already processed and skipped.
+    pub redelivered_events: IntCounterVec,
     /// Later conflicting identity links, recorded and not applied.
     pub identity_conflicts: IntCounterVec,
     /// Closed funnel attempts by funnel and outcome (`converted`, `dropped`).
@@ -89,6 +92,11 @@ impl Metrics {
         let corrected_events = counter(
             "touchstream_processor_corrected_events_total",
             "Events behind the release frontier but inside the correction horizon: placed, rows rewritten",
+            &["stage"],
+        )?;
+        let redelivered_events = counter(
+            "touchstream_processor_redelivered_events_total",
+            "Re-sent copies of events already processed (after a restart upstream), skipped",
             &["stage"],
         )?;
         let identity_conflicts = counter(
@@ -187,6 +195,7 @@ impl Metrics {
             late_events,
             placed_events,
             corrected_events,
+            redelivered_events,
             identity_conflicts,
             funnel_attempts,
             funnel_step_reached,

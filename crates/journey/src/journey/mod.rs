@@ -118,18 +118,19 @@ pub struct JourneyCounters {
     pub redelivered: u64,
 }
 
-/// Where a routed event comes from: its identity-stage partition and its place in that
-/// partition's output (the stage-1 `seq` of the input that produced it, and the output's
-/// index among that input's routed records). A partition's output reaches each journey
-/// partition in this order, and a restarted identity partition re-sends the same output
-/// with the same origins (it is deterministic), so an origin not after the last one
-/// processed from its source is a copy (docs/design.md §4, Crashes and copies).
+/// Where a routed event comes from: the stage-1 input stream that produced it (the
+/// processor: one identity topic partition), the input's position in that stream (its
+/// Kafka offset) and the event's index among that input's routed records. Stage 1 reads
+/// each stream in order, so its output reaches each journey partition in origin order
+/// per stream; a restarted stage 1 (or a fresh consumer group replaying the topic)
+/// re-sends the same inputs' output with the same origins. So an origin not after the
+/// last one processed from its stream is a copy (docs/design.md §4, Crashes and copies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Origin {
-    /// Identity-stage (raw topic) partition.
-    pub source: i32,
-    /// Stage-1 `seq` of the input that produced the event.
-    pub seq: u64,
+    /// The input stream (processor: `partition * 2`, `+ 1` for `touchpoints.aliases`).
+    pub source: u32,
+    /// The input's position in it (processor: the Kafka offset).
+    pub position: u64,
     /// Index of the event among that input's routed records.
     pub index: u32,
 }
@@ -151,9 +152,9 @@ pub struct JourneySnapshot {
     counters: JourneyCounters,
     version_seq: u64,
     version_n: u64,
-    /// Last `(seq, index)` processed per source partition ([`Origin`]).
+    /// Last `(position, index)` processed per source stream ([`Origin`]).
     #[serde(default)]
-    delivered: BTreeMap<i32, (u64, u32)>,
+    delivered: BTreeMap<u32, (u64, u32)>,
 }
 
 /// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
@@ -236,8 +237,8 @@ pub struct JourneyStage {
     /// tests vary it to compare the tail shortcut with full replays).
     tail_min_events: usize,
     counters: JourneyCounters,
-    /// Last `(seq, index)` processed per source partition ([`Self::process_from`]).
-    delivered: BTreeMap<i32, (u64, u32)>,
+    /// Last `(position, index)` processed per source stream ([`Self::process_from`]).
+    delivered: BTreeMap<u32, (u64, u32)>,
 }
 
 impl JourneyStage {
@@ -359,17 +360,17 @@ impl JourneyStage {
         self.buffer.len()
     }
 
-    /// [`Self::process`] an event sent by identity partition `origin.source`, unless it is
-    /// a copy of one already processed from there: an identity partition restarted from
+    /// [`Self::process`] an event routed from stage-1 input stream `origin.source`, unless
+    /// it is a copy of one already processed from there: an identity partition restarted from
     /// its saved state (after `kill -9`, a pause that cost it its partitions, a rebalance)
     /// re-sends everything it routed after that state was saved. Whether a copy would
     /// still be placed, or found in its customer's history, depends on how far the
     /// watermark moved meanwhile (a copy older than the correction horizon, or before its
     /// customer's checkpoint, would be stored late and replace the placed row), so copies
     /// are recognised by where they come from, not by when they happened. Counted in
-    /// `redelivered`.
-    pub fn process_from(&mut self, routed: RoutedEvent, seq: u64, origin: Origin) {
-        let at = (origin.seq, origin.index);
+    /// `redelivered`. Returns whether the event was new (processed).
+    pub fn process_from(&mut self, routed: RoutedEvent, seq: u64, origin: Origin) -> bool {
+        let at = (origin.position, origin.index);
         if self
             .delivered
             .get(&origin.source)
@@ -377,10 +378,11 @@ impl JourneyStage {
         {
             self.out.bump_seq(seq);
             self.counters.redelivered += 1;
-            return;
+            return false;
         }
         self.delivered.insert(origin.source, at);
         self.process(routed, seq);
+        true
     }
 
     /// Handle one routed event. `seq` (the input offset ordinal) must not decrease.

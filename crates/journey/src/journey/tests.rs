@@ -892,9 +892,9 @@ fn a_copy_re_sent_after_the_watermark_moved_on_is_recognised_not_late() {
         external_watermark: true,
         ..JourneyConfig::default()
     };
-    let origin = |seq, index| Origin {
+    let origin = |position, index| Origin {
         source: 1,
-        seq,
+        position,
         index,
     };
     const FAR: i64 = 9 * 24 * 60 * MIN;
