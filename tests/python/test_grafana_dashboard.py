@@ -98,6 +98,8 @@ def test_required_panels_exist(dashboard):
         "touchstream_processor_clickhouse_insert_duration_seconds_bucket",
         "touchstream_processor_clickhouse_insert_failures_total",
         "touchstream_processor_late_events_total",
+        "touchstream:late_events_share:ratio10m",
+        "touchstream:late_events_share:threshold",
         "touchstream_processor_identity_conflicts_total",
     ]:
         assert needed in exprs, f"no panel queries {needed}"

@@ -23,6 +23,7 @@ ALERTS = {
     "FunnelStepDropoffSpike", "ComplaintSpike", "FollowUpSlaBreach",
     "ComplaintsNotFollowedUp", "ComplaintsAwaitingFollowUp", "ConsumerLagGrowing", "CollectorSilent",
     "CollectorHighRejectionShare", "CollectorBrokerErrors", "ClickHouseInsertFailures",
+    "LateEventsShareHigh",
 }
 
 

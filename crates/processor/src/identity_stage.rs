@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use touchstream_core::{avro, MessageType};
 use touchstream_journey::{
-    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, JourneyEvent, RoutedEvent,
+    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, JourneyEvent, Origin,
+    RoutedEvent,
 };
 
 use crate::batch::{Batch, Record};
@@ -130,6 +131,23 @@ impl Stage for Identity {
         );
         state.watermark_ms = Some(state.watermark_ms.map_or(t, |w| w.max(t)));
         let event = JourneyEvent::from(&tp);
+        // Each routed event says where it comes from (this topic partition, this input's
+        // offset, its place among the input's routed records), so that the journey stage
+        // recognises the copies this partition re-sends after restarting from its saved
+        // state (docs/design.md §4, Crashes and copies).
+        let source = u32::try_from(partition).unwrap_or_default() * 2
+            + u32::from(topic == self.aliases_topic);
+        let position = u64::try_from(offset).unwrap_or_default();
+        let mut index = 0;
+        let mut origin = || {
+            let o = Origin {
+                source,
+                position,
+                index,
+            };
+            index += 1;
+            o
+        };
         if topic == self.raw_topic {
             let alias_ids = (tp.message_type == MessageType::Alias && tp.anonymous_id.is_none())
                 .then(|| (tp.previous_id.clone(), tp.user_id.clone()));
@@ -143,12 +161,15 @@ impl Stage for Identity {
                     batch,
                     &self.routed_topic,
                     user.clone(),
-                    &Routed::Event(RoutedEvent {
-                        customer_id: user,
-                        event: event.into(),
-                        version: input.seq,
-                        reattributed: false,
-                    }),
+                    &Routed::EventFrom(
+                        RoutedEvent {
+                            customer_id: user,
+                            event: event.into(),
+                            version: input.seq,
+                            reattributed: false,
+                        },
+                        origin(),
+                    ),
                 );
                 batch.records.push(Record {
                     topic: self.aliases_topic.clone(),
@@ -168,7 +189,8 @@ impl Stage for Identity {
                         && forwarded.as_deref() == Some(routed.event.event_id.as_str()) => {}
                 IdentityOutput::Event(routed) => {
                     let key = routed.customer_id.clone();
-                    push_routed(batch, &self.routed_topic, key, &Routed::Event(routed));
+                    let routed = Routed::EventFrom(routed, origin());
+                    push_routed(batch, &self.routed_topic, key, &routed);
                 }
                 IdentityOutput::Retract(r) => {
                     let key = r.customer_id.clone();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelChangeKind, FunnelSet, JourneyConfig, JourneySnapshot, JourneyStage,
-    MessageType, OpenAttemptCount, Outcome,
+    Catalog, FunnelChangeKind, FunnelSet, JourneyConfig, JourneyCounters, JourneyEvent,
+    JourneySnapshot, JourneyStage, MessageType, OpenAttemptCount, Outcome, RoutedEvent,
 };
 
 use crate::batch::Batch;
@@ -72,9 +72,8 @@ pub struct JourneyState {
     engine: JourneyStage,
     /// Attempts already counted in metrics (re-emitted rows are not counted twice).
     counted: HashSet<String>,
-    late_seen: u64,
-    /// `corrected_events` already added to the metric.
-    corrected_seen: u64,
+    /// Engine counters already added to the metrics.
+    seen: JourneyCounters,
     /// Watermark of each identity-stage partition, ms.
     sources: BTreeMap<i32, i64>,
     /// This partition's open-attempt counts in the shared gauges' sum.
@@ -141,8 +140,7 @@ impl Stage for Journey {
                 self.funnels.clone(),
             ),
             counted: HashSet::new(),
-            late_seen: 0,
-            corrected_seen: 0,
+            seen: JourneyCounters::default(),
             sources: BTreeMap::new(),
             open_slot: self.open_slot(),
             open_counted_at: None,
@@ -178,13 +176,12 @@ impl Stage for Journey {
                 .with_label_values(&[&change.funnel, kind])
                 .inc();
         }
-        let late_seen = engine.counters().late_events;
-        let corrected_seen = engine.counters().corrected_events;
+        // The restored totals were counted by the process that saved them.
+        let seen = engine.counters().clone();
         Ok(JourneyState {
             engine,
             counted: HashSet::new(),
-            late_seen,
-            corrected_seen,
+            seen,
             sources: saved.sources,
             open_slot: self.open_slot(),
             open_counted_at: None,
@@ -201,23 +198,18 @@ impl Stage for Journey {
     fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
         match crate::routed_codec::decode(input.payload) {
             Ok(Routed::Event(e)) => {
-                if !e.reattributed {
-                    let tp = self.catalog.classify(&e.event);
-                    let name = match e.event.kind {
-                        MessageType::Track => e
-                            .event
-                            .event
-                            .as_deref()
-                            .filter(|n| self.catalog.events.contains_key(*n))
-                            .unwrap_or("other"),
-                        kind => kind.as_str(),
-                    };
-                    self.metrics
-                        .touchpoints
-                        .with_label_values(&[name, tp.stage.as_str(), tp.channel.as_str()])
-                        .inc();
+                self.count_touchpoint(&e);
+                state.engine.process(e, input.seq);
+            }
+            Ok(Routed::EventFrom(e, origin)) => {
+                // Counted only when new: a copy re-sent by a restarted identity partition
+                // is skipped by the engine.
+                let counted = (!e.reattributed).then(|| Arc::clone(&e.event));
+                if state.engine.process_from(e, input.seq, origin) {
+                    if let Some(event) = counted {
+                        self.count_touchpoint_event(&event);
+                    }
                 }
-                state.engine.process(e, input.seq)
             }
             Ok(Routed::Retract(r)) => state.engine.retract(&r, input.seq),
             Ok(Routed::Watermark {
@@ -249,14 +241,7 @@ impl Stage for Journey {
 
     fn drain(&self, state: &mut JourneyState, partition: i32, batch: &mut Batch) {
         let out = state.engine.take_output();
-        let counters = state.engine.counters();
-        let m = &self.metrics;
-        add_since(&m.late_events, counters.late_events, &mut state.late_seen);
-        add_since(
-            &m.corrected_events,
-            counters.corrected_events,
-            &mut state.corrected_seen,
-        );
+        export_counters(&self.metrics, state.engine.counters(), &mut state.seen);
         let label = partition.to_string();
         if let Some(w) = state.engine.watermark_ms() {
             self.metrics
@@ -393,15 +378,111 @@ impl Journey {
             }
         }
     }
+
+    /// The touchpoints metric for an event arriving at the stage (re-attributed copies
+    /// are not counted: their event was counted under the anonymous id).
+    fn count_touchpoint(&self, e: &RoutedEvent) {
+        if !e.reattributed {
+            self.count_touchpoint_event(&e.event);
+        }
+    }
+
+    fn count_touchpoint_event(&self, event: &JourneyEvent) {
+        let tp = self.catalog.classify(event);
+        let name = match event.kind {
+            MessageType::Track => event
+                .event
+                .as_deref()
+                .filter(|n| self.catalog.events.contains_key(*n))
+                .unwrap_or("other"),
+            kind => kind.as_str(),
+        };
+        self.metrics
+            .touchpoints
+            .with_label_values(&[name, tp.stage.as_str(), tp.channel.as_str()])
+            .inc();
+    }
 }
 
-/// Add to the journey stage's `counter` what the engine's `total` gained since `seen`
-/// (the engine's counters are totals, restored with its snapshot).
-fn add_since(counter: &prometheus::IntCounterVec, total: u64, seen: &mut u64) {
+/// Add to the metrics what the engine's counters gained since `seen` (the engine's
+/// counters are totals, restored with its snapshot).
+fn export_counters(m: &Metrics, counters: &JourneyCounters, seen: &mut JourneyCounters) {
+    let late = |cause| m.late_events.with_label_values(&["journey", cause]);
+    add_since(
+        &late("beyond_horizon"),
+        counters.late_beyond_horizon,
+        &mut seen.late_beyond_horizon,
+    );
+    add_since(
+        &late("before_checkpoint"),
+        counters.late_before_checkpoint,
+        &mut seen.late_before_checkpoint,
+    );
+    add_since(
+        &late("reattributed_too_old"),
+        counters.reattributed_too_old,
+        &mut seen.reattributed_too_old,
+    );
+    add_since(
+        &m.placed_events.with_label_values(&["journey"]),
+        counters.placed_events,
+        &mut seen.placed_events,
+    );
+    add_since(
+        &m.corrected_events.with_label_values(&["journey"]),
+        counters.corrected_events,
+        &mut seen.corrected_events,
+    );
+    add_since(
+        &m.redelivered_events.with_label_values(&["journey"]),
+        counters.redelivered,
+        &mut seen.redelivered,
+    );
+}
+
+/// Add to `counter` what the engine's `total` gained since `seen`.
+fn add_since(counter: &prometheus::IntCounter, total: u64, seen: &mut u64) {
     if total > *seen {
-        counter
-            .with_label_values(&["journey"])
-            .inc_by(total - *seen);
+        counter.inc_by(total - *seen);
         *seen = total;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_events_are_exported_by_cause_and_only_once() {
+        let m = Metrics::new().expect("metrics");
+        // Restored totals were exported by the process that saved them.
+        let mut seen = JourneyCounters {
+            late_beyond_horizon: 2,
+            placed_events: 10,
+            ..JourneyCounters::default()
+        };
+        let counters = JourneyCounters {
+            late_events: 4,
+            late_beyond_horizon: 3,
+            late_before_checkpoint: 1,
+            reattributed_too_old: 5,
+            placed_events: 17,
+            corrected_events: 6,
+            redelivered: 8,
+            ..JourneyCounters::default()
+        };
+        export_counters(&m, &counters, &mut seen);
+        export_counters(&m, &counters, &mut seen);
+        let text = m.render();
+        for line in [
+            r#"touchstream_processor_late_events_total{cause="beyond_horizon",stage="journey"} 1"#,
+            r#"touchstream_processor_late_events_total{cause="before_checkpoint",stage="journey"} 1"#,
+            r#"touchstream_processor_late_events_total{cause="reattributed_too_old",stage="journey"} 5"#,
+            r#"touchstream_processor_placed_events_total{stage="journey"} 7"#,
+            r#"touchstream_processor_corrected_events_total{stage="journey"} 6"#,
+            r#"touchstream_processor_redelivered_events_total{stage="journey"} 8"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }

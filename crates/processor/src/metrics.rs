@@ -23,11 +23,20 @@ pub struct Metrics {
     pub insert_seconds: HistogramVec,
     /// Failed ClickHouse insert attempts (each retried), by table.
     pub insert_failures: IntCounterVec,
-    /// Events older than the correction horizon on arrival (stored, not placed).
+    /// Events stored late (`is_late`, not placed), by stage and cause: `beyond_horizon`
+    /// (older than the correction horizon behind the release frontier),
+    /// `before_checkpoint` (inside the horizon but before the customer's checkpoint),
+    /// `reattributed_too_old` (a re-attributed copy older than the horizon).
     pub late_events: IntCounterVec,
+    /// Events placed in their customer's history: with `late_events`, the denominator of
+    /// the late share (docs/ops.md, LateEventsShareHigh).
+    pub placed_events: IntCounterVec,
     /// Events that arrived behind the release frontier but inside the horizon: placed,
     /// and the rows they change rewritten.
     pub corrected_events: IntCounterVec,
+    /// Events an identity partition re-sent after restarting from its saved state,
+    /// recognised as copies of events already processed and skipped.
+    pub redelivered_events: IntCounterVec,
     /// Later conflicting identity links, recorded and not applied.
     pub identity_conflicts: IntCounterVec,
     /// Funnels found added, changed, removed or moved against a restored snapshot, by
@@ -81,12 +90,22 @@ impl Metrics {
         )?;
         let late_events = counter(
             "touchstream_processor_late_events_total",
-            "Events older than the correction horizon: stored raw, not placed in order",
+            "Events stored late (is_late, not placed in sessions or funnels), by cause",
+            &["stage", "cause"],
+        )?;
+        let placed_events = counter(
+            "touchstream_processor_placed_events_total",
+            "Events placed in their customer's history (sessions, funnels)",
             &["stage"],
         )?;
         let corrected_events = counter(
             "touchstream_processor_corrected_events_total",
             "Events behind the release frontier but inside the correction horizon: placed, rows rewritten",
+            &["stage"],
+        )?;
+        let redelivered_events = counter(
+            "touchstream_processor_redelivered_events_total",
+            "Re-sent copies of events already processed (after a restart upstream), skipped",
             &["stage"],
         )?;
         let identity_conflicts = counter(
@@ -204,7 +223,9 @@ impl Metrics {
             insert_seconds,
             insert_failures,
             late_events,
+            placed_events,
             corrected_events,
+            redelivered_events,
             identity_conflicts,
             funnel_definition_changes,
             funnel_attempts,

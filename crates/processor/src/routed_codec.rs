@@ -17,19 +17,25 @@
 //! 0 track, 1 page, 2 screen, 3 identify, 4 alias), optional `event`, `anonymous_id`,
 //! `user_id`, `previous_id`, `channel`, `event_time_ms` (`i64`), `version` (`u64`),
 //! `reattributed` (`u8` 0/1), `properties` (a string holding the JSON object as the
-//! collector wrote it, `{}` included; empty for none). Documented in `schemas/README.md`.
+//! collector wrote it, `{}` included; empty for none). Format version `2` (what the
+//! identity stage writes) appends the event's [`Origin`]: `source` (`u32`), `position`
+//! (`u64`), `index` (`u32`), by which the journey stage recognises a copy an identity partition
+//! re-sent after a restart; version `1` records (no origin) are still read. Documented in
+//! `schemas/README.md`.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use touchstream_journey::{JourneyEvent, MessageType, Properties, Retract, RoutedEvent};
+use touchstream_journey::{JourneyEvent, MessageType, Origin, Properties, Retract, RoutedEvent};
 
 /// A message on `touchpoints.by_customer` (serde's externally tagged JSON:
 /// `{"Event": {...}}` or `{"Retract": {...}}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Routed {
-    /// An event with its customer.
+    /// An event with its customer (format version 1, or JSON from older processors).
     Event(RoutedEvent),
+    /// An event with its customer and where it comes from (format version 2; never JSON).
+    EventFrom(RoutedEvent, Origin),
     /// Delete an anonymous customer's journey (its events are re-sent under a user).
     Retract(Retract),
     /// An identity-stage partition's event-time watermark, sent to every journey
@@ -44,8 +50,10 @@ pub enum Routed {
 
 /// First byte of a binary event record (never the first byte of JSON).
 pub const EVENT_MAGIC: u8 = 0xE1;
-/// The layout described in the module docs.
+/// The layout described in the module docs, without an origin.
 const FORMAT_VERSION: u8 = 1;
+/// The same followed by the event's [`Origin`].
+const FORMAT_VERSION_ORIGIN: u8 = 2;
 /// Length written for an absent optional string.
 const NONE: u32 = u32::MAX;
 
@@ -53,14 +61,24 @@ const NONE: u32 = u32::MAX;
 pub fn encode(routed: &Routed) -> Vec<u8> {
     match routed {
         Routed::Event(e) => encode_event(e),
+        Routed::EventFrom(e, origin) => encode_event_from(e, origin),
         // Serializing our own plain structs cannot fail; an empty value would be caught
         // by the journey stage's decoder and sent to the DLQ rather than lost silently.
         other => serde_json::to_vec(other).unwrap_or_default(),
     }
 }
 
-/// The binary record of one routed event.
+/// The binary record of one routed event (format version 1, no origin).
 pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
+    encode_binary(r, None)
+}
+
+/// The binary record of one routed event with its origin (format version 2).
+pub fn encode_event_from(r: &RoutedEvent, origin: &Origin) -> Vec<u8> {
+    encode_binary(r, Some(origin))
+}
+
+fn encode_binary(r: &RoutedEvent, origin: Option<&Origin>) -> Vec<u8> {
     let e = &r.event;
     let optional = [
         &e.event,
@@ -75,9 +93,13 @@ pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
         .map(String::len)
         .sum();
     let text = text + e.properties.json().len();
-    let mut out = Vec::with_capacity(64 + r.customer_id.len() + e.event_id.len() + text);
+    let mut out = Vec::with_capacity(80 + r.customer_id.len() + e.event_id.len() + text);
     out.push(EVENT_MAGIC);
-    out.push(FORMAT_VERSION);
+    out.push(if origin.is_some() {
+        FORMAT_VERSION_ORIGIN
+    } else {
+        FORMAT_VERSION
+    });
     put_str(&mut out, &r.customer_id);
     put_str(&mut out, &e.event_id);
     out.push(kind_byte(e.kind));
@@ -92,13 +114,21 @@ pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
     out.push(u8::from(r.reattributed));
     // The text as it arrived (empty for none), not re-serialized.
     put_str(&mut out, e.properties.json());
+    if let Some(o) = origin {
+        out.extend_from_slice(&o.source.to_le_bytes());
+        out.extend_from_slice(&o.position.to_le_bytes());
+        out.extend_from_slice(&o.index.to_le_bytes());
+    }
     out
 }
 
 /// Decode a `touchpoints.by_customer` value, binary or JSON.
 pub fn decode(payload: &[u8]) -> Result<Routed, String> {
     if payload.first() == Some(&EVENT_MAGIC) {
-        decode_event(payload).map(Routed::Event)
+        decode_event(payload).map(|(e, origin)| match origin {
+            Some(origin) => Routed::EventFrom(e, origin),
+            None => Routed::Event(e),
+        })
     } else {
         serde_json::from_slice(payload).map_err(|e| e.to_string())
     }
@@ -171,15 +201,15 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_event(payload: &[u8]) -> Result<RoutedEvent, String> {
+fn decode_event(payload: &[u8]) -> Result<(RoutedEvent, Option<Origin>), String> {
     let mut r = Reader {
         buf: payload,
         at: 1,
     };
     let version = r.u8("format version")?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_ORIGIN {
         return Err(format!(
-            "routed event format version {version} is not {FORMAT_VERSION} (written by a newer processor?)"
+            "routed event format version {version} is not {FORMAT_VERSION} or {FORMAT_VERSION_ORIGIN} (written by a newer processor?)"
         ));
     }
     let customer_id = r.string("customer_id")?;
@@ -214,13 +244,22 @@ fn decode_event(payload: &[u8]) -> Result<RoutedEvent, String> {
         return Err("routed event properties are not a JSON object".into());
     }
     let properties = Properties::from_json(text);
+    let origin = if version == FORMAT_VERSION_ORIGIN {
+        Some(Origin {
+            source: u32::from_le_bytes(r.array("origin source")?),
+            position: u64::from_le_bytes(r.array("origin position")?),
+            index: u32::from_le_bytes(r.array("origin index")?),
+        })
+    } else {
+        None
+    };
     if r.at != payload.len() {
         return Err(format!(
             "routed event has {} bytes after its end",
             payload.len() - r.at
         ));
     }
-    Ok(RoutedEvent {
+    let event = RoutedEvent {
         customer_id,
         event: Arc::new(JourneyEvent {
             event_id,
@@ -235,7 +274,8 @@ fn decode_event(payload: &[u8]) -> Result<RoutedEvent, String> {
         }),
         version: seq,
         reattributed,
-    })
+    };
+    Ok((event, origin))
 }
 
 #[cfg(test)]
@@ -265,6 +305,29 @@ mod tests {
             version: 42,
             reattributed: true,
         }
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            source: 5,
+            position: 42,
+            index: 3,
+        }
+    }
+
+    #[test]
+    fn an_event_with_its_origin_round_trips_and_extends_version_1() {
+        let e = sample();
+        let bytes = encode(&Routed::EventFrom(e.clone(), origin()));
+        assert_eq!(bytes[..2], [EVENT_MAGIC, 2]);
+        assert_eq!(
+            decode(&bytes).unwrap(),
+            Routed::EventFrom(e.clone(), origin())
+        );
+        // The same record as version 1 plus 16 bytes of origin.
+        let v1 = encode_event(&e);
+        assert_eq!(bytes.len(), v1.len() + 16);
+        assert_eq!(bytes[2..v1.len()], v1[2..]);
     }
 
     #[test]
@@ -349,8 +412,13 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer).unwrap_err().contains("after its end"));
         let mut newer = bytes.clone();
-        newer[1] = 2;
-        assert!(decode(&newer).unwrap_err().contains("format version 2"));
+        newer[1] = 3;
+        assert!(decode(&newer).unwrap_err().contains("format version 3"));
+        let from = encode_event_from(&sample(), &origin());
+        for cut in 1..from.len() {
+            let err = decode(&from[..cut]).unwrap_err();
+            assert!(err.contains("routed event"), "{cut}: {err}");
+        }
         // kind sits after magic, version and the two length-prefixed ids
         let mut kind = bytes.clone();
         kind[2 + 4 + "u-1001".len() + 4 + "doc-m-2".len()] = 9;

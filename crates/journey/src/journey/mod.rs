@@ -97,8 +97,19 @@ fn secs_to_ms(secs: u64) -> i64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JourneyCounters {
-    /// Events older than the correction horizon on arrival: stored unplaced (`is_late`).
+    /// Events stored unplaced (`is_late`) on arrival: the sum of the two causes below.
     pub late_events: u64,
+    /// Of `late_events`: older than the correction horizon behind the release frontier.
+    pub late_beyond_horizon: u64,
+    /// Events inside the horizon but before their customer's checkpoint (made under a
+    /// shorter horizon, or, with a horizon shorter than the allowed lateness, moved past
+    /// a buffered event before its release): stored unplaced. Counted in `late_events`.
+    pub late_before_checkpoint: u64,
+    /// Events added to a customer's history: each event (by `(event_time, event_id)`) is
+    /// counted once, here or in a late cause, so `late / (late + placed)` is the share of
+    /// events that could not be placed. Duplicates count in neither; a re-attributed copy
+    /// counts as an event of its own (here or in `reattributed_too_old`).
+    pub placed_events: u64,
     /// Events that arrived behind the release frontier (the watermark less the allowed
     /// lateness) but inside the horizon: placed, and their customer's rows rewritten.
     pub corrected_events: u64,
@@ -110,6 +121,26 @@ pub struct JourneyCounters {
     pub retractions: u64,
     /// Customers forgotten after idling past the horizon.
     pub customers_expired: u64,
+    /// Re-delivered copies recognised by their [`Origin`] and skipped (an identity
+    /// partition re-sent what it had routed before a crash or a rebalance).
+    pub redelivered: u64,
+}
+
+/// Where a routed event comes from: the stage-1 input stream that produced it (the
+/// processor: one identity topic partition), the input's position in that stream (its
+/// Kafka offset) and the event's index among that input's routed records. Stage 1 reads
+/// each stream in order, so its output reaches each journey partition in origin order
+/// per stream; a restarted stage 1 (or a fresh consumer group replaying the topic)
+/// re-sends the same inputs' output with the same origins. So an origin not after the
+/// last one processed from its stream is a copy (docs/design.md §4, Crashes and copies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Origin {
+    /// The input stream (processor: `partition * 2`, `+ 1` for `touchpoints.aliases`).
+    pub source: u32,
+    /// The input's position in it (processor: the Kafka offset).
+    pub position: u64,
+    /// Index of the event among that input's routed records.
+    pub index: u32,
 }
 
 /// A buffered event in a snapshot.
@@ -133,6 +164,9 @@ pub struct JourneySnapshot {
     /// order its indexes refer to (`None` in snapshots from before they were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     funnels: Option<Vec<SavedFunnel>>,
+    /// Last `(position, index)` processed per source stream ([`Origin`]).
+    #[serde(default)]
+    delivered: BTreeMap<u32, (u64, u32)>,
 }
 
 /// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
@@ -144,7 +178,7 @@ impl Serialize for JourneySnapshotRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let e = self.0;
-        let mut st = s.serialize_struct("JourneySnapshot", 8)?;
+        let mut st = s.serialize_struct("JourneySnapshot", 9)?;
         st.serialize_field("watermark_ms", &e.watermark_ms)?;
         st.serialize_field("frontier_ms", &e.frontier_ms)?;
         st.serialize_field("buffer", &BufferRef(&e.buffer))?;
@@ -153,6 +187,7 @@ impl Serialize for JourneySnapshotRef<'_> {
         st.serialize_field("version_seq", &e.out.version_seq)?;
         st.serialize_field("version_n", &e.out.version_n)?;
         st.serialize_field("funnels", &remap::saved_funnels(&e.funnels))?;
+        st.serialize_field("delivered", &e.delivered)?;
         st.end()
     }
 }
@@ -217,6 +252,8 @@ pub struct JourneyStage {
     counters: JourneyCounters,
     /// How today's funnels differ from the snapshot's (empty when they match).
     funnel_changes: Vec<FunnelChange>,
+    /// Last `(position, index)` processed per source stream ([`Self::process_from`]).
+    delivered: BTreeMap<u32, (u64, u32)>,
 }
 
 impl JourneyStage {
@@ -297,6 +334,7 @@ impl JourneyStage {
             tail_min_events: emit::TAIL_MIN_EVENTS,
             counters: snapshot.counters,
             funnel_changes,
+            delivered: snapshot.delivered,
         }
     }
 
@@ -329,6 +367,7 @@ impl JourneyStage {
             version_seq: self.out.version_seq,
             version_n: self.out.version_n,
             funnels: Some(remap::saved_funnels(&self.funnels)),
+            delivered: self.delivered.clone(),
         }
     }
 
@@ -355,6 +394,31 @@ impl JourneyStage {
     /// Events waiting in the reorder buffer (for a gauge).
     pub fn buffered_events(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// [`Self::process`] an event routed from stage-1 input stream `origin.source`, unless
+    /// it is a copy of one already processed from there: an identity partition restarted from
+    /// its saved state (after `kill -9`, a pause that cost it its partitions, a rebalance)
+    /// re-sends everything it routed after that state was saved. Whether a copy would
+    /// still be placed, or found in its customer's history, depends on how far the
+    /// watermark moved meanwhile (a copy older than the correction horizon, or before its
+    /// customer's checkpoint, would be stored late and replace the placed row), so copies
+    /// are recognised by where they come from, not by when they happened. Counted in
+    /// `redelivered`. Returns whether the event was new (processed).
+    pub fn process_from(&mut self, routed: RoutedEvent, seq: u64, origin: Origin) -> bool {
+        let at = (origin.position, origin.index);
+        if self
+            .delivered
+            .get(&origin.source)
+            .is_some_and(|last| at <= *last)
+        {
+            self.out.bump_seq(seq);
+            self.counters.redelivered += 1;
+            return false;
+        }
+        self.delivered.insert(origin.source, at);
+        self.process(routed, seq);
+        true
     }
 
     /// Handle one routed event. `seq` (the input offset ordinal) must not decrease.
@@ -411,6 +475,11 @@ impl JourneyStage {
             let cutoff = checkpoint_ms.map_or(self.cutoff_ms(), |b| b.max(self.cutoff_ms()));
             if hist.time_ms < cutoff {
                 self.counters.late_events += 1;
+                if hist.time_ms < self.cutoff_ms() {
+                    self.counters.late_beyond_horizon += 1;
+                } else {
+                    self.counters.late_before_checkpoint += 1;
+                }
                 self.out.unplaced(&id, &hist, true);
                 return;
             }
@@ -539,11 +608,17 @@ impl JourneyStage {
                 if customer.base_until_ms.is_some_and(|b| hist.time_ms < b) {
                     // Before the checkpoint: only reachable with a horizon shorter than
                     // the lateness. Keep the promise of never losing an event.
-                    self.counters.reattributed_too_old += 1;
+                    self.counters.late_events += 1;
+                    self.counters.late_before_checkpoint += 1;
                     self.out.unplaced(&customer_id, &hist, true);
                     return;
                 }
-                if let Some(kept) = customer.add(hist, &mut self.counters.duplicates) {
+                let duplicates = self.counters.duplicates;
+                let kept = customer.add(hist, &mut self.counters.duplicates);
+                if self.counters.duplicates == duplicates {
+                    self.counters.placed_events += 1;
+                }
+                if let Some(kept) = kept {
                     // A copy with a higher version (e.g. the re-attributed copy in a full
                     // replay by a fresh group, after a late row for the same event id under
                     // the anonymous id): the placed row goes out again, same content, so
@@ -561,6 +636,7 @@ impl JourneyStage {
                 let mut customer = Box::<Customer>::default();
                 // A new customer's history holds no duplicate.
                 let _ = customer.add(hist, &mut self.counters.duplicates);
+                self.counters.placed_events += 1;
                 customer.dirty = true;
                 self.customers.insert(Arc::clone(&customer_id), customer);
                 self.dirty.push(customer_id);

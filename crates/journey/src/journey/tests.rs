@@ -198,7 +198,11 @@ fn older_than_the_horizon_is_too_late_stored_and_counted() {
     assert!(late.is_late && late.session_id.is_empty());
     assert_eq!(late.customer_id, "c");
     assert_eq!(st.counters().late_events, 1);
+    assert_eq!(st.counters().late_beyond_horizon, 1);
+    assert_eq!(st.counters().late_before_checkpoint, 0);
     assert_eq!(st.counters().corrected_events, 1);
+    // Each event once: placed or late.
+    assert_eq!(st.counters().placed_events, 2);
 }
 
 #[test]
@@ -230,6 +234,8 @@ fn a_raised_horizon_does_not_place_events_before_an_older_checkpoint() {
         .expect("row");
     assert!(row.is_late && row.session_id.is_empty());
     assert_eq!(st.counters().late_events, 1);
+    assert_eq!(st.counters().late_before_checkpoint, 1);
+    assert_eq!(st.counters().late_beyond_horizon, 0);
     assert_eq!(st.counters().reattributed_too_old, 0);
 }
 
@@ -395,6 +401,8 @@ fn a_replayed_copy_behind_the_watermark_does_not_replace_the_placed_row() {
     assert_eq!(t.touchpoints["e1"], placed);
     assert_eq!(st.counters().late_events, 0);
     assert_eq!(st.counters().duplicates, 1);
+    // e1 only: e2 still waits for the frontier (events count as placed on release).
+    assert_eq!(st.counters().placed_events, 1);
 }
 
 #[test]
@@ -586,6 +594,7 @@ fn duplicates_are_placed_once() {
     ]);
     assert_eq!(t.sessions.values().next().map(|s| s.event_count), Some(1));
     assert_eq!(st.counters().duplicates, 1);
+    assert_eq!(st.counters().placed_events, 1);
 }
 
 #[test]
@@ -993,4 +1002,51 @@ fn open_attempts_appear_advance_and_vanish_on_close() {
     assert!(open.is_empty(), "{open:?}");
     assert!(st.open_attempts(&[0.5]).is_empty());
     assert_eq!(table.len(), 2, "tombstones reuse the keys");
+}
+
+#[test]
+fn a_copy_re_sent_after_the_watermark_moved_on_is_recognised_not_late() {
+    // Horizon 60 min. c's event at 0 is placed; the watermark then moves 9 days on, past
+    // the longest funnel window, so c is forgotten. The identity partition restarts and re-sends
+    // the event: without its origin it would be stored late and replace the placed row.
+    let config = JourneyConfig {
+        reattribution_horizon_secs: Some(3600),
+        external_watermark: true,
+        ..JourneyConfig::default()
+    };
+    let origin = |position, index| Origin {
+        source: 1,
+        position,
+        index,
+    };
+    const FAR: i64 = 9 * 24 * 60 * MIN;
+    let mut st = JourneyStage::new(config.clone(), Catalog::default(), funnels());
+    let mut t = Tables::default();
+    st.process_from(routed("c", "e1", "Home", 0, 7), 1, origin(7, 0));
+    st.advance_watermark(10 * MIN, 2);
+    t.apply(st.take_output());
+    let placed = t.touchpoints["e1"].clone();
+    assert!(!placed.is_late && !placed.session_id.is_empty());
+    st.process_from(routed("d", "e2", "Home", FAR, 8), 3, origin(8, 0));
+    st.advance_watermark(FAR, 4);
+    // The state survives a restart (snapshot round trip) with what it has processed.
+    let json = serde_json::to_string(&st.snapshot_ref()).expect("snapshot");
+    let mut st = JourneyStage::from_snapshot(
+        config,
+        Catalog::default(),
+        funnels(),
+        serde_json::from_str(&json).expect("restore"),
+    );
+    st.process_from(routed("c", "e1", "Home", 0, 7), 5, origin(7, 0));
+    st.process_from(routed("d", "e2", "Home", FAR, 8), 6, origin(8, 0));
+    t.apply(st.take_output());
+    assert_eq!(t.touchpoints["e1"], placed);
+    assert_eq!(st.counters().redelivered, 2);
+    assert_eq!(st.counters().late_events, 0);
+    // Without an origin the same copy is judged by its time: late.
+    st.process(routed("c", "e1", "Home", 0, 7), 7);
+    assert_eq!(st.counters().late_events, 1);
+    // What follows from the same source is new.
+    st.process_from(routed("d", "e3", "Home", FAR + 1, 8), 8, origin(8, 1));
+    assert_eq!(st.counters().redelivered, 2);
 }
