@@ -69,6 +69,20 @@ impl Buffer {
         }
     }
 
+    /// The buffered event of `customer` with `event_id`, at whatever time.
+    pub(super) fn get_mut(
+        &mut self,
+        customer: &Arc<str>,
+        event_id: &str,
+    ) -> Option<&mut HistEvent> {
+        let keys = self.per_customer.get(customer)?;
+        let (time_ms, id) = keys.iter().find(|(_, id)| &**id == event_id)?;
+        let at = *self
+            .order
+            .get(&(*time_ms, Arc::clone(id), Arc::clone(customer)))?;
+        self.slots.get_mut(at)?.as_mut()
+    }
+
     /// The first event in release order if its time is before `frontier_ms` (any, with
     /// `flush`), removed.
     pub(super) fn pop_before(
@@ -214,6 +228,10 @@ mod tests {
             .map(|(c, e)| (c.to_string(), e.event_id.to_string()))
             .collect();
         assert_eq!(rest, vec![("z".to_string(), "z2".to_string())]);
+        // Found by id alone, at whatever time.
+        assert_eq!(b.get_mut(&z, "z2").map(|e| e.time_ms), Some(20));
+        assert!(b.get_mut(&z, "z1").is_none());
+        assert!(b.get_mut(&a, "z2").is_none());
         // Slots freed by the retraction are reused.
         assert!(b.insert(Arc::clone(&a), event(40, "a4")));
         assert_eq!(b.slots.len(), 5);

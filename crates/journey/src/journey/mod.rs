@@ -96,7 +96,8 @@ pub struct JourneyCounters {
     pub corrected_events: u64,
     /// Re-attributed events older than the horizon, stored as late touchpoints.
     pub reattributed_too_old: u64,
-    /// Events whose `(event_time, event_id)` was already in the customer's history.
+    /// Copies of an event id the customer's journey already held (placed or buffered),
+    /// whatever their event time: retries and replays, dropped.
     pub duplicates: u64,
     /// Retractions applied.
     pub retractions: u64,
@@ -343,17 +344,22 @@ impl JourneyStage {
             session: [0; 2],
             keyed: false,
         };
-        let (id, placed, checkpoint_ms) = match self.customers.get_key_value(customer_id.as_str()) {
-            Some((id, c)) => (
-                Arc::clone(id),
-                !reattributed
-                    && c.history
-                        .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
-                        .is_ok(),
-                c.base_until_ms,
-            ),
-            None => (Arc::from(customer_id), false, None),
+        let (id, checkpoint_ms) = match self.customers.get_key_value(customer_id.as_str()) {
+            Some((id, c)) => (Arc::clone(id), c.base_until_ms),
+            None => (Arc::from(customer_id), None),
         };
+        // One event counts once: a copy of an event id the customer's journey already
+        // holds (placed, or waiting in the buffer) is a duplicate, whatever its event
+        // time — a client's retry carries a new `sentAt`/receipt time, and a replayed
+        // copy (the upstream stage re-sent its output after a restart) the same one. The
+        // copy that arrived first (input order, so a replay decides alike) stays;
+        // checked before the lateness rules, so a duplicate behind the horizon never
+        // comes back as a late row that replaces the placed one (docs/design.md §4,
+        // Duplicates).
+        if self.keep_first_copy(&id, &hist, reattributed) {
+            self.counters.duplicates += 1;
+            return;
+        }
         if reattributed {
             if hist.time_ms < self.cutoff_ms() {
                 self.counters.reattributed_too_old += 1;
@@ -361,13 +367,6 @@ impl JourneyStage {
                 return;
             }
         } else {
-            // A replayed copy of an event already placed (e.g. the upstream stage re-sent
-            // its output after a restart) must not come back as a late row and replace the
-            // placed one.
-            if placed {
-                self.counters.duplicates += 1;
-                return;
-            }
             // Behind the correction horizon: the customer's state there is folded into its
             // checkpoint (or forgotten), so the event cannot be placed; stored and counted.
             // The customer's own checkpoint can lie later than today's cutoff when the
@@ -440,6 +439,46 @@ impl JourneyStage {
     /// Rows produced since the last call, newest per key, sorted by version.
     pub fn take_output(&mut self) -> JourneyOutput {
         self.out.take(&self.funnels)
+    }
+
+    /// Whether `customer` already holds a copy of `hist`'s event id, in its history or
+    /// in the buffer. The kept copy stays as it is, except that a re-attributed copy
+    /// raises its version (re-attribution carries the link's higher version, so that the
+    /// user's row replaces any written under the anonymous id): a placed copy's
+    /// touchpoint row then goes out again, same content, new version.
+    ///
+    /// The history is searched in full: no per-customer id index, so memory per customer
+    /// stays as it was; a history is bounded by the correction horizon.
+    fn keep_first_copy(
+        &mut self,
+        customer: &Arc<str>,
+        hist: &HistEvent,
+        reattributed: bool,
+    ) -> bool {
+        let raise = |kept: &mut HistEvent| {
+            let raised = reattributed && hist.version > kept.version;
+            if raised {
+                kept.version = hist.version;
+            }
+            raised
+        };
+        if let Some(c) = self.customers.get_mut(customer) {
+            if let Some(kept) = c.history.iter_mut().find(|e| e.event_id == hist.event_id) {
+                if raise(kept) && kept.emitted > 0 {
+                    self.out
+                        .touchpoint(customer, kept, kept.emitted_session(), false);
+                    kept.emitted = kept.emitted.saturating_add(1);
+                }
+                return true;
+            }
+        }
+        match self.buffer.get_mut(customer, &hist.event_id) {
+            Some(kept) => {
+                raise(kept);
+                true
+            }
+            None => false,
+        }
     }
 
     fn cutoff_ms(&self) -> i64 {
