@@ -4,7 +4,8 @@
 //! A collector and a processor run as children. Batches are sent open-loop on a fixed
 //! schedule (a slow answer does not delay the next batch, so queueing shows up as
 //! latency instead of as a lower rate). Every `tracer_every`-th event is a tracer with
-//! a known `messageId`; ClickHouse is polled every `poll_ms` for the tracers it shows.
+//! a known `messageId` (its event id is `<source>:<messageId>`, README "Event ids and
+//! retries"); ClickHouse is polled every `poll_ms` for the tracers it shows.
 //! A tracer's latency is the poll time that first saw it minus its `received_at` (the
 //! collector's clock, same host), measured twice:
 //! - **raw**: its `events` row, i.e. its row in the `touchpoints` view (identity stage);
@@ -149,12 +150,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
         collector.check_alive()?;
         let raw = visible(
             &ch,
-            "SELECT count() AS n FROM events WHERE event_id LIKE 'w-%'",
+            "SELECT count() AS n FROM events WHERE event_id LIKE '%:w-%'",
         )
         .await?;
         let enriched = visible(
             &ch,
-            "SELECT uniqExact(event_id) AS n FROM touchpoint_journey WHERE event_id LIKE 'w-%'",
+            "SELECT uniqExact(event_id) AS n FROM touchpoint_journey WHERE event_id LIKE '%:w-%'",
         )
         .await?;
         bar.set_position(raw.min(size as u64) + enriched.min(size as u64));
@@ -231,7 +232,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
         processor.check_alive()?;
         collector.check_alive()?;
         let raw: Vec<RawSeen> = ch
-            .query("SELECT event_id, received_at_ms FROM events WHERE event_id LIKE 't-%'")
+            .query("SELECT event_id, received_at_ms FROM events WHERE event_id LIKE '%:t-%'")
             .fetch_all()
             .await
             .map_err(|e| BenchError::clickhouse("polling tracers in events", e))?;
@@ -240,7 +241,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
             raw_seen.entry(r.event_id).or_insert((r.received_at_ms, at));
         }
         let enriched: Vec<Id> = ch
-            .query("SELECT event_id FROM touchpoint_journey WHERE event_id LIKE 't-%' AND customer_id != ''")
+            .query("SELECT event_id FROM touchpoint_journey WHERE event_id LIKE '%:t-%' AND customer_id != ''")
             .fetch_all()
             .await
             .map_err(|e| BenchError::clickhouse("polling tracers in touchpoint_journey", e))?;
