@@ -44,7 +44,7 @@ use crate::journey::rows::JourneyOutput;
 use crate::journey::session::HistEvent;
 
 use buffer::Buffer;
-use customer::{Customer, LiveRow, Names, SavedCustomer};
+use customer::{Customer, IdIndex, LiveRow, Names, SavedCustomer};
 use emit::Scratch;
 use output::Output;
 
@@ -192,6 +192,8 @@ pub struct JourneyStage {
     frontier_ms: Option<i64>,
     buffer: Buffer,
     customers: FastMap<Arc<str>, Box<Customer>>,
+    /// Event ids of the customers with long histories (duplicates, docs/design.md §4).
+    ids: IdIndex,
     timers: BTreeSet<(i64, Arc<str>)>,
     /// Customers to recompute at the end of [`Self::advance`] (empty between calls).
     dirty: Vec<Arc<str>>,
@@ -262,6 +264,7 @@ impl JourneyStage {
             frontier_ms: snapshot.frontier_ms,
             buffer,
             customers,
+            ids: IdIndex::default(),
             timers,
             dirty: Vec::new(),
             names,
@@ -408,6 +411,7 @@ impl JourneyStage {
         for (customer, hist) in self.buffer.remove_customer(id) {
             self.out.unplaced(&customer, &hist, false);
         }
+        self.ids.forget(id);
         if let Some((key, customer)) = self.customers.remove_entry(id) {
             for row in &customer.live {
                 self.out.tombstone(&key, row);
@@ -447,8 +451,7 @@ impl JourneyStage {
     /// user's row replaces any written under the anonymous id): a placed copy's
     /// touchpoint row then goes out again, same content, new version.
     ///
-    /// The history is searched in full: no per-customer id index, so memory per customer
-    /// stays as it was; a history is bounded by the correction horizon.
+    /// Short histories are scanned, long ones looked up ([`IdIndex`]).
     fn keep_first_copy(
         &mut self,
         customer: &Arc<str>,
@@ -463,7 +466,8 @@ impl JourneyStage {
             raised
         };
         if let Some(c) = self.customers.get_mut(customer) {
-            if let Some(kept) = c.history.iter_mut().find(|e| e.event_id == hist.event_id) {
+            let found = self.ids.find(customer, &c.history, &hist.event_id);
+            if let Some(kept) = found.map(|i| &mut c.history[i]) {
                 if raise(kept) && kept.emitted > 0 {
                     self.out
                         .touchpoint(customer, kept, kept.emitted_session(), false);
@@ -546,6 +550,7 @@ impl JourneyStage {
                     self.out.unplaced(&customer_id, &hist, true);
                     return;
                 }
+                self.ids.placed(&customer_id, &hist);
                 if let Some(kept) = customer.add(hist, &mut self.counters.duplicates) {
                     // A copy with a higher version (e.g. the re-attributed copy in a full
                     // replay by a fresh group, after a late row for the same event id under

@@ -633,6 +633,63 @@ fn a_retry_at_another_time_is_a_duplicate() {
     assert_eq!(t.sessions[t.session_of("m1")].start_ms, 10 * MIN);
 }
 
+/// Long histories and backlogs find ids through an index ([`IdIndex`], the buffer's):
+/// retries of early, middle and late events are found, placed or still buffered, and an
+/// id evicted from the history is no longer remembered.
+#[test]
+fn retries_are_found_in_long_histories_and_backlogs() {
+    let mut st = stage();
+    let mut t = Tables::default();
+    // 200 events a minute apart: the first ~195 released, the rest buffered.
+    for i in 0..200 {
+        st.process(routed("c", &format!("e{i}"), "Home", i * MIN, 1), i as u64);
+    }
+    t.apply(st.take_output());
+    assert!(st.buffered_events() > 0);
+    let mut seq = 200;
+    for (i, shift) in [(0, 500), (100, 300), (150, -3), (199, 700), (198, 1)] {
+        st.process(
+            routed("c", &format!("e{i}"), "Home", i * MIN + shift * MIN, 2),
+            seq,
+        );
+        seq += 1;
+    }
+    assert_eq!(st.counters().duplicates, 5);
+    // A backlog of one customer, all buffered (an import): retries found there too.
+    for i in 0..100 {
+        st.process(routed("b", &format!("b{i}"), "Home", 190 * MIN + i, 3), seq);
+        seq += 1;
+    }
+    for i in [0, 57, 99] {
+        st.process(routed("b", &format!("b{i}"), "Home", 191 * MIN + i, 4), seq);
+        seq += 1;
+    }
+    assert_eq!(st.counters().duplicates, 8);
+    st.flush_all(seq);
+    t.apply(st.take_output());
+    let counts: u32 = t
+        .sessions
+        .values()
+        .filter(|s| s.customer_id == "c")
+        .map(|s| s.event_count)
+        .sum();
+    assert_eq!(counts, 200);
+    let counts: u32 = t
+        .sessions
+        .values()
+        .filter(|s| s.customer_id == "b")
+        .map(|s| s.event_count)
+        .sum();
+    assert_eq!(counts, 100);
+
+    // Far later, the early events left the history (behind the horizon): a copy of one
+    // inside the horizon is a new event again, as documented.
+    let later = 30 * 24 * 60 * MIN;
+    st.process(routed("c", "e-late", "Home", later, 5), seq);
+    st.process(routed("c", "e5", "Home", later + MIN, 5), seq + 1);
+    assert_eq!(st.counters().duplicates, 8);
+}
+
 #[test]
 fn a_retry_behind_the_horizon_does_not_turn_the_placed_row_late() {
     let mut st = stage();
