@@ -11,7 +11,10 @@
 //! may still arrive). An event that arrives behind the frontier is placed all the same and
 //! the rows it changes are rewritten, so arrival order does not change the tables; only an
 //! event older than the correction horizon behind the frontier is too late: stored as an
-//! `is_late` touchpoint without a session and counted, never placed.
+//! `is_late` touchpoint without a session and counted, never placed. A customer's journey
+//! holds each event id once: a later copy (a client's retry at another event time, a
+//! replay) is dropped whatever its time, the first in input order stays (docs/design.md
+//! §4, Duplicates).
 //!
 //! Per customer, released events join a bounded history after a checkpoint (see
 //! [`crate::journey::session`]); each change replays that history (or, when the new events only
