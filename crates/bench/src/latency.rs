@@ -96,6 +96,15 @@ fn tracer_id(k: usize, every: usize) -> String {
     }
 }
 
+/// The `messageId` part of an event id (`<source>:<messageId>`, README "Event ids and
+/// retries"): tracers are looked up by the id the bench sent.
+fn message_id(event_id: String) -> String {
+    match event_id.split_once(':') {
+        Some((_, id)) => id.to_string(),
+        None => event_id,
+    }
+}
+
 async fn visible(ch: &clickhouse::Client, sql: &str) -> Result<u64, BenchError> {
     #[derive(Row, Deserialize)]
     struct N {
@@ -238,7 +247,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
             .map_err(|e| BenchError::clickhouse("polling tracers in events", e))?;
         let at = now_ms();
         for r in raw {
-            raw_seen.entry(r.event_id).or_insert((r.received_at_ms, at));
+            raw_seen
+                .entry(message_id(r.event_id))
+                .or_insert((r.received_at_ms, at));
         }
         let enriched: Vec<Id> = ch
             .query("SELECT event_id FROM touchpoint_journey WHERE event_id LIKE '%:t-%' AND customer_id != ''")
@@ -247,7 +258,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
             .map_err(|e| BenchError::clickhouse("polling tracers in touchpoint_journey", e))?;
         let at = now_ms();
         for r in enriched {
-            enriched_seen.entry(r.event_id).or_insert(at);
+            enriched_seen.entry(message_id(r.event_id)).or_insert(at);
         }
         if sender.as_ref().is_some_and(|s| s.is_finished()) {
             if let Some(s) = sender.take() {
@@ -390,6 +401,13 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert_eq!(percentile(&[7.0], 0.99), 7.0);
         assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn tracers_are_found_by_the_message_id_they_were_sent_with() {
+        assert_eq!(message_id("web:t-100".into()), "t-100");
+        assert_eq!(message_id("web:a:b".into()), "a:b");
+        assert_eq!(message_id("t-100".into()), "t-100");
     }
 
     #[test]
