@@ -118,7 +118,7 @@ async fn mixed_batch_lands_valid_in_raw_and_invalid_in_dlq() {
     assert_eq!(raw.len(), 3, "{raw:?}");
     let (k1, t1) = &raw[0];
     assert_eq!(k1, "anon-1");
-    assert_eq!(t1.event_id, "m-1");
+    assert_eq!(t1.event_id, "web:m-1");
     assert_eq!(t1.message_type, MessageType::Track);
     assert_eq!(t1.event.as_deref(), Some("Product Viewed"));
     assert_eq!(t1.anonymous_id.as_deref(), Some("anon-1"));
@@ -237,9 +237,13 @@ async fn gzip_and_sendbeacon_text_plain_bodies_are_accepted() {
     assert_eq!(
         got,
         vec![
-            ("b-1".into(), "Cart Abandoned".into(), "web".into()),
-            ("c-1".into(), "Complaint Filed".into(), "call_center".into()),
-            ("g-1".into(), "Cart Viewed".into(), "web".into()),
+            (
+                "crm:c-1".into(),
+                "Complaint Filed".into(),
+                "call_center".into()
+            ),
+            ("web:b-1".into(), "Cart Abandoned".into(), "web".into()),
+            ("web:g-1".into(), "Cart Viewed".into(), "web".into()),
         ]
     );
     c.stop().await;

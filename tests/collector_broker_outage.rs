@@ -156,7 +156,7 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
     .map(|(_, v)| touchstream_core::avro::decode(&v).expect("avro").event_id)
     .collect();
     assert!(
-        ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),
+        ids.contains(&"web:before".to_string()) && ids.contains(&"web:after".to_string()),
         "{ids:?}"
     );
     // Every event that got a 200 is in ClickHouse, once.
@@ -169,7 +169,7 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
             .await
             .unwrap_or_default();
         // A 503'd request may have partly landed (at-least-once); the 200s must all be there.
-        if stored.iter().any(|e| e == "before") && stored.iter().any(|e| e == "after") {
+        if stored.iter().any(|e| e == "web:before") && stored.iter().any(|e| e == "web:after") {
             let mut unique = stored.clone();
             unique.dedup();
             assert_eq!(unique, stored, "no duplicates after FINAL");

@@ -26,6 +26,15 @@ struct Planned {
     customer: String,
 }
 
+impl Planned {
+    /// Its event id: the source (named as its key here) and the messageId (README "Event
+    /// ids and retries").
+    fn event_id(&self) -> String {
+        let id = self.msg["messageId"].as_str().expect("messageId");
+        format!("{}:{id}", self.source_key)
+    }
+}
+
 use touchstream_collector::message::format_timestamp as iso;
 
 /// The scripted journeys (`i % 4` picks the script); see the test's expectations.
@@ -424,7 +433,7 @@ async fn generated_log_through_collector_and_two_processors() {
     let placed: std::collections::HashSet<String> = plan
         .iter()
         .filter(|p| !p.customer.starts_with("tick-"))
-        .map(|p| p.msg["messageId"].as_str().unwrap_or_default().to_string())
+        .map(Planned::event_id)
         .collect();
     let snap = settle(&ch, expected_attempts, plan.len(), &placed).await;
 
@@ -436,8 +445,10 @@ async fn generated_log_through_collector_and_two_processors() {
         .map(|t| (t.event_id.as_str(), t))
         .collect();
     for p in plan.iter().filter(|p| !p.customer.starts_with("tick-")) {
-        let id = p.msg["messageId"].as_str().expect("id");
-        let row = by_id.get(id).unwrap_or_else(|| panic!("{id} missing"));
+        let id = p.event_id();
+        let row = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("{id} missing"));
         assert_eq!(row.customer_id, p.customer, "customer of {id} ({})", p.msg);
         assert_eq!(row.is_late, 0, "{id} late");
         assert!(!row.session_id.is_empty(), "{id} has no session");
@@ -447,9 +458,9 @@ async fn generated_log_through_collector_and_two_processors() {
         .iter()
         .find(|t| {
             by_id.contains_key(t.event_id.as_str())
-                && plan.iter().any(|p| {
-                    p.msg["messageId"] == t.event_id.as_str() && p.msg["event"] == "Complaint Filed"
-                })
+                && plan
+                    .iter()
+                    .any(|p| p.event_id() == t.event_id && p.msg["event"] == "Complaint Filed")
         })
         .expect("a complaint");
     assert_eq!(

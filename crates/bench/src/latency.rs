@@ -4,7 +4,8 @@
 //! A collector and a processor run as children. Batches are sent open-loop on a fixed
 //! schedule (a slow answer does not delay the next batch, so queueing shows up as
 //! latency instead of as a lower rate). Every `tracer_every`-th event is a tracer with
-//! a known `messageId`; ClickHouse is polled every `poll_ms` for the tracers it shows.
+//! a known `messageId` (its event id is `<source>:<messageId>`, README "Event ids and
+//! retries"); ClickHouse is polled every `poll_ms` for the tracers it shows.
 //! A tracer's latency is the poll time that first saw it minus its `received_at` (the
 //! collector's clock, same host), measured twice:
 //! - **raw**: its `events` row, i.e. its row in the `touchpoints` view (identity stage);
@@ -95,6 +96,15 @@ fn tracer_id(k: usize, every: usize) -> String {
     }
 }
 
+/// The `messageId` part of an event id (`<source>:<messageId>`, README "Event ids and
+/// retries"): tracers are looked up by the id the bench sent.
+fn message_id(event_id: String) -> String {
+    match event_id.split_once(':') {
+        Some((_, id)) => id.to_string(),
+        None => event_id,
+    }
+}
+
 async fn visible(ch: &clickhouse::Client, sql: &str) -> Result<u64, BenchError> {
     #[derive(Row, Deserialize)]
     struct N {
@@ -149,12 +159,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
         collector.check_alive()?;
         let raw = visible(
             &ch,
-            "SELECT count() AS n FROM events WHERE event_id LIKE 'w-%'",
+            "SELECT count() AS n FROM events WHERE event_id LIKE '%:w-%'",
         )
         .await?;
         let enriched = visible(
             &ch,
-            "SELECT uniqExact(event_id) AS n FROM touchpoint_journey WHERE event_id LIKE 'w-%'",
+            "SELECT uniqExact(event_id) AS n FROM touchpoint_journey WHERE event_id LIKE '%:w-%'",
         )
         .await?;
         bar.set_position(raw.min(size as u64) + enriched.min(size as u64));
@@ -231,22 +241,24 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
         processor.check_alive()?;
         collector.check_alive()?;
         let raw: Vec<RawSeen> = ch
-            .query("SELECT event_id, received_at_ms FROM events WHERE event_id LIKE 't-%'")
+            .query("SELECT event_id, received_at_ms FROM events WHERE event_id LIKE '%:t-%'")
             .fetch_all()
             .await
             .map_err(|e| BenchError::clickhouse("polling tracers in events", e))?;
         let at = now_ms();
         for r in raw {
-            raw_seen.entry(r.event_id).or_insert((r.received_at_ms, at));
+            raw_seen
+                .entry(message_id(r.event_id))
+                .or_insert((r.received_at_ms, at));
         }
         let enriched: Vec<Id> = ch
-            .query("SELECT event_id FROM touchpoint_journey WHERE event_id LIKE 't-%' AND customer_id != ''")
+            .query("SELECT event_id FROM touchpoint_journey WHERE event_id LIKE '%:t-%' AND customer_id != ''")
             .fetch_all()
             .await
             .map_err(|e| BenchError::clickhouse("polling tracers in touchpoint_journey", e))?;
         let at = now_ms();
         for r in enriched {
-            enriched_seen.entry(r.event_id).or_insert(at);
+            enriched_seen.entry(message_id(r.event_id)).or_insert(at);
         }
         if sender.as_ref().is_some_and(|s| s.is_finished()) {
             if let Some(s) = sender.take() {
@@ -389,6 +401,13 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert_eq!(percentile(&[7.0], 0.99), 7.0);
         assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn tracers_are_found_by_the_message_id_they_were_sent_with() {
+        assert_eq!(message_id("web:t-100".into()), "t-100");
+        assert_eq!(message_id("web:a:b".into()), "a:b");
+        assert_eq!(message_id("t-100".into()), "t-100");
     }
 
     #[test]

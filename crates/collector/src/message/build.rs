@@ -17,9 +17,11 @@ const MESSAGE_ID_NAMESPACE: uuid::Uuid =
 /// Text the touchpoint of the current message borrows that is not in the message.
 #[derive(Default)]
 pub(crate) struct Buffers {
-    /// A generated event id.
+    /// The event id: the source, `:` and the message id.
     event_id: String,
-    /// Name bytes of a generated event id.
+    /// A generated message id (messages without `messageId`).
+    generated: String,
+    /// Name bytes of a generated message id.
     seed: Vec<u8>,
     /// The message context merged over the batch context.
     context: String,
@@ -34,9 +36,14 @@ pub(crate) fn build<'s, M: MessageFields>(
     meta: &'s RequestMeta<'_>,
 ) -> Result<TouchpointRef<'s>, Rejection> {
     let c = rules::check(m, implied, meta)?;
-    if c.message_id.is_none() {
-        message_id_into(meta.source, raw, &mut bufs.seed, &mut bufs.event_id);
-    }
+    let message_id = match c.message_id {
+        Some(id) => id,
+        None => {
+            message_id_into(meta.source, raw, &mut bufs.seed, &mut bufs.generated);
+            bufs.generated.as_str()
+        }
+    };
+    event_id_into(meta.source, message_id, &mut bufs.event_id);
     let own_context = c.has(ObjectField::Context);
     if let (Some(b), true) = (meta.batch_context, own_context) {
         b.merge_into(&m.texts().context_entries, &mut bufs.context);
@@ -56,7 +63,7 @@ pub(crate) fn build<'s, M: MessageFields>(
         }
     };
     Ok(TouchpointRef {
-        event_id: c.message_id.unwrap_or(&bufs.event_id),
+        event_id: &bufs.event_id,
         message_type: c.message_type,
         event: c.event,
         anonymous_id: c.anonymous_id,
@@ -77,7 +84,23 @@ pub(crate) fn build<'s, M: MessageFields>(
     })
 }
 
-/// The event id of a message without `messageId`, into `out` (`seed`: working memory):
+/// The event id of a message, into `out`: its source name, `:` and its message id
+/// (`messageId`, else the generated one). `messageId` is the client's and only unique
+/// within what one source sends: scoped by the source, the same `messageId` from two
+/// sources is two events, while a client's retry of a message (same source, same
+/// `messageId`, whatever its `sentAt` or time) keeps its id and collapses downstream
+/// (README "Event ids and retries", schemas/README.md). Source names hold no `:`
+/// (checked with the config), so the source is the text before the first `:`, the
+/// `messageId` exactly the rest.
+fn event_id_into(source: &str, message_id: &str, out: &mut String) {
+    out.clear();
+    out.reserve(source.len() + 1 + message_id.len());
+    out.push_str(source);
+    out.push(':');
+    out.push_str(message_id);
+}
+
+/// The message id of a message without `messageId`, into `out` (`seed`: working memory):
 /// UUIDv5 of the source name, a NUL and the message's exact text. Deterministic, so a
 /// client retrying the same body yields the same id and the duplicate collapses
 /// downstream.

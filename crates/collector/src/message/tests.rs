@@ -49,7 +49,7 @@ fn a_full_track_message_keeps_every_field() {
         "context": {"userAgent": "ua-ctx", "channel": "mobile"},
         "timestamp": "2025-11-25T11:59:00Z"
     }));
-    assert_eq!(tp.event_id, "m-1");
+    assert_eq!(tp.event_id, "web:m-1");
     assert_eq!(tp.user_id.as_deref(), Some("42"));
     assert_eq!(tp.event.as_deref(), Some("Product Added"));
     assert_eq!(tp.channel, "app");
@@ -87,6 +87,34 @@ fn page_name_and_batch_context_merge() {
     assert_eq!(tp.event.as_deref(), Some("Home"));
     let c: Value = serde_json::from_str(&tp.context).unwrap();
     assert_eq!(c, json!({"locale": "fr", "page": {"path": "/"}}));
+}
+
+#[test]
+fn the_event_id_is_the_message_id_scoped_by_the_source() {
+    let v = json!({"type":"track","event":"E","userId":"u","messageId":"coll-1"});
+    let web = ok(v.clone());
+    assert_eq!(web.event_id, "web:coll-1");
+    // A retry: another `sentAt` and receipt time, the same id.
+    let retry = RequestMeta {
+        received_at_ms: RECEIVED + 2_000,
+        batch_sent_at_ms: Some(RECEIVED + 1_900),
+        ..meta()
+    };
+    let again = to_touchpoint(&v.to_string(), None, &retry).unwrap();
+    assert_eq!(again.event_id, web.event_id);
+    assert_ne!(again.event_time_ms, web.event_time_ms);
+    // The same `messageId` from another source is another event.
+    let crm = RequestMeta {
+        source: "call-center",
+        ..meta()
+    };
+    let other = to_touchpoint(&v.to_string(), None, &crm).unwrap();
+    assert_eq!(other.event_id, "call-center:coll-1");
+    // A generated id is scoped the same way.
+    let generated = ok(json!({"type":"track","event":"E","userId":"u"}));
+    let (source, id) = generated.event_id.split_once(':').unwrap();
+    assert_eq!(source, "web");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
 }
 
 #[test]

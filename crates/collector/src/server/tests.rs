@@ -204,9 +204,9 @@ async fn mixed_batch_publishes_valid_to_raw_and_invalid_to_dlq() {
     assert_eq!(
         keyed,
         [
-            ("anon-1".to_string(), "m-1".to_string()),
-            ("user-7".to_string(), "m-2".to_string()),
-            ("anon-1".to_string(), "m-3".to_string()),
+            ("anon-1".to_string(), "web:m-1".to_string()),
+            ("user-7".to_string(), "web:m-2".to_string()),
+            ("anon-1".to_string(), "web:m-3".to_string()),
         ]
     );
     let t1 = avro::decode(&raw[0].payload).unwrap();
@@ -406,7 +406,7 @@ async fn gzip_body_is_inflated() {
     );
     let raw = h.raw();
     assert_eq!(raw.len(), 1);
-    assert_eq!(avro::decode(&raw[0].payload).unwrap().event_id, "e-1");
+    assert_eq!(avro::decode(&raw[0].payload).unwrap().event_id, "web:e-1");
 }
 
 #[tokio::test]

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Source name stored with every event (e.g. `web`, `ios`, `store-tablets`).
+    /// Source name stored with every event (e.g. `web`, `ios`, `store-tablets`). It
+    /// scopes the client's `messageId`: every event id starts with it and a `:`
+    /// (README "Event ids and retries"), so it must be non-empty and hold no `:`. Write
+    /// keys that share a name share the scope (e.g. an old and a new key of one source).
     pub name: String,
     /// Write key clients send (HTTP Basic username or `writeKey`). Secret.
     pub write_key: String,
@@ -101,11 +104,18 @@ impl Default for CollectorConfig {
 
 impl CollectorConfig {
     /// The first thing wrong with the section, if anything (the message names the key
-    /// and the source): write keys must be non-empty and unique, default channels known,
+    /// and the source): source names must be non-empty without `:`, write keys
+    /// non-empty and unique, default channels known,
     /// route aliases must map a path to a `/v1/` route.
     pub(super) fn problem(&self) -> Option<String> {
         let mut keys = std::collections::HashSet::new();
         for s in &self.sources {
+            if s.name.trim().is_empty() || s.name.contains(':') {
+                return Some(format!(
+                    "collector.sources: source name {:?} must be non-empty and hold no ':' (it prefixes event ids)",
+                    s.name
+                ));
+            }
             if s.write_key.trim().is_empty() {
                 return Some(format!(
                     "collector.sources: source {:?} has an empty write_key",

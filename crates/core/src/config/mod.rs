@@ -274,6 +274,11 @@ mod tests {
                 "fax",
             ),
             (
+                "[[collector.sources]]\nname = \"crm:eu\"\nwrite_key = \"k\"\n",
+                vec![],
+                "crm:eu",
+            ),
+            (
                 "[collector.route_aliases]\n\"/t/b\" = \"/elsewhere\"\n",
                 vec![],
                 "route_aliases",

@@ -25,7 +25,15 @@ pub(super) struct Buffer {
     /// `(event_time, event_id)` of each customer's buffered events (ids with none are
     /// absent).
     per_customer: FastMap<Arc<str>, Vec<(i64, Arc<str>)>>,
+    /// Event id → time, for customers with at least [`LONG`] buffered events (a backlog
+    /// of one busy customer), so that [`Self::get_mut`] need not scan theirs. May name
+    /// events released since: hits are checked against `order`. Dropped with the
+    /// customer's last buffered event.
+    long: FastMap<Arc<str>, FastMap<Arc<str>, i64>>,
 }
+
+/// A customer with fewer buffered events than this has them scanned by id.
+const LONG: usize = 32;
 
 /// Room the slab and the per-customer index keep once the buffer has drained: a burst
 /// does not keep its peak size for the life of the partition.
@@ -53,6 +61,11 @@ impl Buffer {
                     .entry(Arc::clone(customer))
                     .or_default()
                     .push((*time_ms, Arc::clone(event_id)));
+                if !self.long.is_empty() {
+                    if let Some(ids) = self.long.get_mut(customer) {
+                        ids.insert(Arc::clone(event_id), *time_ms);
+                    }
+                }
                 let at = match self.free.pop() {
                     Some(at) => {
                         self.slots[at] = Some(event);
@@ -67,6 +80,36 @@ impl Buffer {
                 true
             }
         }
+    }
+
+    /// The buffered event of `customer` with `event_id`, at whatever time.
+    pub(super) fn get_mut(
+        &mut self,
+        customer: &Arc<str>,
+        event_id: &str,
+    ) -> Option<&mut HistEvent> {
+        let keys = self.per_customer.get(customer)?;
+        let key = if keys.len() < LONG {
+            let (time_ms, id) = keys.iter().find(|(_, id)| &**id == event_id)?;
+            (*time_ms, Arc::clone(id), Arc::clone(customer))
+        } else {
+            let ids = self.long.entry(Arc::clone(customer)).or_default();
+            if ids.len() < keys.len() || ids.len() > 2 * keys.len() {
+                // New, or mostly naming released events: rebuilt.
+                ids.clear();
+                ids.extend(keys.iter().map(|(t, id)| (Arc::clone(id), *t)));
+            }
+            let (id, time_ms) = ids.get_key_value(event_id)?;
+            let key = (*time_ms, Arc::clone(id), Arc::clone(customer));
+            if !self.order.contains_key(&key) {
+                // Released since.
+                ids.remove(event_id);
+                return None;
+            }
+            key
+        };
+        let at = *self.order.get(&key)?;
+        self.slots.get_mut(at)?.as_mut()
     }
 
     /// The first event in release order if its time is before `frontier_ms` (any, with
@@ -87,6 +130,7 @@ impl Buffer {
 
     /// Every buffered event of `customer`, removed, in release order.
     pub(super) fn remove_customer(&mut self, customer: &str) -> Vec<(Arc<str>, HistEvent)> {
+        self.long.remove(customer);
         let Some((customer, mut keys)) = self.per_customer.remove_entry(customer) else {
             return Vec::new();
         };
@@ -136,6 +180,9 @@ impl Buffer {
             }
             if keys.is_empty() {
                 self.per_customer.remove(customer);
+                if !self.long.is_empty() {
+                    self.long.remove(customer);
+                }
             }
         }
         let event = self.slots.get_mut(at)?.take();
@@ -159,6 +206,7 @@ impl Buffer {
         if self.per_customer.capacity() > KEEP_SLOTS {
             self.per_customer = FastMap::default();
         }
+        self.long = FastMap::default();
     }
 }
 
@@ -222,9 +270,42 @@ mod tests {
             .map(|(c, e)| (c.to_string(), e.event_id.to_string()))
             .collect();
         assert_eq!(rest, vec![("z".to_string(), "z2".to_string())]);
+        // Found by id alone, at whatever time.
+        assert_eq!(b.get_mut(&z, "z2").map(|e| e.time_ms), Some(20));
+        assert!(b.get_mut(&z, "z1").is_none());
+        assert!(b.get_mut(&a, "z2").is_none());
         // Slots freed by the retraction are reused.
         assert!(b.insert(Arc::clone(&a), event(40, "a4")));
         assert_eq!(b.slots.len(), 5);
+    }
+
+    #[test]
+    fn a_long_backlog_is_found_by_id() {
+        let mut b = Buffer::default();
+        let (a, z): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("z"));
+        b.insert(Arc::clone(&z), event(0, "shared"));
+        for i in 0..(3 * LONG as i64) {
+            b.insert(Arc::clone(&a), event(100 + i, &format!("a{i}")));
+        }
+        for i in 0..(3 * LONG as i64) {
+            let got = b.get_mut(&a, &format!("a{i}")).map(|e| e.time_ms);
+            assert_eq!(got, Some(100 + i));
+        }
+        assert!(b.get_mut(&a, "shared").is_none());
+        // Release z's and most of a's: released ids are not found, the rest and new ones
+        // are.
+        for _ in 0..(2 * LONG) {
+            b.pop_before(i64::MAX, true);
+        }
+        b.insert(Arc::clone(&a), event(1_000, "new"));
+        let found = |b: &mut Buffer, id: &str| b.get_mut(&a, id).is_some();
+        assert!(!found(&mut b, "a0"));
+        assert!(!found(&mut b, &format!("a{}", 2 * LONG - 2)));
+        assert!(found(&mut b, &format!("a{}", 2 * LONG)));
+        assert!(found(&mut b, "new"));
+        assert_eq!(b.remove_customer("a").len(), LONG + 2);
+        assert!(b.long.is_empty());
+        assert!(!found(&mut b, "new"));
     }
 
     #[test]

@@ -79,6 +79,7 @@ impl JourneyStage {
                 self.timers.remove(&(at, Arc::clone(id)));
             }
             self.customers.remove(id);
+            self.ids.forget(id);
             self.counters.customers_expired += 1;
             return;
         }

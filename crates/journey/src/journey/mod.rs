@@ -12,7 +12,10 @@
 //! may still arrive). An event that arrives behind the frontier is placed all the same and
 //! the rows it changes are rewritten, so arrival order does not change the tables; only an
 //! event older than the correction horizon behind the frontier is too late: stored as an
-//! `is_late` touchpoint without a session and counted, never placed.
+//! `is_late` touchpoint without a session and counted, never placed. A customer's journey
+//! holds each event id once: a later copy (a client's retry at another event time, a
+//! replay) is dropped whatever its time, the first in input order stays (docs/design.md
+//! §4, Duplicates).
 //!
 //! Per customer, released events join a bounded history after a checkpoint (see
 //! [`crate::journey::session`]); each change replays that history (or, when the new events only
@@ -49,7 +52,7 @@ use crate::journey::session::HistEvent;
 
 pub use backfill::StoredAttempt;
 use buffer::Buffer;
-use customer::{Customer, LiveRow, Names, SavedCustomer};
+use customer::{Customer, IdIndex, LiveRow, Names, SavedCustomer};
 use emit::Scratch;
 pub use open::OpenAttemptCount;
 use output::Output;
@@ -115,7 +118,8 @@ pub struct JourneyCounters {
     pub corrected_events: u64,
     /// Re-attributed events older than the horizon, stored as late touchpoints.
     pub reattributed_too_old: u64,
-    /// Events whose `(event_time, event_id)` was already in the customer's history.
+    /// Copies of an event id the customer's journey already held (placed or buffered),
+    /// whatever their event time: retries and replays, dropped.
     pub duplicates: u64,
     /// Retractions applied.
     pub retractions: u64,
@@ -239,6 +243,8 @@ pub struct JourneyStage {
     frontier_ms: Option<i64>,
     buffer: Buffer,
     customers: FastMap<Arc<str>, Box<Customer>>,
+    /// Event ids of the customers with long histories (duplicates, docs/design.md §4).
+    ids: IdIndex,
     timers: BTreeSet<(i64, Arc<str>)>,
     /// Customers to recompute at the end of [`Self::advance`] (empty between calls).
     dirty: Vec<Arc<str>>,
@@ -326,6 +332,7 @@ impl JourneyStage {
             frontier_ms: snapshot.frontier_ms,
             buffer,
             customers,
+            ids: IdIndex::default(),
             timers,
             dirty: Vec::new(),
             names,
@@ -443,17 +450,22 @@ impl JourneyStage {
             session: [0; 2],
             keyed: false,
         };
-        let (id, placed, checkpoint_ms) = match self.customers.get_key_value(customer_id.as_str()) {
-            Some((id, c)) => (
-                Arc::clone(id),
-                !reattributed
-                    && c.history
-                        .binary_search_by(|e| e.order_key().cmp(&hist.order_key()))
-                        .is_ok(),
-                c.base_until_ms,
-            ),
-            None => (Arc::from(customer_id), false, None),
+        let (id, checkpoint_ms) = match self.customers.get_key_value(customer_id.as_str()) {
+            Some((id, c)) => (Arc::clone(id), c.base_until_ms),
+            None => (Arc::from(customer_id), None),
         };
+        // One event counts once: a copy of an event id the customer's journey already
+        // holds (placed, or waiting in the buffer) is a duplicate, whatever its event
+        // time — a client's retry carries a new `sentAt`/receipt time, and a replayed
+        // copy (the upstream stage re-sent its output after a restart) the same one. The
+        // copy that arrived first (input order, so a replay decides alike) stays;
+        // checked before the lateness rules, so a duplicate behind the horizon never
+        // comes back as a late row that replaces the placed one (docs/design.md §4,
+        // Duplicates).
+        if self.keep_first_copy(&id, &hist, reattributed) {
+            self.counters.duplicates += 1;
+            return;
+        }
         if reattributed {
             if hist.time_ms < self.cutoff_ms() {
                 self.counters.reattributed_too_old += 1;
@@ -461,13 +473,6 @@ impl JourneyStage {
                 return;
             }
         } else {
-            // A replayed copy of an event already placed (e.g. the upstream stage re-sent
-            // its output after a restart) must not come back as a late row and replace the
-            // placed one.
-            if placed {
-                self.counters.duplicates += 1;
-                return;
-            }
             // Behind the correction horizon: the customer's state there is folded into its
             // checkpoint (or forgotten), so the event cannot be placed; stored and counted.
             // The customer's own checkpoint can lie later than today's cutoff when the
@@ -514,6 +519,7 @@ impl JourneyStage {
         for (customer, hist) in self.buffer.remove_customer(id) {
             self.out.unplaced(&customer, &hist, false);
         }
+        self.ids.forget(id);
         if let Some((key, customer)) = self.customers.remove_entry(id) {
             for row in &customer.live {
                 self.out.tombstone(&key, row);
@@ -545,6 +551,46 @@ impl JourneyStage {
     /// Rows produced since the last call, newest per key, sorted by version.
     pub fn take_output(&mut self) -> JourneyOutput {
         self.out.take(&self.funnels)
+    }
+
+    /// Whether `customer` already holds a copy of `hist`'s event id, in its history or
+    /// in the buffer. The kept copy stays as it is, except that a re-attributed copy
+    /// raises its version (re-attribution carries the link's higher version, so that the
+    /// user's row replaces any written under the anonymous id): a placed copy's
+    /// touchpoint row then goes out again, same content, new version.
+    ///
+    /// Short histories are scanned, long ones looked up ([`IdIndex`]).
+    fn keep_first_copy(
+        &mut self,
+        customer: &Arc<str>,
+        hist: &HistEvent,
+        reattributed: bool,
+    ) -> bool {
+        let raise = |kept: &mut HistEvent| {
+            let raised = reattributed && hist.version > kept.version;
+            if raised {
+                kept.version = hist.version;
+            }
+            raised
+        };
+        if let Some(c) = self.customers.get_mut(customer) {
+            let found = self.ids.find(customer, &c.history, &hist.event_id);
+            if let Some(kept) = found.map(|i| &mut c.history[i]) {
+                if raise(kept) && kept.emitted > 0 {
+                    self.out
+                        .touchpoint(customer, kept, kept.emitted_session(), false);
+                    kept.emitted = kept.emitted.saturating_add(1);
+                }
+                return true;
+            }
+        }
+        match self.buffer.get_mut(customer, &hist.event_id) {
+            Some(kept) => {
+                raise(kept);
+                true
+            }
+            None => false,
+        }
     }
 
     fn cutoff_ms(&self) -> i64 {
@@ -613,6 +659,7 @@ impl JourneyStage {
                     self.out.unplaced(&customer_id, &hist, true);
                     return;
                 }
+                self.ids.placed(&customer_id, &hist);
                 let duplicates = self.counters.duplicates;
                 let kept = customer.add(hist, &mut self.counters.duplicates);
                 if self.counters.duplicates == duplicates {

@@ -597,6 +597,125 @@ fn duplicates_are_placed_once() {
     assert_eq!(st.counters().placed_events, 1);
 }
 
+/// A client's retry: the same event id with a later event time (its new `sentAt` /
+/// receipt time), waiting in the buffer, placed, or far behind the horizon.
+#[test]
+fn a_retry_at_another_time_is_a_duplicate() {
+    // Retried 2 s later, both still buffered: one event, the first copy's time.
+    let (t, st) = run(vec![
+        routed("c", "m1", "Product Viewed", 0, 1),
+        routed("c", "m1", "Product Viewed", 2_000, 2),
+    ]);
+    let s = &t.sessions[t.session_of("m1")];
+    assert_eq!((s.start_ms, s.end_ms, s.event_count), (0, 0, 1));
+    assert_eq!(st.counters().duplicates, 1);
+
+    // The first copy already placed; a converted attempt must not gain a second one
+    // anchored at the retry.
+    let (t, st) = run(vec![
+        routed("c", "pv", "Product Viewed", 0, 1),
+        routed("c", "pa", "Product Added", MIN, 2),
+        routed("c", "cs", "Checkout Started", 2 * MIN, 3),
+        routed("c", "oc", "Order Completed", 3 * MIN, 4),
+        routed("d", "other", "Home", 20 * MIN, 5),
+        routed("c", "pv", "Product Viewed", 15 * MIN, 6),
+    ]);
+    let checkout: Vec<_> = t
+        .attempts
+        .values()
+        .filter(|a| a.funnel == "web_checkout")
+        .collect();
+    assert_eq!(checkout.len(), 1, "{checkout:?}");
+    assert_eq!(checkout[0].outcome, Outcome::Converted);
+    assert_eq!(checkout[0].step_times_ms, vec![0, MIN, 2 * MIN, 3 * MIN]);
+    let s = &t.sessions[t.session_of("pv")];
+    assert_eq!((s.start_ms, s.end_ms, s.event_count), (0, 3 * MIN, 4));
+    assert_eq!(st.counters().duplicates, 1);
+
+    // An earlier copy arriving second does not move the placed one either: the first
+    // copy in input order stays.
+    let (t, _) = run(vec![
+        routed("c", "m1", "Home", 10 * MIN, 1),
+        routed("d", "other", "Home", 30 * MIN, 2),
+        routed("c", "m1", "Home", 5 * MIN, 3),
+    ]);
+    assert_eq!(t.sessions[t.session_of("m1")].start_ms, 10 * MIN);
+}
+
+/// Long histories and backlogs find ids through an index ([`IdIndex`], the buffer's):
+/// retries of early, middle and late events are found, placed or still buffered, and an
+/// id evicted from the history is no longer remembered.
+#[test]
+fn retries_are_found_in_long_histories_and_backlogs() {
+    let mut st = stage();
+    let mut t = Tables::default();
+    // 200 events a minute apart: the first ~195 released, the rest buffered.
+    for i in 0..200 {
+        st.process(routed("c", &format!("e{i}"), "Home", i * MIN, 1), i as u64);
+    }
+    t.apply(st.take_output());
+    assert!(st.buffered_events() > 0);
+    let mut seq = 200;
+    for (i, shift) in [(0, 500), (100, 300), (150, -3), (199, 700), (198, 1)] {
+        st.process(
+            routed("c", &format!("e{i}"), "Home", i * MIN + shift * MIN, 2),
+            seq,
+        );
+        seq += 1;
+    }
+    assert_eq!(st.counters().duplicates, 5);
+    // A backlog of one customer, all buffered (an import): retries found there too.
+    for i in 0..100 {
+        st.process(routed("b", &format!("b{i}"), "Home", 190 * MIN + i, 3), seq);
+        seq += 1;
+    }
+    for i in [0, 57, 99] {
+        st.process(routed("b", &format!("b{i}"), "Home", 191 * MIN + i, 4), seq);
+        seq += 1;
+    }
+    assert_eq!(st.counters().duplicates, 8);
+    st.flush_all(seq);
+    t.apply(st.take_output());
+    let counts: u32 = t
+        .sessions
+        .values()
+        .filter(|s| s.customer_id == "c")
+        .map(|s| s.event_count)
+        .sum();
+    assert_eq!(counts, 200);
+    let counts: u32 = t
+        .sessions
+        .values()
+        .filter(|s| s.customer_id == "b")
+        .map(|s| s.event_count)
+        .sum();
+    assert_eq!(counts, 100);
+
+    // Far later, the early events left the history (behind the horizon): a copy of one
+    // inside the horizon is a new event again, as documented.
+    let later = 30 * 24 * 60 * MIN;
+    st.process(routed("c", "e-late", "Home", later, 5), seq);
+    st.process(routed("c", "e5", "Home", later + MIN, 5), seq + 1);
+    assert_eq!(st.counters().duplicates, 8);
+}
+
+#[test]
+fn a_retry_behind_the_horizon_does_not_turn_the_placed_row_late() {
+    let mut st = stage();
+    let mut t = Tables::default();
+    st.process(routed("c", "m1", "Home", 10 * MIN, 1), 1);
+    st.process(routed("d", "e2", "Home", 20 * MIN, 2), 2);
+    t.apply(st.take_output());
+    let placed = t.touchpoints["m1"].clone();
+    assert!(!placed.session_id.is_empty());
+    // A copy whose (skewed) time lies behind everything still placeable.
+    st.process(routed("c", "m1", "Home", -30 * 24 * 60 * MIN, 3), 3);
+    t.apply(st.take_output());
+    assert_eq!(t.touchpoints["m1"], placed);
+    assert_eq!(st.counters().late_events, 0);
+    assert_eq!(st.counters().duplicates, 1);
+}
+
 #[test]
 fn snapshot_resume_writes_the_same_rows() {
     let events: Vec<_> = (0..12)
