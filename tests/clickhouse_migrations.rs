@@ -107,13 +107,15 @@ async fn migrations_create_tables_and_are_idempotent() {
     );
 
     // Entry cohorts: closed attempts by the day they started, plus the open ones; an
-    // open attempt's newest row being a tombstone takes it out.
+    // open attempt's newest row being a tombstone takes it out, and an excluded attempt
+    // is left out (as in funnel_step_minute).
     client
         .query(
             "INSERT INTO funnel_attempts (attempt_id, funnel, started_at, closed_at, outcome, \
-             reached_step, total_steps, version) VALUES \
-             ('a1', 'f', '2026-11-25 10:00:00', '2026-11-26 09:00:00', 'dropped', 2, 3, 1), \
-             ('a2', 'f', '2026-11-25 11:00:00', '2026-11-25 11:30:00', 'converted', 3, 3, 1)",
+             reached_step, total_steps, step_event_ids, version) VALUES \
+             ('a1', 'f', '2026-11-25 10:00:00', '2026-11-26 09:00:00', 'dropped', 2, 3, ['e1', 'e2'], 1), \
+             ('a2', 'f', '2026-11-25 11:00:00', '2026-11-25 11:30:00', 'converted', 3, 3, ['e3', 'e4', 'e5'], 1), \
+             ('a5', 'f', '2026-11-25 11:00:00', '2026-11-25 11:40:00', 'excluded', 2, 3, ['e6', 'e7'], 1)",
         )
         .execute()
         .await
@@ -121,10 +123,10 @@ async fn migrations_create_tables_and_are_idempotent() {
     client
         .query(
             "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
-             total_steps, is_deleted, version) VALUES \
-             ('a3', 'f', '2026-11-25 12:00:00', 1, 3, 0, 1), \
-             ('a4', 'f', '2026-11-25 12:00:00', 2, 3, 0, 1), \
-             ('a4', 'f', '2026-11-25 12:00:00', 0, 3, 1, 2)",
+             total_steps, step_event_ids, is_deleted, version) VALUES \
+             ('a3', 'f', '2026-11-25 12:00:00', 1, 3, ['e8'], 0, 1), \
+             ('a4', 'f', '2026-11-25 12:00:00', 2, 3, ['e9', 'e10'], 0, 1), \
+             ('a4', 'f', '2026-11-25 12:00:00', 0, 3, [], 1, 2)",
         )
         .execute()
         .await
