@@ -307,7 +307,15 @@ async fn every_funnel_option_through_the_pipeline() {
             funnel: f.into(),
             outcome: o.into(),
             reached_step: r,
-            step_event_ids: ids.into_iter().map(Into::into).collect(),
+            // Event ids are `<source>:<messageId>` (README "Event ids and retries"); a
+            // skipped optional step stays empty.
+            step_event_ids: ids
+                .into_iter()
+                .map(|id| match id {
+                    "" => String::new(),
+                    id => format!("web:{id}"),
+                })
+                .collect(),
             closed_ms: t0 + m * MIN,
         })
         .collect();

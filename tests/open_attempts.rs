@@ -136,7 +136,8 @@ async fn open_attempts_appear_advance_and_vanish_and_the_overdue_gauge_counts_th
         assert_eq!(row.customer_id, who);
         assert_eq!(row.reached_step, 1);
         assert_eq!(row.due_ms, row.start_ms + WINDOW_MS);
-        assert_eq!(row.step_event_ids, vec![format!("{who}-complaint")]);
+        // `<source>:<messageId>` (README "Event ids and retries").
+        assert_eq!(row.step_event_ids, vec![format!("web:{who}-complaint")]);
     }
     assert!(closed_rows(&ch).await.is_empty(), "nothing closed yet");
 
