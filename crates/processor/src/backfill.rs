@@ -142,6 +142,9 @@ pub async fn backfill(
         reattribution_horizon_secs: Some(correction_horizon_secs(pc, &funnels)),
         external_watermark: true,
     };
+    // An unknown funnel is refused before anything is read.
+    let mut spare = JourneyStage::new(journey_config.clone(), catalog.clone(), funnels.clone());
+    let fi = spare.funnel_index(&options.funnel)?;
     let client = touchstream_clickhouse::client(&config.clickhouse);
     let store = Store::new(
         client.clone(),
@@ -189,9 +192,7 @@ pub async fn backfill(
         });
     }
     // Customers no partition holds any more (or never did) are recomputed here.
-    let mut spare = JourneyStage::new(journey_config.clone(), catalog, funnels.clone());
     spare.raise_versions_above(max_version);
-    let fi = spare.funnel_index(&options.funnel)?;
     let window_ms = funnels
         .funnels()
         .get(usize::from(fi))
