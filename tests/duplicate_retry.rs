@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use clickhouse::Row;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 use touchstream_collector::message::format_timestamp;
 use touchstream_core::Config;
-use touchstream_tests::{self as support, CollectorHandle};
+use touchstream_tests::{self as support, CollectorHandle, ProcessorHandle};
 
 /// A two-step funnel with a 5 s window, so an attempt anchored at a retry would drop
 /// within seconds of the wall clock (the idle watermark follows it).
@@ -38,9 +37,7 @@ fn now_ms() -> i64 {
 struct Run {
     config: Config,
     collector: CollectorHandle,
-    metrics_url: String,
-    stop: CancellationToken,
-    processor: tokio::task::JoinHandle<Result<(), touchstream_processor::ProcessorError>>,
+    processor: ProcessorHandle,
     http: reqwest::Client,
 }
 
@@ -58,21 +55,10 @@ impl Run {
         config.processor.idle_watermark_secs = 1;
         support::prepare(&config).await;
         let collector = CollectorHandle::start(config.clone()).await;
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let metrics_url = format!("http://{}/metrics", metrics.local_addr().expect("addr"));
-        let stop = CancellationToken::new();
-        let processor = tokio::spawn(touchstream_processor::run(
-            config.clone(),
-            Some(metrics),
-            stop.clone(),
-        ));
+        let processor = ProcessorHandle::start(config.clone()).await;
         Self {
             config,
             collector,
-            metrics_url,
-            stop,
             processor,
             http: reqwest::Client::new(),
         }
@@ -97,19 +83,11 @@ impl Run {
 
     /// The processor's Prometheus text.
     async fn metrics(&self) -> String {
-        self.http
-            .get(&self.metrics_url)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        self.processor.metrics().await
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.processor.await;
+        self.processor.stop().await;
         self.collector.stop().await;
         support::drop_database(&self.config.clickhouse).await;
     }

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use clickhouse::Row;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-use touchstream_tests::{self as support, CollectorHandle};
+use touchstream_tests::{self as support, CollectorHandle, ProcessorHandle};
 
 /// A live `funnel_open_attempts` row.
 #[derive(Row, Deserialize, Debug, Clone, PartialEq)]
@@ -102,16 +101,8 @@ async fn open_attempts_appear_advance_and_vanish_and_the_overdue_gauge_counts_th
     config.processor.idle_watermark_secs = 2;
     support::prepare(&config).await;
     let collector = CollectorHandle::start(config.clone()).await;
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics_url = format!("http://{}/metrics", metrics.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let processor = tokio::spawn(touchstream_processor::run(
-        config.clone(),
-        Some(metrics),
-        stop.clone(),
-    ));
+    let processor = ProcessorHandle::start(config.clone()).await;
+    let metrics_url = processor.metrics_url.clone();
     let http = reqwest::Client::new();
     let send = |user: &str, event: &str, id: &str| {
         let req = http
@@ -235,8 +226,7 @@ async fn open_attempts_appear_advance_and_vanish_and_the_overdue_gauge_counts_th
     })
     .await;
 
-    stop.cancel();
-    let _ = processor.await;
+    processor.stop().await;
     collector.stop().await;
     support::drop_database(&config.clickhouse).await;
 }

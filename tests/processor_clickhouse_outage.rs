@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
 use touchstream_demo::generator::{plan, GeneratorConfig};
 use touchstream_demo::report::closed_attempts;
 use touchstream_demo::sender::{send, SendConfig};
-use touchstream_tests::{self as support, CollectorHandle};
+use touchstream_tests::{self as support, CollectorHandle, ProcessorHandle};
 
 struct ClickHouse {
     child: Child,
@@ -169,16 +168,8 @@ async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
     config.processor.idle_watermark_secs = 5;
     support::prepare(&config).await;
     let collector = CollectorHandle::start(config.clone()).await;
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics_url = format!("http://{}/metrics", metrics.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let processor = tokio::spawn(touchstream_processor::run(
-        config.clone(),
-        Some(metrics),
-        stop.clone(),
-    ));
+    let processor = ProcessorHandle::start(config.clone()).await;
+    let metrics_url = processor.metrics_url.clone();
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -295,8 +286,7 @@ async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
         .expect("count");
     assert_eq!(converted, summary.checkout_reached[3] as u64);
 
-    stop.cancel();
-    let _ = processor.await;
+    processor.stop().await;
     collector.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

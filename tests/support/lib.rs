@@ -196,6 +196,52 @@ pub fn repo_path(path: &str) -> PathBuf {
     repo_root().join(path)
 }
 
+/// An in-process processor (`touchstream_processor::run`) with its metrics endpoint on a
+/// free loopback port.
+pub struct ProcessorHandle {
+    /// `http://127.0.0.1:PORT/metrics`.
+    pub metrics_url: String,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), touchstream_processor::ProcessorError>>,
+}
+
+impl ProcessorHandle {
+    /// Start a processor with `config`.
+    pub async fn start(config: touchstream_core::Config) -> Self {
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let metrics_url = format!("http://{}/metrics", metrics.local_addr().expect("addr"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(touchstream_processor::run(
+            config,
+            Some(metrics),
+            stop.clone(),
+        ));
+        Self {
+            metrics_url,
+            stop,
+            task,
+        }
+    }
+
+    /// Its Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(&self.metrics_url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Stop it (it writes, snapshots and commits what it holds) and wait.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// A processor config on fresh topics, database and group, with the repository's funnels
 /// and catalog, 200 ms batches and no idle watermark (tests decide when input ends).
 pub fn processor_config(test: &str) -> touchstream_core::Config {
