@@ -450,11 +450,20 @@ async fn generated_log_through_collector_and_two_processors() {
         .collect();
     let snap = settle(&ch, expected_attempts, plan.len(), &placed).await;
 
-    // customer_touchpoints (the analyst fast path) shows what the view shows: each event
-    // once, under the customer it ended with; the rows written under an anonymous id
-    // before its link are tombstoned (deploy/clickhouse/0007_customer_touchpoints.sql).
+    // customer_touchpoints (the analyst fast path) shows what the view shows for every
+    // event with a journey: each once, under the customer it ended with; the rows written
+    // under an anonymous id before its link are tombstoned
+    // (deploy/clickhouse/0007_customer_touchpoints.sql). Events the journey stage never
+    // saw (no customer in the view) have no row there.
+    let with_journey: Vec<TpRow> = snap
+        .touchpoints
+        .iter()
+        .filter(|t| !t.customer_id.is_empty())
+        .cloned()
+        .collect();
+    assert!(with_journey.len() > 100, "{}", with_journey.len());
     assert_eq!(
-        snap.by_customer, snap.touchpoints,
+        snap.by_customer, with_journey,
         "customer_touchpoints FINAL equals the touchpoints view"
     );
 
@@ -687,7 +696,9 @@ async fn generated_log_through_collector_and_two_processors() {
                 .unwrap_or(0)
         })
         .sum();
-    assert_eq!(total, plan.len());
+    // Every event the journey stage has placed (the closing ticks are still held back by
+    // the allowed lateness: no journey row, so no stage, yet).
+    assert_eq!(total, with_journey.len());
     assert!(by_stage.contains("service\tcall_center\t"), "{by_stage}");
 
     tok1.cancel();
