@@ -66,12 +66,12 @@ FROM
 (
     SELECT event_id, event_date, event_time, event_time_ms, type, event
     FROM {db}.events FINAL
-)
+) AS e
 ANY INNER JOIN
 (
     SELECT event_id, customer_id, session_id, stage, channel, is_late, version
     FROM {db}.touchpoint_journey FINAL
-) USING event_id;
+) AS j USING event_id;
 
 -- Dashboard aggregate (0001) rebuilt over touchpoints_by_day: one day reads one day.
 -- Views cannot be altered on 18.16, so it is dropped and created again (it holds no data).
