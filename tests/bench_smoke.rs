@@ -36,6 +36,14 @@ const POSITIVE: &[&str] = &[
     "memory_idle_rss_bytes",
     "memory_rss_bytes_2000",
     "memory_peak_rss_bytes_2000",
+    // Analyst phase: it loaded rows, and the fast paths read some (their times are not
+    // checked: tiny sizes time nothing but round trips).
+    "analyst_events",
+    "analyst_load_secs",
+    "analyst_q4_customer_journey_rows_read",
+    "analyst_q4_customer_journey_peak_memory_bytes",
+    "analyst_one_day_stage_channel_rows_read",
+    "analyst_funnel_window_funnel_rows_read",
 ];
 
 /// Figures that may legitimately be zero (or, for a difference of two RSS readings at a
@@ -53,6 +61,12 @@ const FINITE: &[&str] = &[
     "collector_broker_cpu_secs_per_100k_events",
     "processor_clickhouse_cpu_secs_per_100k_events",
     "processor_broker_cpu_secs_per_100k_events",
+    "analyst_q4_customer_journey_warm_ms",
+    "analyst_one_day_stage_channel_warm_ms",
+    "analyst_funnel_window_funnel_warm_ms",
+    // Present only when the precomputed funnel equalled windowFunnel's (else the phase
+    // fails and `errors` is not empty).
+    "analyst_funnel_speedup",
 ];
 
 #[tokio::test]

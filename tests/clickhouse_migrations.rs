@@ -12,7 +12,8 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 17] = [
+    "customer_touchpoints",
     "events",
     "funnel_attempts",
     "funnel_entry_cohort_day",
@@ -26,6 +27,8 @@ const TABLES: [&str; 14] = [
     "sessions",
     "touchpoint_journey",
     "touchpoints",
+    "touchpoints_by_day",
+    "touchpoints_by_day_mv",
     "touchpoints_daily",
 ];
 

@@ -1,10 +1,21 @@
 -- Funnel drop-off by step: of the attempts that reached a step, how many dropped there.
+-- One pass over funnel_attempts: attempts are counted per funnel, outcome, reached step
+-- and the steps an event reached (a skipped optional step has none), then spread over
+-- their steps. Excluded attempts left the funnel and count nowhere.
 SELECT
     funnel,
     step,
-    sum(reached) AS attempts_reached,
-    sum(dropped) AS attempts_dropped,
+    sum(n) AS attempts_reached,
+    sumIf(n, outcome = 'dropped' AND reached_step = step) AS attempts_dropped,
     round(100 * attempts_dropped / attempts_reached, 1) AS dropoff_pct
-FROM touchstream.funnel_step_minute
+FROM
+(
+    SELECT funnel, outcome, reached_step, arrayMap(id -> id != '', step_event_ids) AS hit, count() AS n
+    FROM touchstream.funnel_attempts FINAL
+    WHERE is_deleted = 0 AND outcome != 'excluded'
+    GROUP BY funnel, outcome, reached_step, hit
+)
+ARRAY JOIN arrayMap(x -> toUInt8(x + 1), range(reached_step)) AS step
+WHERE hit[step] = 1
 GROUP BY funnel, step
 ORDER BY funnel, step

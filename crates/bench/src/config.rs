@@ -20,6 +20,8 @@ pub enum Size {
     Small,
     /// The sizes (1M events, memory at 10k/100k/1M customers).
     Full,
+    /// The analyst phase alone at 10M events (≈ 1M customers over 30 days).
+    Analyst,
 }
 
 impl FromStr for Size {
@@ -29,7 +31,10 @@ impl FromStr for Size {
             "tiny" => Ok(Size::Tiny),
             "small" => Ok(Size::Small),
             "full" => Ok(Size::Full),
-            other => Err(format!("unknown size {other:?} (tiny, small, full)")),
+            "analyst" => Ok(Size::Analyst),
+            other => Err(format!(
+                "unknown size {other:?} (tiny, small, full, analyst)"
+            )),
         }
     }
 }
@@ -40,6 +45,7 @@ impl fmt::Display for Size {
             Size::Tiny => "tiny",
             Size::Small => "small",
             Size::Full => "full",
+            Size::Analyst => "analyst",
         })
     }
 }
@@ -58,16 +64,19 @@ pub enum Phase {
     Latency,
     /// Processor memory per active customer.
     Memory,
+    /// The README's analyst queries over a month of generated rows ([`crate::analyst`]).
+    Analyst,
 }
 
 impl Phase {
     /// Every phase, in run order.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Baseline,
         Phase::Collector,
         Phase::Processor,
         Phase::Latency,
         Phase::Memory,
+        Phase::Analyst,
     ];
 
     /// Lowercase name (CLI, JSON, topic and database names).
@@ -78,6 +87,7 @@ impl Phase {
             Phase::Processor => "processor",
             Phase::Latency => "latency",
             Phase::Memory => "memory",
+            Phase::Analyst => "analyst",
         }
     }
 }
@@ -89,7 +99,9 @@ impl FromStr for Phase {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown phase {s:?} (baseline, collector, processor, latency, memory)")
+                format!(
+                    "unknown phase {s:?} (baseline, collector, processor, latency, memory, analyst)"
+                )
             })
     }
 }
@@ -141,7 +153,11 @@ pub struct BenchOptions {
     /// Default 1: after the input ends, the last events (held back for lateness) are
     /// released after 1 s instead of the production 30 s, which would only add idle time.
     pub idle_watermark_secs: u64,
-    /// Phases to run. Default all, in [`Phase::ALL`] order.
+    /// Events the analyst phase loads (customers: a tenth of them, over 30 days). tiny
+    /// 5,000, small 1,000,000, full and analyst 10,000,000.
+    pub analyst_events: usize,
+    /// Phases to run. Default all, in [`Phase::ALL`] order; `--size analyst` only the
+    /// analyst phase.
     pub phases: Vec<Phase>,
     /// Seed of the journey generator. Default 42.
     pub seed: u64,
@@ -158,7 +174,16 @@ impl BenchOptions {
         let (events, clients, customers, latency_secs) = match size {
             Size::Tiny => (5_000, 4, vec![2_000], 2.0),
             Size::Small => (200_000, 8, vec![10_000, 100_000], 10.0),
-            Size::Full => (1_000_000, 8, vec![10_000, 100_000, 1_000_000], 30.0),
+            Size::Full | Size::Analyst => (1_000_000, 8, vec![10_000, 100_000, 1_000_000], 30.0),
+        };
+        let analyst_events = match size {
+            Size::Tiny => 5_000,
+            Size::Small => 1_000_000,
+            Size::Full | Size::Analyst => 10_000_000,
+        };
+        let phases = match size {
+            Size::Analyst => vec![Phase::Analyst],
+            _ => Phase::ALL.to_vec(),
         };
         Self {
             size,
@@ -173,7 +198,8 @@ impl BenchOptions {
             latency_lateness_secs: 1,
             poll_ms: 50,
             idle_watermark_secs: 1,
-            phases: Phase::ALL.to_vec(),
+            analyst_events,
+            phases,
             seed: 42,
             progress: true,
             keep: false,
@@ -222,7 +248,7 @@ mod tests {
 
     #[test]
     fn presets_are_valid_and_names_round_trip() {
-        for size in [Size::Tiny, Size::Small, Size::Full] {
+        for size in [Size::Tiny, Size::Small, Size::Full, Size::Analyst] {
             BenchOptions::preset(size).validate().unwrap();
             assert_eq!(size.to_string().parse::<Size>().unwrap(), size);
         }

@@ -55,6 +55,9 @@ pub enum BenchError {
         /// Response body (truncated).
         body: String,
     },
+    /// An analyst-phase query failed or its results disagree.
+    #[error("analyst phase: {0}")]
+    Analyst(String),
     /// A generated message was not one the collector accepts (a generator bug).
     #[error("generated message rejected: {0}")]
     Workload(String),

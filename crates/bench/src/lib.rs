@@ -14,6 +14,7 @@
 //! | processor | ev/s from the raw topic to rows visible | [`processor`] |
 //! | latency | receive → visible p50/p99 at a fixed rate | [`latency`] |
 //! | memory | processor bytes per active customer | [`memory`] |
+//! | analyst | README queries at 10M events, cold and warm; funnel vs `windowFunnel` | [`analyst`] |
 //!
 //! The collector and processor under test run as child processes of the same binary
 //! ([`procs`]), so their CPU time and RSS are their own. Each phase uses fresh topics, a
@@ -22,6 +23,7 @@
 //! comes from the demo's journey generator ([`payload`]). The result is a [`Report`]:
 //! printed as a table and written as JSON so runs can be compared.
 
+pub mod analyst;
 pub mod baseline;
 pub mod collector;
 pub mod config;
@@ -232,6 +234,7 @@ pub async fn run(
                 (Phase::Processor, Some(w)) => processor::run(&ctx, w).await,
                 (Phase::Latency, _) => latency::run(&ctx).await,
                 (Phase::Memory, _) => memory::run(&ctx).await,
+                (Phase::Analyst, _) => analyst::run(&ctx).await,
                 (_, None) => Err(BenchError::Task("workload missing".into())),
             }
         };

@@ -154,7 +154,8 @@ fn parse_since(text: &str) -> Result<i64, String> {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Preset sizes: tiny (seconds, what CI runs), small (minutes), full (the issue's:
-    /// 1M events, memory at 10k/100k/1M customers).
+    /// 1M events, memory at 10k/100k/1M customers, analyst queries at 10M events),
+    /// analyst (the analyst phase alone at 10M events).
     #[arg(long, default_value = "small")]
     size: touchstream_bench::Size,
     /// Events of the baseline, collector and processor phases.
@@ -172,7 +173,11 @@ struct BenchArgs {
     /// Seconds the latency phase sends for.
     #[arg(long)]
     latency_secs: Option<f64>,
-    /// Phases to run, comma separated: baseline, collector, processor, latency, memory.
+    /// Events the analyst phase loads (a tenth as many customers, over 30 days).
+    #[arg(long)]
+    analyst_events: Option<usize>,
+    /// Phases to run, comma separated: baseline, collector, processor, latency, memory,
+    /// analyst.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<touchstream_bench::Phase>>,
     /// Where to write the JSON report (default target/bench/bench-<run id>.json).
@@ -200,6 +205,9 @@ impl BenchArgs {
         }
         if let Some(s) = self.latency_secs {
             o.latency_secs = s;
+        }
+        if let Some(n) = self.analyst_events {
+            o.analyst_events = n;
         }
         if let Some(p) = &self.only {
             o.phases.clone_from(p);

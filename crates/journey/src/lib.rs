@@ -31,7 +31,8 @@ pub use identity::{
 pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
 pub use journey::funnel::{Exclusion, Filter, Funnel, FunnelSet, Order, Outcome, Step, MAX_STEPS};
 pub use journey::rows::{
-    FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow, TouchpointRow,
+    CustomerTouchpointRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow,
+    TouchpointRow,
 };
 pub use journey::{
     funnel_fingerprint, FunnelChange, FunnelChangeKind, JourneyConfig, JourneyCounters,

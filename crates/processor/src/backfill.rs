@@ -27,6 +27,7 @@ use touchstream_journey::{
 use crate::journey_stage::{decode_state, encode_state};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tables::customer_touchpoints::CustomerTouchpoints;
 use crate::tables::funnel_attempts::FunnelAttempts;
 use crate::tables::processor_state::{ProcessorState, StateRow};
 use crate::tables::sessions::Sessions;
@@ -407,12 +408,16 @@ impl Recompute<'_> {
         for engine in engines {
             let out = engine.take_output();
             all.touchpoints.extend(out.touchpoints);
+            all.customer_touchpoints.extend(out.customer_touchpoints);
             all.sessions.extend(out.sessions);
             all.attempts.extend(out.attempts);
         }
         self.report.attempt_rows += all.attempts.len() as u64;
         store
             .write::<TouchpointJourney>(&all.touchpoints, None)
+            .await?;
+        store
+            .write::<CustomerTouchpoints>(&all.customer_touchpoints, None)
             .await?;
         store.write::<Sessions>(&all.sessions, None).await?;
         store.write::<FunnelAttempts>(&all.attempts, None).await?;

@@ -7,8 +7,8 @@ use std::pin::Pin;
 
 use crate::store::Store;
 use crate::tables::{
-    events, funnel_attempts, funnel_open_attempts, identities, identity_conflicts, sessions,
-    touchpoint_journey, Table,
+    customer_touchpoints, events, funnel_attempts, funnel_open_attempts, identities,
+    identity_conflicts, sessions, touchpoint_journey, Table,
 };
 use crate::ProcessorError;
 
@@ -65,6 +65,7 @@ tables! {
     identities::Identities,
     identity_conflicts::IdentityConflicts,
     touchpoint_journey::TouchpointJourney,
+    customer_touchpoints::CustomerTouchpoints,
     sessions::Sessions,
     funnel_attempts::FunnelAttempts,
     funnel_open_attempts::FunnelOpenAttempts,

@@ -1,7 +1,7 @@
 //! Stage 2: sessions, journeys and funnels, partitioned by customer id
 //! (`touchpoints.by_customer`).
 //!
-//! Reads routed JSON from stage 1; writes `touchpoint_journey`, `sessions`,
+//! Reads routed JSON from stage 1; writes `touchpoint_journey`, `customer_touchpoints`, `sessions`,
 //! `funnel_attempts` and `funnel_open_attempts`; counts funnel outcomes per step, and
 //! open and overdue attempts per step, for Prometheus. Its input is
 //! repartitioned, so event times from different identity partitions interleave; the
@@ -312,6 +312,10 @@ impl Stage for Journey {
         batch.rows.funnel_attempts.extend(out.attempts);
         batch.rows.funnel_open_attempts.extend(out.open_attempts);
         batch.rows.touchpoint_journey.extend(out.touchpoints);
+        batch
+            .rows
+            .customer_touchpoints
+            .extend(out.customer_touchpoints);
         batch.rows.sessions.extend(out.sessions);
     }
 }

@@ -215,6 +215,7 @@ impl JourneyStage {
         HistEvent {
             time_ms: event.event_time_ms,
             name: self.names.intern(event.display_name()),
+            kind: Some(event.kind),
             steps: self.funnels.steps(event),
             event_id: Arc::from(event.event_id.as_str()),
             stage: tp.stage,

@@ -221,6 +221,7 @@ mod tests {
             time_ms,
             event_id: Arc::from(id),
             name: Arc::from("Product Viewed"),
+            kind: None,
             stage: Stage::Consideration,
             channel: Channel::Web,
             steps: Steps::NONE,

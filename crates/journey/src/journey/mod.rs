@@ -441,6 +441,7 @@ impl JourneyStage {
         let hist = HistEvent {
             time_ms: event.event_time_ms,
             name: self.names.intern(event.display_name()),
+            kind: Some(event.kind),
             steps: self.funnels.steps(&event),
             event_id: Arc::from(event.event_id.as_str()),
             stage: tp.stage,
@@ -450,6 +451,19 @@ impl JourneyStage {
             session: [0; 2],
             keyed: false,
         };
+        if reattributed {
+            // Its row under the id it was routed to before the link (the anonymous id, or
+            // an alias's previous id) is keyed by that customer in `customer_touchpoints`:
+            // delete it there (`touchpoint_journey`, keyed by event id alone, is replaced
+            // by this customer's row). Written whatever happens to this copy below.
+            for former in [&event.anonymous_id, &event.previous_id]
+                .into_iter()
+                .flatten()
+                .filter(|f| !f.is_empty() && **f != customer_id)
+            {
+                self.out.moved(former, &hist, version);
+            }
+        }
         let (id, checkpoint_ms) = match self.customers.get_key_value(customer_id.as_str()) {
             Some((id, c)) => (Arc::clone(id), c.base_until_ms),
             None => (Arc::from(customer_id), None),

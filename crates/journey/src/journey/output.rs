@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use super::LiveRow;
 use crate::columns::{days, secs};
+use crate::event::MessageType;
 use crate::hash::{hex128, FastMap};
 use crate::journey::catalog::{Channel, Stage};
 use crate::journey::funnel::{ClosedAttempt, FunnelSet, OpenAttempt, Outcome};
 use crate::journey::rows::{
-    FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow, TouchpointRow,
+    CustomerTouchpointRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow,
+    TouchpointRow,
 };
 use crate::journey::session::{HistEvent, SessionAcc};
 
@@ -27,6 +29,9 @@ struct PendingTouchpoint {
     customer: Arc<str>,
     session: Option<u128>,
     time_ms: i64,
+    /// Event name or message type, and the type (for `customer_touchpoints`).
+    name: Arc<str>,
+    kind: Option<MessageType>,
     stage: Stage,
     channel: Channel,
     is_late: bool,
@@ -77,6 +82,8 @@ struct PendingOpen {
 pub(super) struct Output {
     touchpoints: Vec<PendingTouchpoint>,
     touchpoint_at: FastMap<Arc<str>, usize>,
+    /// `customer_touchpoints` tombstones of re-attributed events.
+    moved: Vec<CustomerTouchpointRow>,
     sessions: Vec<Option<PendingSession>>,
     session_at: FastMap<(u128, i64), usize>,
     attempts: Vec<Option<PendingAttempt>>,
@@ -135,15 +142,33 @@ impl Output {
         let mut touchpoints = keep_capacity(&mut self.touchpoints);
         touchpoints
             .sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
+        let mut moved = std::mem::take(&mut self.moved);
+        moved.sort_unstable_by(|a, b| {
+            (&a.customer_id, a.event_time_ms, &a.event_id, b.version).cmp(&(
+                &b.customer_id,
+                b.event_time_ms,
+                &b.event_id,
+                a.version,
+            ))
+        });
+        moved.dedup_by(|b, a| {
+            (&a.customer_id, a.event_time_ms, &a.event_id)
+                == (&b.customer_id, b.event_time_ms, &b.event_id)
+        });
         let sessions = keep_capacity(&mut self.sessions);
         let attempts = keep_capacity(&mut self.attempts);
         let open_attempts = keep_capacity(&mut self.open_attempts);
         let mut out = JourneyOutput {
             touchpoints: Vec::with_capacity(touchpoints.len()),
+            customer_touchpoints: Vec::with_capacity(touchpoints.len() + moved.len()),
             sessions: Vec::with_capacity(sessions.len()),
             attempts: Vec::with_capacity(attempts.len()),
             open_attempts: Vec::with_capacity(open_attempts.len()),
         };
+        out.customer_touchpoints
+            .extend(touchpoints.iter().map(customer_touchpoint_row));
+        out.customer_touchpoints.extend(moved);
+        out.customer_touchpoints.sort_by_key(|r| r.version);
         out.touchpoints
             .extend(touchpoints.into_iter().map(touchpoint_row));
         out.sessions
@@ -184,6 +209,8 @@ impl Output {
             customer: Arc::clone(customer),
             session,
             time_ms: e.time_ms,
+            name: Arc::clone(&e.name),
+            kind: e.kind,
             stage: e.stage,
             channel: e.channel,
             is_late,
@@ -197,6 +224,29 @@ impl Output {
                 self.touchpoints.push(row);
             }
         }
+    }
+
+    /// A `customer_touchpoints` tombstone for `e` under `former`, the customer it was
+    /// routed to before stage 1 re-attributed it (`version`: the re-attribution's stage-1
+    /// version). The former customer's partition wrote its rows with a lower stage-1
+    /// version (at most `(version - 1) × 65536 + 65535`), so the tombstone replaces them
+    /// whichever partition's insert lands first.
+    pub(super) fn moved(&mut self, former: &str, e: &HistEvent, version: u64) {
+        self.moved.push(CustomerTouchpointRow {
+            customer_id: former.to_owned(),
+            event_date: days(e.time_ms),
+            event_time_ms: e.time_ms,
+            event_id: e.event_id.as_ref().to_owned(),
+            event_time: secs(e.time_ms),
+            message_type: String::new(),
+            event: String::new(),
+            stage: e.stage,
+            channel: e.channel,
+            session_id: String::new(),
+            is_late: false,
+            is_deleted: true,
+            version: version.saturating_mul(1 << 16).saturating_add(0xFFFF),
+        });
     }
 
     /// A touchpoint that is in no session: too late, too old to re-attribute, or left in
@@ -379,6 +429,30 @@ fn touchpoint_row(t: PendingTouchpoint) -> TouchpointRow {
         stage: t.stage,
         channel: t.channel,
         is_late: t.is_late,
+        version: t.version,
+    }
+}
+
+fn customer_touchpoint_row(t: &PendingTouchpoint) -> CustomerTouchpointRow {
+    // The name is the event's own unless it only repeats the message type (an unnamed
+    // page, an identify): `events.event` is empty then.
+    let event = match t.kind {
+        Some(kind) if t.name.as_ref() == kind.as_str() => String::new(),
+        _ => t.name.as_ref().to_owned(),
+    };
+    CustomerTouchpointRow {
+        customer_id: t.customer.as_ref().to_owned(),
+        event_date: days(t.time_ms),
+        event_time_ms: t.time_ms,
+        event_id: t.event_id.as_ref().to_owned(),
+        event_time: secs(t.time_ms),
+        message_type: t.kind.map(|k| k.as_str().to_owned()).unwrap_or_default(),
+        event,
+        stage: t.stage,
+        channel: t.channel,
+        session_id: t.session.map(hex128).unwrap_or_default(),
+        is_late: t.is_late,
+        is_deleted: false,
         version: t.version,
     }
 }

@@ -41,6 +41,50 @@ pub struct TouchpointRow {
     pub version: u64,
 }
 
+/// One `customer_touchpoints` row (key `(customer_id, event_time_ms, event_id)`,
+/// partition by `event_date`): the event as an analyst reads a journey, written with its
+/// [`TouchpointRow`] so that one customer's journey is a primary-key range read instead of
+/// the `touchpoints` view's join of two whole tables (`deploy/clickhouse/0007_customer_touchpoints.sql`).
+///
+/// The key holds the customer, so a re-attribution, which moves the event to another
+/// customer, also writes a tombstone (`is_deleted = 1`) under the old customer's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+pub struct CustomerTouchpointRow {
+    /// The journey the event belongs to (first key column).
+    pub customer_id: String,
+    /// Event time's day ([`crate::columns::days`]), the partition column.
+    pub event_date: u16,
+    /// Event time, ms (second key column: the journey's order).
+    pub event_time_ms: i64,
+    /// Segment `messageId` (source-scoped), last key column.
+    pub event_id: String,
+    /// `event_time_ms` as a `DateTime` ([`crate::columns::secs`]).
+    pub event_time: u32,
+    /// Message type (`track`, `page`, ...); empty on tombstones.
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// Track event name, or page/screen name; empty when the message has none.
+    pub event: String,
+    /// Catalog stage.
+    #[serde(serialize_with = "name")]
+    pub stage: Stage,
+    /// Message channel if recognised, else the catalog's.
+    #[serde(serialize_with = "name")]
+    pub channel: Channel,
+    /// Its session; empty for events in no session.
+    pub session_id: String,
+    /// As in [`TouchpointRow::is_late`].
+    #[serde(serialize_with = "flag")]
+    pub is_late: bool,
+    /// Tombstone: the event moved to another customer (re-attribution).
+    #[serde(serialize_with = "flag")]
+    pub is_deleted: bool,
+    /// The [`TouchpointRow::version`] it was written with; a tombstone's beats every row
+    /// the old customer's partition wrote for the event.
+    pub version: u64,
+}
+
 /// One `sessions` row (key `session_id`, partition by `started_at`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
@@ -155,6 +199,9 @@ pub struct FunnelOpenAttemptRow {
 pub struct JourneyOutput {
     /// `touchpoint_journey` rows.
     pub touchpoints: Vec<TouchpointRow>,
+    /// `customer_touchpoints` rows: one per `touchpoints` row, plus the tombstones of
+    /// re-attributed events under their former customer.
+    pub customer_touchpoints: Vec<CustomerTouchpointRow>,
     /// `sessions` rows.
     pub sessions: Vec<SessionRow>,
     /// `funnel_attempts` rows.
@@ -167,6 +214,7 @@ impl JourneyOutput {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.touchpoints.is_empty()
+            && self.customer_touchpoints.is_empty()
             && self.sessions.is_empty()
             && self.attempts.is_empty()
             && self.open_attempts.is_empty()

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::MessageType;
 use crate::hash::Fnv128;
 use crate::journey::catalog::{Channel, Stage};
 use crate::journey::funnel::{AttemptSlot, ClosedAttempt, Funnel, FunnelSet, Steps};
@@ -26,6 +27,10 @@ pub(crate) struct HistEvent {
     pub(crate) event_id: Arc<str>,
     /// Event name or message type (session entry/exit), interned per stage.
     pub(crate) name: Arc<str>,
+    /// Message type, for the `customer_touchpoints` row; `None` in snapshots written
+    /// before it was kept (such an event's row then shows its name only).
+    #[serde(default)]
+    pub(crate) kind: Option<MessageType>,
     pub(crate) stage: Stage,
     pub(crate) channel: Channel,
     /// (funnel index, step mask) for funnels with a matching step.

@@ -8,9 +8,9 @@ use super::*;
 use crate::event::{JourneyEvent, MessageType};
 use crate::hash::{hex128, id128};
 use crate::identity::{IdentityConfig, IdentityOutput, IdentityStage};
-use crate::journey::catalog::Channel;
+use crate::journey::catalog::{Channel, Stage};
 use crate::journey::funnel::Outcome;
-use crate::journey::rows::{FunnelAttemptRow, SessionRow, TouchpointRow};
+use crate::journey::rows::{CustomerTouchpointRow, FunnelAttemptRow, SessionRow, TouchpointRow};
 
 const MIN: i64 = 60_000;
 
@@ -52,6 +52,8 @@ struct Tables {
     touchpoints: BTreeMap<String, TouchpointRow>,
     sessions: BTreeMap<String, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
+    /// `customer_touchpoints` by key, tombstones kept (checked against `touchpoints`).
+    by_customer: BTreeMap<(String, i64, String), CustomerTouchpointRow>,
 }
 
 impl Tables {
@@ -71,8 +73,55 @@ impl Tables {
         for r in out.attempts {
             self.attempts.insert(r.attempt_id.clone(), r);
         }
+        for r in out.customer_touchpoints {
+            let key = (r.customer_id.clone(), r.event_time_ms, r.event_id.clone());
+            if self
+                .by_customer
+                .get(&key)
+                .is_none_or(|old| r.version > old.version)
+            {
+                self.by_customer.insert(key, r);
+            }
+        }
         self.sessions.retain(|_, r| !r.is_deleted);
         self.attempts.retain(|_, r| !r.is_deleted);
+    }
+
+    /// `customer_touchpoints` without tombstones shows each event once, with the customer,
+    /// session, stage, channel and lateness of its `touchpoint_journey` row.
+    fn assert_by_customer_matches(&self) {
+        let live: BTreeMap<&str, (&str, &str, Stage, Channel, bool)> = self
+            .by_customer
+            .values()
+            .filter(|r| !r.is_deleted)
+            .map(|r| {
+                let row = (
+                    r.customer_id.as_str(),
+                    r.session_id.as_str(),
+                    r.stage,
+                    r.channel,
+                    r.is_late,
+                );
+                (r.event_id.as_str(), row)
+            })
+            .collect();
+        let live_rows = self.by_customer.values().filter(|r| !r.is_deleted).count();
+        assert_eq!(live_rows, live.len(), "an event live under two customers");
+        let want: BTreeMap<&str, (&str, &str, Stage, Channel, bool)> = self
+            .touchpoints
+            .values()
+            .map(|r| {
+                let row = (
+                    r.customer_id.as_str(),
+                    r.session_id.as_str(),
+                    r.stage,
+                    r.channel,
+                    r.is_late,
+                );
+                (r.event_id.as_str(), row)
+            })
+            .collect();
+        assert_eq!(live, want);
     }
 
     fn session_of(&self, event_id: &str) -> &str {
@@ -506,6 +555,22 @@ fn reattribution_moves_anonymous_events_sessions_and_attempts_to_the_user() {
     );
     assert_eq!(a.step_event_ids, vec!["a-view", "a-add", "co", "oc"]);
     assert_eq!(st.counters().retractions, 1);
+    t.assert_by_customer_matches();
+    // The anonymous rows were tombstoned under "a", and the journey rows carry the
+    // message type and name.
+    assert!(t
+        .by_customer
+        .keys()
+        .any(|(c, _, id)| c == "a" && id == "a-view"));
+    let login = t
+        .by_customer
+        .values()
+        .find(|r| r.event_id == "login" && !r.is_deleted);
+    let login = login.expect("login row");
+    assert_eq!(
+        (login.message_type.as_str(), login.event.as_str()),
+        ("track", "Signed In")
+    );
 }
 
 /// A full replay by a fresh consumer group: the journey stage reads the first run's
@@ -560,6 +625,7 @@ fn a_full_replay_leaves_reattributed_events_with_the_user() {
         t.attempts.values().all(|a| a.customer_id != "a"),
         "a live attempt under the anonymous id"
     );
+    t.assert_by_customer_matches();
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! table's name, its row type and how a stage's output becomes a row.
 //!
 //! Where the columns are declared: a table whose rows a journey state machine decides
-//! (`identities`, `identity_conflicts`, `touchpoint_journey`, `sessions`,
+//! (`identities`, `identity_conflicts`, `touchpoint_journey`, `customer_touchpoints`, `sessions`,
 //! `funnel_attempts`, `funnel_open_attempts`) uses that crate's output struct as its row, as it is — the journey
 //! crate derives `clickhouse::Row` on it (feature `clickhouse`) and stores enums, flags
 //! and partition times the way the table holds them (`touchstream_journey::columns`).
@@ -14,6 +14,7 @@
 //! impl, and its line in the list of tables in [`crate::batch`]; the batch then carries
 //! its rows and every flush writes them together with the others.
 
+pub mod customer_touchpoints;
 pub mod events;
 pub mod funnel_attempts;
 pub mod funnel_open_attempts;
