@@ -338,7 +338,12 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let report = touchstream_clickhouse::migrate(&config.clickhouse)
                 .await
-                .with_context(|| format!("migrating ClickHouse at {}", config.clickhouse.url))?;
+                .with_context(|| {
+                    format!(
+                        "migrating ClickHouse at {}",
+                        touchstream_core::config::masked_url(&config.clickhouse.url)
+                    )
+                })?;
             println!(
                 "ClickHouse {} at {}, database {}:",
                 report.server, config.clickhouse.url, config.clickhouse.database

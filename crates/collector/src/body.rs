@@ -12,11 +12,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::ApiError;
 
-/// Read the whole body, refusing more than `limit` bytes with 413.
+/// Read the whole body, refusing more than `limit` bytes with 413 and a body that takes
+/// longer than `timeout` with 408 (a client trickling bytes must not hold the request,
+/// and its connection, open indefinitely).
 pub async fn read_limited(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::TooLarge(format!("request body over {limit} bytes"));
     if let Some(len) = headers
@@ -28,7 +31,10 @@ pub async fn read_limited(
             return Err(too_large());
         }
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiError::BadRequest(format!("reading body: {e}"))),
@@ -113,13 +119,23 @@ mod tests {
 
     #[tokio::test]
     async fn body_over_limit_is_413() {
-        let e = read_limited(Body::from(vec![0u8; 101]), &HeaderMap::new(), 100)
-            .await
-            .unwrap_err();
+        let e = read_limited(
+            Body::from(vec![0u8; 101]),
+            &HeaderMap::new(),
+            100,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.status(), 413);
-        let ok = read_limited(Body::from(vec![0u8; 100]), &HeaderMap::new(), 100)
-            .await
-            .unwrap();
+        let ok = read_limited(
+            Body::from(vec![0u8; 100]),
+            &HeaderMap::new(),
+            100,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(ok.len(), 100);
     }
 }

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The body is not JSON of the expected shape.
     #[error("{0}")]
     BadRequest(String),
+    /// The body did not arrive within `body_read_timeout_ms` (a slow or stalled client).
+    #[error("request body not received within {0} ms")]
+    BodyTimeout(u64),
     /// A content encoding other than gzip/identity.
     #[error("unsupported content encoding {0:?}; send gzip or none")]
     UnsupportedEncoding(String),
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,7 +89,7 @@ impl IntoResponse for ApiError {
         let body =
             json!({"success": false, "error": self.to_string(), "retryable": self.is_retryable()});
         let mut resp = (status, axum::Json(body)).into_response();
-        if let ApiError::TooLarge(_) = self {
+        if let ApiError::TooLarge(_) | ApiError::BodyTimeout(_) = self {
             // The rest of an oversized body may be unread: say the connection ends here,
             // so a keep-alive client does not send its next request into it.
             resp.headers_mut()

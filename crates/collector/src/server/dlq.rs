@@ -31,10 +31,15 @@ pub(super) fn push_record<'t>(
     // The message is embedded as JSON, one level deeper than it was; a message nested
     // close to serde_json's limit (128) would make the record unreadable to readers using
     // the default limit, so such a message (and unparsable text) is kept as a string.
-    let original = serde_json::from_str::<Value>(raw)
+    let mut original = serde_json::from_str::<Value>(raw)
         .ok()
         .filter(|v| depth(v) <= MAX_EMBEDDED_DEPTH)
         .unwrap_or_else(|| Value::String(raw.to_string()));
+    // The write key is a credential: the DLQ is read by more people than the collector's
+    // config, so a message's own `writeKey` is not copied (README "Validation and DLQ").
+    if let Value::Object(o) = &mut original {
+        o.remove("writeKey");
+    }
     let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(
         i128::from(meta.received_at_ms) * 1_000_000,
     )
@@ -84,6 +89,14 @@ mod tests {
         let record = records.iter().next().unwrap();
         assert_eq!((record.topic, record.key), ("dlq", None));
         serde_json::from_slice(record.payload).unwrap()
+    }
+
+    #[test]
+    fn the_write_key_is_not_copied() {
+        let doc = dlq_doc(r#"{"type":"track","writeKey":"secret-key","messageId":"m"}"#);
+        assert_eq!(doc["message"]["messageId"], "m");
+        assert!(doc["message"].get("writeKey").is_none(), "{doc}");
+        assert!(!doc.to_string().contains("secret-key"), "{doc}");
     }
 
     #[test]

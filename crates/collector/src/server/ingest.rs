@@ -139,13 +139,20 @@ fn header_source<S>(
     }
 }
 
-/// The body, read and inflated within `max_request_bytes` (413 beyond).
+/// The body, read and inflated within `max_request_bytes` (413 beyond), received within
+/// `body_read_timeout_ms` (408 beyond).
 async fn read_body<S>(
     st: &AppState<S>,
     body: Body,
     headers: &HeaderMap,
 ) -> Result<Bytes, ApiError> {
-    let raw = body::read_limited(body, headers, st.cfg.max_request_bytes).await?;
+    let raw = body::read_limited(
+        body,
+        headers,
+        st.cfg.max_request_bytes,
+        std::time::Duration::from_millis(st.cfg.body_read_timeout_ms),
+    )
+    .await?;
     st.metrics.bytes.inc_by(raw.len() as u64);
     body::decode(raw, headers, st.cfg.max_request_bytes)
 }

@@ -12,13 +12,22 @@
 //! [`run`] is the service `touchstream collector` runs: a [`Collector`] over a
 //! [`KafkaSink`]. Tests and embedders build one over a [`MemorySink`](crate::sink::MemorySink).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
+use tower::ServiceExt;
 
 mod dlq;
 mod endpoint;
@@ -86,6 +95,12 @@ impl<S: Sink> Collector<S> {
 
     /// Serve on `listener` until `shutdown` is cancelled, then drain in-flight requests
     /// and flush the sink.
+    ///
+    /// Hostile or broken clients cannot hold the collector (README "Slow clients"): headers
+    /// must arrive within `header_read_timeout_ms` (also the idle limit of a kept-alive
+    /// connection), bodies within `body_read_timeout_ms` (408), at most `max_connections`
+    /// are served at once (the rest wait in the listen backlog), and on shutdown open
+    /// connections get `shutdown_grace_ms` to finish before they are closed.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -93,20 +108,85 @@ impl<S: Sink> Collector<S> {
     ) -> Result<(), CollectorError> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, sources = self.state.cfg.sources.len(), "collector listening");
-        let app = self.router();
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown({
-            let state = self.state.clone();
-            async move {
-                shutdown.cancelled().await;
-                state.begin_shutdown();
-            }
-        })
-        .await?;
-        // Every request has been answered; settle whatever the sink still holds.
+        let cfg = &self.state.cfg;
+        let max_connections = cfg.max_connections.max(1);
+        let slots = Arc::new(Semaphore::new(max_connections));
+        // HTTP/1 only: the version sniffing of a dual-protocol server waits for bytes
+        // with no deadline, which a silent client could hold forever.
+        let mut http = auto::Builder::new(TokioExecutor::new()).http1_only();
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms));
+        let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+        // Cancelled when the grace period is over: connections still open are dropped.
+        let hard_stop = CancellationToken::new();
+        loop {
+            // A free slot first, then accept: beyond the cap, connections wait unaccepted.
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // e.g. EMFILE: wait a moment instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let app = self
+                .router()
+                .map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req
+                });
+            let http = http.clone();
+            let shutdown = shutdown.clone();
+            let hard_stop = hard_stop.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let conn = http.serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(app),
+                );
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+                }
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = hard_stop.cancelled() => {
+                        tracing::debug!(%peer, "connection closed at the end of the shutdown grace period");
+                    }
+                }
+            });
+        }
+        self.state.begin_shutdown();
+        drop(listener);
+        // Every connection returns its slot when it ends; wait for all, within the grace.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = max_connections - slots.available_permits(),
+                "shutdown grace period over; closing the remaining connections"
+            );
+            hard_stop.cancel();
+        }
+        // Every request has been answered (or its connection closed); settle whatever
+        // the sink still holds.
         self.state.sink.flush().await;
         tracing::info!("collector stopped");
         Ok(())

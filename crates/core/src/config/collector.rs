@@ -70,6 +70,19 @@ pub struct CollectorConfig {
     /// Requests per second allowed per write key (token bucket, burst = 2× rate); 0 means
     /// unlimited. Default 0.
     pub rate_limit_per_key: u32,
+    /// How long a client may take to send a request's headers (also the wait for the
+    /// next request on a kept-alive connection), ms; the connection is closed beyond it.
+    /// Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request's body, ms; 408 beyond it.
+    /// Default 30000.
+    pub body_read_timeout_ms: u64,
+    /// Most connections served at once; further connections wait in the listen backlog
+    /// until one closes. Default 1024.
+    pub max_connections: usize,
+    /// On shutdown, how long open connections get to finish before they are closed, ms.
+    /// Default 10000.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for CollectorConfig {
@@ -98,6 +111,10 @@ impl Default for CollectorConfig {
             route_aliases: BTreeMap::new(),
             trusted_proxy_header: None,
             rate_limit_per_key: 0,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 1024,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -140,6 +157,17 @@ impl CollectorConfig {
                 return Some(format!(
                     "collector.route_aliases: {alias:?} = {target:?} must map a /path to a /v1/ route"
                 ));
+            }
+        }
+        if self.max_connections == 0 {
+            return Some("collector.max_connections must be at least 1".into());
+        }
+        for (key, ms) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Some(format!("collector.{key} must be at least 1 ms"));
             }
         }
         None

@@ -26,7 +26,7 @@ mod env;
 mod kafka;
 mod processor;
 
-pub use clickhouse::ClickHouseConfig;
+pub use clickhouse::{masked_url, ClickHouseConfig};
 pub use collector::{CollectorConfig, SourceConfig};
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use processor::ProcessorConfig;

@@ -1,0 +1,146 @@
+//! Hostile and broken clients cannot hold the collector (README "Slow clients"), on the
+//! real broker with raw TCP clients:
+//! - a client that sends half its headers and stalls is disconnected after
+//!   `header_read_timeout_ms`;
+//! - a kept-alive connection left idle is closed after the same timeout;
+//! - a client that announces a body and sends one byte gets `408` after
+//!   `body_read_timeout_ms`;
+//! - beyond `max_connections` a new connection is not served until one closes;
+//! - shutdown returns within `shutdown_grace_ms` even while a client keeps a
+//!   connection busy.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use touchstream_core::config::Config;
+use touchstream_tests::{self as support, CollectorHandle};
+
+fn config() -> Config {
+    let mut config = Config {
+        kafka: support::kafka_config("slowclients"),
+        ..Config::default()
+    };
+    config.collector.header_read_timeout_ms = 1_000;
+    config.collector.body_read_timeout_ms = 1_000;
+    config.collector.max_connections = 4;
+    config.collector.shutdown_grace_ms = 1_000;
+    config
+}
+
+fn addr(c: &CollectorHandle) -> String {
+    c.base.trim_start_matches("http://").to_string()
+}
+
+/// Read until the peer closes (or `limit` passes); what was read.
+async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    match tokio::time::timeout(limit, s.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+const SLOW_BODY: &str = "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic ZGVtby13ZWIta2V5Og==\r\nContent-Type: application/json\r\nContent-Length: 400000\r\n\r\n{";
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_capped() {
+    support::require_port("Kafka", &support::kafka_brokers());
+    let config = config();
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let c = CollectorHandle::start(config).await;
+    let addr = addr(&c);
+
+    // Half the headers, then nothing: closed after the header timeout.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut s, Duration::from_secs(10)).await;
+    assert!(
+        got.is_some(),
+        "a stalled header read is still open after 10 s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A kept-alive connection left idle after its answer: closed after the same timeout.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut s, Duration::from_secs(10))
+        .await
+        .expect("an idle kept-alive connection is still open after 10 s");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A body that never comes: 408 after the body timeout.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(SLOW_BODY.as_bytes()).await.expect("write");
+    let got = read_to_close(&mut s, Duration::from_secs(10))
+        .await
+        .expect("a stalled body is still open after 10 s");
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // max_connections = 4: four stalled connections hold every slot, a fifth is not
+    // served until one of them is cut off.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(SLOW_BODY.as_bytes()).await.expect("write");
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let mut fifth = TcpStream::connect(&addr).await.expect("connect (backlog)");
+    fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut fifth, Duration::from_secs(10))
+        .await
+        .expect("the fifth connection is served once a slot frees");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "served after {waited:?}: the connection cap did not hold it"
+    );
+    drop(held);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_with_a_busy_client() {
+    support::require_port("Kafka", &support::kafka_brokers());
+    let mut config = config();
+    // Long timeouts: only the shutdown grace can end these connections.
+    config.collector.header_read_timeout_ms = 60_000;
+    config.collector.body_read_timeout_ms = 60_000;
+    config.collector.max_connections = 64;
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let c = CollectorHandle::start(config).await;
+    let addr = addr(&c);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(SLOW_BODY.as_bytes()).await.expect("write");
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), c.stop())
+        .await
+        .expect("shutdown did not finish within 15 s with slow clients");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    drop(held);
+}
