@@ -230,21 +230,13 @@ impl JourneyStage {
 
 /// `steps` with funnel `fi`'s mask replaced by `mask`.
 fn with_mask(steps: &Steps, fi: u16, mask: u32) -> Steps {
-    let mut all: Vec<(u16, u32)> = match steps {
-        Steps::One(_, 0) => Vec::new(),
-        Steps::One(f, m) => vec![(*f, *m)],
-        Steps::Many(all) => all.as_ref().clone(),
-    };
+    let mut all = steps.as_slice().into_owned();
     all.retain(|(f, _)| *f != fi);
     if mask != 0 {
         all.push((fi, mask));
     }
     all.sort_unstable_by_key(|(f, _)| *f);
-    match all.as_slice() {
-        [] => Steps::NONE,
-        [(f, m)] => Steps::One(*f, *m),
-        _ => Steps::Many(Box::new(all)),
-    }
+    Steps::from_pairs(all)
 }
 
 /// Give the held history events funnel `fi`'s matches from their stored copies (`hist`,

@@ -162,23 +162,14 @@ impl Remap {
     }
 
     pub(super) fn steps(&self, steps: &Steps) -> Steps {
-        match steps {
-            Steps::One(_, 0) => Steps::NONE,
-            Steps::One(f, m) => self.index(*f).map_or(Steps::NONE, |f| Steps::One(f, *m)),
-            Steps::Many(all) => {
-                let mut kept: Vec<(u16, u32)> = all
-                    .iter()
-                    .filter_map(|(f, m)| self.index(*f).map(|f| (f, *m)))
-                    .collect();
-                // `Steps` lists funnels in index order.
-                kept.sort_unstable_by_key(|(f, _)| *f);
-                match kept.as_slice() {
-                    [] => Steps::NONE,
-                    [(f, m)] => Steps::One(*f, *m),
-                    _ => Steps::Many(Box::new(kept)),
-                }
-            }
-        }
+        let mut kept: Vec<(u16, u32)> = steps
+            .as_slice()
+            .iter()
+            .filter_map(|(f, m)| self.index(*f).map(|f| (f, *m)))
+            .collect();
+        // `Steps` lists funnels in index order.
+        kept.sort_unstable_by_key(|(f, _)| *f);
+        Steps::from_pairs(kept)
     }
 
     fn machine(&self, m: &mut Machine) {

@@ -65,7 +65,16 @@ impl Steps {
         }
     }
 
-    fn as_slice(&self) -> std::borrow::Cow<'_, [(u16, u32)]> {
+    /// `(funnel index, mask)` pairs (funnels in index order), sorted by the caller.
+    pub(crate) fn from_pairs(all: Vec<(u16, u32)>) -> Steps {
+        match all.as_slice() {
+            [] => Steps::NONE,
+            [(f, m)] => Steps::One(*f, *m),
+            _ => Steps::Many(Box::new(all)),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> std::borrow::Cow<'_, [(u16, u32)]> {
         match self {
             Steps::One(_, 0) => std::borrow::Cow::Borrowed(&[]),
             Steps::One(f, m) => std::borrow::Cow::Owned(vec![(*f, *m)]),
@@ -82,12 +91,7 @@ impl Serialize for Steps {
 
 impl<'de> Deserialize<'de> for Steps {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let all = Vec::<(u16, u32)>::deserialize(deserializer)?;
-        Ok(match all.as_slice() {
-            [] => Steps::NONE,
-            [(f, m)] => Steps::One(*f, *m),
-            _ => Steps::Many(Box::new(all)),
-        })
+        Ok(Steps::from_pairs(Vec::deserialize(deserializer)?))
     }
 }
 
