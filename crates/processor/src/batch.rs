@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::store::Store;
+use crate::store::{Rejected, Store};
 use crate::tables::{
     customer_touchpoints, events, funnel_attempts, funnel_open_attempts, identities,
     identity_conflicts, sessions, touchpoint_journey, Table,
@@ -33,8 +33,8 @@ pub struct Batch {
     pub rows: Rows,
 }
 
-/// One table's insert, as [`Rows::write`] runs them side by side.
-type Insert<'a> = Pin<Box<dyn Future<Output = Result<(), ProcessorError>> + Send + 'a>>;
+/// One table's insert, as [`Rows::write`] runs them side by side: the rows it set aside.
+type Insert<'a> = Pin<Box<dyn Future<Output = Result<Vec<Rejected>, ProcessorError>> + Send + 'a>>;
 
 /// Declares [`Rows`] from the list of tables: a row list per table, named after the
 /// table's module (which is named after the table), and their inserts.
@@ -52,7 +52,7 @@ macro_rules! tables {
         impl Rows {
             /// Each table's insert (one that has no rows returns at once).
             fn inserts<'a>(&'a self, store: &'a Store, scope: Option<&'a str>) -> Vec<Insert<'a>> {
-                vec![$(Box::pin(store.write::<$module::$table>(&self.$module, scope))),*]
+                vec![$(Box::pin(store.write_or_set_aside::<$module::$table>(&self.$module, scope))),*]
             }
         }
     };
@@ -74,9 +74,10 @@ tables! {
 impl Rows {
     /// Write every table's rows (each retried until stored), all tables at once: the
     /// inserts are independent, and a flush waits for the slowest instead of the sum.
-    /// `scope` names the input offset ranges of the batch (deduplication tokens).
-    pub async fn write(&self, store: &Store, scope: &str) -> Result<(), ProcessorError> {
-        futures::future::try_join_all(self.inserts(store, Some(scope))).await?;
-        Ok(())
+    /// `scope` names the input offset ranges of the batch (deduplication tokens). Returns
+    /// the rows ClickHouse refused for good, for the dead-letter topic ([`crate::store`]).
+    pub async fn write(&self, store: &Store, scope: &str) -> Result<Vec<Rejected>, ProcessorError> {
+        let refused = futures::future::try_join_all(self.inserts(store, Some(scope))).await?;
+        Ok(refused.into_iter().flatten().collect())
     }
 }

@@ -105,6 +105,15 @@ pub enum ProcessorError {
     /// commit anything. Retryable (the stage restarts).
     #[error("stage task: an earlier cut's write did not finish")]
     EarlierWrite(#[source] tokio::sync::oneshot::error::RecvError),
+    /// ClickHouse refused a row for good where every row must land (a snapshot, a
+    /// backfill's rows).
+    #[error("clickhouse refused a row of {table} for good: {error}")]
+    Refused {
+        /// Table.
+        table: String,
+        /// The server's reason.
+        error: String,
+    },
     /// The stage's consumer has not completed joining its group for too long.
     /// Retryable: the stage restarts with a new consumer (as a dynamic member).
     #[error("consumer group join not completed for {0:?}")]

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub insert_seconds: HistogramVec,
     /// Failed ClickHouse insert attempts (each retried), by table.
     pub insert_failures: IntCounterVec,
+    /// Rows ClickHouse refused for good, sent to the dead-letter topic, by table.
+    pub rejected_rows: IntCounterVec,
     /// Events stored late (`is_late`, not placed), by stage and cause: `beyond_horizon`
     /// (older than the correction horizon behind the release frontier),
     /// `before_checkpoint` (inside the horizon but before the customer's checkpoint),
@@ -86,6 +88,11 @@ impl Metrics {
         let insert_failures = counter(
             "touchstream_processor_clickhouse_insert_failures_total",
             "Failed ClickHouse insert attempts (retried with backoff)",
+            &["table"],
+        )?;
+        let rejected_rows = counter(
+            "touchstream_processor_rejected_rows_total",
+            "Rows ClickHouse refused for good (permanent insert errors), sent to the dead-letter topic",
             &["table"],
         )?;
         let late_events = counter(
@@ -222,6 +229,7 @@ impl Metrics {
             batch_rows,
             insert_seconds,
             insert_failures,
+            rejected_rows,
             late_events,
             placed_events,
             corrected_events,

@@ -13,14 +13,15 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
-use touchstream_core::kafka::acks::AckGroup;
+use touchstream_core::kafka::acks::{AckGroup, GroupProducer};
 use tracing::Instrument as _;
 
 use super::consumer::LagContext;
 use super::ctx::RunCtx;
 use super::part::{state_error, Part};
 use super::stage::Stage;
-use crate::batch::Batch;
+use crate::batch::{Batch, Record};
+use crate::store::Rejected;
 use crate::tables::processor_state::{ProcessorState, StateRow};
 use crate::{ProcessorError, StateError};
 
@@ -66,6 +67,9 @@ struct Outgoing {
     acks: Arc<AckGroup>,
     batch: Batch,
     scope: String,
+    /// The input offset ranges the batch came from, for the dead-letter records of rows
+    /// ClickHouse refuses.
+    inputs: serde_json::Value,
     states: Vec<StateRow>,
     tpl: TopicPartitionList,
 }
@@ -133,6 +137,14 @@ async fn cut<S: Stage>(
             .collect::<Vec<_>>()
             .join(",")
     );
+    let inputs = serde_json::Value::Array(
+        out.ranges
+            .iter()
+            .map(|((t, p), (a, b))| {
+                serde_json::json!({"kafka_topic": t, "kafka_partition": p, "first_offset": a, "last_offset": b})
+            })
+            .collect(),
+    );
     out.ranges.clear();
     for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
         stage.drain(&mut part.state, *p, &mut out.batch);
@@ -144,20 +156,7 @@ async fn cut<S: Stage>(
     // acknowledgements are awaited before anything of this cut is committed.
     let acks = AckGroup::new();
     for r in &batch.records {
-        let started = Instant::now();
-        loop {
-            let record_key = r.key.as_deref().map(str::as_bytes);
-            match acks.send(&producer, &r.topic, record_key, &r.payload, r.partition) {
-                Ok(()) => break,
-                Err(e)
-                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
-                        && started.elapsed() < Duration::from_secs(30) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => return Err(ProcessorError::Produce(e)),
-            }
-        }
+        enqueue(&acks, &producer, r).await?;
     }
     batch.records.clear();
     // 3. Snapshots and 4. offsets, when due, written after the rows.
@@ -195,12 +194,61 @@ async fn cut<S: Stage>(
         acks,
         batch,
         scope,
+        inputs,
         states,
         tpl,
     })
 }
 
-/// Write a cut: records acknowledged, 2. rows, then — once the previous cut's write has
+/// Enqueue one record on the producer, waiting while its queue is full (up to 30 s).
+async fn enqueue(
+    acks: &Arc<AckGroup>,
+    producer: &GroupProducer,
+    r: &Record,
+) -> Result<(), ProcessorError> {
+    let started = Instant::now();
+    loop {
+        let record_key = r.key.as_deref().map(str::as_bytes);
+        match acks.send(producer, &r.topic, record_key, &r.payload, r.partition) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+                    && started.elapsed() < Duration::from_secs(30) =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(ProcessorError::Produce(e)),
+        }
+    }
+}
+
+/// The dead-letter record of a row ClickHouse refused for good: the row, the server's
+/// reason, and the input offsets of the batch it came from (README, "Dead-letter topic").
+fn rejected_record(
+    dlq_topic: &str,
+    scope: &str,
+    inputs: &serde_json::Value,
+    r: &Rejected,
+) -> Record {
+    let doc = serde_json::json!({
+        "reason": "insert_rejected",
+        "detail": r.error,
+        "source": "processor",
+        "table": r.table,
+        "inputs": inputs,
+        "scope": scope,
+        "row": r.row,
+    });
+    Record {
+        topic: dlq_topic.to_string(),
+        key: None,
+        partition: None,
+        payload: doc.to_string().into_bytes(),
+    }
+}
+
+/// Write a cut: records acknowledged, 2. rows (refused ones to the dead-letter topic,
+/// acknowledged), then — once the previous cut's write has
 /// finished (`after`) — 3. snapshots, 4. offsets; then signal `done`. A failure fails the
 /// stage run, which restarts from the saved snapshots (and drops the later writes before
 /// they commit anything).
@@ -212,7 +260,16 @@ async fn write_out(
     done: oneshot::Sender<()>,
 ) -> Result<(), ProcessorError> {
     job.acks.wait().await.map_err(ProcessorError::Produce)?;
-    job.batch.rows.write(&ctx.store, &job.scope).await?;
+    let refused = job.batch.rows.write(&ctx.store, &job.scope).await?;
+    if !refused.is_empty() {
+        let acks = AckGroup::new();
+        let producer = ctx.producer();
+        for r in &refused {
+            let record = rejected_record(&ctx.kafka.dlq_topic, &job.scope, &job.inputs, r);
+            enqueue(&acks, &producer, &record).await?;
+        }
+        acks.wait().await.map_err(ProcessorError::Produce)?;
+    }
     if let Some(after) = after {
         // The sender goes away unsent only when the earlier write failed or was dropped:
         // then this cut must not save or commit anything either.
