@@ -156,6 +156,7 @@ async fn resume_at(later_batch: bool) {
         snapshot_every: Duration::from_secs(5),
         writes_in_flight: 1,
         restart_backoff: Duration::from_millis(500),
+        health: Arc::default(),
         shutdown: shutdown.clone(),
     };
     let running = tokio::spawn(run_stage(stage, ctx));

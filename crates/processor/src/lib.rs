@@ -114,6 +114,9 @@ pub enum ProcessorError {
         /// The server's reason.
         error: String,
     },
+    /// A stage run panicked (caught; the stage restarts from its snapshots).
+    #[error("stage panicked: {0}")]
+    Panicked(String),
     /// The stage's consumer has not completed joining its group for too long.
     /// Retryable: the stage restarts with a new consumer (as a dynamic member).
     #[error("consumer group join not completed for {0:?}")]
@@ -144,13 +147,15 @@ pub async fn run(
     let catalog = Catalog::load(&pc.catalog_path)?;
     let funnels = FunnelSet::load(&pc.funnels_path)?;
     let metrics = Metrics::new()?;
+    let health = runner::Health::new(pc.unhealthy_after_failures);
 
     let server = match metrics_listener {
         Some(listener) => {
             let m = metrics.clone();
+            let h = health.clone();
             let app = Router::new()
                 .route("/metrics", get(move || async move { m.render() }))
-                .route("/healthz", get(|| async { "ok" }));
+                .route("/healthz", get(move || async move { healthz(&h) }));
             let token = shutdown.clone();
             tracing::info!(addr = %listener.local_addr()?, "processor metrics listening");
             Some(tokio::spawn(async move {
@@ -171,7 +176,7 @@ pub async fn run(
         }
     };
     let store = Store::new(ch, metrics.clone(), shutdown.clone(), dedup_tokens);
-    let ctx = |stage: &str| -> Result<RunCtx, ProcessorError> {
+    let ctx = |stage: &'static str| -> Result<RunCtx, ProcessorError> {
         Ok(RunCtx {
             kafka: config.kafka.clone(),
             group_id: format!("{}-{stage}", pc.group_id),
@@ -189,6 +194,7 @@ pub async fn run(
             snapshot_every: Duration::from_millis(pc.snapshot_interval_ms),
             writes_in_flight: pc.writes_in_flight.max(1),
             restart_backoff: Duration::from_millis(pc.restart_backoff_ms),
+            health: health.stage(stage),
             shutdown: shutdown.clone(),
         })
     };
@@ -260,6 +266,21 @@ pub async fn run(
     Ok(())
 }
 
+/// `/healthz`: `200 ok`, or `503` naming each stage that failed
+/// `processor.unhealthy_after_failures` runs in a row and its last error.
+fn healthz(health: &runner::Health) -> (axum::http::StatusCode, String) {
+    let failing = health.failing();
+    if failing.is_empty() {
+        return (axum::http::StatusCode::OK, "ok".into());
+    }
+    let text = failing
+        .iter()
+        .map(|(stage, n, error)| format!("stage {stage} failed {n} runs in a row; last: {error}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (axum::http::StatusCode::SERVICE_UNAVAILABLE, text)
+}
+
 /// Partition counts of the raw and routed topics, from broker metadata.
 fn partition_counts(
     kafka: &touchstream_core::config::KafkaConfig,
@@ -313,6 +334,20 @@ mod tests {
             None,
         )
         .expect("funnels")
+    }
+
+    #[test]
+    fn healthz_names_a_stage_that_keeps_failing() {
+        let health = runner::Health::new(2);
+        health.stage("journey").failed("boom");
+        assert_eq!(healthz(&health), (axum::http::StatusCode::OK, "ok".into()));
+        health.stage("journey").failed("boom again");
+        let (status, text) = healthz(&health);
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            text,
+            "stage journey failed 2 runs in a row; last: boom again"
+        );
     }
 
     #[test]

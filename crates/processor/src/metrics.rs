@@ -23,6 +23,8 @@ pub struct Metrics {
     pub insert_seconds: HistogramVec,
     /// Failed ClickHouse insert attempts (each retried), by table.
     pub insert_failures: IntCounterVec,
+    /// Stage runs that failed and were restarted, by stage and cause (`error`, `panic`).
+    pub stage_restarts: IntCounterVec,
     /// Rows ClickHouse refused for good, sent to the dead-letter topic, by table.
     pub rejected_rows: IntCounterVec,
     /// Events stored late (`is_late`, not placed), by stage and cause: `beyond_horizon`
@@ -89,6 +91,11 @@ impl Metrics {
             "touchstream_processor_clickhouse_insert_failures_total",
             "Failed ClickHouse insert attempts (retried with backoff)",
             &["table"],
+        )?;
+        let stage_restarts = counter(
+            "touchstream_processor_stage_restarts_total",
+            "Stage runs that failed (error) or panicked and were restarted from the last snapshots",
+            &["stage", "cause"],
         )?;
         let rejected_rows = counter(
             "touchstream_processor_rejected_rows_total",
@@ -230,6 +237,7 @@ impl Metrics {
             insert_seconds,
             insert_failures,
             rejected_rows,
+            stage_restarts,
             late_events,
             placed_events,
             corrected_events,

@@ -55,9 +55,14 @@ pub struct ProcessorConfig {
     /// the wall clock so open funnel attempts still close as dropped. 0 turns it off
     /// (replays of old data). Default 30.
     pub idle_watermark_secs: u64,
-    /// Pause before a stage that failed (e.g. Kafka produce errors) restarts from its last
-    /// saved state, ms. Default 1000.
+    /// Pause before a stage that failed (e.g. Kafka produce errors, or a panic) restarts
+    /// from its last saved state, ms; doubled for each failure in a row, at most 60 s.
+    /// Default 1000.
     pub restart_backoff_ms: u64,
+    /// After this many failed runs of a stage in a row (errors or panics, each restarted
+    /// from its last saved state, with no batch stored in between), the processor's
+    /// `/healthz` answers 503 naming the stage. Default 5.
+    pub unhealthy_after_failures: u32,
     /// Stable name of this processor replica (e.g. the pod name of a StatefulSet), used
     /// as Kafka static group membership (`group.instance.id`, suffixed per stage): a
     /// replica that crashes and restarts under the same name gets its partitions back
@@ -114,6 +119,7 @@ impl Default for ProcessorConfig {
             catalog_path: PathBuf::from("deploy/catalog.toml"),
             idle_watermark_secs: 30,
             restart_backoff_ms: 1000,
+            unhealthy_after_failures: 5,
             instance_id: String::new(),
             release_memory_ms: 5000,
             open_attempt_overdue_shares: vec![0.5, 0.9],

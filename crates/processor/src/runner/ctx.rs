@@ -7,12 +7,16 @@ use tokio_util::sync::CancellationToken;
 use touchstream_core::config::KafkaConfig;
 use touchstream_core::kafka::acks::{group_producer, GroupProducer};
 
+use super::health::StageHealth;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// The processor producer's `linger.ms`: it enqueues a whole cut and waits for the
 /// acknowledgements together, so batching costs nothing here.
 pub const PRODUCER_LINGER_MS: u32 = 5;
+
+/// The longest pause between restarts of a failing stage.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 
 /// How long the processor's producer retries a record before failing it, ms.
 pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
@@ -42,8 +46,11 @@ pub struct RunCtx {
     pub snapshot_every: Duration,
     /// Cut batches being written at once (at least 1).
     pub writes_in_flight: usize,
-    /// Pause before restarting after a failure.
+    /// Pause before restarting after a failure; doubles with each failure in a row, up
+    /// to [`MAX_RESTART_BACKOFF`].
     pub restart_backoff: Duration,
+    /// This stage's health record (failures in a row), read by `/healthz`.
+    pub health: Arc<StageHealth>,
     /// Process-wide shutdown.
     pub shutdown: CancellationToken,
 }

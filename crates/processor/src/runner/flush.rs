@@ -285,6 +285,7 @@ async fn write_out(
             }
         }
     }
+    ctx.health.progressed();
     // The next cut may be waiting for this one; nobody listening is fine.
     let _ = done.send(());
     Ok(())

@@ -16,6 +16,10 @@
 //! drops its in-memory state and restarts from the last snapshots; outputs are
 //! deterministic, so re-emitted rows replace themselves.
 //!
+//! A run that fails or panics is restarted the same way (from the last snapshots, after a
+//! backoff that doubles with each failure in a row), counted, and reported by
+//! [`health`]: a stage that keeps failing makes the processor unhealthy.
+//!
 //! Modules, by concern: [`stage`] (what a stage supplies), [`ctx`] (where it runs),
 //! `run_loop` (the loop, revocations, idle partitions), `consumer` (the Kafka consumer and
 //! what its statistics say), `part` (per-partition state and position), `seek` (input
@@ -24,11 +28,13 @@
 mod consumer;
 pub mod ctx;
 mod flush;
+pub mod health;
 mod part;
 mod run_loop;
 mod seek;
 pub mod stage;
 
 pub use ctx::{RunCtx, PRODUCER_LINGER_MS, PRODUCE_TIMEOUT_MS};
+pub use health::{Health, StageHealth};
 pub use run_loop::run_stage;
 pub use stage::{Input, Stage};

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt as _};
+use futures::FutureExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 
 use super::consumer::{subscribe, LagContext, GROUP_STALL};
-use super::ctx::RunCtx;
+use super::ctx::{RunCtx, MAX_RESTART_BACKOFF};
 use super::flush::{finish, flush, InFlight, Outbox, SnapshotDue};
 use super::part::{load_part, Part, Position};
 use super::seek::{admit, reseek_stalled, SEEK_SETTLE};
@@ -19,31 +20,42 @@ use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::ProcessorError;
 
-/// Run a stage until shutdown, restarting from saved state after failures.
+/// Run a stage until shutdown, restarting from saved state after failures and panics
+/// (module docs of [`super`]): a panic in one stage must not leave the process half
+/// alive, with the other stage running and this one gone.
 pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorError> {
     let mut instance_id = ctx.instance_id.clone();
     loop {
-        match run_once(&stage, &ctx, instance_id.as_deref()).await {
-            Ok(()) | Err(ProcessorError::ShuttingDown) => break,
-            Err(e) => {
-                if matches!(e, ProcessorError::GroupStalled(_)) && instance_id.is_some() {
-                    // tansu never expires a dead static member (it checks heartbeats
-                    // only on requests of dynamic members), so a group whose leader is
-                    // such a member never completes a join; a dynamic member's join
-                    // makes it drop the dead ones.
-                    tracing::warn!(
-                        stage = stage.name(),
-                        "rejoining as a dynamic member (without group.instance.id) for the rest of this run"
-                    );
-                    instance_id = None;
-                }
-                tracing::warn!(stage = stage.name(), error = %e, "stage failed; restarting from saved state");
-                ctx.renew_producer();
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(ctx.restart_backoff) => {}
-                }
-            }
+        let run = std::panic::AssertUnwindSafe(run_once(&stage, &ctx, instance_id.as_deref()))
+            .catch_unwind()
+            .await;
+        let (e, cause) = match run {
+            Ok(Ok(()) | Err(ProcessorError::ShuttingDown)) => break,
+            Ok(Err(e)) => (e, "error"),
+            Err(panic) => (ProcessorError::Panicked(panic_message(&*panic)), "panic"),
+        };
+        if matches!(e, ProcessorError::GroupStalled(_)) && instance_id.is_some() {
+            // tansu never expires a dead static member (it checks heartbeats
+            // only on requests of dynamic members), so a group whose leader is
+            // such a member never completes a join; a dynamic member's join
+            // makes it drop the dead ones.
+            tracing::warn!(
+                stage = stage.name(),
+                "rejoining as a dynamic member (without group.instance.id) for the rest of this run"
+            );
+            instance_id = None;
+        }
+        ctx.metrics
+            .stage_restarts
+            .with_label_values(&[stage.name(), cause])
+            .inc();
+        let in_a_row = ctx.health.failed(&e.to_string());
+        let pause = restart_pause(ctx.restart_backoff, in_a_row);
+        tracing::warn!(stage = stage.name(), error = %e, cause, failures_in_a_row = in_a_row, restart_in_ms = pause.as_millis() as u64, "stage failed; restarting from saved state");
+        ctx.renew_producer();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
     let producer = ctx.producer();
@@ -55,6 +67,23 @@ pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorE
         tracing::warn!(stage = stage.name(), error = %e, "flushing producer at shutdown");
     }
     Ok(())
+}
+
+/// The pause before the next run after `in_a_row` failures in a row: `base`, doubled for
+/// each failure after the first, at most [`MAX_RESTART_BACKOFF`].
+fn restart_pause(base: Duration, in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    base.saturating_mul(1 << doublings)
+        .min(MAX_RESTART_BACKOFF.max(base))
+}
+
+/// The text of a panic's payload (`panic!` with a string, or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Whether every input topic of `partition` has been processed up to its end: the high
