@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use touchstream_core::{avro, MessageType};
 use touchstream_journey::{
-    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, JourneyEvent, Origin,
-    RoutedEvent,
+    IdentityConfig, IdentityCounters, IdentityOutput, IdentitySnapshot, IdentityStage,
+    JourneyEvent, Origin, RoutedEvent,
 };
 
 use crate::batch::{Batch, Record};
@@ -51,6 +51,9 @@ pub struct IdentityState {
     watermark_ms: Option<i64>,
     /// Last watermark sent downstream (not saved: resent after a restart).
     sent_ms: Option<i64>,
+    /// The stage's counters as last exported to the metrics (restored totals were
+    /// exported by the process that saved them).
+    exported: IdentityCounters,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,15 +91,21 @@ impl Stage for Identity {
             identity: IdentityStage::new(self.config.clone()),
             watermark_ms: None,
             sent_ms: None,
+            exported: IdentityCounters::default(),
         }
     }
 
     fn restore(&self, json: &[u8]) -> Result<IdentityState, serde_json::Error> {
         let saved: SavedIdentity = serde_json::from_slice(json)?;
+        // The saved totals were exported by the process that saved them; evictions by a
+        // smaller budget at restore happen here and are exported at the next drain.
+        let exported = saved.identity.counters().clone();
+        let identity = IdentityStage::from_snapshot(self.config.clone(), saved.identity);
         Ok(IdentityState {
-            identity: IdentityStage::from_snapshot(self.config.clone(), saved.identity),
+            identity,
             watermark_ms: saved.watermark_ms,
             sent_ms: None,
+            exported,
         })
     }
 
@@ -215,6 +224,15 @@ impl Stage for Identity {
     }
 
     fn drain(&self, state: &mut IdentityState, partition: i32, batch: &mut Batch) {
+        export_counters(
+            &self.metrics,
+            state.identity.counters(),
+            &mut state.exported,
+        );
+        self.metrics
+            .unlinked_history_bytes
+            .with_label_values(&[&partition.to_string()])
+            .set(i64::try_from(state.identity.unlinked_history_bytes()).unwrap_or(i64::MAX));
         let Some(w) = state.watermark_ms else {
             return;
         };
@@ -257,6 +275,38 @@ impl Stage for Identity {
     }
 }
 
+/// Add to the identity metrics what the stage's totals gained since last exported.
+fn export_counters(m: &Metrics, counters: &IdentityCounters, seen: &mut IdentityCounters) {
+    let add = |counter: &prometheus::IntCounterVec, total: u64, seen: &mut u64| {
+        if total > *seen {
+            counter
+                .with_label_values(&["identity"])
+                .inc_by(total - *seen);
+            *seen = total;
+        }
+    };
+    add(
+        &m.reattributed_events,
+        counters.reattributed_events,
+        &mut seen.reattributed_events,
+    );
+    add(
+        &m.reattribution_skipped,
+        counters.reattribution_skipped,
+        &mut seen.reattribution_skipped,
+    );
+    add(
+        &m.histories_expired,
+        counters.histories_expired,
+        &mut seen.histories_expired,
+    );
+    add(
+        &m.histories_evicted,
+        counters.histories_evicted,
+        &mut seen.histories_evicted,
+    );
+}
+
 fn push_routed(batch: &mut Batch, topic: &str, key: String, routed: &Routed) {
     batch.records.push(Record {
         topic: topic.to_string(),
@@ -264,4 +314,94 @@ fn push_routed(batch: &mut Batch, topic: &str, key: String, routed: &Routed) {
         partition: None,
         payload: crate::routed_codec::encode(routed),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touchpoint(id: &str, anon: &str, t: i64) -> touchstream_core::Touchpoint {
+        touchstream_core::Touchpoint {
+            event_id: id.to_string(),
+            message_type: MessageType::Track,
+            event: Some("Product Viewed".into()),
+            anonymous_id: Some(anon.to_string()),
+            user_id: None,
+            previous_id: None,
+            event_time_ms: t,
+            timestamp_ms: Some(t),
+            sent_at_ms: None,
+            received_at_ms: t,
+            source: "web".into(),
+            channel: "web".into(),
+            properties: "{}".into(),
+            traits: "{}".into(),
+            context: "{}".into(),
+            ip: None,
+            user_agent: None,
+            extra: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn evictions_and_history_bytes_are_exported_once() {
+        let metrics = Metrics::new().expect("metrics");
+        let one = touchstream_journey::approx_event_bytes(&JourneyEvent::from(&touchpoint(
+            "web:m-00", "anon-00", 0,
+        )));
+        let stage = Identity {
+            raw_topic: "raw".into(),
+            aliases_topic: "aliases".into(),
+            routed_topic: "routed".into(),
+            dlq_topic: "dlq".into(),
+            config: IdentityConfig {
+                max_unlinked_history_bytes: one * 5,
+                ..IdentityConfig::default()
+            },
+            routed_partitions: 1,
+            idle_watermark: None,
+            metrics: metrics.clone(),
+        };
+        let mut state = stage.new_state();
+        let mut batch = Batch::default();
+        for i in 0..8 {
+            let payload = avro::encode(&touchpoint(
+                &format!("web:m-{i:02}"),
+                &format!("anon-{i:02}"),
+                i * 1000,
+            ))
+            .expect("encode");
+            let input = Input {
+                topic: "raw",
+                partition: 0,
+                offset: i,
+                payload: &payload,
+                seq: i as u64 + 1,
+            };
+            stage.handle(&mut state, &input, &mut batch);
+        }
+        stage.drain(&mut state, 0, &mut batch);
+        stage.drain(&mut state, 0, &mut batch);
+        let evicted = metrics
+            .histories_evicted
+            .with_label_values(&["identity"])
+            .get();
+        assert_eq!(evicted, 3, "eight one-event histories, room for five");
+        let bytes = metrics
+            .unlinked_history_bytes
+            .with_label_values(&["0"])
+            .get();
+        assert!(bytes > 0 && bytes as usize <= one * 5, "{bytes}");
+        // Restored totals are not exported again.
+        let saved = serde_json::to_vec(&stage.snapshot(&state)).expect("snapshot");
+        let mut restored = stage.restore(&saved).expect("restore");
+        stage.drain(&mut restored, 0, &mut batch);
+        assert_eq!(
+            metrics
+                .histories_evicted
+                .with_label_values(&["identity"])
+                .get(),
+            3
+        );
+    }
 }

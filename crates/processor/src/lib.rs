@@ -209,7 +209,11 @@ pub async fn run(
         aliases_topic: config.kafka.aliases_topic.clone(),
         routed_topic: config.kafka.routed_topic.clone(),
         dlq_topic: config.kafka.dlq_topic.clone(),
-        config: IdentityConfig::default(),
+        config: IdentityConfig {
+            max_unlinked_history_events: pc.unlinked_history_max_events,
+            unlinked_history_ttl_secs: pc.unlinked_history_ttl_secs,
+            max_unlinked_history_bytes: pc.unlinked_history_max_bytes,
+        },
         routed_partitions,
         idle_watermark,
         metrics: metrics.clone(),

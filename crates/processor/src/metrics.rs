@@ -23,6 +23,16 @@ pub struct Metrics {
     pub insert_seconds: HistogramVec,
     /// Failed ClickHouse insert attempts (each retried), by table.
     pub insert_failures: IntCounterVec,
+    /// Earlier anonymous events re-sent under a newly linked user.
+    pub reattributed_events: IntCounterVec,
+    /// Earlier anonymous events not re-sent at a link: their history had overflowed.
+    pub reattribution_skipped: IntCounterVec,
+    /// Unlinked anonymous histories forgotten by their TTL.
+    pub histories_expired: IntCounterVec,
+    /// Unlinked anonymous histories evicted to keep a partition within its byte budget.
+    pub histories_evicted: IntCounterVec,
+    /// Estimated memory of a partition's unlinked anonymous histories, bytes.
+    pub unlinked_history_bytes: IntGaugeVec,
     /// Stage runs that failed and were restarted, by stage and cause (`error`, `panic`).
     pub stage_restarts: IntCounterVec,
     /// Rows ClickHouse refused for good, sent to the dead-letter topic, by table.
@@ -92,6 +102,34 @@ impl Metrics {
             "Failed ClickHouse insert attempts (retried with backoff)",
             &["table"],
         )?;
+        let reattributed_events = counter(
+            "touchstream_processor_reattributed_events_total",
+            "Earlier anonymous events re-sent under a newly linked user",
+            &["stage"],
+        )?;
+        let reattribution_skipped = counter(
+            "touchstream_processor_reattribution_skipped_total",
+            "Earlier anonymous events not re-sent at a link because their id's history had overflowed (processor.unlinked_history_max_events)",
+            &["stage"],
+        )?;
+        let histories_expired = counter(
+            "touchstream_processor_histories_expired_total",
+            "Unlinked anonymous histories forgotten by their TTL (processor.unlinked_history_ttl_secs)",
+            &["stage"],
+        )?;
+        let histories_evicted = counter(
+            "touchstream_processor_histories_evicted_total",
+            "Unlinked anonymous histories evicted, idlest first, to keep a partition within processor.unlinked_history_max_bytes",
+            &["stage"],
+        )?;
+        let unlinked_history_bytes = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_unlinked_history_bytes",
+                "Estimated memory of a partition's unlinked anonymous histories, bytes",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(unlinked_history_bytes.clone()))?;
         let stage_restarts = counter(
             "touchstream_processor_stage_restarts_total",
             "Stage runs that failed (error) or panicked and were restarted from the last snapshots",
@@ -238,6 +276,11 @@ impl Metrics {
             insert_failures,
             rejected_rows,
             stage_restarts,
+            reattributed_events,
+            reattribution_skipped,
+            histories_expired,
+            histories_evicted,
+            unlinked_history_bytes,
             late_events,
             placed_events,
             corrected_events,

@@ -63,6 +63,17 @@ pub struct ProcessorConfig {
     /// from its last saved state, with no batch stored in between), the processor's
     /// `/healthz` answers 503 naming the stage. Default 5.
     pub unhealthy_after_failures: u32,
+    /// Events kept per not-yet-linked anonymous id, to re-send under the user when the
+    /// id is linked; past it the oldest are not re-sent (counted in
+    /// `touchstream_processor_reattribution_skipped_total`). Default 500.
+    pub unlinked_history_max_events: usize,
+    /// An unlinked anonymous id's history is forgotten once its partition's newest event
+    /// is this far past the id's last one, seconds. Default 691200 (8 days).
+    pub unlinked_history_ttl_secs: u64,
+    /// Memory budget of all unlinked histories of one identity partition, bytes
+    /// (estimated); past it whole histories are evicted, the idlest first
+    /// (`touchstream_processor_histories_evicted_total`). Default 268435456 (256 MiB).
+    pub unlinked_history_max_bytes: usize,
     /// Stable name of this processor replica (e.g. the pod name of a StatefulSet), used
     /// as Kafka static group membership (`group.instance.id`, suffixed per stage): a
     /// replica that crashes and restarts under the same name gets its partitions back
@@ -120,6 +131,9 @@ impl Default for ProcessorConfig {
             idle_watermark_secs: 30,
             restart_backoff_ms: 1000,
             unhealthy_after_failures: 5,
+            unlinked_history_max_events: 500,
+            unlinked_history_ttl_secs: 8 * 24 * 3600,
+            unlinked_history_max_bytes: 256 << 20,
             instance_id: String::new(),
             release_memory_ms: 5000,
             open_attempt_overdue_shares: vec![0.5, 0.9],

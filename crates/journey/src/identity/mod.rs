@@ -36,6 +36,12 @@ pub struct IdentityConfig {
     /// than stage 2's default re-attribution horizon, beyond which re-sent events would
     /// only become late rows).
     pub unlinked_history_ttl_secs: u64,
+    /// Memory budget of all unlinked histories of one partition together, bytes (an
+    /// estimate: the events' strings and fixed parts, see [`approx_event_bytes`]). Past
+    /// it, whole histories are evicted, the one idle longest first, and counted in
+    /// [`IdentityCounters::histories_evicted`]: a later link of such an id re-sends
+    /// nothing, as after the TTL. Default 268435456 (256 MiB).
+    pub max_unlinked_history_bytes: usize,
 }
 
 impl Default for IdentityConfig {
@@ -43,8 +49,24 @@ impl Default for IdentityConfig {
         Self {
             max_unlinked_history_events: 500,
             unlinked_history_ttl_secs: 8 * 24 * 3600,
+            max_unlinked_history_bytes: 256 << 20,
         }
     }
+}
+
+/// What one event kept in an unlinked history costs in memory, roughly: the event's
+/// fixed part, its reference count and allocation headers, and its strings.
+pub fn approx_event_bytes(e: &JourneyEvent) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + 16);
+    std::mem::size_of::<JourneyEvent>()
+        + 32
+        + e.event_id.len()
+        + opt(&e.event)
+        + opt(&e.anonymous_id)
+        + opt(&e.user_id)
+        + opt(&e.previous_id)
+        + opt(&e.channel)
+        + e.properties.json().len()
 }
 
 /// How a link was learned (`identities.link_type`).
@@ -154,6 +176,10 @@ pub struct IdentityCounters {
     pub reattribution_skipped: u64,
     /// Unlinked histories forgotten by TTL.
     pub histories_expired: u64,
+    /// Unlinked histories evicted (idle longest first) to keep the partition's
+    /// histories within [`IdentityConfig::max_unlinked_history_bytes`].
+    #[serde(default)]
+    pub histories_evicted: u64,
     /// Events rejected for lack of a usable id.
     pub rejected: u64,
 }
@@ -172,6 +198,21 @@ struct AnonHistory {
     /// entry is moved forward only when the sweep reaches it, not on every event.
     #[serde(skip)]
     expiry_ms: i64,
+    /// [`approx_event_bytes`] of `events` together (recomputed on restore).
+    #[serde(skip)]
+    bytes: usize,
+}
+
+impl AnonHistory {
+    /// Drop the oldest events past `cap`, counting them.
+    fn trim(&mut self, cap: usize) {
+        while self.events.len() > cap {
+            if let Some(e) = self.events.pop_front() {
+                self.bytes = self.bytes.saturating_sub(approx_event_bytes(&e));
+            }
+            self.dropped += 1;
+        }
+    }
 }
 
 /// Serializable stage-1 state, for the caller to persist with its offsets.
@@ -181,6 +222,13 @@ pub struct IdentitySnapshot {
     unlinked: BTreeMap<String, AnonHistory>,
     watermark_ms: Option<i64>,
     counters: IdentityCounters,
+}
+
+impl IdentitySnapshot {
+    /// The counters' totals when it was taken.
+    pub fn counters(&self) -> &IdentityCounters {
+        &self.counters
+    }
 }
 
 /// [`IdentitySnapshot`] by reference ([`IdentityStage::snapshot_ref`]): serializes to the
@@ -227,6 +275,8 @@ pub struct IdentityStage {
     /// (time at most its last event time, anonymous id) of every entry of `unlinked`,
     /// for the TTL sweep.
     expiry: BTreeSet<(i64, Arc<str>)>,
+    /// Sum of the histories' `bytes`.
+    unlinked_bytes: usize,
     watermark_ms: Option<i64>,
     counters: IdentityCounters,
 }
@@ -254,20 +304,37 @@ impl IdentityStage {
         let mut unlinked =
             FastMap::with_capacity_and_hasher(snapshot.unlinked.len(), FastState::default());
         let mut expiry = BTreeSet::new();
+        let mut unlinked_bytes = 0;
         for (anon, mut history) in snapshot.unlinked {
             let anon: Arc<str> = Arc::from(anon);
             history.expiry_ms = history.last_time_ms;
+            history.bytes = history.events.iter().map(|e| approx_event_bytes(e)).sum();
+            unlinked_bytes += history.bytes;
             expiry.insert((history.expiry_ms, Arc::clone(&anon)));
             unlinked.insert(anon, history);
         }
-        Self {
+        let mut stage = Self {
             config,
             links,
             unlinked,
             expiry,
+            unlinked_bytes,
             watermark_ms: snapshot.watermark_ms,
             counters: snapshot.counters,
-        }
+        };
+        // A smaller budget than the one the snapshot was taken under applies at once.
+        stage.evict_over_budget();
+        stage
+    }
+
+    /// Estimated memory of the unlinked histories, bytes ([`approx_event_bytes`]).
+    pub fn unlinked_history_bytes(&self) -> usize {
+        self.unlinked_bytes
+    }
+
+    /// Unlinked histories held.
+    pub fn unlinked_histories(&self) -> usize {
+        self.unlinked.len()
     }
 
     /// The state to persist alongside the consumed offset.
@@ -401,6 +468,7 @@ impl IdentityStage {
         }));
         if let Some((key, history)) = self.unlinked.remove_entry(anon) {
             self.expiry.remove(&(history.expiry_ms, key));
+            self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
             self.counters.reattributed_events += history.events.len() as u64;
             self.counters.reattribution_skipped += history.dropped;
             for earlier in history.events {
@@ -419,20 +487,21 @@ impl IdentityStage {
 
     fn remember_unlinked(&mut self, anon: &str, event: Arc<JourneyEvent>) {
         let cap = self.config.max_unlinked_history_events;
+        let bytes = approx_event_bytes(&event);
         let Some(history) = self.unlinked.get_mut(anon) else {
             let key: Arc<str> = Arc::from(anon);
             let mut history = AnonHistory {
                 last_time_ms: event.event_time_ms,
                 expiry_ms: event.event_time_ms,
+                bytes,
                 ..AnonHistory::default()
             };
             history.events.push_back(event);
-            while history.events.len() > cap {
-                history.events.pop_front();
-                history.dropped += 1;
-            }
+            history.trim(cap);
+            self.unlinked_bytes += history.bytes;
             self.expiry.insert((history.expiry_ms, Arc::clone(&key)));
             self.unlinked.insert(key, history);
+            self.evict_over_budget();
             return;
         };
         let fresh = history.events.is_empty() && history.dropped == 0;
@@ -441,11 +510,11 @@ impl IdentityStage {
         } else {
             history.last_time_ms.max(event.event_time_ms)
         };
+        let before = history.bytes;
         history.events.push_back(event);
-        while history.events.len() > cap {
-            history.events.pop_front();
-            history.dropped += 1;
-        }
+        history.bytes += bytes;
+        history.trim(cap);
+        self.unlinked_bytes = (self.unlinked_bytes + history.bytes).saturating_sub(before);
         if history.last_time_ms < history.expiry_ms {
             // Only a history emptied by a zero cap can move back; keep the entry no later.
             if let Some((key, _)) = self.unlinked.get_key_value(anon) {
@@ -455,6 +524,31 @@ impl IdentityStage {
                     history.expiry_ms = history.last_time_ms;
                     self.expiry.insert((history.expiry_ms, key));
                 }
+            }
+        }
+        self.evict_over_budget();
+    }
+
+    /// Evict whole histories, the one whose last event is oldest first, until the rest
+    /// fit [`IdentityConfig::max_unlinked_history_bytes`].
+    fn evict_over_budget(&mut self) {
+        while self.unlinked_bytes > self.config.max_unlinked_history_bytes {
+            let Some((at, anon)) = self.expiry.pop_first() else {
+                break;
+            };
+            match self.unlinked.get_mut(&anon) {
+                // The entry lags the history's last event: move it there and look again.
+                Some(history) if history.last_time_ms > at => {
+                    history.expiry_ms = history.last_time_ms;
+                    self.expiry.insert((history.expiry_ms, anon));
+                }
+                Some(_) => {
+                    if let Some(history) = self.unlinked.remove(&anon) {
+                        self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
+                        self.counters.histories_evicted += 1;
+                    }
+                }
+                None => {}
             }
         }
     }
@@ -479,7 +573,9 @@ impl IdentityStage {
                     self.expiry.insert((history.expiry_ms, anon));
                 }
                 Some(_) => {
-                    self.unlinked.remove(&anon);
+                    if let Some(history) = self.unlinked.remove(&anon) {
+                        self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
+                    }
                     self.counters.histories_expired += 1;
                 }
                 None => {}

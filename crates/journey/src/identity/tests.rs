@@ -342,3 +342,105 @@ fn expiry_follows_the_last_event_across_a_snapshot() {
     }
     assert_eq!(original.snapshot(), resumed.snapshot());
 }
+
+/// The byte total the stage keeps, recomputed from scratch through a snapshot.
+fn recomputed_bytes(stage: &IdentityStage) -> usize {
+    IdentityStage::from_snapshot(
+        IdentityConfig {
+            max_unlinked_history_bytes: usize::MAX,
+            ..IdentityConfig::default()
+        },
+        stage.snapshot(),
+    )
+    .unlinked_history_bytes()
+}
+
+#[test]
+fn unlinked_histories_stay_within_the_byte_budget_evicting_the_idlest_first() {
+    let one = super::approx_event_bytes(&track("e-0000", Some("a0"), None, 0));
+    // Room for about ten events in all.
+    let config = IdentityConfig {
+        max_unlinked_history_bytes: one * 10 + one / 2,
+        ..IdentityConfig::default()
+    };
+    let mut stage = IdentityStage::new(config.clone());
+    let mut seq = 0;
+    let mut visit = |stage: &mut IdentityStage, anon: &str| {
+        seq += 1;
+        stage.process(
+            track(&format!("e-{seq:04}"), Some(anon), None, seq * 1000),
+            seq as u64,
+        );
+    };
+    // a0..a4 with two events each: ten events, within the budget.
+    for a in ["a0", "a0", "a1", "a1", "a2", "a2", "a3", "a3", "a4", "a4"] {
+        visit(&mut stage, a);
+    }
+    assert_eq!(stage.counters().histories_evicted, 0);
+    assert_eq!(stage.unlinked_histories(), 5);
+    // a0 comes back: eleven events; a1 is now the idlest and goes.
+    visit(&mut stage, "a0");
+    assert_eq!(stage.counters().histories_evicted, 1);
+    assert_eq!(stage.unlinked_histories(), 4);
+    // a5 arrives twice: the second makes eleven again; a2 goes.
+    visit(&mut stage, "a5");
+    assert_eq!(stage.counters().histories_evicted, 1);
+    visit(&mut stage, "a5");
+    assert_eq!(stage.counters().histories_evicted, 2);
+    assert!(stage.unlinked_history_bytes() <= config.max_unlinked_history_bytes);
+    assert_eq!(stage.unlinked_history_bytes(), recomputed_bytes(&stage));
+    let out = stage.process(track("l-2", Some("a2"), Some("u2"), 20_000), 100);
+    assert_eq!(
+        routed(&out),
+        vec![(s("u2"), s("l-2"), false)],
+        "an evicted history re-sends nothing at its link"
+    );
+    let out = stage.process(track("l-0", Some("a0"), Some("u0"), 20_001), 101);
+    assert_eq!(
+        routed(&out),
+        vec![
+            (s("u0"), s("e-0001"), true),
+            (s("u0"), s("e-0002"), true),
+            (s("u0"), s("e-0011"), true),
+            (s("u0"), s("l-0"), false)
+        ],
+        "a kept history is re-sent whole"
+    );
+    assert_eq!(stage.unlinked_history_bytes(), recomputed_bytes(&stage));
+}
+
+#[test]
+fn byte_accounting_follows_overflow_links_and_expiry() {
+    let config = IdentityConfig {
+        max_unlinked_history_events: 3,
+        unlinked_history_ttl_secs: 60,
+        ..IdentityConfig::default()
+    };
+    let mut stage = IdentityStage::new(config.clone());
+    for i in 0..5 {
+        stage.process(
+            track(&format!("e{i}"), Some("a1"), None, i * 1000),
+            i as u64 + 1,
+        );
+        stage.process(
+            track(&format!("f{i}"), Some("a2"), None, i * 1000),
+            i as u64 + 100,
+        );
+    }
+    assert_eq!(stage.unlinked_history_bytes(), recomputed_bytes(&stage));
+    stage.process(track("g", Some("a1"), Some("u1"), 6000), 200);
+    assert_eq!(stage.unlinked_history_bytes(), recomputed_bytes(&stage));
+    // a2 expires when the partition's time passes its last event by the TTL.
+    stage.process(track("h", Some("a3"), None, 4000 + 60_001), 201);
+    assert_eq!(stage.counters().histories_expired, 1);
+    assert_eq!(stage.unlinked_histories(), 1);
+    assert_eq!(stage.unlinked_history_bytes(), recomputed_bytes(&stage));
+    // A snapshot restored under a smaller budget evicts at once.
+    let small = IdentityConfig {
+        max_unlinked_history_bytes: 0,
+        ..config
+    };
+    let restored = IdentityStage::from_snapshot(small, stage.snapshot());
+    assert_eq!(restored.unlinked_histories(), 0);
+    assert_eq!(restored.counters().histories_evicted, 1);
+}
