@@ -116,6 +116,30 @@ enum Command {
         #[command(subcommand)]
         command: FunnelsCommand,
     },
+    /// Erase a person everywhere (README, "Privacy"): resolve their linked ids, suppress
+    /// them (processors never store them again, even on a replay), delete their rows from
+    /// every table, wait for running processors to purge their saved state, and log the
+    /// erasure in `erasures` (no personal data). Idempotent: run it again for the same
+    /// person and it finds the same ids.
+    Erase {
+        /// The user id to erase, with every anonymous id linked to it.
+        #[arg(
+            long,
+            conflicts_with = "anonymous_id",
+            required_unless_present = "anonymous_id"
+        )]
+        user: Option<String>,
+        /// The anonymous id to erase (with its user and the user's other ids, if linked).
+        #[arg(long)]
+        anonymous_id: Option<String>,
+        /// Who asked (an operator or ticket reference; stored in `erasures`).
+        #[arg(long, default_value = "cli")]
+        requested_by: String,
+        /// Seconds to wait for running processors to re-save their state without the
+        /// person.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -458,6 +482,41 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             println!("{config:#?}");
+        }
+        Command::Erase {
+            user,
+            anonymous_id,
+            requested_by,
+            wait_secs,
+        } => {
+            use touchstream_processor::erase::{erase, EraseOptions, Person, Progress};
+            let person = match (user, anonymous_id) {
+                (Some(u), _) => Person::User(u),
+                (None, Some(a)) => Person::Anonymous(a),
+                (None, None) => anyhow::bail!("give --user or --anonymous-id"),
+            };
+            let progress = |p: Progress| match p {
+                Progress::Resolved(n) => eprintln!("{n} linked ids resolved and suppressed"),
+                Progress::Deleted { table, rows } => eprintln!("  {table}: {rows} rows deleted"),
+                Progress::WaitingForState { snapshots } => eprintln!(
+                    "  waiting for processors to re-save {snapshots} snapshot(s) without them"
+                ),
+            };
+            let options = EraseOptions {
+                requested_by,
+                state_wait: std::time::Duration::from_secs(wait_secs),
+            };
+            let report = erase(&config, &person, &options, &progress)
+                .await
+                .context("erasing")?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.snapshots_pending > 0 {
+                eprintln!(
+                    "note: {} saved processor snapshot(s) still hold the person: no running \
+                     processor holds those partitions; they are purged when one loads them",
+                    report.snapshots_pending
+                );
+            }
         }
         Command::Funnels {
             command: FunnelsCommand::Backfill { name, since },

@@ -22,6 +22,7 @@ use crate::batch::{Batch, Record};
 use crate::metrics::Metrics;
 use crate::routed_codec::Routed;
 use crate::runner::{Input, Stage};
+use crate::suppression::Suppression;
 use crate::tables::events::EventRow;
 
 /// Stage 1 wiring.
@@ -40,6 +41,8 @@ pub struct Identity {
     pub routed_partitions: i32,
     /// Idle time after which the partition's watermark follows the wall clock.
     pub idle_watermark: Option<Duration>,
+    /// Erased people's ids: their events are dropped, their links forgotten.
+    pub suppression: Arc<Suppression>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -54,6 +57,8 @@ pub struct IdentityState {
     /// The stage's counters as last exported to the metrics (restored totals were
     /// exported by the process that saved them).
     exported: IdentityCounters,
+    /// The [`Suppression`] generation this state was last purged for.
+    suppressed_gen: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,6 +97,7 @@ impl Stage for Identity {
             watermark_ms: None,
             sent_ms: None,
             exported: IdentityCounters::default(),
+            suppressed_gen: 0,
         }
     }
 
@@ -106,6 +112,7 @@ impl Stage for Identity {
             watermark_ms: saved.watermark_ms,
             sent_ms: None,
             exported,
+            suppressed_gen: 0,
         })
     }
 
@@ -132,6 +139,18 @@ impl Stage for Identity {
                 return;
             }
         };
+        // An erased person's event (a replay, a late copy) is never stored again.
+        if self.suppression.any([
+            tp.anonymous_id.as_deref(),
+            tp.user_id.as_deref(),
+            tp.previous_id.as_deref(),
+        ]) {
+            self.metrics
+                .suppressed_events
+                .with_label_values(&["identity"])
+                .inc();
+            return;
+        }
         // A time far past its receipt (only another producer could write one) must not drag
         // the watermark into the future and make every later event late.
         let t = tp.event_time_ms.min(
@@ -221,6 +240,15 @@ impl Stage for Identity {
                 }
             }
         }
+    }
+
+    fn refresh(&self, state: &mut IdentityState) -> bool {
+        let generation = self.suppression.generation();
+        if generation == state.suppressed_gen {
+            return false;
+        }
+        state.suppressed_gen = generation;
+        state.identity.erase(&self.suppression.ids())
     }
 
     fn drain(&self, state: &mut IdentityState, partition: i32, batch: &mut Batch) {
@@ -360,6 +388,7 @@ mod tests {
             },
             routed_partitions: 1,
             idle_watermark: None,
+            suppression: Arc::default(),
             metrics: metrics.clone(),
         };
         let mut state = stage.new_state();

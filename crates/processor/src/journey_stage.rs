@@ -22,6 +22,7 @@ use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::routed_codec::Routed;
 use crate::runner::{Input, Stage};
+use crate::suppression::Suppression;
 
 /// Stage 2 wiring.
 pub struct Journey {
@@ -42,6 +43,8 @@ pub struct Journey {
     pub overdue_shares: Vec<f64>,
     /// Each held partition's open-attempt counts, summed into the gauges.
     pub open_counts: Arc<OpenCounts>,
+    /// Erased people's ids: their events are dropped, their journeys forgotten.
+    pub suppression: Arc<Suppression>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -80,6 +83,8 @@ pub struct JourneyState {
     open_slot: OpenSlot,
     /// When they were last counted ([`OPEN_GAUGE_INTERVAL`]).
     open_counted_at: Option<Instant>,
+    /// The [`Suppression`] generation this state was last purged for.
+    suppressed_gen: u64,
 }
 
 /// Open attempts are counted (a walk over every customer of the partition) at most this
@@ -144,6 +149,7 @@ impl Stage for Journey {
             sources: BTreeMap::new(),
             open_slot: self.open_slot(),
             open_counted_at: None,
+            suppressed_gen: 0,
         }
     }
 
@@ -185,6 +191,7 @@ impl Stage for Journey {
             sources: saved.sources,
             open_slot: self.open_slot(),
             open_counted_at: None,
+            suppressed_gen: 0,
         })
     }
 
@@ -196,7 +203,15 @@ impl Stage for Journey {
     }
 
     fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
-        match crate::routed_codec::decode(input.payload) {
+        let decoded = crate::routed_codec::decode(input.payload);
+        if self.erased(&decoded) {
+            self.metrics
+                .suppressed_events
+                .with_label_values(&["journey"])
+                .inc();
+            return;
+        }
+        match decoded {
             Ok(Routed::Event(e)) => {
                 self.count_touchpoint(&e);
                 state.engine.process(e, input.seq);
@@ -237,6 +252,19 @@ impl Stage for Journey {
                     .push(input.dlq(&self.dlq_topic, "undecodable", &e));
             }
         }
+    }
+
+    fn refresh(&self, state: &mut JourneyState) -> bool {
+        let generation = self.suppression.generation();
+        if generation == state.suppressed_gen {
+            return false;
+        }
+        state.suppressed_gen = generation;
+        let mut changed = false;
+        for id in self.suppression.ids().iter() {
+            changed |= state.engine.erase(id);
+        }
+        changed
     }
 
     fn drain(&self, state: &mut JourneyState, partition: i32, batch: &mut Batch) {
@@ -442,6 +470,23 @@ fn export_counters(m: &Metrics, counters: &JourneyCounters, seen: &mut JourneyCo
         counters.redelivered,
         &mut seen.redelivered,
     );
+}
+
+impl Journey {
+    /// Whether a routed record belongs to an erased person (its customer, or any id its
+    /// event carries).
+    fn erased(&self, routed: &Result<Routed, String>) -> bool {
+        match routed {
+            Ok(Routed::Event(e) | Routed::EventFrom(e, _)) => self.suppression.any([
+                Some(e.customer_id.as_str()),
+                e.event.anonymous_id.as_deref(),
+                e.event.user_id.as_deref(),
+                e.event.previous_id.as_deref(),
+            ]),
+            Ok(Routed::Retract(r)) => self.suppression.any([Some(r.customer_id.as_str())]),
+            _ => false,
+        }
+    }
 }
 
 /// Add to `counter` what the engine's `total` gained since `seen`.

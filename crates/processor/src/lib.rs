@@ -14,6 +14,7 @@
 
 pub mod backfill;
 pub mod batch;
+pub mod erase;
 pub mod identity_stage;
 pub mod journey_stage;
 pub mod lag;
@@ -22,6 +23,7 @@ pub mod routed_codec;
 pub mod runner;
 pub mod state_codec;
 pub mod store;
+pub mod suppression;
 pub mod tables;
 
 use std::sync::Arc;
@@ -175,6 +177,23 @@ pub async fn run(
             false
         }
     };
+    // Erased people: loaded before any input is read, so not one of their events is
+    // stored again (README, "Privacy").
+    let suppression = Arc::new(suppression::Suppression::default());
+    let mut backoff = Duration::from_millis(100);
+    while let Err(e) = suppression.load(&ch).await {
+        tracing::warn!(error = %e, "loading suppressed ids failed (run `touchstream migrate`?); retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    tokio::spawn(Arc::clone(&suppression).refresh(
+        ch.clone(),
+        Duration::from_millis(pc.suppression_refresh_ms.max(100)),
+        shutdown.clone(),
+    ));
     let store = Store::new(ch, metrics.clone(), shutdown.clone(), dedup_tokens);
     let ctx = |stage: &'static str| -> Result<RunCtx, ProcessorError> {
         Ok(RunCtx {
@@ -216,6 +235,7 @@ pub async fn run(
         },
         routed_partitions,
         idle_watermark,
+        suppression: Arc::clone(&suppression),
         metrics: metrics.clone(),
     };
     let journey = journey_stage::Journey {
@@ -232,6 +252,7 @@ pub async fn run(
         source_partitions,
         overdue_shares: pc.open_attempt_overdue_shares.clone(),
         open_counts: Arc::default(),
+        suppression: Arc::clone(&suppression),
         metrics: metrics.clone(),
     };
     for (stage, topics) in [

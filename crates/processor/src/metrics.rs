@@ -33,6 +33,8 @@ pub struct Metrics {
     pub histories_evicted: IntCounterVec,
     /// Estimated memory of a partition's unlinked anonymous histories, bytes.
     pub unlinked_history_bytes: IntGaugeVec,
+    /// Events of erased people dropped (never stored again), by stage.
+    pub suppressed_events: IntCounterVec,
     /// Stage runs that failed and were restarted, by stage and cause (`error`, `panic`).
     pub stage_restarts: IntCounterVec,
     /// Rows ClickHouse refused for good, sent to the dead-letter topic, by table.
@@ -130,6 +132,11 @@ impl Metrics {
             &["partition"],
         )?;
         registry.register(Box::new(unlinked_history_bytes.clone()))?;
+        let suppressed_events = counter(
+            "touchstream_processor_suppressed_events_total",
+            "Events naming an erased person (suppressed_ids), dropped without storing",
+            &["stage"],
+        )?;
         let stage_restarts = counter(
             "touchstream_processor_stage_restarts_total",
             "Stage runs that failed (error) or panicked and were restarted from the last snapshots",
@@ -276,6 +283,7 @@ impl Metrics {
             insert_failures,
             rejected_rows,
             stage_restarts,
+            suppressed_events,
             reattributed_events,
             reattribution_skipped,
             histories_expired,

@@ -74,6 +74,10 @@ pub struct ProcessorConfig {
     /// (estimated); past it whole histories are evicted, the idlest first
     /// (`touchstream_processor_histories_evicted_total`). Default 268435456 (256 MiB).
     pub unlinked_history_max_bytes: usize,
+    /// How often the processor reloads the erased people's ids (`suppressed_ids`, written
+    /// by `touchstream erase`), ms; an erasure reaches a running processor's state within
+    /// this plus `snapshot_interval_ms`. Default 5000.
+    pub suppression_refresh_ms: u64,
     /// Stable name of this processor replica (e.g. the pod name of a StatefulSet), used
     /// as Kafka static group membership (`group.instance.id`, suffixed per stage): a
     /// replica that crashes and restarts under the same name gets its partitions back
@@ -134,6 +138,7 @@ impl Default for ProcessorConfig {
             unlinked_history_max_events: 500,
             unlinked_history_ttl_secs: 8 * 24 * 3600,
             unlinked_history_max_bytes: 256 << 20,
+            suppression_refresh_ms: 5000,
             instance_id: String::new(),
             release_memory_ms: 5000,
             open_attempt_overdue_shares: vec![0.5, 0.9],

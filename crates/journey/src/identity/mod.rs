@@ -374,6 +374,23 @@ impl IdentityStage {
         self.links.get(anonymous_id).map(AsRef::as_ref)
     }
 
+    /// Forget every link naming one of `ids` (as anonymous id or user) and their unlinked
+    /// histories: the person was erased (README, "Privacy"). Writes nothing. Returns
+    /// whether anything was held.
+    pub fn erase(&mut self, ids: &std::collections::HashSet<String>) -> bool {
+        let before = self.links.len() + self.unlinked.len();
+        self.links
+            .retain(|anon, user| !ids.contains(&**anon) && !ids.contains(&**user));
+        for id in ids {
+            if let Some((key, history)) = self.unlinked.remove_entry(id.as_str()) {
+                self.expiry.remove(&(history.expiry_ms, key));
+                self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
+            }
+        }
+        // Histories of other ids hold only events without a user id, so none of theirs.
+        before != self.links.len() + self.unlinked.len()
+    }
+
     /// Route one event. `seq` must not decrease within the partition (the Kafka offset
     /// ordinal); it becomes the version of every record produced here.
     pub fn process(&mut self, mut event: JourneyEvent, seq: u64) -> Vec<IdentityOutput> {

@@ -544,6 +544,24 @@ impl JourneyStage {
         }
     }
 
+    /// Forget everything about `customer_id` and write nothing: the person was erased
+    /// (README, "Privacy"), and `touchstream erase` deletes their rows from the tables, so
+    /// not even a tombstone may name them again. Their buffered events, history, open
+    /// attempts and timers go. Returns whether anything was held.
+    pub fn erase(&mut self, customer_id: &str) -> bool {
+        let buffered = !self.buffer.remove_customer(customer_id).is_empty();
+        self.ids.forget(customer_id);
+        match self.customers.remove_entry(customer_id) {
+            Some((key, customer)) => {
+                if customer.wake_ms.is_some() {
+                    self.timers.remove(&(customer.timer_ms, key));
+                }
+                true
+            }
+            None => buffered,
+        }
+    }
+
     /// Move the watermark to at least `ms` without an event: the processor calls this
     /// with the wall clock when a partition has been idle, so that attempts in a quiet
     /// partition still close as dropped. Events older than the new frontier that arrive

@@ -207,6 +207,12 @@ async fn run_once<S: Stage>(
                         }
                     }
                 }
+                for part in parts.values_mut() {
+                    if stage.refresh(&mut part.state) {
+                        part.dirty = true;
+                        part.unsaved = true;
+                    }
+                }
                 let due = last_flush.elapsed() >= ctx.batch_max;
                 let snapshot_due = out.snap.due() && parts.values().any(|p| p.unsaved);
                 if due && (pending_msgs > 0 || snapshot_due || parts.values().any(|p| p.dirty)) {

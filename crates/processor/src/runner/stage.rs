@@ -65,6 +65,12 @@ pub trait Stage: Send + Sync + 'static {
     fn handle(&self, state: &mut Self::State, input: &Input<'_>, batch: &mut Batch);
     /// Move outputs the state holds into the batch (called before every flush).
     fn drain(&self, state: &mut Self::State, partition: i32, batch: &mut Batch);
+    /// Called for every partition held, a few times a second: apply what changed outside
+    /// the input (e.g. erased people, [`crate::suppression`]); return true if the state
+    /// changed (the partition's rows are flushed and its snapshot saved).
+    fn refresh(&self, _state: &mut Self::State) -> bool {
+        false
+    }
     /// After how long without input a caught-up partition counts as idle (`None`: never).
     fn idle_after(&self) -> Option<Duration> {
         None
