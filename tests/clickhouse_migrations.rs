@@ -12,8 +12,9 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 19] = [
     "customer_touchpoints",
+    "erasures",
     "events",
     "funnel_attempts",
     "funnel_entry_cohort_day",
@@ -25,6 +26,7 @@ const TABLES: [&str; 17] = [
     "processor_state",
     "schema_migrations",
     "sessions",
+    "suppressed_ids",
     "touchpoint_journey",
     "touchpoints",
     "touchpoints_by_day",

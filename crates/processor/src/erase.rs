@@ -225,6 +225,7 @@ async fn delete_rows(
     ids: &BTreeSet<String>,
     deleted: &mut BTreeMap<&'static str, u64>,
     progress: &(dyn Fn(Progress) + Sync),
+    report_zero: bool,
 ) -> Result<(), ProcessorError> {
     let ids_sql = array(ids);
     for (table, cond) in TABLES {
@@ -241,7 +242,9 @@ async fn delete_rows(
             wait_for_mutations(ch, database, table).await?;
         }
         *deleted.entry(table).or_default() += n;
-        progress(Progress::Deleted { table, rows: n });
+        if n > 0 || report_zero {
+            progress(Progress::Deleted { table, rows: n });
+        }
     }
     Ok(())
 }
@@ -324,7 +327,7 @@ pub async fn erase(
 
     // 3. Delete.
     let mut deleted = BTreeMap::new();
-    delete_rows(&ch, database, &ids, &mut deleted, progress).await?;
+    delete_rows(&ch, database, &ids, &mut deleted, progress, true).await?;
 
     // 4. Processor state.
     let started = Instant::now();
@@ -342,7 +345,7 @@ pub async fn erase(
     let snapshots_pending = snapshots_holding(&ch, &ids, false).await?;
 
     // 5. Delete again, log.
-    delete_rows(&ch, database, &ids, &mut deleted, progress).await?;
+    delete_rows(&ch, database, &ids, &mut deleted, progress, false).await?;
     let (finished_at, version) = now();
     let mut insert = ch.insert::<ErasureRow>("erasures").await?;
     insert
