@@ -62,6 +62,10 @@ enum Command {
         /// Listen address; overrides collector.listen.
         #[arg(long)]
         listen: Option<String>,
+        /// Accept the demo write keys (`demo-web-key`, `demo-crm-key`) for a local run;
+        /// sets collector.allow_demo_keys. Without it the collector refuses to start with them.
+        #[arg(long)]
+        allow_demo_keys: bool,
     },
     /// Run the stream processor (Kafka → identity, sessions, funnels → ClickHouse). Run
     /// several copies for more throughput; stops cleanly on SIGTERM/Ctrl-C.
@@ -372,7 +376,12 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Collector { listen } => {
+        Command::Collector {
+            listen,
+            allow_demo_keys,
+        } => {
+            let mut config = config;
+            config.collector.allow_demo_keys |= allow_demo_keys;
             let addr = listen.unwrap_or_else(|| config.collector.listen.clone());
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await

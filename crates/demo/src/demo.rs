@@ -69,6 +69,8 @@ fn key_for(config: &Config, channel: &str) -> anyhow::Result<String> {
 /// watermark so that the backdated journeys close as soon as the input stops.
 pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoResult> {
     opts.generator.validate().map_err(anyhow::Error::msg)?;
+    // The demo is a local run: its own in-process collector takes the demo keys.
+    config.collector.allow_demo_keys = true;
     config.processor.allowed_lateness_secs = 60;
     config.processor.idle_watermark_secs = 5;
     // Topics and a consumer group of this run's own: the journeys are backdated by days,

@@ -219,6 +219,7 @@ fn rate_limit<S>(st: &AppState<S>, source: &Source) -> Result<(), ApiError> {
             &governor::clock::DefaultClock::default(),
         ));
         ApiError::RateLimited {
+            scope: "write key",
             retry_after_secs: wait.as_secs().max(1),
         }
     })

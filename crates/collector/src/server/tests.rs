@@ -533,10 +533,31 @@ async fn cors_preflight_for_allowed_origins_only() {
 #[test]
 fn an_alias_to_an_unknown_route_is_refused() {
     let mut config = Config::default();
+    config.collector.allow_demo_keys = true;
     config.collector.route_aliases = [("/x".to_string(), "/v1/nope".to_string())].into();
     let metrics = Arc::new(Metrics::new().unwrap());
     let err = Collector::new(&config, MemorySink::new(), metrics)
         .err()
         .expect("unknown target");
     assert!(matches!(err, CollectorError::Alias(_)), "{err}");
+}
+
+#[test]
+fn the_demo_keys_are_refused_unless_allowed() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let mut config = Config::default();
+    let err = Collector::new(&config, MemorySink::new(), metrics.clone())
+        .err()
+        .expect("the default config holds the demo keys");
+    assert!(matches!(err, CollectorError::DemoKeys(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("--allow-demo-keys") && text.contains("web, call-center"),
+        "{text}"
+    );
+    // One demo key among real ones is enough to refuse.
+    config.collector.sources[0].write_key = "a-real-key".into();
+    assert!(Collector::new(&config, MemorySink::new(), metrics.clone()).is_err());
+    config.collector.allow_demo_keys = true;
+    assert!(Collector::new(&config, MemorySink::new(), metrics).is_ok());
 }
