@@ -1,17 +1,19 @@
 //! The ingest pipeline every ingest route runs, one named step per stage, in this order:
 //!
 //! 1. `admit`: refuse while shutting down;
-//! 2. `header_source`: a write key in the `Authorization` header is checked before the
+//! 2. `ip_rate_limit`: the client address (README "Client IP") and its request budget,
+//!    before anything else is read;
+//! 3. `header_source`: a write key in the `Authorization` header is checked before the
 //!    body is read, so strangers cost nothing;
-//! 3. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit;
-//! 4. `reserve_in_flight`: hold the body's bytes against `max_in_flight_bytes`;
-//! 5. `split`: the envelope, under the message count and size limits;
-//! 6. `authenticate` and `rate_limit`: the source (from the header, else the body's
-//!    `writeKey`) and its request budget;
-//! 7. `encode`: validate each message; valid ones become Avro records for the raw topic,
+//! 4. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit;
+//! 5. `reserve_in_flight`: hold the body's bytes against `max_in_flight_bytes`;
+//! 6. `split`: the envelope, under the message count and size limits;
+//! 7. `authenticate` and `rate_limit`: the source (from the header, else the body's
+//!    `writeKey`) and its request budget (the outer fence over all addresses);
+//! 8. `encode`: validate each message; valid ones become Avro records for the raw topic,
 //!    rejected ones JSON records for the DLQ topic;
-//! 8. `publish`: every record to the sink, acknowledged, or 503;
-//! 9. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
+//! 9. `publish`: every record to the sink, acknowledged, or 503;
+//! 10. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
 //!
 //! A refused request publishes nothing. Any step's [`ApiError`] is the answer.
 
@@ -84,6 +86,8 @@ async fn pipeline<S: Sink>(
 ) -> Result<Response, ApiError> {
     let received_at_ms = now_ms();
     admit(st)?;
+    let client = st.client_addr.resolve(headers, peer.ip());
+    ip_rate_limit(st, client)?;
     let header_source = header_source(st, headers)?;
     let text = read_body(st, body, headers).await?;
     let _reserved = reserve_in_flight(st, text.len())?;
@@ -97,7 +101,7 @@ async fn pipeline<S: Sink>(
         source: &source.name,
         default_channel: source.default_channel,
         received_at_ms,
-        ip: client_ip(headers, peer, st.cfg.trusted_proxy_header.as_deref()),
+        ip: Some(client.to_string()),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -205,6 +209,23 @@ fn authenticate<S>(
     }
 }
 
+/// 429 with the wait when the client address is over `rate_limit_per_ip`.
+fn ip_rate_limit<S>(st: &AppState<S>, client: std::net::IpAddr) -> Result<(), ApiError> {
+    let Some(limiter) = &st.ip_limiter else {
+        return Ok(());
+    };
+    limiter.check(client, Instant::now()).map_err(|wait| {
+        st.metrics
+            .throttled
+            .with_label_values(&["rate_limit_ip"])
+            .inc();
+        ApiError::RateLimited {
+            scope: "client address",
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    })
+}
+
 /// 429 with the wait when the source is over `rate_limit_per_key`.
 fn rate_limit<S>(st: &AppState<S>, source: &Source) -> Result<(), ApiError> {
     let Some(limiter) = &st.limiter else {
@@ -213,7 +234,7 @@ fn rate_limit<S>(st: &AppState<S>, source: &Source) -> Result<(), ApiError> {
     limiter.check_key(&source.name).map_err(|not_until| {
         st.metrics
             .throttled
-            .with_label_values(&["rate_limit"])
+            .with_label_values(&["rate_limit_key"])
             .inc();
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
@@ -326,38 +347,4 @@ fn answer<S>(st: &AppState<S>, encoded: &Encoded<'_>) -> Response {
         .collect();
     Json(json!({"success": true, "accepted": encoded.accepted, "rejected": rejected}))
         .into_response()
-}
-
-/// The client's address: the first entry of the trusted proxy header when it is an IP,
-/// else the peer's.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: Option<&str>) -> Option<String> {
-    trusted
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
-        .or_else(|| Some(peer.ip().to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_ip_honours_only_the_trusted_header() {
-        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
-        assert_eq!(
-            client_ip(&h, peer, Some("x-forwarded-for")).unwrap(),
-            "203.0.113.9"
-        );
-        assert_eq!(client_ip(&h, peer, None).unwrap(), "10.0.0.1");
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(
-            client_ip(&h, peer, Some("x-forwarded-for")).unwrap(),
-            "10.0.0.1"
-        );
-    }
 }

@@ -29,10 +29,12 @@ use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
 use tower::ServiceExt;
 
+mod client_addr;
 mod dlq;
 mod endpoint;
 mod envelope;
 mod ingest;
+mod ip_limit;
 mod routes;
 mod state;
 #[cfg(test)]

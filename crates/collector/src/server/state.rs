@@ -10,6 +10,8 @@ use tokio::sync::Semaphore;
 use touchstream_core::config::CollectorConfig;
 use touchstream_core::Config;
 
+use super::client_addr::ClientAddr;
+use super::ip_limit::IpLimiter;
 use crate::auth::Sources;
 use crate::metrics::Metrics;
 
@@ -27,6 +29,10 @@ pub(super) struct AppState<S> {
     pub(super) in_flight: Semaphore,
     /// Per-write-key request rate (`rate_limit_per_key`; `None` when 0).
     pub(super) limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Per-client-address request rate (`rate_limit_per_ip`; `None` when 0).
+    pub(super) ip_limiter: Option<IpLimiter>,
+    /// How a request's client address is found (`trusted_proxy_header`, `trusted_proxies`).
+    pub(super) client_addr: ClientAddr,
     /// Set once shutdown begins: ingest and `/readyz` answer 503 from then on.
     pub(super) shutting_down: AtomicBool,
 }
@@ -48,6 +54,9 @@ impl<S> AppState<S> {
             metrics,
             in_flight: Semaphore::new(permits),
             limiter,
+            ip_limiter: (cfg.rate_limit_per_ip > 0)
+                .then(|| IpLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_ip_table_size)),
+            client_addr: ClientAddr::new(&cfg),
             shutting_down: AtomicBool::new(false),
             cfg,
         }
