@@ -35,6 +35,7 @@ mod endpoint;
 mod envelope;
 mod ingest;
 mod ip_limit;
+mod readiness;
 mod routes;
 mod state;
 #[cfg(test)]
@@ -128,6 +129,9 @@ impl<S: Sink> Collector<S> {
         let grace = Duration::from_millis(cfg.shutdown_grace_ms);
         // Cancelled when the grace period is over: connections still open are dropped.
         let hard_stop = CancellationToken::new();
+        // `/readyz` answers from this background check (README "Collector API").
+        let checks = CancellationToken::new();
+        tokio::spawn(readiness::keep_fresh(self.state.clone(), checks.clone()));
         loop {
             // A free slot first, then accept: beyond the cap, connections wait unaccepted.
             let permit = tokio::select! {
@@ -180,6 +184,7 @@ impl<S: Sink> Collector<S> {
             });
         }
         self.state.begin_shutdown();
+        checks.cancel();
         drop(listener);
         // Every connection returns its slot when it ends; wait for all, within the grace.
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);

@@ -17,6 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::endpoint::{Endpoint, ROUTES};
 use super::ingest::ingest;
+use super::readiness::{refresh, BrokerState};
 use super::state::AppState;
 use crate::error::CollectorError;
 use crate::sink::Sink;
@@ -86,8 +87,8 @@ async fn metrics<S>(State(st): State<Arc<AppState<S>>>) -> impl IntoResponse {
     )
 }
 
-/// Ready when not shutting down and the sink can publish (for Kafka: the broker answered
-/// a metadata request recently).
+/// Ready when not shutting down and the last background broker check succeeded
+/// (`readiness`); never waits for the broker. A stale result starts a new check.
 async fn readyz<S: Sink>(State(st): State<Arc<AppState<S>>>) -> Response {
     if st.shutting_down.load(Ordering::SeqCst) {
         return (
@@ -96,13 +97,18 @@ async fn readyz<S: Sink>(State(st): State<Arc<AppState<S>>>) -> Response {
         )
             .into_response();
     }
-    if st.sink.ready().await {
-        Json(json!({"ready": true})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "kafka unreachable"})),
-        )
-            .into_response()
+    let (broker, stale) = st.readiness.cached();
+    if stale {
+        refresh(&st);
     }
+    let reason = match broker {
+        BrokerState::Reachable => return Json(json!({"ready": true})).into_response(),
+        BrokerState::Unreachable => "kafka unreachable",
+        BrokerState::Unknown => "kafka not checked yet",
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"ready": false, "reason": reason})),
+    )
+        .into_response()
 }

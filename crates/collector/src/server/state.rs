@@ -12,6 +12,7 @@ use touchstream_core::Config;
 
 use super::client_addr::ClientAddr;
 use super::ip_limit::IpLimiter;
+use super::readiness::Readiness;
 use crate::auth::Sources;
 use crate::metrics::Metrics;
 
@@ -33,6 +34,8 @@ pub(super) struct AppState<S> {
     pub(super) ip_limiter: Option<IpLimiter>,
     /// How a request's client address is found (`trusted_proxy_header`, `trusted_proxies`).
     pub(super) client_addr: ClientAddr,
+    /// The background broker check `/readyz` answers from.
+    pub(super) readiness: Readiness,
     /// Set once shutdown begins: ingest and `/readyz` answer 503 from then on.
     pub(super) shutting_down: AtomicBool,
 }
@@ -57,6 +60,9 @@ impl<S> AppState<S> {
             ip_limiter: (cfg.rate_limit_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_ip_table_size)),
             client_addr: ClientAddr::new(&cfg),
+            readiness: Readiness::new(std::time::Duration::from_millis(
+                cfg.readiness_interval_ms.max(1),
+            )),
             shutting_down: AtomicBool::new(false),
             cfg,
         }
