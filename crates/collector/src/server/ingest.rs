@@ -5,8 +5,11 @@
 //!    before anything else is read;
 //! 3. `header_source`: a write key in the `Authorization` header is checked before the
 //!    body is read, so strangers cost nothing;
-//! 4. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit;
-//! 5. `reserve_in_flight`: hold the body's bytes against `max_in_flight_bytes`;
+//! 4. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit
+//!    (both under `max_unauthenticated_bytes` when the key is not in the header, so a
+//!    request without a known key costs little); every chunk is held against
+//!    `max_in_flight_bytes` as it arrives or is inflated, not after;
+//! 5. (the reservation is held until the request is answered);
 //! 6. `split`: the envelope, under the message count and size limits;
 //! 7. `authenticate` and `rate_limit`: the source (from the header, else the body's
 //!    `writeKey`) and its request budget (the outer fence over all addresses);
@@ -29,7 +32,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::SemaphorePermit;
 use touchstream_core::avro;
 use tracing::Instrument as _;
 
@@ -89,8 +91,8 @@ async fn pipeline<S: Sink>(
     let client = st.client_addr.resolve(headers, peer.ip());
     ip_rate_limit(st, client)?;
     let header_source = header_source(st, headers)?;
-    let text = read_body(st, body, headers).await?;
-    let _reserved = reserve_in_flight(st, text.len())?;
+    let mut reserved = InFlight::new(st);
+    let text = read_body(st, body, headers, header_source.is_some(), &mut reserved).await?;
     let text =
         std::str::from_utf8(&text).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
     let (messages, batch_sent_at_ms, batch_context, body_key) = split(text, ep, &st.cfg)?;
@@ -143,56 +145,119 @@ fn header_source<S>(
     }
 }
 
-/// The body, read and inflated within `max_request_bytes` (413 beyond), received within
-/// `body_read_timeout_ms` (408 beyond).
+/// The body, read and inflated within `max_request_bytes` (413 beyond; within
+/// `max_unauthenticated_bytes` when the write key is not in the header), received
+/// within `body_read_timeout_ms` (408 beyond), every chunk held in `reserved` before it
+/// is kept.
 async fn read_body<S>(
     st: &AppState<S>,
     body: Body,
     headers: &HeaderMap,
+    key_in_header: bool,
+    reserved: &mut InFlight<'_>,
 ) -> Result<Bytes, ApiError> {
+    let cfg = &st.cfg;
+    let (limit, too_large_raw, too_large_inflated): (usize, String, String) = if key_in_header {
+        let limit = cfg.max_request_bytes;
+        (
+            limit,
+            format!("request body over {limit} bytes"),
+            format!("request body over {limit} bytes after gzip inflation"),
+        )
+    } else {
+        // The key is in the body (or nowhere): bound what a stranger can make us read,
+        // inflate and parse before we know.
+        let limit = cfg.max_unauthenticated_bytes.min(cfg.max_request_bytes);
+        let text = format!(
+            "a request without its write key in the Authorization header may send at most \
+             {limit} body bytes (after gzip inflation); send the key as the HTTP Basic username"
+        );
+        (limit, text.clone(), text)
+    };
     let raw = body::read_limited(
         body,
         headers,
-        st.cfg.max_request_bytes,
-        std::time::Duration::from_millis(st.cfg.body_read_timeout_ms),
+        limit,
+        std::time::Duration::from_millis(cfg.body_read_timeout_ms),
+        || ApiError::TooLarge(too_large_raw.clone()),
+        |n| reserved.grow(n),
     )
     .await?;
     st.metrics.bytes.inc_by(raw.len() as u64);
-    body::decode(raw, headers, st.cfg.max_request_bytes)
+    let raw_len = raw.len();
+    let decoded = body::decode(
+        raw.clone(),
+        headers,
+        limit,
+        || ApiError::TooLarge(too_large_inflated.clone()),
+        |n| reserved.grow(n),
+    )?;
+    if decoded.as_ptr() != raw.as_ptr() {
+        // Inflated: the compressed copy is gone once this returns.
+        drop(raw);
+        reserved.shrink(raw_len);
+    }
+    Ok(decoded)
 }
 
-/// Bytes of one request held against `max_in_flight_bytes` until it is answered.
+/// Bytes of one request held against `max_in_flight_bytes` until it is answered; grows
+/// while the body arrives.
 struct InFlight<'a> {
-    _permit: SemaphorePermit<'a>,
+    semaphore: &'a tokio::sync::Semaphore,
     metrics: &'a Metrics,
-    cost: i64,
+    retry_after_secs: u64,
+    held: u32,
+}
+
+impl<'a> InFlight<'a> {
+    fn new<S>(st: &'a AppState<S>) -> Self {
+        Self {
+            semaphore: &st.in_flight,
+            metrics: &st.metrics,
+            retry_after_secs: st.cfg.retry_after_secs,
+            held: 0,
+        }
+    }
+
+    /// Hold `n` more bytes, or 503: bounded memory under overload, refuse rather than
+    /// queue without end.
+    fn grow(&mut self, n: usize) -> Result<(), ApiError> {
+        let refuse = || {
+            self.metrics
+                .throttled
+                .with_label_values(&["in_flight_bytes"])
+                .inc();
+            ApiError::Unavailable {
+                reason: "collector is at its in-flight byte limit".into(),
+                retry_after_secs: self.retry_after_secs,
+            }
+        };
+        let n = u32::try_from(n).map_err(|_| refuse())?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.semaphore
+            .try_acquire_many(n)
+            .map_err(|_| refuse())?
+            .forget();
+        self.held += n;
+        self.metrics.in_flight_bytes.add(i64::from(n));
+        Ok(())
+    }
+
+    /// Give back `n` held bytes (at most what is held).
+    fn shrink(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).min(self.held);
+        self.semaphore.add_permits(n as usize);
+        self.held -= n;
+        self.metrics.in_flight_bytes.sub(i64::from(n));
+    }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.metrics.in_flight_bytes.sub(self.cost);
+        self.shrink(self.held as usize);
     }
-}
-
-/// Bounded memory under overload: refuse (503) rather than queue without end.
-fn reserve_in_flight<S>(st: &AppState<S>, len: usize) -> Result<InFlight<'_>, ApiError> {
-    let cost = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
-    let permit = st.in_flight.try_acquire_many(cost).map_err(|_| {
-        st.metrics
-            .throttled
-            .with_label_values(&["in_flight_bytes"])
-            .inc();
-        ApiError::Unavailable {
-            reason: "collector is at its in-flight byte limit".into(),
-            retry_after_secs: st.cfg.retry_after_secs,
-        }
-    })?;
-    st.metrics.in_flight_bytes.add(i64::from(cost));
-    Ok(InFlight {
-        _permit: permit,
-        metrics: &st.metrics,
-        cost: i64::from(cost),
-    })
 }
 
 /// The request's source: the header's, else the body `writeKey`'s; 401 without either.
