@@ -231,6 +231,9 @@ struct GenArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Days over which journeys start (they end 8 days before now, so every window closes).
+    /// Journeys older than the collector's `max_event_age_days` (default 30) are rejected
+    /// by `touchstream generate`'s collector as `event_time_too_old`; the demo widens its
+    /// own collector's limit to fit.
     #[arg(long, default_value_t = 7)]
     days: i64,
     /// Web checkout drop-off at steps 1-3 (Product Viewed, Product Added, Checkout Started).

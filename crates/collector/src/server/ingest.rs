@@ -13,8 +13,9 @@
 //! 6. `split`: the envelope, under the message count and size limits;
 //! 7. `authenticate` and `rate_limit`: the source (from the header, else the body's
 //!    `writeKey`) and its request budget (the outer fence over all addresses);
-//! 8. `encode`: validate each message; valid ones become Avro records for the raw topic,
-//!    rejected ones JSON records for the DLQ topic;
+//! 8. `encode`: validate each message (its event time within the request's window:
+//!    the floor, and on all but `/v1/import` the maximum age); valid ones become Avro
+//!    records for the raw topic, rejected ones JSON records for the DLQ topic;
 //! 9. `publish`: every record to the sink, acknowledged, or 503;
 //! 10. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
 //!
@@ -42,7 +43,7 @@ use super::state::AppState;
 use crate::auth::{basic_username, Source};
 use crate::body;
 use crate::error::ApiError;
-use crate::message::{BatchContext, Rejection, RequestMeta, Validator};
+use crate::message::{BatchContext, EventTimeWindow, Rejection, RequestMeta, Validator};
 use crate::metrics::Metrics;
 use crate::sink::{Records, Sink};
 
@@ -53,10 +54,11 @@ pub(super) async fn ingest<S: Sink>(
     headers: HeaderMap,
     body: Body,
     ep: Endpoint,
+    history: bool,
 ) -> Response {
     let started = Instant::now();
     // A span per request: counts and reasons only, never bodies or ids.
-    let result = pipeline(&st, peer, &headers, body, ep)
+    let result = pipeline(&st, peer, &headers, body, ep, history)
         .instrument(tracing::debug_span!("ingest", endpoint = ep.label()))
         .await;
     let resp = match result {
@@ -85,6 +87,7 @@ async fn pipeline<S: Sink>(
     headers: &HeaderMap,
     body: Body,
     ep: Endpoint,
+    history: bool,
 ) -> Result<Response, ApiError> {
     let received_at_ms = now_ms();
     admit(st)?;
@@ -111,7 +114,13 @@ async fn pipeline<S: Sink>(
         batch_sent_at_ms,
         batch_context: batch_context.as_ref(),
     };
-    let encoded = encode(st, &messages, text.len(), ep, &meta);
+    let window = EventTimeWindow {
+        floor_ms: st.event_time_floor_ms,
+        oldest_ms: (!history && st.cfg.max_event_age_days > 0).then(|| {
+            received_at_ms.saturating_sub(i64::from(st.cfg.max_event_age_days) * 86_400_000)
+        }),
+    };
+    let encoded = encode(st, &messages, text.len(), ep, &meta, &window);
     publish(st, &encoded.records).await?;
     Ok(answer(st, &encoded))
 }
@@ -333,6 +342,7 @@ fn encode<'t, S>(
     text_len: usize,
     ep: Endpoint,
     meta: &RequestMeta<'_>,
+    window: &EventTimeWindow,
 ) -> Encoded<'t> {
     // Avro values are about as long as the message text plus the request's strings
     // (a hint: the buffer grows if it is short; a long User-Agent does not inflate the
@@ -346,7 +356,10 @@ fn encode<'t, S>(
     let mut validator = Validator::new();
     let mut rejected = Vec::new();
     for (index, raw) in messages.iter().enumerate() {
-        match validator.validate(raw, ep.implied_type(), meta) {
+        let checked = validator
+            .validate(raw, ep.implied_type(), meta)
+            .and_then(|tp| window.check(tp.event_time_ms).map(|()| tp));
+        match checked {
             Ok(tp) => records.push(&st.raw_topic, Some(tp.identity_key()), |out| {
                 avro::encode_ref(&tp, out)
             }),

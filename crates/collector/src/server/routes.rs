@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::endpoint::{Endpoint, ROUTES};
+use super::endpoint::{Endpoint, IMPORT_ROUTE, ROUTES};
 use super::ingest::ingest;
 use super::readiness::{refresh, BrokerState};
 use super::state::AppState;
@@ -25,23 +25,25 @@ use crate::sink::Sink;
 /// All routes over `state`; an alias naming an unknown route is an error.
 pub(super) fn router<S: Sink>(state: Arc<AppState<S>>) -> Result<Router, CollectorError> {
     let mut app = Router::new();
-    let add = |app: Router<Arc<AppState<S>>>, path: &str, ep: Endpoint| {
+    // `/v1/import` (and its aliases) takes history: only the event-time floor applies.
+    let add = |app: Router<Arc<AppState<S>>>, path: &str, ep: Endpoint, canonical: &str| {
+        let history = canonical == IMPORT_ROUTE;
         app.route(
             path,
             post(
                 move |st: State<Arc<AppState<S>>>,
                       ci: ConnectInfo<SocketAddr>,
                       h: HeaderMap,
-                      b: Body| async move { ingest(st, ci, h, b, ep).await },
+                      b: Body| async move { ingest(st, ci, h, b, ep, history).await },
             ),
         )
     };
     for (path, ep) in ROUTES {
-        app = add(app, path, ep);
+        app = add(app, path, ep, path);
     }
     for (alias, target) in &state.cfg.route_aliases {
         if let Some((_, ep)) = ROUTES.iter().find(|(p, _)| p == target) {
-            app = add(app, alias, *ep);
+            app = add(app, alias, *ep, target);
         } else {
             return Err(CollectorError::Alias(format!(
                 "{alias:?} points at unknown route {target:?}"

@@ -34,6 +34,8 @@ pub(super) struct AppState<S> {
     pub(super) ip_limiter: Option<IpLimiter>,
     /// How a request's client address is found (`trusted_proxy_header`, `trusted_proxies`).
     pub(super) client_addr: ClientAddr,
+    /// `event_time_floor`, epoch ms.
+    pub(super) event_time_floor_ms: i64,
     /// The background broker check `/readyz` answers from.
     pub(super) readiness: Readiness,
     /// Set once shutdown begins: ingest and `/readyz` answer 503 from then on.
@@ -60,6 +62,9 @@ impl<S> AppState<S> {
             ip_limiter: (cfg.rate_limit_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_ip_table_size)),
             client_addr: ClientAddr::new(&cfg),
+            // Validated when the config was loaded; a hand-built config that does not
+            // parse gets the documented default floor, 2000-01-01.
+            event_time_floor_ms: cfg.event_time_floor_ms().unwrap_or(946_684_800_000),
             readiness: Readiness::new(std::time::Duration::from_millis(
                 cfg.readiness_interval_ms.max(1),
             )),
