@@ -8,16 +8,16 @@
 //! 4. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit
 //!    (both under `max_unauthenticated_bytes` when the key is not in the header, so a
 //!    request without a known key costs little); every chunk is held against
-//!    `max_in_flight_bytes` as it arrives or is inflated, not after;
-//! 5. (the reservation is held until the request is answered);
-//! 6. `split`: the envelope, under the message count and size limits;
-//! 7. `authenticate` and `rate_limit`: the source (from the header, else the body's
+//!    `max_in_flight_bytes` (`InFlight`) as it arrives or is inflated, not after, until
+//!    the request is answered;
+//! 5. `split`: the envelope, under the message count and size limits;
+//! 6. `authenticate` and `rate_limit`: the source (from the header, else the body's
 //!    `writeKey`) and its request budget (the outer fence over all addresses);
-//! 8. `encode`: validate each message (its event time within the request's window:
+//! 7. `encode`: validate each message (its event time within the request's window:
 //!    the floor, and on all but `/v1/import` the maximum age); valid ones become Avro
 //!    records for the raw topic, rejected ones JSON records for the DLQ topic;
-//! 9. `publish`: every record to the sink, acknowledged, or 503;
-//! 10. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
+//! 8. `publish`: every record to the sink, acknowledged, or 503;
+//! 9. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
 //!
 //! A refused request publishes nothing. Any step's [`ApiError`] is the answer.
 
