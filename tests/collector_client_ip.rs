@@ -107,6 +107,7 @@ async fn one_address_over_its_rate_gets_429_others_with_the_same_key_do_not() {
     let burst = 20;
     let mut limited = 0;
     let mut served = Vec::new();
+    let started = std::time::Instant::now();
     for i in 0..burst {
         let id = format!("abuse-{i}");
         let spoof = format!("198.51.100.{i}");
@@ -131,9 +132,12 @@ async fn one_address_over_its_rate_gets_429_others_with_the_same_key_do_not() {
             s => panic!("unexpected status {s}"),
         }
     }
+    // Burst 4, then 2 per second (one more for rounding at the edges).
+    let allowed = 4 + (2.0 * started.elapsed().as_secs_f64()).ceil() as usize + 1;
     assert!(
-        limited >= burst - 8,
-        "a burst of {burst} from one address: only {limited} limited (burst 4 + 2/s)"
+        limited > 0 && burst - limited <= allowed,
+        "a burst of {burst} from one address: {} served, at most {allowed} allowed",
+        burst - limited
     );
     // The same public key from another address is served.
     for i in 0..3 {
@@ -186,21 +190,35 @@ async fn the_proxy_header_is_read_from_trusted_proxies_only_right_to_left() {
     let direct = client_from("127.0.0.3");
 
     // Through our proxies: the client wrote 1.1.1.1 itself; our edge proxy saw
-    // 203.0.113.7 and our inner proxy 10.1.2.3.
+    // 203.0.113.7 and our inner proxy 10.1.2.3. It sends until its bucket (burst 2,
+    // 1/s) is empty.
     let chain = "1.1.1.1, 203.0.113.7, 10.1.2.3";
-    for id in ["proxied-1", "proxied-2"] {
-        assert_eq!(track(&proxy, &c.base, id, Some(chain)).await.status(), 200);
+    let mut first_429 = None;
+    for i in 0..20 {
+        let r = track(&proxy, &c.base, &format!("proxied-{i}"), Some(chain)).await;
+        if r.status() == 429 {
+            first_429 = Some(i);
+            break;
+        }
+        assert_eq!(r.status(), 200);
     }
-    // Its bucket (burst 2) is empty now, whatever it writes on the left...
-    let r = track(
-        &proxy,
-        &c.base,
-        "proxied-3",
-        Some(&format!("9.9.9.9, {chain}")),
-    )
-    .await;
-    assert_eq!(r.status(), 429, "the client behind the proxy is limited");
-    // ...while another client behind the same proxy has its own bucket.
+    let first_429 = first_429.expect("the client behind the proxy is limited");
+    assert!(first_429 >= 2, "its burst of 2 is served first");
+    // Whatever it writes on the left does not give it a new bucket: of 5 quick requests
+    // (well under a second, one token at most) at most one is served.
+    let mut spoof_served = 0;
+    for i in 0..5 {
+        let spoofed = format!("9.9.9.{i}, {chain}");
+        let r = track(&proxy, &c.base, &format!("spoof-{i}"), Some(&spoofed)).await;
+        if r.status() == 200 {
+            spoof_served += 1;
+        }
+    }
+    assert!(
+        spoof_served <= 1,
+        "{spoof_served} of 5 spoofed requests served"
+    );
+    // Another client behind the same proxy has its own bucket.
     let r = track(&proxy, &c.base, "other-client", Some("203.0.113.8")).await;
     assert_eq!(r.status(), 200);
     // A client talking to us directly cannot name an address.
@@ -209,9 +227,15 @@ async fn the_proxy_header_is_read_from_trusted_proxies_only_right_to_left() {
 
     let stored = stored_ips(&config).await;
     let ip = |id: &str| stored.get(id).cloned().flatten();
-    assert_eq!(ip("proxied-1").as_deref(), Some("203.0.113.7"));
-    assert_eq!(ip("proxied-2").as_deref(), Some("203.0.113.7"));
-    assert!(!stored.contains_key("proxied-3"));
+    for i in 0..first_429 {
+        assert_eq!(ip(&format!("proxied-{i}")).as_deref(), Some("203.0.113.7"));
+    }
+    assert!(!stored.contains_key(&format!("proxied-{first_429}")));
+    for (id, addr) in &stored {
+        if id.starts_with("spoof-") {
+            assert_eq!(addr.as_deref(), Some("203.0.113.7"), "{id}");
+        }
+    }
     assert_eq!(ip("other-client").as_deref(), Some("203.0.113.8"));
     assert_eq!(ip("direct").as_deref(), Some("127.0.0.3"));
     c.stop().await;
