@@ -46,7 +46,7 @@ const PATHS: [&str; 7] = [
 ];
 
 /// Rejection codes the collector may list (`RejectReason::label`).
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 10] = [
     "malformed",
     "unknown_type",
     "missing_identity",
@@ -55,6 +55,8 @@ const REASONS: [&str; 8] = [
     "missing_alias_ids",
     "invalid_timestamp",
     "invalid_field",
+    "event_time_before_floor",
+    "event_time_too_old",
 ];
 
 /// How the request authenticates.

@@ -87,8 +87,10 @@ pub struct CollectorHandle {
 }
 
 impl CollectorHandle {
-    /// Start a collector with this config on 127.0.0.1:0.
-    pub async fn start(config: touchstream_core::Config) -> Self {
+    /// Start a collector with this config on 127.0.0.1:0. Tests use the demo write
+    /// keys, so `collector.allow_demo_keys` is set.
+    pub async fn start(mut config: touchstream_core::Config) -> Self {
+        config.collector.allow_demo_keys = true;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

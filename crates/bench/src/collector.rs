@@ -46,7 +46,11 @@ pub async fn start(
     config: &Config,
 ) -> Result<(ChildProc, String), BenchError> {
     let addr = format!("127.0.0.1:{}", procs::free_port()?);
-    let mut child = ctx.spawn(tag, config, &["collector", "--listen", &addr])?;
+    let mut child = ctx.spawn(
+        tag,
+        config,
+        &["collector", "--listen", &addr, "--allow-demo-keys"],
+    )?;
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
     let started = Instant::now();

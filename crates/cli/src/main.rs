@@ -62,6 +62,10 @@ enum Command {
         /// Listen address; overrides collector.listen.
         #[arg(long)]
         listen: Option<String>,
+        /// Accept the demo write keys (`demo-web-key`, `demo-crm-key`) for a local run;
+        /// sets collector.allow_demo_keys. Without it the collector refuses to start with them.
+        #[arg(long)]
+        allow_demo_keys: bool,
     },
     /// Run the stream processor (Kafka → identity, sessions, funnels → ClickHouse). Run
     /// several copies for more throughput; stops cleanly on SIGTERM/Ctrl-C.
@@ -251,6 +255,9 @@ struct GenArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Days over which journeys start (they end 8 days before now, so every window closes).
+    /// Journeys older than the collector's `max_event_age_days` (default 30) are rejected
+    /// by `touchstream generate`'s collector as `event_time_too_old`; the demo widens its
+    /// own collector's limit to fit.
     #[arg(long, default_value_t = 7)]
     days: i64,
     /// Web checkout drop-off at steps 1-3 (Product Viewed, Product Added, Checkout Started).
@@ -396,7 +403,12 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Collector { listen } => {
+        Command::Collector {
+            listen,
+            allow_demo_keys,
+        } => {
+            let mut config = config;
+            config.collector.allow_demo_keys |= allow_demo_keys;
             let addr = listen.unwrap_or_else(|| config.collector.listen.clone());
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await

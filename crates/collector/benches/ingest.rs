@@ -148,7 +148,14 @@ fn pipeline<'t>(
     cfg: &CollectorConfig,
     topic: &'t str,
 ) -> Records<'t> {
-    let text = body::decode(raw, headers, cfg.max_request_bytes).expect("decodable body");
+    let text = body::decode(
+        raw,
+        headers,
+        cfg.max_request_bytes,
+        || touchstream_collector::error::ApiError::TooLarge("over the limit".into()),
+        |_| Ok(()),
+    )
+    .expect("decodable body");
     let text = std::str::from_utf8(&text).expect("UTF-8");
     let (messages, sent_at, context, _key) =
         split(text, Endpoint::Batch, cfg).expect("valid envelope");

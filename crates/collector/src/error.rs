@@ -20,6 +20,12 @@ pub enum CollectorError {
     /// A route alias names an unknown route.
     #[error("collector.route_aliases: {0}")]
     Alias(String),
+    /// The demo write keys are configured and `allow_demo_keys` is not set.
+    #[error(
+        "collector.sources uses the demo write keys (sources {0}), which anyone who read the README knows; \
+         configure your own keys, or pass --allow-demo-keys (collector.allow_demo_keys = true) for a local run"
+    )]
+    DemoKeys(String),
     /// The server failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
@@ -43,9 +49,11 @@ pub enum ApiError {
     /// A content encoding other than gzip/identity.
     #[error("unsupported content encoding {0:?}; send gzip or none")]
     UnsupportedEncoding(String),
-    /// The write key exceeded its configured request rate.
-    #[error("rate limit exceeded for this write key")]
+    /// The client address or the write key exceeded its configured request rate.
+    #[error("rate limit exceeded for this {scope}")]
     RateLimited {
+        /// What ran out: `client address` or `write key`.
+        scope: &'static str,
         /// Seconds to wait.
         retry_after_secs: u64,
     },
@@ -98,7 +106,9 @@ impl IntoResponse for ApiError {
         if let ApiError::Unavailable {
             retry_after_secs, ..
         }
-        | ApiError::RateLimited { retry_after_secs } = self
+        | ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
         {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);

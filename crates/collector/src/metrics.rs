@@ -84,7 +84,7 @@ impl Metrics {
         let throttled = IntCounterVec::new(
             Opts::new(
                 "touchstream_collector_throttled_requests_total",
-                "Requests refused by the in-flight byte cap or the per-key rate limit",
+                "Requests refused: in_flight_bytes (503), rate_limit_ip and rate_limit_key (429)",
             ),
             &["cause"],
         )?;

@@ -69,6 +69,14 @@ fn key_for(config: &Config, channel: &str) -> anyhow::Result<String> {
 /// watermark so that the backdated journeys close as soon as the input stops.
 pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<DemoResult> {
     opts.generator.validate().map_err(anyhow::Error::msg)?;
+    // The demo is a local run: its own in-process collector takes the demo keys, and the
+    // generated journeys, backdated by up to `days` + 8 days, are live traffic to it
+    // (README "Time correction": max_event_age_days).
+    config.collector.allow_demo_keys = true;
+    if config.collector.max_event_age_days > 0 {
+        let oldest_days = u32::try_from(opts.generator.days.saturating_add(9)).unwrap_or(u32::MAX);
+        config.collector.max_event_age_days = config.collector.max_event_age_days.max(oldest_days);
+    }
     config.processor.allowed_lateness_secs = 60;
     config.processor.idle_watermark_secs = 5;
     // Topics and a consumer group of this run's own: the journeys are backdated by days,

@@ -49,6 +49,50 @@ pub fn event_time_ms(
     }
 }
 
+/// The event times a request accepts (README "Time correction"): never before the
+/// configured floor, and on the live endpoints not older than the configured age.
+///
+/// Why: a device with a reset clock (epoch 0, 2001), a buggy SDK or a hostile client can
+/// date events decades back. Stored, such an event lands in its own monthly partition
+/// (one request spread across many months makes ClickHouse refuse the insert on servers
+/// with `max_partitions_per_insert_block`) and in a session and funnel state long gone.
+/// `/v1/import` is the door for real history, so only the floor applies there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeWindow {
+    /// Earliest accepted event time, epoch ms.
+    pub floor_ms: i64,
+    /// Oldest accepted event time on this endpoint, epoch ms (`None`: only the floor).
+    pub oldest_ms: Option<i64>,
+}
+
+impl EventTimeWindow {
+    /// Whether `event_time_ms` is accepted; the rejection names the bound.
+    pub fn check(&self, event_time_ms: i64) -> Result<(), super::Rejection> {
+        use super::reject::{reject, RejectReason};
+        if event_time_ms < self.floor_ms {
+            return Err(reject(
+                RejectReason::EventTimeBeforeFloor,
+                format!(
+                    "event time {} is before the floor {} (collector.event_time_floor)",
+                    format_timestamp(event_time_ms),
+                    format_timestamp(self.floor_ms)
+                ),
+            ));
+        }
+        match self.oldest_ms {
+            Some(oldest) if event_time_ms < oldest => Err(reject(
+                RejectReason::EventTimeTooOld,
+                format!(
+                    "event time {} is older than {} (collector.max_event_age_days); send history to /v1/import",
+                    format_timestamp(event_time_ms),
+                    format_timestamp(oldest)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +111,38 @@ mod tests {
             let text = format_timestamp(ms);
             assert_eq!(text.len(), 24, "{text}");
             assert_eq!(parse_timestamp(&text), Some(ms), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_window_rejects_before_the_floor_and_too_old() {
+        let floor = 946_684_800_000; // 2000-01-01
+        let live = EventTimeWindow {
+            floor_ms: floor,
+            oldest_ms: Some(RECEIVED - 30 * 86_400_000),
+        };
+        let import = EventTimeWindow {
+            floor_ms: floor,
+            oldest_ms: None,
+        };
+        assert!(live.check(RECEIVED).is_ok());
+        assert!(live.check(RECEIVED - 30 * 86_400_000).is_ok());
+        let e = live.check(RECEIVED - 30 * 86_400_000 - 1).unwrap_err();
+        assert_eq!(e.reason.label(), "event_time_too_old");
+        assert!(e.detail.contains("/v1/import"), "{}", e.detail);
+        assert!(import.check(RECEIVED - 3_000 * 86_400_000).is_ok());
+        assert!(import.check(floor).is_ok());
+        for w in [live, import] {
+            let e = w.check(floor - 1).unwrap_err();
+            assert_eq!(e.reason.label(), "event_time_before_floor");
+            assert_eq!(
+                w.check(0).unwrap_err().reason.label(),
+                "event_time_before_floor"
+            );
+            assert_eq!(
+                w.check(i64::MIN).unwrap_err().reason.label(),
+                "event_time_before_floor"
+            );
         }
     }
 

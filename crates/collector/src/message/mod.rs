@@ -38,7 +38,7 @@ mod equivalence;
 #[cfg(test)]
 mod tests;
 
-pub use clock::{event_time_ms, format_timestamp, parse_timestamp};
+pub use clock::{event_time_ms, format_timestamp, parse_timestamp, EventTimeWindow};
 pub use reject::{RejectReason, Rejection};
 pub use request::{BatchContext, RequestMeta};
 pub use touchstream_core::event::MAX_FUTURE_MS;

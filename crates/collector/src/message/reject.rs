@@ -22,6 +22,11 @@ pub enum RejectReason {
     InvalidTimestamp,
     /// A field has the wrong JSON type.
     InvalidField,
+    /// The event time is before `collector.event_time_floor` (any endpoint).
+    EventTimeBeforeFloor,
+    /// The event time is more than `collector.max_event_age_days` before receipt, on a
+    /// live endpoint (all but `/v1/import`).
+    EventTimeTooOld,
 }
 
 impl RejectReason {
@@ -36,6 +41,8 @@ impl RejectReason {
             RejectReason::MissingAliasIds => "missing_alias_ids",
             RejectReason::InvalidTimestamp => "invalid_timestamp",
             RejectReason::InvalidField => "invalid_field",
+            RejectReason::EventTimeBeforeFloor => "event_time_before_floor",
+            RejectReason::EventTimeTooOld => "event_time_too_old",
         }
     }
 }

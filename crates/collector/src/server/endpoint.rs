@@ -11,6 +11,10 @@ pub enum Endpoint {
     Single(MessageType),
 }
 
+/// The batch route for history: event times older than `max_event_age_days` are
+/// accepted there (README "Time correction").
+pub const IMPORT_ROUTE: &str = "/v1/import";
+
 /// Canonical ingest routes.
 pub const ROUTES: [(&str, Endpoint); 7] = [
     ("/v1/batch", Endpoint::Batch),

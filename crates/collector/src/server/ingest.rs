@@ -1,15 +1,21 @@
 //! The ingest pipeline every ingest route runs, one named step per stage, in this order:
 //!
 //! 1. `admit`: refuse while shutting down;
-//! 2. `header_source`: a write key in the `Authorization` header is checked before the
+//! 2. `ip_rate_limit`: the client address (README "Client IP") and its request budget,
+//!    before anything else is read;
+//! 3. `header_source`: a write key in the `Authorization` header is checked before the
 //!    body is read, so strangers cost nothing;
-//! 3. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit;
-//! 4. `reserve_in_flight`: hold the body's bytes against `max_in_flight_bytes`;
+//! 4. `read_body`: read under `max_request_bytes`, then inflate gzip under the same limit
+//!    (both under `max_unauthenticated_bytes` when the key is not in the header, so a
+//!    request without a known key costs little); every chunk is held against
+//!    `max_in_flight_bytes` (`InFlight`) as it arrives or is inflated, not after, until
+//!    the request is answered;
 //! 5. `split`: the envelope, under the message count and size limits;
 //! 6. `authenticate` and `rate_limit`: the source (from the header, else the body's
-//!    `writeKey`) and its request budget;
-//! 7. `encode`: validate each message; valid ones become Avro records for the raw topic,
-//!    rejected ones JSON records for the DLQ topic;
+//!    `writeKey`) and its request budget (the outer fence over all addresses);
+//! 7. `encode`: validate each message (its event time within the request's window:
+//!    the floor, and on all but `/v1/import` the maximum age); valid ones become Avro
+//!    records for the raw topic, rejected ones JSON records for the DLQ topic;
 //! 8. `publish`: every record to the sink, acknowledged, or 503;
 //! 9. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
 //!
@@ -27,7 +33,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::SemaphorePermit;
 use touchstream_core::avro;
 use tracing::Instrument as _;
 
@@ -38,7 +43,7 @@ use super::state::AppState;
 use crate::auth::{basic_username, Source};
 use crate::body;
 use crate::error::ApiError;
-use crate::message::{BatchContext, Rejection, RequestMeta, Validator};
+use crate::message::{BatchContext, EventTimeWindow, Rejection, RequestMeta, Validator};
 use crate::metrics::Metrics;
 use crate::sink::{Records, Sink};
 
@@ -49,10 +54,11 @@ pub(super) async fn ingest<S: Sink>(
     headers: HeaderMap,
     body: Body,
     ep: Endpoint,
+    history: bool,
 ) -> Response {
     let started = Instant::now();
     // A span per request: counts and reasons only, never bodies or ids.
-    let result = pipeline(&st, peer, &headers, body, ep)
+    let result = pipeline(&st, peer, &headers, body, ep, history)
         .instrument(tracing::debug_span!("ingest", endpoint = ep.label()))
         .await;
     let resp = match result {
@@ -81,12 +87,15 @@ async fn pipeline<S: Sink>(
     headers: &HeaderMap,
     body: Body,
     ep: Endpoint,
+    history: bool,
 ) -> Result<Response, ApiError> {
     let received_at_ms = now_ms();
     admit(st)?;
+    let client = st.client_addr.resolve(headers, peer.ip());
+    ip_rate_limit(st, client)?;
     let header_source = header_source(st, headers)?;
-    let text = read_body(st, body, headers).await?;
-    let _reserved = reserve_in_flight(st, text.len())?;
+    let mut reserved = InFlight::new(st);
+    let text = read_body(st, body, headers, header_source.is_some(), &mut reserved).await?;
     let text =
         std::str::from_utf8(&text).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
     let (messages, batch_sent_at_ms, batch_context, body_key) = split(text, ep, &st.cfg)?;
@@ -97,7 +106,7 @@ async fn pipeline<S: Sink>(
         source: &source.name,
         default_channel: source.default_channel,
         received_at_ms,
-        ip: client_ip(headers, peer, st.cfg.trusted_proxy_header.as_deref()),
+        ip: Some(client.to_string()),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -105,7 +114,13 @@ async fn pipeline<S: Sink>(
         batch_sent_at_ms,
         batch_context: batch_context.as_ref(),
     };
-    let encoded = encode(st, &messages, text.len(), ep, &meta);
+    let window = EventTimeWindow {
+        floor_ms: st.event_time_floor_ms,
+        oldest_ms: (!history && st.cfg.max_event_age_days > 0).then(|| {
+            received_at_ms.saturating_sub(i64::from(st.cfg.max_event_age_days) * 86_400_000)
+        }),
+    };
+    let encoded = encode(st, &messages, text.len(), ep, &meta, &window);
     publish(st, &encoded.records).await?;
     Ok(answer(st, &encoded))
 }
@@ -139,56 +154,119 @@ fn header_source<S>(
     }
 }
 
-/// The body, read and inflated within `max_request_bytes` (413 beyond), received within
-/// `body_read_timeout_ms` (408 beyond).
+/// The body, read and inflated within `max_request_bytes` (413 beyond; within
+/// `max_unauthenticated_bytes` when the write key is not in the header), received
+/// within `body_read_timeout_ms` (408 beyond), every chunk held in `reserved` before it
+/// is kept.
 async fn read_body<S>(
     st: &AppState<S>,
     body: Body,
     headers: &HeaderMap,
+    key_in_header: bool,
+    reserved: &mut InFlight<'_>,
 ) -> Result<Bytes, ApiError> {
+    let cfg = &st.cfg;
+    let (limit, too_large_raw, too_large_inflated): (usize, String, String) = if key_in_header {
+        let limit = cfg.max_request_bytes;
+        (
+            limit,
+            format!("request body over {limit} bytes"),
+            format!("request body over {limit} bytes after gzip inflation"),
+        )
+    } else {
+        // The key is in the body (or nowhere): bound what a stranger can make us read,
+        // inflate and parse before we know.
+        let limit = cfg.max_unauthenticated_bytes.min(cfg.max_request_bytes);
+        let text = format!(
+            "a request without its write key in the Authorization header may send at most \
+             {limit} body bytes (after gzip inflation); send the key as the HTTP Basic username"
+        );
+        (limit, text.clone(), text)
+    };
     let raw = body::read_limited(
         body,
         headers,
-        st.cfg.max_request_bytes,
-        std::time::Duration::from_millis(st.cfg.body_read_timeout_ms),
+        limit,
+        std::time::Duration::from_millis(cfg.body_read_timeout_ms),
+        || ApiError::TooLarge(too_large_raw.clone()),
+        |n| reserved.grow(n),
     )
     .await?;
     st.metrics.bytes.inc_by(raw.len() as u64);
-    body::decode(raw, headers, st.cfg.max_request_bytes)
+    let raw_len = raw.len();
+    let decoded = body::decode(
+        raw.clone(),
+        headers,
+        limit,
+        || ApiError::TooLarge(too_large_inflated.clone()),
+        |n| reserved.grow(n),
+    )?;
+    if decoded.as_ptr() != raw.as_ptr() {
+        // Inflated: the compressed copy is gone once this returns.
+        drop(raw);
+        reserved.shrink(raw_len);
+    }
+    Ok(decoded)
 }
 
-/// Bytes of one request held against `max_in_flight_bytes` until it is answered.
+/// Bytes of one request held against `max_in_flight_bytes` until it is answered; grows
+/// while the body arrives.
 struct InFlight<'a> {
-    _permit: SemaphorePermit<'a>,
+    semaphore: &'a tokio::sync::Semaphore,
     metrics: &'a Metrics,
-    cost: i64,
+    retry_after_secs: u64,
+    held: u32,
+}
+
+impl<'a> InFlight<'a> {
+    fn new<S>(st: &'a AppState<S>) -> Self {
+        Self {
+            semaphore: &st.in_flight,
+            metrics: &st.metrics,
+            retry_after_secs: st.cfg.retry_after_secs,
+            held: 0,
+        }
+    }
+
+    /// Hold `n` more bytes, or 503: bounded memory under overload, refuse rather than
+    /// queue without end.
+    fn grow(&mut self, n: usize) -> Result<(), ApiError> {
+        let refuse = || {
+            self.metrics
+                .throttled
+                .with_label_values(&["in_flight_bytes"])
+                .inc();
+            ApiError::Unavailable {
+                reason: "collector is at its in-flight byte limit".into(),
+                retry_after_secs: self.retry_after_secs,
+            }
+        };
+        let n = u32::try_from(n).map_err(|_| refuse())?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.semaphore
+            .try_acquire_many(n)
+            .map_err(|_| refuse())?
+            .forget();
+        self.held += n;
+        self.metrics.in_flight_bytes.add(i64::from(n));
+        Ok(())
+    }
+
+    /// Give back `n` held bytes (at most what is held).
+    fn shrink(&mut self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).min(self.held);
+        self.semaphore.add_permits(n as usize);
+        self.held -= n;
+        self.metrics.in_flight_bytes.sub(i64::from(n));
+    }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.metrics.in_flight_bytes.sub(self.cost);
+        self.shrink(self.held as usize);
     }
-}
-
-/// Bounded memory under overload: refuse (503) rather than queue without end.
-fn reserve_in_flight<S>(st: &AppState<S>, len: usize) -> Result<InFlight<'_>, ApiError> {
-    let cost = u32::try_from(len.max(1)).unwrap_or(u32::MAX);
-    let permit = st.in_flight.try_acquire_many(cost).map_err(|_| {
-        st.metrics
-            .throttled
-            .with_label_values(&["in_flight_bytes"])
-            .inc();
-        ApiError::Unavailable {
-            reason: "collector is at its in-flight byte limit".into(),
-            retry_after_secs: st.cfg.retry_after_secs,
-        }
-    })?;
-    st.metrics.in_flight_bytes.add(i64::from(cost));
-    Ok(InFlight {
-        _permit: permit,
-        metrics: &st.metrics,
-        cost: i64::from(cost),
-    })
 }
 
 /// The request's source: the header's, else the body `writeKey`'s; 401 without either.
@@ -205,6 +283,23 @@ fn authenticate<S>(
     }
 }
 
+/// 429 with the wait when the client address is over `rate_limit_per_ip`.
+fn ip_rate_limit<S>(st: &AppState<S>, client: std::net::IpAddr) -> Result<(), ApiError> {
+    let Some(limiter) = &st.ip_limiter else {
+        return Ok(());
+    };
+    limiter.check(client, Instant::now()).map_err(|wait| {
+        st.metrics
+            .throttled
+            .with_label_values(&["rate_limit_ip"])
+            .inc();
+        ApiError::RateLimited {
+            scope: "client address",
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    })
+}
+
 /// 429 with the wait when the source is over `rate_limit_per_key`.
 fn rate_limit<S>(st: &AppState<S>, source: &Source) -> Result<(), ApiError> {
     let Some(limiter) = &st.limiter else {
@@ -213,12 +308,13 @@ fn rate_limit<S>(st: &AppState<S>, source: &Source) -> Result<(), ApiError> {
     limiter.check_key(&source.name).map_err(|not_until| {
         st.metrics
             .throttled
-            .with_label_values(&["rate_limit"])
+            .with_label_values(&["rate_limit_key"])
             .inc();
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
         ApiError::RateLimited {
+            scope: "write key",
             retry_after_secs: wait.as_secs().max(1),
         }
     })
@@ -246,6 +342,7 @@ fn encode<'t, S>(
     text_len: usize,
     ep: Endpoint,
     meta: &RequestMeta<'_>,
+    window: &EventTimeWindow,
 ) -> Encoded<'t> {
     // Avro values are about as long as the message text plus the request's strings
     // (a hint: the buffer grows if it is short; a long User-Agent does not inflate the
@@ -259,7 +356,10 @@ fn encode<'t, S>(
     let mut validator = Validator::new();
     let mut rejected = Vec::new();
     for (index, raw) in messages.iter().enumerate() {
-        match validator.validate(raw, ep.implied_type(), meta) {
+        let checked = validator
+            .validate(raw, ep.implied_type(), meta)
+            .and_then(|tp| window.check(tp.event_time_ms).map(|()| tp));
+        match checked {
             Ok(tp) => records.push(&st.raw_topic, Some(tp.identity_key()), |out| {
                 avro::encode_ref(&tp, out)
             }),
@@ -325,38 +425,4 @@ fn answer<S>(st: &AppState<S>, encoded: &Encoded<'_>) -> Response {
         .collect();
     Json(json!({"success": true, "accepted": encoded.accepted, "rejected": rejected}))
         .into_response()
-}
-
-/// The client's address: the first entry of the trusted proxy header when it is an IP,
-/// else the peer's.
-fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: Option<&str>) -> Option<String> {
-    trusted
-        .and_then(|h| headers.get(h))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
-        .or_else(|| Some(peer.ip().to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_ip_honours_only_the_trusted_header() {
-        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
-        assert_eq!(
-            client_ip(&h, peer, Some("x-forwarded-for")).unwrap(),
-            "203.0.113.9"
-        );
-        assert_eq!(client_ip(&h, peer, None).unwrap(), "10.0.0.1");
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(
-            client_ip(&h, peer, Some("x-forwarded-for")).unwrap(),
-            "10.0.0.1"
-        );
-    }
 }

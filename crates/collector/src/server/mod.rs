@@ -29,10 +29,13 @@ use tokio_util::sync::CancellationToken;
 use touchstream_core::Config;
 use tower::ServiceExt;
 
+mod client_addr;
 mod dlq;
 mod endpoint;
 mod envelope;
 mod ingest;
+mod ip_limit;
+mod readiness;
 mod routes;
 mod state;
 #[cfg(test)]
@@ -75,7 +78,13 @@ impl<S: Sink> Collector<S> {
     /// A collector with the `collector` config of `config`, publishing valid messages to
     /// `kafka.raw_topic` and rejected ones to `kafka.dlq_topic` through `sink`; requests
     /// are counted in `metrics` (served at `/metrics`).
+    ///
+    /// Refuses the demo write keys unless `collector.allow_demo_keys` is set.
     pub fn new(config: &Config, sink: S, metrics: Arc<Metrics>) -> Result<Self, CollectorError> {
+        let demo = config.collector.demo_keys_in_use();
+        if !demo.is_empty() && !config.collector.allow_demo_keys {
+            return Err(CollectorError::DemoKeys(demo.join(", ")));
+        }
         let state = Arc::new(AppState::new(config, sink, metrics));
         let router = routes::router(state.clone())?;
         Ok(Self { state, router })
@@ -120,6 +129,9 @@ impl<S: Sink> Collector<S> {
         let grace = Duration::from_millis(cfg.shutdown_grace_ms);
         // Cancelled when the grace period is over: connections still open are dropped.
         let hard_stop = CancellationToken::new();
+        // `/readyz` answers from this background check (README "Collector API").
+        let checks = CancellationToken::new();
+        tokio::spawn(readiness::keep_fresh(self.state.clone(), checks.clone()));
         loop {
             // A free slot first, then accept: beyond the cap, connections wait unaccepted.
             let permit = tokio::select! {
@@ -172,6 +184,7 @@ impl<S: Sink> Collector<S> {
             });
         }
         self.state.begin_shutdown();
+        checks.cancel();
         drop(listener);
         // Every connection returns its slot when it ends; wait for all, within the grace.
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);

@@ -15,8 +15,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::endpoint::{Endpoint, ROUTES};
+use super::endpoint::{Endpoint, IMPORT_ROUTE, ROUTES};
 use super::ingest::ingest;
+use super::readiness::{refresh, BrokerState};
 use super::state::AppState;
 use crate::error::CollectorError;
 use crate::sink::Sink;
@@ -24,23 +25,25 @@ use crate::sink::Sink;
 /// All routes over `state`; an alias naming an unknown route is an error.
 pub(super) fn router<S: Sink>(state: Arc<AppState<S>>) -> Result<Router, CollectorError> {
     let mut app = Router::new();
-    let add = |app: Router<Arc<AppState<S>>>, path: &str, ep: Endpoint| {
+    // `/v1/import` (and its aliases) takes history: only the event-time floor applies.
+    let add = |app: Router<Arc<AppState<S>>>, path: &str, ep: Endpoint, canonical: &str| {
+        let history = canonical == IMPORT_ROUTE;
         app.route(
             path,
             post(
                 move |st: State<Arc<AppState<S>>>,
                       ci: ConnectInfo<SocketAddr>,
                       h: HeaderMap,
-                      b: Body| async move { ingest(st, ci, h, b, ep).await },
+                      b: Body| async move { ingest(st, ci, h, b, ep, history).await },
             ),
         )
     };
     for (path, ep) in ROUTES {
-        app = add(app, path, ep);
+        app = add(app, path, ep, path);
     }
     for (alias, target) in &state.cfg.route_aliases {
         if let Some((_, ep)) = ROUTES.iter().find(|(p, _)| p == target) {
-            app = add(app, alias, *ep);
+            app = add(app, alias, *ep, target);
         } else {
             return Err(CollectorError::Alias(format!(
                 "{alias:?} points at unknown route {target:?}"
@@ -86,8 +89,8 @@ async fn metrics<S>(State(st): State<Arc<AppState<S>>>) -> impl IntoResponse {
     )
 }
 
-/// Ready when not shutting down and the sink can publish (for Kafka: the broker answered
-/// a metadata request recently).
+/// Ready when not shutting down and the last background broker check succeeded
+/// (`readiness`); never waits for the broker. A stale result starts a new check.
 async fn readyz<S: Sink>(State(st): State<Arc<AppState<S>>>) -> Response {
     if st.shutting_down.load(Ordering::SeqCst) {
         return (
@@ -96,13 +99,18 @@ async fn readyz<S: Sink>(State(st): State<Arc<AppState<S>>>) -> Response {
         )
             .into_response();
     }
-    if st.sink.ready().await {
-        Json(json!({"ready": true})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "kafka unreachable"})),
-        )
-            .into_response()
+    let (broker, stale) = st.readiness.cached();
+    if stale {
+        refresh(&st);
     }
+    let reason = match broker {
+        BrokerState::Reachable => return Json(json!({"ready": true})).into_response(),
+        BrokerState::Unreachable => "kafka unreachable",
+        BrokerState::Unknown => "kafka not checked yet",
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"ready": false, "reason": reason})),
+    )
+        .into_response()
 }

@@ -10,6 +10,9 @@ use tokio::sync::Semaphore;
 use touchstream_core::config::CollectorConfig;
 use touchstream_core::Config;
 
+use super::client_addr::ClientAddr;
+use super::ip_limit::IpLimiter;
+use super::readiness::Readiness;
 use crate::auth::Sources;
 use crate::metrics::Metrics;
 
@@ -27,6 +30,14 @@ pub(super) struct AppState<S> {
     pub(super) in_flight: Semaphore,
     /// Per-write-key request rate (`rate_limit_per_key`; `None` when 0).
     pub(super) limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Per-client-address request rate (`rate_limit_per_ip`; `None` when 0).
+    pub(super) ip_limiter: Option<IpLimiter>,
+    /// How a request's client address is found (`trusted_proxy_header`, `trusted_proxies`).
+    pub(super) client_addr: ClientAddr,
+    /// `event_time_floor`, epoch ms.
+    pub(super) event_time_floor_ms: i64,
+    /// The background broker check `/readyz` answers from.
+    pub(super) readiness: Readiness,
     /// Set once shutdown begins: ingest and `/readyz` answer 503 from then on.
     pub(super) shutting_down: AtomicBool,
 }
@@ -48,6 +59,15 @@ impl<S> AppState<S> {
             metrics,
             in_flight: Semaphore::new(permits),
             limiter,
+            ip_limiter: (cfg.rate_limit_per_ip > 0)
+                .then(|| IpLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_ip_table_size)),
+            client_addr: ClientAddr::new(&cfg),
+            // Validated when the config was loaded; a hand-built config that does not
+            // parse gets the documented default floor, 2000-01-01.
+            event_time_floor_ms: cfg.event_time_floor_ms().unwrap_or(946_684_800_000),
+            readiness: Readiness::new(std::time::Duration::from_millis(
+                cfg.readiness_interval_ms.max(1),
+            )),
             shutting_down: AtomicBool::new(false),
             cfg,
         }

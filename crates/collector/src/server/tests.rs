@@ -71,6 +71,18 @@ struct Answer {
 }
 
 impl Harness {
+    /// `/readyz` until it answers `status` (the background check catches up), at most 5 s.
+    async fn readyz_until(&self, status: StatusCode) -> Answer {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = self.get("/readyz").await;
+            if a.status == status || std::time::Instant::now() > deadline {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn call(&self, req: Request<Body>) -> Answer {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
@@ -478,19 +490,25 @@ async fn in_flight_byte_cap_gives_503() {
 
 #[tokio::test]
 async fn readyz_follows_the_sink_and_shutdown() {
-    let h = harness(|_| {});
+    let h = harness(|c| c.collector.readiness_interval_ms = 20);
     let healthz = h.get("/healthz").await;
     assert_eq!(healthz.body, json!({"status": "ok"}));
-    let a = h.get("/readyz").await;
-    assert_eq!((a.status, a.body), (StatusCode::OK, json!({"ready": true})));
-    h.sink.set_ready(false);
+    // The first probe starts the first check and does not wait for it.
     let a = h.get("/readyz").await;
     assert_eq!(
         (a.status, a.body),
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"ready": false, "reason": "kafka unreachable"})
+            json!({"ready": false, "reason": "kafka not checked yet"})
         )
+    );
+    let a = h.readyz_until(StatusCode::OK).await;
+    assert_eq!(a.body, json!({"ready": true}));
+    h.sink.set_ready(false);
+    let a = h.readyz_until(StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        a.body,
+        json!({"ready": false, "reason": "kafka unreachable"})
     );
     h.sink.set_ready(true);
     h.collector.shut_down();
@@ -533,10 +551,31 @@ async fn cors_preflight_for_allowed_origins_only() {
 #[test]
 fn an_alias_to_an_unknown_route_is_refused() {
     let mut config = Config::default();
+    config.collector.allow_demo_keys = true;
     config.collector.route_aliases = [("/x".to_string(), "/v1/nope".to_string())].into();
     let metrics = Arc::new(Metrics::new().unwrap());
     let err = Collector::new(&config, MemorySink::new(), metrics)
         .err()
         .expect("unknown target");
     assert!(matches!(err, CollectorError::Alias(_)), "{err}");
+}
+
+#[test]
+fn the_demo_keys_are_refused_unless_allowed() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let mut config = Config::default();
+    let err = Collector::new(&config, MemorySink::new(), metrics.clone())
+        .err()
+        .expect("the default config holds the demo keys");
+    assert!(matches!(err, CollectorError::DemoKeys(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("--allow-demo-keys") && text.contains("web, call-center"),
+        "{text}"
+    );
+    // One demo key among real ones is enough to refuse.
+    config.collector.sources[0].write_key = "a-real-key".into();
+    assert!(Collector::new(&config, MemorySink::new(), metrics.clone()).is_err());
+    config.collector.allow_demo_keys = true;
+    assert!(Collector::new(&config, MemorySink::new(), metrics).is_ok());
 }

@@ -5,7 +5,7 @@
 //! waits at most `produce_timeout_ms` for its last acknowledgement.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -22,12 +22,7 @@ pub struct KafkaSink {
     producer: ProducerCell,
     timeout: Duration,
     metrics: Arc<Metrics>,
-    /// When the broker last answered a metadata request (readiness cache).
-    broker_ok_at: Mutex<Option<Instant>>,
 }
-
-/// How long a successful broker check keeps `/readyz` answering without asking again.
-const READY_FRESH_FOR: Duration = Duration::from_millis(2000);
 
 impl KafkaSink {
     /// A producer for `kafka`; a request fails when its records are not all acknowledged
@@ -41,14 +36,7 @@ impl KafkaSink {
             producer: ProducerCell::new(kafka, produce_timeout_ms)?,
             timeout: Duration::from_millis(produce_timeout_ms),
             metrics,
-            broker_ok_at: Mutex::new(None),
         })
-    }
-
-    fn broker_ok_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.broker_ok_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -60,27 +48,18 @@ impl Sink for KafkaSink {
         produced
     }
 
-    /// Ready when the broker answered a metadata request in the last 2 s (asked now if not).
+    /// Ready when the broker answers a metadata request within 1.5 s. Called by the
+    /// collector's background readiness check, never by a `/readyz` request itself.
     async fn ready(&self) -> bool {
-        let fresh = self
-            .broker_ok_at()
-            .is_some_and(|at| at.elapsed() < READY_FRESH_FOR);
-        if fresh {
-            return true;
-        }
         let producer = self.producer.get();
-        let reachable = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             producer
                 .client()
                 .fetch_metadata(None, Duration::from_millis(1500))
                 .is_ok()
         })
         .await
-        .unwrap_or(false);
-        if reachable {
-            *self.broker_ok_at() = Some(Instant::now());
-        }
-        reachable
+        .unwrap_or(false)
     }
 
     /// Every request has been answered by now; this flushes whatever librdkafka still

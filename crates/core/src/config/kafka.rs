@@ -82,7 +82,46 @@ impl Default for KafkaConfig {
 impl KafkaConfig {
     /// What is wrong with the section, if anything (the message names the key).
     pub(super) fn problem(&self) -> Option<String> {
-        (self.partitions < 1).then(|| "kafka.partitions must be at least 1".into())
+        if self.partitions < 1 {
+            return Some("kafka.partitions must be at least 1".into());
+        }
+        self.client_properties
+            .iter()
+            .find_map(|(k, v)| weakens_durability(k, v))
+    }
+}
+
+/// Why a `client_properties` entry would weaken the producers' durability, if it does.
+///
+/// Every producer is idempotent with `acks=all` (README "200 means durable"): a 200
+/// means the broker's in-sync replicas hold the records, and retries cannot duplicate or
+/// reorder them. The properties that would quietly undo that are refused at start
+/// instead: `acks` (and its alias `request.required.acks`) other than `all`/`-1`,
+/// `enable.idempotence` other than `true`, more than 5 requests in flight per connection
+/// (idempotence allows at most 5), and no retries.
+fn weakens_durability(key: &str, value: &str) -> Option<String> {
+    let v = value.trim();
+    let refuse = |why: &str| {
+        Some(format!(
+            "kafka.client_properties: {key} = {v:?} would weaken the producer's acks=all / idempotence ({why}); remove it"
+        ))
+    };
+    match key.trim() {
+        "acks" | "request.required.acks" if !(v.eq_ignore_ascii_case("all") || v == "-1") => {
+            refuse("a 200 must mean every in-sync replica has the records")
+        }
+        "enable.idempotence" if !v.eq_ignore_ascii_case("true") => {
+            refuse("retries must not duplicate or reorder records")
+        }
+        "max.in.flight.requests.per.connection" | "max.in.flight"
+            if v.parse::<u32>().map_or(true, |n| n > 5) =>
+        {
+            refuse("an idempotent producer allows at most 5 requests in flight")
+        }
+        "retries" | "message.send.max.retries" if v.parse::<u64>().map_or(true, |n| n == 0) => {
+            refuse("a transient broker error must be retried, not turned into a 503")
+        }
+        _ => None,
     }
 }
 

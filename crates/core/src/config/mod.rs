@@ -27,7 +27,7 @@ mod kafka;
 mod processor;
 
 pub use clickhouse::{masked_url, ClickHouseConfig};
-pub use collector::{CollectorConfig, SourceConfig};
+pub use collector::{CollectorConfig, SourceConfig, DEMO_WRITE_KEYS};
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use processor::ProcessorConfig;
 
@@ -241,6 +241,64 @@ mod tests {
     }
 
     #[test]
+    fn client_properties_that_weaken_durability_are_refused() {
+        for (key, value) in [
+            ("acks", "1"),
+            ("acks", "0"),
+            ("request.required.acks", "1"),
+            ("enable.idempotence", "false"),
+            ("max.in.flight.requests.per.connection", "6"),
+            ("max.in.flight", "100"),
+            ("retries", "0"),
+            ("message.send.max.retries", "0"),
+        ] {
+            let e = Config::from_toml_and_env(
+                &format!("[kafka.client_properties]\n\"{key}\" = \"{value}\"\n"),
+                None,
+                &env(&[]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(key) && e.contains("acks=all"),
+                "{key}={value}: {e}"
+            );
+        }
+        // The safe values, and unrelated properties, pass.
+        Config::from_toml_and_env(
+            "[kafka.client_properties]\nacks = \"all\"\n\"enable.idempotence\" = true\n\
+             \"max.in.flight.requests.per.connection\" = 5\nretries = 10\n\"linger.ms\" = 5\n",
+            None,
+            &env(&[]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn trusted_proxies_and_event_time_floor_parse() {
+        let c = Config::from_toml_and_env(
+            "[collector]\ntrusted_proxy_header = \"x-forwarded-for\"\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"192.168.1.7\", \"fd00::/8\"]\n\
+             event_time_floor = \"2010-06-01\"\n",
+            None,
+            &env(&[]),
+        )
+        .unwrap();
+        let nets = c.collector.trusted_proxy_nets().unwrap();
+        assert_eq!(nets.len(), 3);
+        assert!(nets[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(
+            c.collector.event_time_floor_ms().unwrap(),
+            1_275_350_400_000
+        );
+        assert_eq!(
+            CollectorConfig::default().event_time_floor_ms().unwrap(),
+            946_684_800_000,
+            "2000-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
     fn secret_from_file() {
         let dir = std::env::temp_dir().join(format!("ts-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -292,6 +350,21 @@ mod tests {
                 "",
                 vec![("TOUCHSTREAM__PROCESSOR__OPEN_ATTEMPT_OVERDUE_SHARES", "[0]")],
                 "open_attempt_overdue_shares",
+            ),
+            (
+                "[collector]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                vec![],
+                "10.0.0.0/33",
+            ),
+            (
+                "[collector]\ntrusted_proxy_header = \"x-forwarded-for\"\n",
+                vec![],
+                "trusted_proxies is empty",
+            ),
+            (
+                "[collector]\nevent_time_floor = \"yesterday\"\n",
+                vec![],
+                "event_time_floor",
             ),
         ] {
             let e = Config::from_toml_and_env(text, Some("f.toml".into()), &env(&envs))
