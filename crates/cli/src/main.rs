@@ -396,11 +396,21 @@ async fn main() -> anyhow::Result<()> {
             let created = touchstream_core::kafka::ensure_topics(&config.kafka, &[])
                 .await
                 .with_context(|| format!("creating topics on {}", config.kafka.brokers))?;
-            for (topic, new) in created {
+            for t in created {
                 println!(
-                    "  {topic:<32} {}",
-                    if new { "created" } else { "already exists" }
+                    "  {:<32} {:<15} {} partitions, {} replica(s)",
+                    t.name,
+                    if t.created {
+                        "created"
+                    } else {
+                        "already exists"
+                    },
+                    t.partitions,
+                    t.replication
                 );
+                for w in &t.warnings {
+                    eprintln!("  warning: {w}");
+                }
             }
         }
         Command::Collector {
