@@ -25,7 +25,7 @@
 //! 4. **processor**: a fresh `touchstream processor` child (fresh group and database)
 //!    reading step 1's topic from the start, identity, sessions and funnels on, until
 //!    every event has its `touchpoint_journey` row. CPU: the child's, from its start to
-//!    then (start-up included: it is a few hundredths of a second).
+//!    then (start-up included: version check, empty state, group join, mostly waits).
 //!
 //! A repetition's ratio is collector / raw producer and processor / raw consume + insert
 //! of that repetition ([`crate::stats::paired_ratios`]); the figures give min / median /
