@@ -200,7 +200,8 @@ pub const CORE_BUDGETS: [(&str, &str, &str); 2] = [
 /// The whole result of a run (this is the JSON file).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// JSON layout version; bump when a field changes meaning.
+    /// JSON layout version; bump when a field changes meaning. 2: figures may carry a
+    /// `spread` (repetitions), and `memory_bytes_per_customer_*` is the worst repetition.
     pub format: u32,
     /// Run id (also in database and topic names).
     pub run_id: String,
