@@ -204,8 +204,11 @@ struct BenchArgs {
     /// Events the analyst phase loads (a tenth as many customers, over 30 days).
     #[arg(long)]
     analyst_events: Option<usize>,
-    /// Phases to run, comma separated: baseline, collector, processor, latency, memory,
-    /// analyst.
+    /// Repetitions of the cpu and memory phases (min / median / max; memory: worst).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Phases to run, comma separated: baseline, collector, processor, cpu, latency,
+    /// memory, analyst.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<touchstream_bench::Phase>>,
     /// Where to write the JSON report (default target/bench/bench-<run id>.json).
@@ -236,6 +239,9 @@ impl BenchArgs {
         }
         if let Some(n) = self.analyst_events {
             o.analyst_events = n;
+        }
+        if let Some(n) = self.reps {
+            o.reps = n;
         }
         if let Some(p) = &self.only {
             o.phases.clone_from(p);
@@ -489,6 +495,10 @@ async fn main() -> anyhow::Result<()> {
             let report =
                 touchstream_bench::run(config, args.options(), shutdown_on_signal()).await?;
             println!("{}", report.table());
+            let summary = report.summary();
+            if !summary.is_empty() {
+                println!("{summary}");
+            }
             for note in &report.notes {
                 println!("note: {note}");
             }
