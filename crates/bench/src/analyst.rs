@@ -468,13 +468,22 @@ impl Http {
         )
         .await?;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        self.exec("SYSTEM FLUSH LOGS", &[]).await?;
-        let row = self
-            .text(&format!(
-                "SELECT read_rows, memory_usage, query_duration_ms FROM system.query_log \
-                 WHERE query_id = '{id}' AND type = 2 LIMIT 1"
-            ))
-            .await?;
+        // The server may log the query's end just after the response: look again briefly
+        // rather than read a missing entry as zero rows.
+        let mut row = String::new();
+        for _ in 0..20 {
+            self.exec("SYSTEM FLUSH LOGS", &[]).await?;
+            row = self
+                .text(&format!(
+                    "SELECT read_rows, memory_usage, query_duration_ms FROM system.query_log \
+                     WHERE query_id = '{id}' AND type = 2 LIMIT 1"
+                ))
+                .await?;
+            if !row.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut f = row.split('\t').map(|v| v.parse::<u64>().unwrap_or(0));
         let logged = Logged {
             read_rows: f.next().unwrap_or(0),
