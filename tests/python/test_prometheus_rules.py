@@ -23,7 +23,7 @@ ALERTS = {
     "FunnelStepDropoffSpike", "ComplaintSpike", "FollowUpSlaBreach",
     "ComplaintsNotFollowedUp", "ComplaintsAwaitingFollowUp", "ConsumerLagGrowing", "CollectorSilent",
     "CollectorHighRejectionShare", "CollectorBrokerErrors", "ClickHouseInsertFailures",
-    "LateEventsShareHigh",
+    "LateEventsShareHigh", "ClickHouseRowsRejected", "ProcessorStageRestarting",
 }
 
 
