@@ -79,13 +79,14 @@ impl<S: Sink> Collector<S> {
     /// `kafka.raw_topic` and rejected ones to `kafka.dlq_topic` through `sink`; requests
     /// are counted in `metrics` (served at `/metrics`).
     ///
-    /// Refuses the demo write keys unless `collector.allow_demo_keys` is set.
+    /// Refuses the demo write keys unless `collector.allow_demo_keys` is set, and a
+    /// source that hashes (README "Privacy") without `collector.privacy_hash_key`.
     pub fn new(config: &Config, sink: S, metrics: Arc<Metrics>) -> Result<Self, CollectorError> {
         let demo = config.collector.demo_keys_in_use();
         if !demo.is_empty() && !config.collector.allow_demo_keys {
             return Err(CollectorError::DemoKeys(demo.join(", ")));
         }
-        let state = Arc::new(AppState::new(config, sink, metrics));
+        let state = Arc::new(AppState::new(config, sink, metrics)?);
         let router = routes::router(state.clone())?;
         Ok(Self { state, router })
     }
