@@ -7,6 +7,7 @@
 //! on, lacks `RowBinaryWithNamesAndTypes`.
 
 pub mod migrate;
+pub mod retention;
 
 use touchstream_core::config::ClickHouseConfig;
 

@@ -26,7 +26,7 @@ mod env;
 mod kafka;
 mod processor;
 
-pub use clickhouse::{masked_url, ClickHouseConfig};
+pub use clickhouse::{masked_url, ClickHouseConfig, RETENTION_TABLES};
 pub use collector::{
     CollectorConfig, IpMode, PiiMode, SourceConfig, UserAgentMode, DEMO_WRITE_KEYS,
     MIN_PRIVACY_HASH_KEY_BYTES,
@@ -119,6 +119,7 @@ impl Config {
         let problem = self
             .kafka
             .problem()
+            .or_else(|| self.clickhouse.problem())
             .or_else(|| self.collector.problem())
             .or_else(|| self.processor.problem());
         match problem {
@@ -417,6 +418,16 @@ mod tests {
                 "[collector]\nprivacy_hash_key = \"short\"\n",
                 vec![],
                 "at least 16 bytes",
+            ),
+            (
+                "[clickhouse.retention_days]\nidentities = 30\n",
+                vec![],
+                "\"identities\" is not a partitioned table",
+            ),
+            (
+                "[clickhouse.retention_days]\nevents = 0\n",
+                vec![],
+                "events = 0",
             ),
         ] {
             let e = Config::from_toml_and_env(text, Some("f.toml".into()), &env(&envs))
