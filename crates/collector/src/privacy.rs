@@ -272,14 +272,18 @@ impl Privacy {
 }
 
 /// Parse an object text, let `change` edit it, and when it did, write the object's
-/// canonical text to `out` (the same form the validator writes: `Value`'s own).
+/// canonical text to `out` (the same form the validator writes: `Value`'s own). Text
+/// that does not parse (never the validator's output) becomes `{}`: what cannot be
+/// treated is not kept.
 fn rewrite(
     text: &str,
     out: &mut String,
     change: impl FnOnce(&mut Map<String, Value>) -> bool,
 ) -> bool {
     let Ok(mut object) = serde_json::from_str::<Map<String, Value>>(text) else {
-        return false;
+        out.clear();
+        out.push_str("{}");
+        return true;
     };
     if !change(&mut object) {
         return false;
@@ -507,5 +511,8 @@ mod tests {
         let mut text = Value::String("{\"traits\":{\"email\":\"a@b".into());
         p.apply_to_message(&mut text);
         assert_eq!(text, Value::Null);
+        let mut out = String::new();
+        assert!(rewrite("{not json", &mut out, |_| false));
+        assert_eq!(out, "{}", "what cannot be read is not kept");
     }
 }
