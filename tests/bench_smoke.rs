@@ -1,5 +1,6 @@
 //! `touchstream bench --size tiny` runs end to end against the local services and writes
-//! a JSON report with every figure present and sane.
+//! a JSON report with every figure present and sane, the repeated ones (CPU side by side,
+//! memory per customer) with one sample per repetition.
 //!
 //! Not a timed test: tiny figures are dominated by start-up costs (and this is a debug
 //! build), so no threshold is checked, only that each phase produced its numbers. Runs
@@ -33,6 +34,14 @@ const POSITIVE: &[&str] = &[
     "latency_enriched_p50_ms",
     "latency_enriched_p99_ms",
     "latency_processor_cpu_cores",
+    // CPU phase: both sides of both comparisons measured some CPU (a tiny rep of a
+    // few thousand events is still tens of clock ticks per side), so the ratios exist.
+    "cpu_raw_produce_secs_per_100k_events",
+    "cpu_collector_secs_per_100k_events",
+    "cpu_collector_ratio",
+    "cpu_raw_consume_insert_secs_per_100k_events",
+    "cpu_processor_secs_per_100k_events",
+    "cpu_processor_ratio",
     "memory_idle_rss_bytes",
     "memory_rss_bytes_2000",
     "memory_peak_rss_bytes_2000",
@@ -61,6 +70,10 @@ const FINITE: &[&str] = &[
     "collector_broker_cpu_secs_per_100k_events",
     "processor_clickhouse_cpu_secs_per_100k_events",
     "processor_broker_cpu_secs_per_100k_events",
+    // The raw client's steps apart: at a tiny size one may round to no tick.
+    "cpu_raw_consume_secs_per_100k_events",
+    "cpu_raw_rows_secs_per_100k_events",
+    "cpu_raw_insert_secs_per_100k_events",
     "analyst_q4_customer_journey_warm_ms",
     "analyst_one_day_stage_channel_warm_ms",
     "analyst_funnel_window_funnel_warm_ms",
@@ -102,7 +115,7 @@ async fn tiny_bench_reports_every_figure() {
     let text = std::fs::read_to_string(&json).expect("JSON report written");
     let _ = std::fs::remove_file(&json);
     let report: Value = serde_json::from_str(&text).expect("report is JSON");
-    assert_eq!(report["format"], 1);
+    assert_eq!(report["format"], 2);
     assert_eq!(report["options"]["size"], "tiny");
     assert_eq!(report["errors"].as_array().map(Vec::len), Some(0), "{text}");
     assert!(report["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
@@ -123,6 +136,59 @@ async fn tiny_bench_reports_every_figure() {
     for name in FINITE {
         assert!(value(name).is_finite(), "{name}");
     }
+    // Repeated figures: one sample per repetition (the default, 3), min ≤ median ≤ max,
+    // and the value is the median (CPU) or the worst repetition (memory per customer).
+    let reps = report["options"]["reps"].as_u64().expect("reps");
+    assert_eq!(reps, 3, "default repetitions");
+    assert_eq!(value("cpu_reps"), reps as f64);
+    let spread = |name: &str| -> (Vec<f64>, f64, f64, f64) {
+        let f = figures.iter().find(|f| f["name"] == name).expect(name);
+        let s = &f["spread"];
+        let samples: Vec<f64> = s["samples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} has no spread: {f}"))
+            .iter()
+            .map(|v| v.as_f64().expect("finite sample"))
+            .collect();
+        let (min, median, max) = (
+            s["min"].as_f64().expect("min"),
+            s["median"].as_f64().expect("median"),
+            s["max"].as_f64().expect("max"),
+        );
+        assert!(min <= median && median <= max, "{name}: {s}");
+        (samples, min, median, max)
+    };
+    for name in [
+        "cpu_raw_produce_secs_per_100k_events",
+        "cpu_collector_secs_per_100k_events",
+        "cpu_collector_ratio",
+        "cpu_raw_consume_insert_secs_per_100k_events",
+        "cpu_processor_secs_per_100k_events",
+        "cpu_processor_ratio",
+    ] {
+        let (samples, min, median, _) = spread(name);
+        assert_eq!(samples.len() as u64, reps, "{name}");
+        assert!(min > 0.0, "{name}: a repetition measured no CPU");
+        assert_eq!(value(name), median, "{name} is valued at its median");
+    }
+    for (ratio, target) in [("cpu_collector_ratio", 2.0), ("cpu_processor_ratio", 3.0)] {
+        let f = figures.iter().find(|f| f["name"] == ratio).expect(ratio);
+        assert_eq!(f["targets"][0]["value"].as_f64(), Some(target), "{f}");
+        // Judged (pass or miss, never how fast: tiny sizes measure start-up).
+        assert!(f["pass"].is_boolean(), "{f}");
+    }
+    let (samples, _, _, max) = spread("memory_bytes_per_customer_2000");
+    assert_eq!(samples.len() as u64, reps);
+    assert_eq!(
+        value("memory_bytes_per_customer_2000"),
+        max,
+        "worst repetition"
+    );
+    assert!(
+        stdout.contains("collector vs raw producer") && stdout.contains("worst of 3 reps"),
+        "no summary of the primary figures printed:\n{stdout}"
+    );
+
     // Ratios are filled where the baselines ran.
     for name in ["collector_events_per_sec", "processor_events_per_sec"] {
         let f = figures.iter().find(|f| f["name"] == name).expect(name);

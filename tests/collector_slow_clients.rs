@@ -41,6 +41,15 @@ async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<String> {
     }
 }
 
+/// Stalled clients in the crowd and shutdown cases: 20 in CI, more by hand with
+/// `TOUCHSTREAM_SLOW_CLIENTS=300` (the size of the attack in docs/guarantees.md §4).
+fn crowd() -> usize {
+    std::env::var("TOUCHSTREAM_SLOW_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
 const SLOW_BODY: &str = "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic ZGVtby13ZWIta2V5Og==\r\nContent-Type: application/json\r\nContent-Length: 400000\r\n\r\n{";
 
 #[tokio::test]
@@ -123,14 +132,14 @@ async fn shutdown_is_bounded_with_a_busy_client() {
     // Long timeouts: only the shutdown grace can end these connections.
     config.collector.header_read_timeout_ms = 60_000;
     config.collector.body_read_timeout_ms = 60_000;
-    config.collector.max_connections = 64;
+    config.collector.max_connections = crowd() + 16;
     touchstream_core::kafka::ensure_topics(&config.kafka, &[])
         .await
         .expect("topics");
     let c = CollectorHandle::start(config).await;
     let addr = addr(&c);
     let mut held = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..crowd() {
         let mut s = TcpStream::connect(&addr).await.expect("connect");
         s.write_all(SLOW_BODY.as_bytes()).await.expect("write");
         held.push(s);
@@ -143,4 +152,55 @@ async fn shutdown_is_bounded_with_a_busy_client() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_slow_bodies_all_get_408_and_others_are_served() {
+    support::require_port("Kafka", &support::kafka_brokers());
+    let n = crowd();
+    let mut config = config();
+    config.collector.max_connections = n + 16;
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let c = CollectorHandle::start(config).await;
+    let addr = addr(&c);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(SLOW_BODY.as_bytes()).await.expect("write");
+        held.push(s);
+    }
+    let started = Instant::now();
+    // While they stall, a normal client is served.
+    let mut probe = TcpStream::connect(&addr).await.expect("connect probe");
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_to_close(&mut probe, Duration::from_secs(5))
+        .await
+        .expect("a normal client is served during the attack");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    // Every stalled body is answered 408 and closed within the body timeout (+ margin).
+    let answers = futures::future::join_all(
+        held.iter_mut()
+            .map(|s| read_to_close(s, Duration::from_secs(10))),
+    )
+    .await;
+    let timed_out = answers
+        .iter()
+        .filter(|a| a.as_deref().is_some_and(|t| t.starts_with("HTTP/1.1 408")))
+        .count();
+    assert_eq!(
+        timed_out,
+        n,
+        "{n} slow bodies, {timed_out} got 408: {:?}",
+        answers
+            .iter()
+            .find(|a| !a.as_deref().is_some_and(|t| t.starts_with("HTTP/1.1 408")))
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "the crowd was held {took:?}");
+    c.stop().await;
 }

@@ -45,11 +45,11 @@ async fn avro_touchpoint_round_trips_through_the_broker() {
     let first = kafka::ensure_topics(&cfg, &[])
         .await
         .expect("create topics");
-    assert!(first.iter().all(|(_, created)| *created), "{first:?}");
+    assert!(first.iter().all(|t| t.created), "{first:?}");
     let second = kafka::ensure_topics(&cfg, &[])
         .await
         .expect("create topics again");
-    assert!(second.iter().all(|(_, created)| !*created), "{second:?}");
+    assert!(second.iter().all(|t| !t.created), "{second:?}");
 
     let tp = sample();
     let payload = avro::encode(&tp).expect("encode");

@@ -36,15 +36,17 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
 
     let bar = ctx.bar(n, "raw produce");
     let cpu_before = procs::service_cpu_secs();
-    let (produced, produce_secs) = crate::kafka_io::produce(
+    let produced = crate::kafka_io::produce(
         &cfg.kafka,
         &topic,
         w.records
             .iter()
             .map(|(k, v)| Ok((k.as_str(), v.as_slice()))),
+        crate::kafka_io::Shape::BULK,
         &bar,
     )
     .await?;
+    let (produced, produce_secs) = (produced.records, produced.secs);
     let mut produce_services = std::collections::BTreeMap::new();
     procs::add_service_cpu(
         &mut produce_services,
@@ -135,7 +137,9 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     Ok(figures)
 }
 
-async fn insert<T: Table>(ch: &clickhouse::Client, rows: &[T::Row]) -> Result<(), BenchError> {
+/// One RowBinary insert of `rows` into `T`'s table (the `clickhouse` crate, as the
+/// processor's store writes).
+pub async fn insert<T: Table>(ch: &clickhouse::Client, rows: &[T::Row]) -> Result<(), BenchError> {
     let what = || format!("inserting into {}", T::NAME);
     let mut ins = ch
         .insert::<T::Row>(T::NAME)

@@ -114,12 +114,36 @@ pub async fn post(
     }
 }
 
-/// Run the collector phase.
-pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
-    let cfg = ctx.phase_config("collector");
-    ctx.prepare(&cfg, false).await?;
-    let key = write_key(&cfg)?;
-    let (mut child, base) = start(ctx, "collector", &cfg).await?;
+/// What posting the workload to a running collector measured.
+pub struct Load {
+    /// Events of 200-answered timed requests.
+    pub accepted: f64,
+    /// Events of the timed requests (the workload minus one warm-up request per client).
+    pub total: u64,
+    /// 503 answers met (retried).
+    pub unavailable: u64,
+    /// Wall time of the timed requests, seconds.
+    pub secs: f64,
+    /// The collector child's CPU seconds (every thread) over them.
+    pub cpu: f64,
+    /// This process's (the load generator's) CPU seconds over them.
+    pub self_cpu: f64,
+    /// The local services' CPU seconds over them.
+    pub services: std::collections::BTreeMap<&'static str, f64>,
+    /// The collector's CPU seconds per thread name over them.
+    pub threads: std::collections::BTreeMap<String, f64>,
+}
+
+/// Post the workload's bodies to the collector `child` at `base` from `clients`
+/// keep-alive clients: one request per client first, untimed (opens the connections),
+/// then the rest, timed. Fails when the collector did not accept every timed event.
+pub async fn load(
+    ctx: &Ctx,
+    child: &mut ChildProc,
+    base: &str,
+    key: &str,
+    w: &Workload,
+) -> Result<Load, BenchError> {
     let url = format!("{base}/v1/batch");
     let clients = ctx.opts.clients;
 
@@ -130,7 +154,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             .pool_max_idle_per_host(1)
             .timeout(Duration::from_secs(60))
             .build()?;
-        post(&c, &url, &key, &w.bodies[i].0).await?;
+        post(&c, &url, key, &w.bodies[i].0).await?;
         conns.push(c);
     }
     let bodies = Arc::new(w.bodies[clients..].to_vec());
@@ -140,6 +164,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let cpu0 = child.cpu_secs()?;
+    let threads0 = child.thread_cpu_secs();
     let services0 = procs::service_cpu_secs();
     let self0 = procs::self_cpu_secs()?;
     let started = Instant::now();
@@ -150,7 +175,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             next.clone(),
             accepted.clone(),
             url.clone(),
-            key.clone(),
+            key.to_string(),
             bar.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -176,18 +201,47 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
     let self_cpu = procs::self_cpu_secs()? - self0;
     let mut services = std::collections::BTreeMap::new();
     procs::add_service_cpu(&mut services, &services0, &procs::service_cpu_secs());
-    services.retain(|name, _| *name == "broker");
+    let threads = procs::thread_cpu_diff(&threads0, &child.thread_cpu_secs());
     bar.finish();
     child.check_alive()?;
-    let rss = child.rss_bytes()?;
-    child.stop(Duration::from_secs(10)).await;
-
     let acc = accepted.load(Ordering::Relaxed) as f64;
     if acc < total as f64 {
         return Err(BenchError::Workload(format!(
             "the collector accepted {acc} of {total} events (the rest went to the DLQ)"
         )));
     }
+    Ok(Load {
+        accepted: acc,
+        total,
+        unavailable,
+        secs,
+        cpu,
+        self_cpu,
+        services,
+        threads,
+    })
+}
+
+/// Run the collector phase.
+pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
+    let cfg = ctx.phase_config("collector");
+    ctx.prepare(&cfg, false).await?;
+    let key = write_key(&cfg)?;
+    let (mut child, base) = start(ctx, "collector", &cfg).await?;
+    let clients = ctx.opts.clients;
+    let Load {
+        accepted: acc,
+        unavailable,
+        secs,
+        cpu,
+        self_cpu,
+        mut services,
+        ..
+    } = load(ctx, &mut child, &base, &key, w).await?;
+    services.retain(|name, _| *name == "broker");
+    let rss = child.rss_bytes()?;
+    child.stop(Duration::from_secs(10)).await;
+
     let per_100k = |cpu: f64| cpu / acc * 100_000.0;
     let mut figures = vec![
         Figure::info(

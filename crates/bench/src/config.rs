@@ -60,6 +60,9 @@ pub enum Phase {
     Collector,
     /// Processor throughput from `touchpoints.raw` to ClickHouse rows.
     Processor,
+    /// CPU per event of collector and processor against the bare clients, side by side
+    /// ([`crate::cpu`]).
+    Cpu,
     /// Receive-to-visible latency at a fixed offered rate.
     Latency,
     /// Processor memory per active customer.
@@ -70,10 +73,11 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in run order.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Baseline,
         Phase::Collector,
         Phase::Processor,
+        Phase::Cpu,
         Phase::Latency,
         Phase::Memory,
         Phase::Analyst,
@@ -85,6 +89,7 @@ impl Phase {
             Phase::Baseline => "baseline",
             Phase::Collector => "collector",
             Phase::Processor => "processor",
+            Phase::Cpu => "cpu",
             Phase::Latency => "latency",
             Phase::Memory => "memory",
             Phase::Analyst => "analyst",
@@ -100,7 +105,7 @@ impl FromStr for Phase {
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown phase {s:?} (baseline, collector, processor, latency, memory, analyst)"
+                    "unknown phase {s:?} (baseline, collector, processor, cpu, latency, memory, analyst)"
                 )
             })
     }
@@ -156,6 +161,10 @@ pub struct BenchOptions {
     /// Events the analyst phase loads (customers: a tenth of them, over 30 days). tiny
     /// 5,000, small 1,000,000, full and analyst 10,000,000.
     pub analyst_events: usize,
+    /// Repetitions of the CPU phase (each runs both sides of both comparisons, one
+    /// after the other) and of the memory phase (each measures every customer count).
+    /// Default 3: min / median / max need at least three.
+    pub reps: usize,
     /// Phases to run. Default all, in [`Phase::ALL`] order; `--size analyst` only the
     /// analyst phase.
     pub phases: Vec<Phase>,
@@ -199,6 +208,7 @@ impl BenchOptions {
             poll_ms: 50,
             idle_watermark_secs: 1,
             analyst_events,
+            reps: 3,
             phases,
             seed: 42,
             progress: true,
@@ -223,6 +233,9 @@ impl BenchOptions {
         }
         if self.customers.is_empty() || self.customers.contains(&0) || self.idle_customers == 0 {
             return Err("memory customer counts must be at least 1".into());
+        }
+        if self.reps == 0 {
+            return Err("reps must be at least 1".into());
         }
         if self.phases.is_empty() {
             return Err("no phase selected".into());

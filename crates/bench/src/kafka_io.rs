@@ -24,27 +24,63 @@ use touchstream_core::kafka::acks::{group_producer, AckGroup};
 
 use crate::error::BenchError;
 
-/// Records waiting for their ack at most; bounds this process's memory, far above what
-/// the producer needs to keep the broker busy.
-const IN_FLIGHT: usize = 100_000;
+/// How records are handed to the producer: acknowledgements are awaited per group of
+/// records, with at most `in_flight` records unacknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Records per acknowledgement group (one wake-up per group, as the collector has one
+    /// per request).
+    pub group: usize,
+    /// Records waiting for their ack at most.
+    pub in_flight: usize,
+}
 
-/// Records per acknowledgement group (one wake-up per group, as the collector has one
-/// per request).
-const GROUP: usize = 1_000;
+impl Shape {
+    /// As fast as the broker takes records: groups of 1,000, up to 100,000 in flight
+    /// (bounds this process's memory, far above what the producer needs to keep the
+    /// broker busy). The throughput baseline and the topic fills.
+    pub const BULK: Shape = Shape {
+        group: 1_000,
+        in_flight: 100_000,
+    };
+
+    /// What the collector's producer sees from `clients` keep-alive clients posting
+    /// batches of `batch` messages: each request's records are acknowledged together
+    /// and a client sends its next request only after the answer, so at most
+    /// `clients × batch` records are in flight. The CPU phase's raw producer.
+    pub fn like_collector(clients: usize, batch: usize) -> Shape {
+        Shape {
+            group: batch.max(1),
+            in_flight: (clients * batch).max(1),
+        }
+    }
+}
+
+/// What [`produce`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Produced {
+    /// Records timed (all but the first).
+    pub records: u64,
+    /// Seconds from their first send to the last ack.
+    pub secs: f64,
+    /// This process's CPU seconds (user + system, every thread: librdkafka's and the
+    /// runtime's) over the same time. Only the producer works in this process then.
+    pub cpu_secs: f64,
+}
 
 /// How long one record may wait for its ack before the produce fails.
 const MESSAGE_TIMEOUT_MS: u64 = 60_000;
 
 /// Produce every record to `topic` and wait for all acks. The first record is sent and
 /// acknowledged before the clock starts (it pays for the connection and the idempotent
-/// producer's id, one-off costs a running collector has behind it). Returns how many
-/// records were timed and the seconds from their first send to the last ack.
+/// producer's id, one-off costs a running collector has behind it).
 pub async fn produce<I, K, V>(
     kafka: &KafkaConfig,
     topic: &str,
     records: I,
+    shape: Shape,
     bar: &ProgressBar,
-) -> Result<(u64, f64), BenchError>
+) -> Result<Produced, BenchError>
 where
     I: IntoIterator<Item = Result<(K, V), BenchError>>,
     K: AsRef<str>,
@@ -85,6 +121,7 @@ where
         bar.inc(n);
         Ok(())
     };
+    let cpu0 = crate::procs::self_cpu_secs()?;
     let started = Instant::now();
     let mut group = AckGroup::new();
     let mut in_group: u64 = 0;
@@ -110,13 +147,13 @@ where
             }
         }
         in_group += 1;
-        if in_group as usize == GROUP {
+        if in_group as usize == shape.group {
             pending.push_back(wait(
                 std::mem::replace(&mut group, AckGroup::new()),
                 in_group,
             ));
             in_group = 0;
-            if pending.len() * GROUP >= IN_FLIGHT {
+            if pending.len() * shape.group >= shape.in_flight {
                 if let Some(r) = pending.next().await {
                     settle(r)?;
                 }
@@ -127,7 +164,12 @@ where
     while let Some(r) = pending.next().await {
         settle(r)?;
     }
-    Ok((acked, started.elapsed().as_secs_f64()))
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Produced {
+        records: acked,
+        secs,
+        cpu_secs: crate::procs::self_cpu_secs()? - cpu0,
+    })
 }
 
 /// Read `n` records of `topic` from the beginning of every partition. Returns the
@@ -140,6 +182,24 @@ pub fn consume(
     n: u64,
     bar: &ProgressBar,
     timeout: Duration,
+) -> Result<(f64, f64), BenchError> {
+    let mut bytes: u64 = 0;
+    let r = consume_with(kafka, topic, n, bar, timeout, |m| {
+        // Touch the payload so the read is real.
+        bytes += m.payload().map_or(0, |p| p.len() as u64);
+    });
+    tracing::debug!(bytes, "consumed");
+    r
+}
+
+/// [`consume`], handing each record to `each` as it arrives.
+pub fn consume_with(
+    kafka: &KafkaConfig,
+    topic: &str,
+    n: u64,
+    bar: &ProgressBar,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(f64, f64), BenchError> {
     // The processor's fetch wait (`consumer_config`: see `CONSUMER_FETCH_WAIT_MS`), so the
     // baseline reads as fast as the broker lets the processor; librdkafka's default
@@ -165,7 +225,6 @@ pub fn consume(
         .assign(&tpl)
         .map_err(|e| BenchError::kafka("assigning partitions", e))?;
     let mut seen: u64 = 0;
-    let mut bytes: u64 = 0;
     let mut first: Option<Instant> = None;
     while seen < n {
         if started.elapsed() > timeout {
@@ -177,8 +236,7 @@ pub fn consume(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 first.get_or_insert_with(Instant::now);
-                // Touch the payload so the read is real.
-                bytes += m.payload().map_or(0, |p| p.len() as u64);
+                each(&m);
                 seen += 1;
                 if seen % 1024 == 0 {
                     bar.set_position(seen);
@@ -189,7 +247,6 @@ pub fn consume(
         }
     }
     bar.set_position(seen);
-    tracing::debug!(bytes, "consumed");
     let total = started.elapsed().as_secs_f64();
     let steady = first.map_or(total, |f| f.elapsed().as_secs_f64());
     Ok((steady, total))

@@ -12,8 +12,9 @@
 //! | baseline | raw produce msg/s, raw consume msg/s, raw insert ev/s | [`baseline`] |
 //! | collector | HTTP ev/s accepted, CPU per 100k events | [`collector`] |
 //! | processor | ev/s from the raw topic to rows visible | [`processor`] |
+//! | cpu | CPU per event of collector and processor vs the bare clients, alternating, `reps` times | [`cpu`] |
 //! | latency | receive → visible p50/p99 at a fixed rate | [`latency`] |
-//! | memory | processor bytes per active customer | [`memory`] |
+//! | memory | processor bytes per active customer, worst of `reps` | [`memory`] |
 //! | analyst | README queries at 10M events, cold and warm; funnel vs `windowFunnel` | [`analyst`] |
 //!
 //! The collector and processor under test run as child processes of the same binary
@@ -27,6 +28,7 @@ pub mod analyst;
 pub mod baseline;
 pub mod collector;
 pub mod config;
+pub mod cpu;
 pub mod ctx;
 pub mod error;
 pub mod kafka_io;
@@ -36,6 +38,7 @@ pub mod payload;
 pub mod processor;
 pub mod procs;
 pub mod report;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -175,7 +178,7 @@ pub async fn run(
         notes: Mutex::new(Vec::new()),
     };
     let mut report = Report {
-        format: 1,
+        format: 2,
         run_id,
         started_at,
         duration_secs: 0.0,
@@ -213,9 +216,14 @@ pub async fn run(
         }
     }
 
-    let needs_workload = [Phase::Baseline, Phase::Collector, Phase::Processor]
-        .iter()
-        .any(|p| opts.runs(*p));
+    let needs_workload = [
+        Phase::Baseline,
+        Phase::Collector,
+        Phase::Processor,
+        Phase::Cpu,
+    ]
+    .iter()
+    .any(|p| opts.runs(*p));
     let workload = if needs_workload {
         ctx.say(&format!("generating {} events", opts.events));
         let (w, facts) = Workload::prepare(&opts, now_ms())?;
@@ -232,6 +240,7 @@ pub async fn run(
                 (Phase::Baseline, Some(w)) => baseline::run(&ctx, w).await,
                 (Phase::Collector, Some(w)) => collector::run(&ctx, w).await,
                 (Phase::Processor, Some(w)) => processor::run(&ctx, w).await,
+                (Phase::Cpu, Some(w)) => cpu::run(&ctx, w).await,
                 (Phase::Latency, _) => latency::run(&ctx).await,
                 (Phase::Memory, _) => memory::run(&ctx).await,
                 (Phase::Analyst, _) => analyst::run(&ctx).await,

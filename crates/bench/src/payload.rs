@@ -13,8 +13,8 @@ use touchstream_collector::message::{to_touchpoint, RequestMeta};
 use touchstream_core::{avro, Channel, Touchpoint};
 use touchstream_demo::generator::{plan, GeneratorConfig};
 use touchstream_demo::sender::iso;
-use touchstream_journey::columns::days;
-use touchstream_journey::{Stage, TouchpointRow};
+use touchstream_journey::columns::{days, secs};
+use touchstream_journey::{CustomerTouchpointRow, Stage, TouchpointRow};
 use touchstream_processor::tables::events::EventRow;
 
 use crate::error::BenchError;
@@ -115,6 +115,53 @@ pub fn rows(tp: &Touchpoint, partition: i32, offset: i64) -> (EventRow, Touchpoi
     (EventRow::new(tp.clone(), partition, offset), journey)
 }
 
+/// Every per-event row the processor writes for one event: its `events` row (identity
+/// stage), `touchpoint_journey` and `customer_touchpoints` rows (journey stage), shaped
+/// as [`rows`] makes them. Takes the touchpoint (the `events` row keeps its payload
+/// strings) so that no string is copied twice: what a client writing these rows from
+/// decoded records would do.
+pub fn event_rows(
+    tp: Touchpoint,
+    partition: i32,
+    offset: i64,
+) -> (EventRow, TouchpointRow, CustomerTouchpointRow) {
+    let customer = tp
+        .user_id
+        .clone()
+        .or_else(|| tp.anonymous_id.clone())
+        .unwrap_or_default();
+    let session_id = format!("{:016x}{:016x}", fnv(&customer), offset.unsigned_abs());
+    let channel = touchstream_journey::Channel::from_message(&tp.channel)
+        .unwrap_or(touchstream_journey::Channel::Other);
+    let version = offset.unsigned_abs();
+    let by_customer = CustomerTouchpointRow {
+        customer_id: customer.clone(),
+        event_date: days(tp.event_time_ms),
+        event_time_ms: tp.event_time_ms,
+        event_id: tp.event_id.clone(),
+        event_time: secs(tp.event_time_ms),
+        message_type: tp.message_type.as_str().to_owned(),
+        event: tp.event.clone().unwrap_or_default(),
+        stage: Stage::Consideration,
+        channel,
+        session_id: session_id.clone(),
+        is_late: false,
+        is_deleted: false,
+        version,
+    };
+    let journey = TouchpointRow {
+        event_id: tp.event_id.clone(),
+        event_date: days(tp.event_time_ms),
+        session_id,
+        customer_id: customer,
+        stage: Stage::Consideration,
+        channel,
+        is_late: false,
+        version,
+    };
+    (EventRow::new(tp, partition, offset), journey, by_customer)
+}
+
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -156,6 +203,14 @@ mod tests {
             assert_eq!(avro::decode(&value).unwrap(), tp);
             let (e, j) = rows(&tp, 0, 7);
             assert_eq!(e.event_id, j.event_id);
+            let (e3, j3, c3) = event_rows(tp.clone(), 0, 7);
+            assert_eq!(e3.event_id, e.event_id);
+            assert_eq!(j3, j);
+            assert_eq!(
+                (&c3.customer_id, &c3.event_id, &c3.session_id, c3.version),
+                (&j.customer_id, &j.event_id, &j.session_id, j.version)
+            );
+            assert_eq!(c3.event_time_ms, tp.event_time_ms);
         }
         let bodies = batch_bodies(&msgs, 100, now);
         assert_eq!(bodies.len(), 10);

@@ -43,6 +43,7 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             w.records
                 .iter()
                 .map(|(k, v)| Ok((k.as_str(), v.as_slice()))),
+            crate::kafka_io::Shape::BULK,
             &bar,
         )
         .await?;

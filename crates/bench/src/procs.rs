@@ -192,6 +192,23 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU seconds per thread name between two [`ChildProc::thread_cpu_secs`] readings
+/// (names absent from the first reading count from zero: threads started in between).
+pub fn thread_cpu_diff(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                (a - before.get(name).copied().unwrap_or(0.0)).max(0.0),
+            )
+        })
+        .collect()
+}
+
 /// The local services a phase leans on, as (name in figures, command name in /proc, label):
 /// ClickHouse's server and the broker (tansu; Apache Kafka would show as `java`, which is
 /// too vague to count).
@@ -251,9 +268,13 @@ fn parse_stat_comm(stat: &str) -> Option<&str> {
     rest.rsplit_once(')').map(|(name, _)| name)
 }
 
-/// CPU time of this process (the load generator), seconds.
+/// CPU time of this process (the load generator, or the raw clients of the baselines),
+/// seconds: user + system of every thread, those that ended included
+/// (`CLOCK_PROCESS_CPUTIME_ID`, nanoseconds, where `/proc/self/stat` counts 10 ms ticks
+/// and a tiny run's raw client takes only a few).
 pub fn self_cpu_secs() -> Result<f64, BenchError> {
-    cpu_secs_of("/proc/self/stat")
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Ok(t.tv_sec as f64 + t.tv_nsec as f64 / 1e9)
 }
 
 fn status_kib(pid: u32, key: &str) -> Result<u64, BenchError> {

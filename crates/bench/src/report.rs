@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::{BenchOptions, Phase};
+pub use crate::stats::Spread;
 // Measured from /proc and git where the rest of the box's facts are read; reported here.
 pub use crate::procs::Machine;
 
@@ -23,13 +24,15 @@ pub enum Target {
     AtMost(f64),
     /// Ratio to the baseline ≥ this.
     RatioAtLeast(f64),
+    /// Value ≤ this, for a figure that is itself a ratio (printed as `≤ 2×`).
+    TimesAtMost(f64),
 }
 
 impl Target {
     fn met(self, value: f64, ratio: Option<f64>) -> Option<bool> {
         match self {
             Target::AtLeast(t) => Some(value >= t),
-            Target::AtMost(t) => Some(value <= t),
+            Target::AtMost(t) | Target::TimesAtMost(t) => Some(value <= t),
             Target::RatioAtLeast(t) => ratio.map(|r| r >= t),
         }
     }
@@ -39,6 +42,7 @@ impl Target {
             Target::AtLeast(t) => format!("≥ {}", human(t)),
             Target::AtMost(t) => format!("≤ {}", human(t)),
             Target::RatioAtLeast(t) => format!("≥ {t}×"),
+            Target::TimesAtMost(t) => format!("≤ {t}×"),
         }
     }
 }
@@ -65,6 +69,10 @@ pub struct Figure {
     /// Whether every target held (`None` without targets or without the baseline a
     /// ratio target needs).
     pub pass: Option<bool>,
+    /// For a figure measured once per repetition: min / median / max and every
+    /// repetition's value (`value` is the median, or the worst where the figure says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
 }
 
 impl Figure {
@@ -80,7 +88,38 @@ impl Figure {
             ratio: None,
             targets: Vec::new(),
             pass: None,
+            spread: None,
         }
+    }
+
+    /// A figure measured once per repetition, valued at the median of `samples`;
+    /// `None` when there are no finite samples.
+    pub fn repeated(
+        phase: Phase,
+        name: &str,
+        label: &str,
+        samples: &[f64],
+        unit: &str,
+    ) -> Option<Self> {
+        let spread = Spread::of(samples)?;
+        let mut f = Self::info(phase, name, label, spread.median, unit);
+        f.spread = Some(spread);
+        Some(f)
+    }
+
+    /// A figure measured once per repetition, valued at its worst (largest) sample: a
+    /// limit that must hold in every repetition, not on average.
+    pub fn worst_of(
+        phase: Phase,
+        name: &str,
+        label: &str,
+        samples: &[f64],
+        unit: &str,
+    ) -> Option<Self> {
+        let spread = Spread::of(samples)?;
+        let mut f = Self::info(phase, name, label, spread.max, unit);
+        f.spread = Some(spread);
+        Some(f)
     }
 
     /// One figure per local service in `secs` (CPU seconds it spent over `events`
@@ -161,7 +200,8 @@ pub const CORE_BUDGETS: [(&str, &str, &str); 2] = [
 /// The whole result of a run (this is the JSON file).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// JSON layout version; bump when a field changes meaning.
+    /// JSON layout version; bump when a field changes meaning. 2: figures may carry a
+    /// `spread` (repetitions), and `memory_bytes_per_customer_*` is the worst repetition.
     pub format: u32,
     /// Run id (also in database and topic names).
     pub run_id: String,
@@ -252,6 +292,79 @@ impl Report {
         }
     }
 
+    /// The primary figures, for the lines printed above the table: each CPU ratio of
+    /// [`crate::cpu::PRIMARY`] with both sides' min / median / max and whether the
+    /// target holds at the median, and the memory limit's worst repetition. Empty when
+    /// neither phase ran.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let spread = |f: &Figure| {
+            f.spread.as_ref().map_or_else(
+                || human(f.value),
+                |s| format!("{} / {} / {}", human(s.min), human(s.median), human(s.max)),
+            )
+        };
+        for (ratio, ours, theirs, what) in crate::cpu::PRIMARY {
+            let (Some(r), Some(o), Some(t)) =
+                (self.figure(ratio), self.figure(ours), self.figure(theirs))
+            else {
+                continue;
+            };
+            let reps = r.spread.as_ref().map_or(1, |s| s.samples.len());
+            let _ = writeln!(
+                out,
+                "{what}, CPU per 100k events over {reps} reps (min / median / max): \
+                 {} cpu-s vs {} cpu-s; ratio {} (target {} at the median: {})",
+                spread(o),
+                spread(t),
+                spread(r),
+                r.targets
+                    .iter()
+                    .map(|t| t.describe())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                match r.pass {
+                    Some(true) => "pass",
+                    Some(false) => "MISS",
+                    None => "n/a",
+                }
+            );
+        }
+        for f in self
+            .figures
+            .iter()
+            .filter(|f| f.name.starts_with("memory_bytes_per_customer_"))
+        {
+            let reps = f.spread.as_ref().map_or(1, |s| s.samples.len());
+            let _ = writeln!(
+                out,
+                "{}: worst of {reps} reps {} B (all: {}; target {} in every rep: {})",
+                f.label,
+                human(f.value),
+                f.spread.as_ref().map_or_else(
+                    || human(f.value),
+                    |s| s
+                        .samples
+                        .iter()
+                        .map(|v| human(*v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                f.targets
+                    .iter()
+                    .map(|t| t.describe())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                match f.pass {
+                    Some(true) => "pass",
+                    Some(false) => "MISS",
+                    None => "n/a",
+                }
+            );
+        }
+        out
+    }
+
     /// A figure by name.
     pub fn figure(&self, name: &str) -> Option<&Figure> {
         self.figures.iter().find(|f| f.name == name)
@@ -269,10 +382,16 @@ impl Report {
             "result".into(),
         ]];
         for f in &self.figures {
+            let value = match &f.spread {
+                Some(s) if s.samples.len() > 1 => {
+                    format!("{} [{}–{}]", human(f.value), human(s.min), human(s.max))
+                }
+                _ => human(f.value),
+            };
             rows.push([
                 f.phase.to_string(),
                 f.label.clone(),
-                human(f.value),
+                value,
                 f.unit.clone(),
                 f.ratio.map_or_else(String::new, |r| format!("{r:.2}×")),
                 f.targets
@@ -450,6 +569,60 @@ mod tests {
             t.contains("0.75×") && t.contains("MISS") && t.contains("pass"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn repeated_figures_are_judged_at_the_median_or_the_worst_and_summarised() {
+        let cpu = |name: &str, samples: &[f64]| {
+            Figure::repeated(Phase::Cpu, name, name, samples, "cpu-s").unwrap()
+        };
+        let mut r = report(vec![
+            cpu("cpu_collector_secs_per_100k_events", &[0.5, 0.9, 0.6]),
+            cpu("cpu_raw_produce_secs_per_100k_events", &[0.2, 0.3, 0.3]),
+            // Per rep 2.5, 3.0, 2.0: median 2.5 misses ≤ 2× though one rep met it.
+            Figure::repeated(
+                Phase::Cpu,
+                "cpu_collector_ratio",
+                "r",
+                &[2.5, 3.0, 2.0],
+                "×",
+            )
+            .unwrap()
+            .target(Target::TimesAtMost(2.0)),
+            Figure::worst_of(
+                Phase::Memory,
+                "memory_bytes_per_customer_10000",
+                "per customer",
+                &[700.0, 1100.0, 800.0],
+                "bytes",
+            )
+            .unwrap()
+            .target(Target::AtMost(1024.0)),
+        ]);
+        r.finish();
+        let ratio = r.figure("cpu_collector_ratio").unwrap();
+        assert_eq!(ratio.value, 2.5);
+        assert_eq!(ratio.pass, Some(false));
+        let mem = r.figure("memory_bytes_per_customer_10000").unwrap();
+        // One rep over the limit fails the figure, though the median (800) is under.
+        assert_eq!((mem.value, mem.pass), (1100.0, Some(false)));
+        assert_eq!(
+            mem.spread.as_ref().unwrap().samples,
+            vec![700.0, 1100.0, 800.0]
+        );
+        let table = r.table();
+        assert!(table.contains("0.600 [0.500–0.900]"), "{table}");
+        let summary = r.summary();
+        assert!(
+            summary.contains("collector vs raw producer")
+                && summary.contains("over 3 reps")
+                && summary.contains("2.000 / 2.500 / 3.000")
+                && summary.contains("≤ 2× at the median: MISS"),
+            "{summary}"
+        );
+        assert!(summary.contains("worst of 3 reps 1,100 B"), "{summary}");
+        // Without the phases, no summary lines.
+        assert!(report(Vec::new()).summary().is_empty());
     }
 
     #[test]

@@ -211,8 +211,11 @@ struct BenchArgs {
     /// Events the analyst phase loads (a tenth as many customers, over 30 days).
     #[arg(long)]
     analyst_events: Option<usize>,
-    /// Phases to run, comma separated: baseline, collector, processor, latency, memory,
-    /// analyst.
+    /// Repetitions of the cpu and memory phases (min / median / max; memory: worst).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Phases to run, comma separated: baseline, collector, processor, cpu, latency,
+    /// memory, analyst.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<touchstream_bench::Phase>>,
     /// Where to write the JSON report (default target/bench/bench-<run id>.json).
@@ -243,6 +246,9 @@ impl BenchArgs {
         }
         if let Some(n) = self.analyst_events {
             o.analyst_events = n;
+        }
+        if let Some(n) = self.reps {
+            o.reps = n;
         }
         if let Some(p) = &self.only {
             o.phases.clone_from(p);
@@ -403,11 +409,21 @@ async fn main() -> anyhow::Result<()> {
             let created = touchstream_core::kafka::ensure_topics(&config.kafka, &[])
                 .await
                 .with_context(|| format!("creating topics on {}", config.kafka.brokers))?;
-            for (topic, new) in created {
+            for t in created {
                 println!(
-                    "  {topic:<32} {}",
-                    if new { "created" } else { "already exists" }
+                    "  {:<32} {:<15} {} partitions, {} replica(s)",
+                    t.name,
+                    if t.created {
+                        "created"
+                    } else {
+                        "already exists"
+                    },
+                    t.partitions,
+                    t.replication
                 );
+                for w in &t.warnings {
+                    eprintln!("  warning: {w}");
+                }
             }
         }
         Command::Collector {
@@ -486,6 +502,10 @@ async fn main() -> anyhow::Result<()> {
             let report =
                 touchstream_bench::run(config, args.options(), shutdown_on_signal()).await?;
             println!("{}", report.table());
+            let summary = report.summary();
+            if !summary.is_empty() {
+                println!("{summary}");
+            }
             for note in &report.notes {
                 println!("note: {note}");
             }

@@ -43,6 +43,11 @@ pub struct Identity {
     pub idle_watermark: Option<Duration>,
     /// Erased people's ids: their events are dropped, their links forgotten.
     pub suppression: Arc<Suppression>,
+    /// Where links that left memory are looked up again (`identities`); `None` treats
+    /// them as gone (tests without a server).
+    pub links_from: Option<clickhouse::Client>,
+    /// How often unused links are looked for ([`IdentityStage::expire_links`]).
+    pub link_sweep: Duration,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -59,6 +64,8 @@ pub struct IdentityState {
     exported: IdentityCounters,
     /// The [`Suppression`] generation this state was last purged for.
     suppressed_gen: u64,
+    /// When unused links were last looked for.
+    link_sweep_at: std::time::Instant,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,6 +105,7 @@ impl Stage for Identity {
             sent_ms: None,
             exported: IdentityCounters::default(),
             suppressed_gen: 0,
+            link_sweep_at: std::time::Instant::now(),
         }
     }
 
@@ -113,6 +121,7 @@ impl Stage for Identity {
             sent_ms: None,
             exported,
             suppressed_gen: 0,
+            link_sweep_at: std::time::Instant::now(),
         })
     }
 
@@ -159,6 +168,17 @@ impl Stage for Identity {
         );
         state.watermark_ms = Some(state.watermark_ms.map_or(t, |w| w.max(t)));
         let event = JourneyEvent::from(&tp);
+        // A returning anonymous id whose link left memory: look it up again before the
+        // event is routed or links anything, so the first link still wins.
+        for id in [event.anonymous_id.as_deref(), event.previous_id.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if state.identity.needs_lookup(id) {
+                let user = self.links_from.as_ref().and_then(|c| stored_link(c, id));
+                state.identity.restore_link(id, user.as_deref());
+            }
+        }
         // Each routed event says where it comes from (this topic partition, this input's
         // offset, its place among the input's routed records), so that the journey stage
         // recognises the copies this partition re-sends after restarting from its saved
@@ -243,12 +263,17 @@ impl Stage for Identity {
     }
 
     fn refresh(&self, state: &mut IdentityState) -> bool {
+        let mut changed = false;
+        if state.link_sweep_at.elapsed() >= self.link_sweep {
+            state.link_sweep_at = std::time::Instant::now();
+            changed |= state.identity.expire_links() > 0;
+        }
         let generation = self.suppression.generation();
         if generation == state.suppressed_gen {
-            return false;
+            return changed;
         }
         state.suppressed_gen = generation;
-        state.identity.erase(&self.suppression.ids())
+        state.identity.erase(&self.suppression.ids()) || changed
     }
 
     fn drain(&self, state: &mut IdentityState, partition: i32, batch: &mut Batch) {
@@ -257,6 +282,10 @@ impl Stage for Identity {
             state.identity.counters(),
             &mut state.exported,
         );
+        self.metrics
+            .identity_links
+            .with_label_values(&[&partition.to_string()])
+            .set(i64::try_from(state.identity.link_count()).unwrap_or(i64::MAX));
         self.metrics
             .unlinked_history_bytes
             .with_label_values(&[&partition.to_string()])
@@ -329,10 +358,60 @@ fn export_counters(m: &Metrics, counters: &IdentityCounters, seen: &mut Identity
         &mut seen.histories_expired,
     );
     add(
+        &m.links_evicted,
+        counters.links_evicted,
+        &mut seen.links_evicted,
+    );
+    add(
+        &m.links_restored,
+        counters.links_restored,
+        &mut seen.links_restored,
+    );
+    add(
         &m.histories_evicted,
         counters.histories_evicted,
         &mut seen.histories_evicted,
     );
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct StoredLink {
+    user_id: String,
+}
+
+/// The stored link of `anonymous_id` (`identities`), for a link that left memory. The
+/// stage is synchronous, so this runs the query on a thread of its own; it is rare (an
+/// id back after `identity_link_ttl_days`). Retried for a minute while ClickHouse is
+/// away, then the stage fails and restarts from its snapshot (deciding without the link
+/// could let a second link win).
+fn stored_link(client: &clickhouse::Client, anonymous_id: &str) -> Option<String> {
+    let query = || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(
+            client
+                .query("SELECT user_id FROM identities FINAL WHERE anonymous_id = ? LIMIT 1")
+                .bind(anonymous_id)
+                .fetch_optional::<StoredLink>(),
+        )
+        .map_err(|e| e.to_string())
+    };
+    for attempt in 0..60 {
+        match std::thread::scope(|s| s.spawn(query).join()) {
+            Ok(Ok(link)) => return link.map(|l| l.user_id),
+            Ok(Err(e)) => {
+                tracing::warn!(attempt, error = %e, "looking up an evicted identity link failed; retrying")
+            }
+            Err(_) => tracing::warn!(
+                attempt,
+                "looking up an evicted identity link panicked; retrying"
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("identity link lookup failed for a minute; restarting the stage");
 }
 
 fn push_routed(batch: &mut Batch, topic: &str, key: String, routed: &Routed) {
@@ -389,6 +468,8 @@ mod tests {
             routed_partitions: 1,
             idle_watermark: None,
             suppression: Arc::default(),
+            links_from: None,
+            link_sweep: Duration::from_secs(60),
             metrics: metrics.clone(),
         };
         let mut state = stage.new_state();

@@ -194,7 +194,7 @@ pub async fn run(
         Duration::from_millis(pc.suppression_refresh_ms.max(100)),
         shutdown.clone(),
     ));
-    let store = Store::new(ch, metrics.clone(), shutdown.clone(), dedup_tokens);
+    let store = Store::new(ch.clone(), metrics.clone(), shutdown.clone(), dedup_tokens);
     let ctx = |stage: &'static str| -> Result<RunCtx, ProcessorError> {
         Ok(RunCtx {
             kafka: config.kafka.clone(),
@@ -232,7 +232,10 @@ pub async fn run(
             max_unlinked_history_events: pc.unlinked_history_max_events,
             unlinked_history_ttl_secs: pc.unlinked_history_ttl_secs,
             max_unlinked_history_bytes: pc.unlinked_history_max_bytes,
+            link_ttl_days: pc.identity_link_ttl_days,
         },
+        links_from: Some(ch.clone()),
+        link_sweep: Duration::from_secs(pc.identity_link_sweep_secs.max(1)),
         routed_partitions,
         idle_watermark,
         suppression: Arc::clone(&suppression),

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub histories_expired: IntCounterVec,
     /// Unlinked anonymous histories evicted to keep a partition within its byte budget.
     pub histories_evicted: IntCounterVec,
+    /// Identity links that left memory unused ([`touchstream_core::config::ProcessorConfig::identity_link_ttl_days`]).
+    pub links_evicted: IntCounterVec,
+    /// Evicted identity links looked up again for a returning anonymous id.
+    pub links_restored: IntCounterVec,
+    /// Identity links held in memory per partition.
+    pub identity_links: IntGaugeVec,
     /// Estimated memory of a partition's unlinked anonymous histories, bytes.
     pub unlinked_history_bytes: IntGaugeVec,
     /// Events of erased people dropped (never stored again), by stage.
@@ -124,6 +130,24 @@ impl Metrics {
             "Unlinked anonymous histories evicted, idlest first, to keep a partition within processor.unlinked_history_max_bytes",
             &["stage"],
         )?;
+        let links_evicted = counter(
+            "touchstream_processor_identity_links_evicted_total",
+            "Identity links that left memory after processor.identity_link_ttl_days unused",
+            &["stage"],
+        )?;
+        let links_restored = counter(
+            "touchstream_processor_identity_links_restored_total",
+            "Evicted identity links looked up again in identities for a returning anonymous id",
+            &["stage"],
+        )?;
+        let identity_links = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_identity_links",
+                "Identity links held in memory by an identity partition",
+            ),
+            &["partition"],
+        )?;
+        registry.register(Box::new(identity_links.clone()))?;
         let unlinked_history_bytes = IntGaugeVec::new(
             Opts::new(
                 "touchstream_processor_unlinked_history_bytes",
@@ -289,6 +313,9 @@ impl Metrics {
             histories_expired,
             histories_evicted,
             unlinked_history_bytes,
+            links_evicted,
+            links_restored,
+            identity_links,
             late_events,
             placed_events,
             corrected_events,

@@ -132,7 +132,7 @@ impl<S: Sink> Collector<S> {
         let hard_stop = CancellationToken::new();
         // `/readyz` answers from this background check (README "Collector API").
         let checks = CancellationToken::new();
-        tokio::spawn(readiness::keep_fresh(self.state.clone(), checks.clone()));
+        tokio::spawn(self.state.clone().keep_ready_fresh(checks.clone()));
         loop {
             // A free slot first, then accept: beyond the cap, connections wait unaccepted.
             let permit = tokio::select! {

@@ -8,18 +8,15 @@
 //! that, a probe starts one without waiting for it); `/readyz` only reads the result.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use super::state::AppState;
-use crate::sink::Sink;
 
 /// The last broker check and whether one is running.
 pub(super) struct Readiness {
     /// Result and time of the last finished check; `None` before the first.
     last: Mutex<Option<(bool, Instant)>>,
     /// A check is running: at most one at a time.
-    checking: AtomicBool,
+    pub(super) checking: AtomicBool,
     /// `readiness_interval_ms`.
     pub(super) interval: Duration,
 }
@@ -44,7 +41,7 @@ impl Readiness {
         }
     }
 
-    fn last(&self) -> std::sync::MutexGuard<'_, Option<(bool, Instant)>> {
+    pub(super) fn last(&self) -> std::sync::MutexGuard<'_, Option<(bool, Instant)>> {
         self.last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -67,37 +64,10 @@ impl Readiness {
 }
 
 /// Clears `checking` when a check ends, even if it panicked.
-struct Running<'a>(&'a AtomicBool);
+pub(super) struct Running<'a>(pub(super) &'a AtomicBool);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Start a broker check in the background unless one is running; never waits for it.
-pub(super) fn refresh<S: Sink>(st: &Arc<AppState<S>>) {
-    if st.readiness.checking.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let st = st.clone();
-    tokio::spawn(async move {
-        let _running = Running(&st.readiness.checking);
-        let ok = st.sink.ready().await;
-        *st.readiness.last() = Some((ok, Instant::now()));
-    });
-}
-
-/// Check every interval until `stop` is cancelled (runs beside the accept loop).
-pub(super) async fn keep_fresh<S: Sink>(
-    st: Arc<AppState<S>>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        refresh(&st);
-        tokio::select! {
-            _ = tokio::time::sleep(st.readiness.interval) => {}
-            _ = stop.cancelled() => return,
-        }
     }
 }

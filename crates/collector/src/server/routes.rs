@@ -17,7 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::endpoint::{Endpoint, IMPORT_ROUTE, ROUTES};
 use super::ingest::ingest;
-use super::readiness::{refresh, BrokerState};
+use super::readiness::BrokerState;
 use super::state::AppState;
 use crate::error::CollectorError;
 use crate::sink::Sink;
@@ -101,7 +101,7 @@ async fn readyz<S: Sink>(State(st): State<Arc<AppState<S>>>) -> Response {
     }
     let (broker, stale) = st.readiness.cached();
     if stale {
-        refresh(&st);
+        st.refresh_readiness();
     }
     let reason = match broker {
         BrokerState::Reachable => return Json(json!({"ready": true})).into_response(),

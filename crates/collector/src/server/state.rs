@@ -12,7 +12,7 @@ use touchstream_core::Config;
 
 use super::client_addr::ClientAddr;
 use super::ip_limit::IpLimiter;
-use super::readiness::Readiness;
+use super::readiness::{Readiness, Running};
 use crate::auth::Sources;
 use crate::metrics::Metrics;
 use crate::privacy::PrivacyError;
@@ -82,5 +82,35 @@ impl<S> AppState<S> {
     pub(super) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         tracing::info!("collector shutting down: draining requests");
+    }
+}
+
+impl<S: crate::sink::Sink> AppState<S> {
+    /// Start a broker check in the background unless one is running; never waits for it
+    /// (`readiness`).
+    pub(super) fn refresh_readiness(self: &Arc<Self>) {
+        if self.readiness.checking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let st = self.clone();
+        tokio::spawn(async move {
+            let _running = Running(&st.readiness.checking);
+            let ok = st.sink.ready().await;
+            *st.readiness.last() = Some((ok, std::time::Instant::now()));
+        });
+    }
+
+    /// Check every interval until `stop` is cancelled (runs beside the accept loop).
+    pub(super) async fn keep_ready_fresh(
+        self: Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            self.refresh_readiness();
+            tokio::select! {
+                _ = tokio::time::sleep(self.readiness.interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 }

@@ -25,8 +25,15 @@ pub struct KafkaConfig {
     /// Partitions created for each topic by `touchstream topics`. Default 6: the unit of
     /// processor parallelism, so more than the processors you expect to run.
     pub partitions: i32,
-    /// Replication factor for created topics. Default 1 (single local broker).
+    /// Replication factor for created topics. Default 3, the production shape (a topic
+    /// survives one broker down while `min_insync_replicas` still accept writes). On a
+    /// cluster with fewer brokers (a local single broker) `touchstream topics` creates
+    /// them with as many replicas as there are brokers and says so.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of created topics: with the producers' `acks=all`, a write
+    /// succeeds only once this many replicas have it. Default 2 (at most the replicas a
+    /// topic gets).
+    pub min_insync_replicas: i32,
     /// Extra librdkafka properties passed through verbatim to every client, e.g.
     /// `security.protocol = "SASL_SSL"`, `sasl.mechanism`, `sasl.username`,
     /// `sasl.password` (set it through the env, never in the file), `ssl.ca.location`.
@@ -73,7 +80,8 @@ impl Default for KafkaConfig {
             aliases_topic: "touchpoints.aliases".into(),
             routed_topic: "touchpoints.by_customer".into(),
             partitions: 6,
-            replication_factor: 1,
+            replication_factor: 3,
+            min_insync_replicas: 2,
             client_properties: BTreeMap::new(),
         }
     }

@@ -78,6 +78,14 @@ pub struct ProcessorConfig {
     /// by `touchstream erase`), ms; an erasure reaches a running processor's state within
     /// this plus `snapshot_interval_ms`. Default 5000.
     pub suppression_refresh_ms: u64,
+    /// An identity link unused for this many days (of event time) leaves the identity
+    /// stage's memory; the next event of its anonymous id looks it up in `identities`
+    /// again, so the first link still wins. 0 keeps links in memory forever. Default 400.
+    pub identity_link_ttl_days: u32,
+    /// How often (wall clock) the identity stage looks for links unused past
+    /// `identity_link_ttl_days`; a link leaves memory at the second look that finds it
+    /// unused, so its `identities` row is long stored by then. Seconds. Default 60.
+    pub identity_link_sweep_secs: u64,
     /// Stable name of this processor replica (e.g. the pod name of a StatefulSet), used
     /// as Kafka static group membership (`group.instance.id`, suffixed per stage): a
     /// replica that crashes and restarts under the same name gets its partitions back
@@ -139,6 +147,8 @@ impl Default for ProcessorConfig {
             unlinked_history_ttl_secs: 8 * 24 * 3600,
             unlinked_history_max_bytes: 256 << 20,
             suppression_refresh_ms: 5000,
+            identity_link_ttl_days: 400,
+            identity_link_sweep_secs: 60,
             instance_id: String::new(),
             release_memory_ms: 5000,
             open_attempt_overdue_shares: vec![0.5, 0.9],

@@ -150,13 +150,54 @@ fn producer_config(cfg: &KafkaConfig, message_timeout_ms: u64, linger_ms: u32) -
     )
 }
 
-/// Create the raw, DLQ and internal topics (plus `extra`) with the configured partitions. Topics that already
-/// exist are left as they are, so this is safe to run any number of times. Returns, per
-/// topic, whether it was created now.
+/// One topic as `touchstream topics` left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStatus {
+    /// Topic name.
+    pub name: String,
+    /// Created now (else it existed).
+    pub created: bool,
+    /// Partitions it has.
+    pub partitions: i32,
+    /// Replicas of its partitions (the fewest, if they differ).
+    pub replication: i32,
+    /// Where it differs from the configuration (an existing topic is never changed).
+    pub warnings: Vec<String>,
+}
+
+/// How an existing topic differs from what the configuration asks (`replication` is what
+/// the cluster can give: the configured factor, at most the brokers).
+pub fn topic_mismatches(
+    name: &str,
+    partitions: i32,
+    replicas: i32,
+    want_partitions: i32,
+    want_replicas: i32,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    if partitions != want_partitions {
+        w.push(format!(
+            "{name} has {partitions} partitions, kafka.partitions is {want_partitions}: processor parallelism follows the topic; \
+             add partitions with kafka-topics --alter (keys move partitions: do it with the processors stopped and drained)"
+        ));
+    }
+    if replicas < want_replicas {
+        w.push(format!(
+            "{name} has {replicas} replica(s), kafka.replication_factor asks {want_replicas}: a broker loss can lose acknowledged events; \
+             reassign replicas with kafka-reassign-partitions"
+        ));
+    }
+    w
+}
+
+/// Create the pipeline's topics (and `extra` ones) where missing, with
+/// `kafka.partitions`, `kafka.replication_factor` (at most the brokers the cluster has,
+/// with a warning when fewer) and `kafka.min_insync_replicas`; check existing ones
+/// against the same settings and warn on a mismatch (they are never changed).
 pub async fn ensure_topics(
     cfg: &KafkaConfig,
     extra: &[&str],
-) -> Result<Vec<(String, bool)>, KafkaSetupError> {
+) -> Result<Vec<TopicStatus>, KafkaSetupError> {
     let admin: AdminClient<DefaultClientContext> = client_config(cfg)
         .create()
         .map_err(KafkaSetupError::Client)?;
@@ -167,14 +208,20 @@ pub async fn ensure_topics(
         cfg.routed_topic.as_str(),
     ];
     names.extend_from_slice(extra);
+    let brokers = {
+        let md = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(KafkaSetupError::Client)?;
+        i32::try_from(md.brokers().len()).unwrap_or(i32::MAX).max(1)
+    };
+    let replication = cfg.replication_factor.clamp(1, brokers);
+    let min_insync = cfg.min_insync_replicas.clamp(1, replication).to_string();
     let topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {
-            NewTopic::new(
-                n,
-                cfg.partitions,
-                TopicReplication::Fixed(cfg.replication_factor),
-            )
+            NewTopic::new(n, cfg.partitions, TopicReplication::Fixed(replication))
+                .set("min.insync.replicas", &min_insync)
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -182,16 +229,61 @@ pub async fn ensure_topics(
         .create_topics(topics.iter(), &opts)
         .await
         .map_err(KafkaSetupError::Client)?;
-    let mut out = Vec::new();
+    let mut created = std::collections::BTreeSet::new();
     for r in results {
         match r {
-            Ok(name) => out.push((name, true)),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => out.push((name, false)),
+            Ok(name) => {
+                created.insert(name);
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
                 return Err(KafkaSetupError::CreateTopic {
                     topic,
                     reason: code.to_string(),
                 })
+            }
+        }
+    }
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(KafkaSetupError::Client)?;
+    let mut out = Vec::new();
+    for name in names {
+        let topic = md.topics().iter().find(|t| t.name() == name);
+        let partitions = topic.map_or(0, |t| {
+            i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)
+        });
+        let replicas = topic
+            .and_then(|t| t.partitions().iter().map(|p| p.replicas().len()).min())
+            .map_or(0, |r| i32::try_from(r).unwrap_or(i32::MAX));
+        let mut warnings =
+            topic_mismatches(name, partitions, replicas, cfg.partitions, replication);
+        if replication < cfg.replication_factor && created.contains(name) {
+            warnings.push(format!(
+                "{name} created with {replication} replica(s): kafka.replication_factor is {} but the cluster has {brokers} broker(s) \
+                 (fine for a local broker; not for production)",
+                cfg.replication_factor
+            ));
+        }
+        out.push(TopicStatus {
+            name: name.to_string(),
+            created: created.contains(name),
+            partitions,
+            replication: replicas,
+            warnings,
+        });
+    }
+    // The identity stage reads both co-partitioned: an alias must land in the partition
+    // that owns its previousId (docs/design.md §4).
+    let count = |n: &str| out.iter().find(|t| t.name == n).map(|t| t.partitions);
+    if let (Some(raw), Some(aliases)) = (count(&cfg.raw_topic), count(&cfg.aliases_topic)) {
+        if raw != aliases {
+            if let Some(t) = out.iter_mut().find(|t| t.name == cfg.aliases_topic) {
+                t.warnings.push(format!(
+                    "{} has {aliases} partitions and {} has {raw}: they must match (the identity stage reads them co-partitioned)",
+                    cfg.aliases_topic, cfg.raw_topic
+                ));
             }
         }
     }

@@ -42,6 +42,18 @@ pub struct IdentityConfig {
     /// [`IdentityCounters::histories_evicted`]: a later link of such an id re-sends
     /// nothing, as after the TTL. Default 268435456 (256 MiB).
     pub max_unlinked_history_bytes: usize,
+    /// A link not used (by an event of its anonymous id, or a new link attempt) for this
+    /// many days of the partition's event time leaves memory; only an 8-byte fingerprint
+    /// of its anonymous id stays, and the next event of that id has the caller look the
+    /// link up again (`identities`) and put it back ([`IdentityStage::needs_lookup`],
+    /// [`IdentityStage::restore_link`]), so the first link still wins. 0 keeps links
+    /// forever. Default 400.
+    #[serde(default = "default_link_ttl_days")]
+    pub link_ttl_days: u32,
+}
+
+fn default_link_ttl_days() -> u32 {
+    400
 }
 
 impl Default for IdentityConfig {
@@ -50,8 +62,42 @@ impl Default for IdentityConfig {
             max_unlinked_history_events: 500,
             unlinked_history_ttl_secs: 8 * 24 * 3600,
             max_unlinked_history_bytes: 256 << 20,
+            link_ttl_days: default_link_ttl_days(),
         }
     }
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// The day (of epoch ms) a link was last used, as kept per link.
+fn day_of(ms: i64) -> u32 {
+    u32::try_from(ms.max(0) / DAY_MS).unwrap_or(u32::MAX)
+}
+
+/// A stable 64-bit fingerprint of an evicted link's anonymous id (FNV-1a): saved in
+/// snapshots, so it must not change between releases.
+fn fingerprint(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A link in memory: the user, the day it was last used, and whether the last
+/// [`IdentityStage::expire_links`] found it unused past the TTL (evicted at the next
+/// one if still unused).
+#[derive(Debug, Clone)]
+struct LinkEntry {
+    user: Box<str>,
+    day: u32,
+    expiring: bool,
+}
+
+/// A link as saved: `[user, day]`, or (snapshots from before link expiry) the user alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum SavedLink {
+    Dated(String, u32),
+    Plain(String),
 }
 
 /// What one event kept in an unlinked history costs in memory, roughly: the event's
@@ -176,6 +222,12 @@ pub struct IdentityCounters {
     pub reattribution_skipped: u64,
     /// Unlinked histories forgotten by TTL.
     pub histories_expired: u64,
+    /// Links that left memory after [`IdentityConfig::link_ttl_days`] unused.
+    #[serde(default)]
+    pub links_evicted: u64,
+    /// Evicted links looked up again for a returning anonymous id and put back.
+    #[serde(default)]
+    pub links_restored: u64,
     /// Unlinked histories evicted (idle longest first) to keep the partition's
     /// histories within [`IdentityConfig::max_unlinked_history_bytes`].
     #[serde(default)]
@@ -218,10 +270,13 @@ impl AnonHistory {
 /// Serializable stage-1 state, for the caller to persist with its offsets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IdentitySnapshot {
-    links: BTreeMap<String, String>,
+    links: BTreeMap<String, SavedLink>,
     unlinked: BTreeMap<String, AnonHistory>,
     watermark_ms: Option<i64>,
     counters: IdentityCounters,
+    /// Fingerprints of evicted links' anonymous ids, ascending.
+    #[serde(default)]
+    evicted_links: Vec<u64>,
 }
 
 impl IdentitySnapshot {
@@ -239,16 +294,23 @@ impl Serialize for IdentitySnapshotRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let e = self.0;
-        let mut links: Vec<(&str, &str)> = e.links.iter().map(|(a, u)| (&**a, &**u)).collect();
+        let mut links: Vec<(&str, (&str, u32))> = e
+            .links
+            .iter()
+            .map(|(a, l)| (&**a, (&*l.user, l.day)))
+            .collect();
         links.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut unlinked: Vec<(&str, &AnonHistory)> =
             e.unlinked.iter().map(|(a, h)| (&**a, h)).collect();
         unlinked.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut st = s.serialize_struct("IdentitySnapshot", 4)?;
+        let mut evicted: Vec<u64> = e.evicted.iter().copied().collect();
+        evicted.sort_unstable();
+        let mut st = s.serialize_struct("IdentitySnapshot", 5)?;
         st.serialize_field("links", &SortedPairs(&links))?;
         st.serialize_field("unlinked", &SortedPairs(&unlinked))?;
         st.serialize_field("watermark_ms", &e.watermark_ms)?;
         st.serialize_field("counters", &e.counters)?;
+        st.serialize_field("evicted_links", &evicted)?;
         st.end()
     }
 }
@@ -269,7 +331,10 @@ pub struct IdentityStage {
     config: IdentityConfig,
     /// anonymous id → user id; first link processed wins. Never shrinks: it is the
     /// identity graph (persisted in `identities` too).
-    links: FastMap<Box<str>, Box<str>>,
+    links: FastMap<Box<str>, LinkEntry>,
+    /// Fingerprints of links evicted by [`IdentityConfig::link_ttl_days`].
+    evicted: std::collections::HashSet<u64, FastState>,
+
     /// Keys shared with `expiry`.
     unlinked: FastMap<Arc<str>, AnonHistory>,
     /// (time at most its last event time, anonymous id) of every entry of `unlinked`,
@@ -295,12 +360,22 @@ impl IdentityStage {
     pub fn from_snapshot(config: IdentityConfig, snapshot: IdentitySnapshot) -> Self {
         let mut links =
             FastMap::with_capacity_and_hasher(snapshot.links.len(), FastState::default());
-        links.extend(
-            snapshot
-                .links
-                .into_iter()
-                .map(|(a, u)| (a.into_boxed_str(), u.into_boxed_str())),
-        );
+        let restored_day = snapshot.watermark_ms.map_or(0, day_of);
+        links.extend(snapshot.links.into_iter().map(|(a, l)| {
+            let (user, day) = match l {
+                SavedLink::Dated(user, day) => (user, day),
+                SavedLink::Plain(user) => (user, restored_day),
+            };
+            (
+                a.into_boxed_str(),
+                LinkEntry {
+                    user: user.into_boxed_str(),
+                    day,
+                    expiring: false,
+                },
+            )
+        }));
+        let evicted = snapshot.evicted_links.into_iter().collect();
         let mut unlinked =
             FastMap::with_capacity_and_hasher(snapshot.unlinked.len(), FastState::default());
         let mut expiry = BTreeSet::new();
@@ -316,6 +391,7 @@ impl IdentityStage {
         let mut stage = Self {
             config,
             links,
+            evicted,
             unlinked,
             expiry,
             unlinked_bytes,
@@ -343,7 +419,7 @@ impl IdentityStage {
             links: self
                 .links
                 .iter()
-                .map(|(a, u)| (a.to_string(), u.to_string()))
+                .map(|(a, l)| (a.to_string(), SavedLink::Dated(l.user.to_string(), l.day)))
                 .collect(),
             unlinked: self
                 .unlinked
@@ -356,6 +432,11 @@ impl IdentityStage {
                 .collect(),
             watermark_ms: self.watermark_ms,
             counters: self.counters.clone(),
+            evicted_links: {
+                let mut v: Vec<u64> = self.evicted.iter().copied().collect();
+                v.sort_unstable();
+                v
+            },
         }
     }
 
@@ -371,7 +452,71 @@ impl IdentityStage {
 
     /// The user an anonymous id is linked to, if any.
     pub fn linked_user(&self, anonymous_id: &str) -> Option<&str> {
-        self.links.get(anonymous_id).map(AsRef::as_ref)
+        self.links.get(anonymous_id).map(|l| &*l.user)
+    }
+
+    /// Links held in memory.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether `anonymous_id` may have a link that left memory
+    /// ([`IdentityConfig::link_ttl_days`]): the caller looks it up in `identities` and
+    /// hands the answer to [`Self::restore_link`] before processing its event.
+    pub fn needs_lookup(&self, anonymous_id: &str) -> bool {
+        !self.evicted.is_empty()
+            && !self.links.contains_key(anonymous_id)
+            && self.evicted.contains(&fingerprint(anonymous_id))
+    }
+
+    /// The stored link of an id [`Self::needs_lookup`] named (`None`: none was stored, a
+    /// fingerprint collision or an erased person); it counts as used now.
+    pub fn restore_link(&mut self, anonymous_id: &str, user: Option<&str>) {
+        self.evicted.remove(&fingerprint(anonymous_id));
+        if let Some(user) = user {
+            let day = self.watermark_ms.map_or(0, day_of);
+            self.links.insert(
+                Box::from(anonymous_id),
+                LinkEntry {
+                    user: Box::from(user),
+                    day,
+                    expiring: false,
+                },
+            );
+            self.counters.links_restored += 1;
+        }
+    }
+
+    /// Evict the links unused for [`IdentityConfig::link_ttl_days`] of event time that
+    /// the previous call already found so (and mark the newly unused ones): the caller
+    /// calls it now and then by the wall clock, so a link leaves memory only after its
+    /// `identities` row was written long ago and can be looked up. Returns how many left.
+    pub fn expire_links(&mut self) -> u64 {
+        let ttl = self.config.link_ttl_days;
+        let Some(wm) = self.watermark_ms else {
+            return 0;
+        };
+        if ttl == 0 {
+            return 0;
+        }
+        let cutoff = day_of(wm).saturating_sub(ttl);
+        let evicted = &mut self.evicted;
+        let mut n = 0;
+        self.links.retain(|anon, l| {
+            if l.day >= cutoff {
+                l.expiring = false;
+                return true;
+            }
+            if !l.expiring {
+                l.expiring = true;
+                return true;
+            }
+            evicted.insert(fingerprint(anon));
+            n += 1;
+            false
+        });
+        self.counters.links_evicted += n;
+        n
     }
 
     /// Forget every link naming one of `ids` (as anonymous id or user) and their unlinked
@@ -380,7 +525,7 @@ impl IdentityStage {
     pub fn erase(&mut self, ids: &std::collections::HashSet<String>) -> bool {
         let before = self.links.len() + self.unlinked.len();
         self.links
-            .retain(|anon, user| !ids.contains(&**anon) && !ids.contains(&**user));
+            .retain(|anon, l| !ids.contains(&**anon) && !ids.contains(&*l.user));
         for id in ids {
             if let Some((key, history)) = self.unlinked.remove_entry(id.as_str()) {
                 self.expiry.remove(&(history.expiry_ms, key));
@@ -427,8 +572,12 @@ impl IdentityStage {
         let event = Arc::new(event);
         let customer_id = match (&event.user_id, &event.anonymous_id) {
             (Some(user), _) => user.clone(),
-            (None, Some(anon)) => match self.links.get(anon.as_str()) {
-                Some(user) => user.to_string(),
+            (None, Some(anon)) => match self.links.get_mut(anon.as_str()) {
+                Some(l) => {
+                    l.day = l.day.max(day_of(event.event_time_ms));
+                    l.expiring = false;
+                    l.user.to_string()
+                }
                 None => {
                     self.remember_unlinked(anon, Arc::clone(&event));
                     anon.clone()
@@ -459,7 +608,10 @@ impl IdentityStage {
         if anon == user {
             return;
         }
-        if let Some(linked) = self.links.get(anon) {
+        if let Some(linked) = self.links.get_mut(anon) {
+            linked.day = linked.day.max(day_of(event.event_time_ms));
+            linked.expiring = false;
+            let linked = &linked.user;
             if linked.as_ref() != user {
                 self.counters.conflicts += 1;
                 out.push(IdentityOutput::Conflict(Conflict {
@@ -473,7 +625,14 @@ impl IdentityStage {
             }
             return;
         }
-        self.links.insert(Box::from(anon), Box::from(user));
+        self.links.insert(
+            Box::from(anon),
+            LinkEntry {
+                user: Box::from(user),
+                day: day_of(event.event_time_ms),
+                expiring: false,
+            },
+        );
         self.counters.links += 1;
         out.push(IdentityOutput::Link(Link {
             anonymous_id: anon.to_owned(),

@@ -444,3 +444,64 @@ fn byte_accounting_follows_overflow_links_and_expiry() {
     assert_eq!(restored.unlinked_histories(), 0);
     assert_eq!(restored.counters().histories_evicted, 1);
 }
+
+#[test]
+fn unused_links_leave_memory_and_come_back_by_lookup_so_the_first_still_wins() {
+    const DAY: i64 = 24 * 3600 * 1000;
+    let config = IdentityConfig {
+        link_ttl_days: 2,
+        ..IdentityConfig::default()
+    };
+    let mut stage = IdentityStage::new(config.clone());
+    let t0 = 100 * DAY;
+    stage.process(track("e1", Some("a1"), Some("u1"), t0), 1);
+    stage.process(track("e2", Some("a2"), Some("u2"), t0), 2);
+    // a2 keeps being used; a1 does not.
+    stage.process(track("e3", Some("a2"), None, t0 + 2 * DAY), 3);
+    assert_eq!(stage.expire_links(), 0);
+    assert_eq!(stage.link_count(), 2, "two days unused: kept");
+    stage.process(track("e4", Some("a2"), None, t0 + 3 * DAY), 4);
+    assert_eq!(stage.expire_links(), 0, "first found unused: only marked");
+    assert_eq!(stage.link_count(), 2);
+    assert_eq!(stage.expire_links(), 1, "still unused at the next call");
+    assert_eq!(
+        stage.link_count(),
+        1,
+        "three days unused: a1's link left memory"
+    );
+    assert_eq!(stage.counters().links_evicted, 1);
+    assert!(stage.needs_lookup("a1"));
+    assert!(!stage.needs_lookup("a2"), "held");
+    assert!(!stage.needs_lookup("a9"), "never linked");
+
+    // Evicted state survives a snapshot.
+    let json = serde_json::to_string(&stage.snapshot_ref()).expect("json");
+    let mut stage =
+        IdentityStage::from_snapshot(config, serde_json::from_str(&json).expect("parse"));
+    assert!(stage.needs_lookup("a1"));
+
+    // The caller looks the link up and puts it back: a1 routes to u1 again, and a later
+    // link of a1 to another user is a conflict, not a new link.
+    stage.restore_link("a1", Some("u1"));
+    assert_eq!(stage.counters().links_restored, 1);
+    assert!(!stage.needs_lookup("a1"));
+    let out = stage.process(track("e5", Some("a1"), None, t0 + 3 * DAY + 1), 5);
+    assert_eq!(routed(&out), vec![(s("u1"), s("e5"), false)]);
+    let out = stage.process(track("e6", Some("a1"), Some("u9"), t0 + 3 * DAY + 2), 6);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, IdentityOutput::Conflict(c) if c.linked_user_id == "u1")),
+        "{out:?}"
+    );
+    assert!(links(&out).is_empty());
+}
+
+#[test]
+fn snapshots_from_before_link_expiry_still_load() {
+    let old = r#"{"links":{"a1":"u1"},"unlinked":{},"watermark_ms":86400000,"counters":{"links":1,"conflicts":0,"reattributed_events":0,"reattribution_skipped":0,"histories_expired":0,"rejected":0}}"#;
+    let stage = IdentityStage::from_snapshot(
+        IdentityConfig::default(),
+        serde_json::from_str(old).expect("old snapshot"),
+    );
+    assert_eq!(stage.linked_user("a1"), Some("u1"));
+}
