@@ -8,6 +8,7 @@
 
 pub mod migrate;
 pub mod retention;
+pub mod suppression;
 
 use touchstream_core::config::ClickHouseConfig;
 

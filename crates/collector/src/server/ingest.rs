@@ -44,10 +44,13 @@ use super::state::AppState;
 use crate::auth::{basic_username, Source};
 use crate::body;
 use crate::error::ApiError;
-use crate::message::{BatchContext, EventTimeWindow, Rejection, RequestMeta, Validator};
+use crate::message::{
+    BatchContext, EventTimeWindow, RejectReason, Rejection, RequestMeta, Validator,
+};
 use crate::metrics::Metrics;
 use crate::privacy::{Privacy, Redacted};
 use crate::sink::{Records, Sink};
+use touchstream_core::config::SuppressionMode;
 
 /// The handler of every ingest route: the pipeline, then the request metrics.
 pub(super) async fn ingest<S: Sink>(
@@ -373,6 +376,28 @@ fn encode<'t, S>(
             .validate(raw, ep.implied_type(), meta)
             .and_then(|tp| window.check(tp.event_time_ms).map(|()| tp));
         match checked {
+            Ok(tp)
+                if st.cfg.suppression != SuppressionMode::Off
+                    && st
+                        .suppression
+                        .any([tp.anonymous_id, tp.user_id, tp.previous_id]) =>
+            {
+                // An erased person: never dead-lettered (that would store them again).
+                let action = if st.cfg.suppression == SuppressionMode::Reject {
+                    rejected.push(Rejected {
+                        index,
+                        message_id: message_id_of(raw),
+                        rejection: Rejection {
+                            reason: RejectReason::Suppressed,
+                            detail: "an id of this message belongs to an erased person".into(),
+                        },
+                    });
+                    "rejected"
+                } else {
+                    "dropped"
+                };
+                st.metrics.suppressed.with_label_values(&[action]).inc();
+            }
             Ok(tp) => {
                 let tp = match privacy {
                     None => tp,

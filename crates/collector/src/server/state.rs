@@ -41,6 +41,8 @@ pub(super) struct AppState<S> {
     pub(super) readiness: Readiness,
     /// Set once shutdown begins: ingest and `/readyz` answer 503 from then on.
     pub(super) shutting_down: AtomicBool,
+    /// Erased people's ids (`collector.suppression`; empty while it is `off`).
+    pub(super) suppression: Arc<touchstream_clickhouse::suppression::Suppression>,
 }
 
 impl<S> AppState<S> {
@@ -63,6 +65,7 @@ impl<S> AppState<S> {
             sink,
             metrics,
             in_flight: Semaphore::new(permits),
+            suppression: Arc::default(),
             limiter,
             ip_limiter: (cfg.rate_limit_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_ip_table_size)),

@@ -211,6 +211,28 @@ pub struct CollectorConfig {
     /// Changing it changes every hash from then on. Secret: prefer
     /// `TOUCHSTREAM__COLLECTOR__PRIVACY_HASH_KEY_FILE`. Default empty.
     pub privacy_hash_key: String,
+    /// What the collector does with a message naming an erased person (an id in
+    /// ClickHouse `suppressed_ids`, written by `touchstream erase`): `off` (forward it;
+    /// the processor drops it anyway), `reject` (refused with reason `suppressed`, listed
+    /// in the response, not dead-lettered: that would store the person again) or `drop`
+    /// (answered as accepted, written nowhere). The list is read from `[clickhouse]`.
+    /// Default `off`.
+    pub suppression: SuppressionMode,
+    /// How often the collector reloads the list when `suppression` is on, ms. Default 5000.
+    pub suppression_refresh_ms: u64,
+}
+
+/// `collector.suppression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionMode {
+    /// Forward every message (the processor still never stores an erased person).
+    #[default]
+    Off,
+    /// Refuse the message with reason `suppressed`.
+    Reject,
+    /// Answer as accepted and write nothing.
+    Drop,
 }
 
 // Hand-written so the write keys and the hash key never reach a log line (`touchstream
@@ -243,6 +265,8 @@ impl std::fmt::Debug for CollectorConfig {
             max_connections,
             shutdown_grace_ms,
             privacy_hash_key,
+            suppression,
+            suppression_refresh_ms,
         } = self;
         f.debug_struct("CollectorConfig")
             .field("listen", listen)
@@ -269,6 +293,8 @@ impl std::fmt::Debug for CollectorConfig {
             .field("body_read_timeout_ms", body_read_timeout_ms)
             .field("max_connections", max_connections)
             .field("shutdown_grace_ms", shutdown_grace_ms)
+            .field("suppression", suppression)
+            .field("suppression_refresh_ms", suppression_refresh_ms)
             .field(
                 "privacy_hash_key",
                 &if privacy_hash_key.is_empty() {
@@ -316,6 +342,8 @@ impl Default for CollectorConfig {
             max_connections: 1024,
             shutdown_grace_ms: 10_000,
             privacy_hash_key: String::new(),
+            suppression: SuppressionMode::Off,
+            suppression_refresh_ms: 5000,
         }
     }
 }

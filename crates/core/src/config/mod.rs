@@ -28,8 +28,8 @@ mod processor;
 
 pub use clickhouse::{masked_url, ClickHouseConfig, RETENTION_TABLES};
 pub use collector::{
-    CollectorConfig, IpMode, PiiMode, SourceConfig, UserAgentMode, DEMO_WRITE_KEYS,
-    MIN_PRIVACY_HASH_KEY_BYTES,
+    CollectorConfig, IpMode, PiiMode, SourceConfig, SuppressionMode, UserAgentMode,
+    DEMO_WRITE_KEYS, MIN_PRIVACY_HASH_KEY_BYTES,
 };
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use processor::ProcessorConfig;
