@@ -104,11 +104,7 @@ async fn dropoff_spike_fires_reaches_alertmanager_and_resolves() {
         clickhouse: support::clickhouse_config("alerting"),
         ..Config::default()
     };
-    config.collector.sources = vec![SourceConfig {
-        name: "web".into(),
-        write_key: "e2e".into(),
-        default_channel: "web".into(),
-    }];
+    config.collector.sources = vec![SourceConfig::new("web", "e2e", "web")];
     config.processor.group_id = support::unique("it-alerting");
     config.processor.funnels_path = funnels;
     config.processor.catalog_path = repo.join("deploy/catalog.toml");

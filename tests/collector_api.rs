@@ -20,16 +20,8 @@ async fn collector(test: &str) -> (CollectorHandle, Config) {
         ..Config::default()
     };
     config.collector.sources = vec![
-        SourceConfig {
-            name: "web".into(),
-            write_key: KEY.into(),
-            default_channel: "web".into(),
-        },
-        SourceConfig {
-            name: "crm".into(),
-            write_key: CRM_KEY.into(),
-            default_channel: "call_center".into(),
-        },
+        SourceConfig::new("web", KEY, "web"),
+        SourceConfig::new("crm", CRM_KEY, "call_center"),
     ];
     config.collector.cors_origins = vec!["https://shop.example".into()];
     config.collector.route_aliases = [("/t/b".to_string(), "/v1/batch".to_string())].into();

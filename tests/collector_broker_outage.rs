@@ -69,11 +69,7 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
     config.kafka.brokers = format!("127.0.0.1:{port}");
     config.collector.produce_timeout_ms = 2000;
     config.collector.retry_after_secs = 3;
-    config.collector.sources = vec![SourceConfig {
-        name: "web".into(),
-        write_key: "k".into(),
-        default_channel: "web".into(),
-    }];
+    config.collector.sources = vec![SourceConfig::new("web", "k", "web")];
     touchstream_core::kafka::ensure_topics(&config.kafka, &[])
         .await
         .expect("topics");

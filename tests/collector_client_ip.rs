@@ -24,11 +24,7 @@ fn config(test: &str) -> Config {
         kafka: support::kafka_config(test),
         ..Config::default()
     };
-    config.collector.sources = vec![SourceConfig {
-        name: "web".into(),
-        write_key: KEY.into(),
-        default_channel: "web".into(),
-    }];
+    config.collector.sources = vec![SourceConfig::new("web", KEY, "web")];
     config
 }
 

@@ -71,11 +71,7 @@ async fn old_events_are_rejected_on_live_endpoints_and_history_goes_to_import() 
         kafka: support::kafka_config("eventtime"),
         ..Config::default()
     };
-    config.collector.sources = vec![SourceConfig {
-        name: "web".into(),
-        write_key: KEY.into(),
-        default_channel: "web".into(),
-    }];
+    config.collector.sources = vec![SourceConfig::new("web", KEY, "web")];
     assert_eq!(config.collector.event_time_floor, "2000-01-01");
     assert_eq!(config.collector.max_event_age_days, 30);
     touchstream_core::kafka::ensure_topics(&config.kafka, &[])

@@ -875,11 +875,7 @@ fn bad_http_input_never_breaks_the_collector() {
         kafka: support::kafka_config("fuzz"),
         ..Config::default()
     };
-    config.collector.sources = vec![SourceConfig {
-        name: "web".into(),
-        write_key: KEY.into(),
-        default_channel: "web".into(),
-    }];
+    config.collector.sources = vec![SourceConfig::new("web", KEY, "web")];
     rt.block_on(touchstream_core::kafka::ensure_topics(&config.kafka, &[]))
         .expect("topics");
     let collector = rt.block_on(CollectorHandle::start(config.clone()));

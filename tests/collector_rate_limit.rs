@@ -40,16 +40,8 @@ async fn one_key_over_its_rate_gets_429_and_produces_nothing() {
     };
     config.collector.rate_limit_per_key = 2;
     config.collector.sources = vec![
-        SourceConfig {
-            name: "hot".into(),
-            write_key: HOT_KEY.into(),
-            default_channel: "web".into(),
-        },
-        SourceConfig {
-            name: "calm".into(),
-            write_key: CALM_KEY.into(),
-            default_channel: "web".into(),
-        },
+        SourceConfig::new("hot", HOT_KEY, "web"),
+        SourceConfig::new("calm", CALM_KEY, "web"),
     ];
     touchstream_core::kafka::ensure_topics(&config.kafka, &[])
         .await

@@ -18,11 +18,7 @@ fn config(brokers: String) -> Config {
     };
     config.kafka.brokers = brokers;
     config.collector.readiness_interval_ms = 500;
-    config.collector.sources = vec![SourceConfig {
-        name: "web".into(),
-        write_key: "readyz-key".into(),
-        default_channel: "web".into(),
-    }];
+    config.collector.sources = vec![SourceConfig::new("web", "readyz-key", "web")];
     config
 }
 

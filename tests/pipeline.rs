@@ -214,16 +214,8 @@ fn config(test: &str) -> Config {
         ..Config::default()
     };
     c.collector.sources = vec![
-        SourceConfig {
-            name: "web".into(),
-            write_key: "pl-web".into(),
-            default_channel: "web".into(),
-        },
-        SourceConfig {
-            name: "crm".into(),
-            write_key: "pl-crm".into(),
-            default_channel: "call_center".into(),
-        },
+        SourceConfig::new("web", "pl-web", "web"),
+        SourceConfig::new("crm", "pl-crm", "call_center"),
     ];
     c.processor.group_id = support::unique("it-pipeline");
     c.processor.funnels_path = support::repo_path("deploy/funnels.toml");

@@ -120,6 +120,13 @@ enum Command {
         #[command(subcommand)]
         command: FunnelsCommand,
     },
+    /// Drop the monthly partitions older than each table's clickhouse.retention_days
+    /// (README, "Privacy"); prints each partition as it goes. Idempotent: run it daily.
+    Retention {
+        /// Print what would be dropped, drop nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Erase a person everywhere (README, "Privacy"): resolve their linked ids, suppress
     /// them (processors never store them again, even on a replay), delete their rows from
     /// every table, wait for running processors to purge their saved state, and log the
@@ -514,6 +521,47 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             println!("{config:#?}");
+        }
+        Command::Retention { dry_run } => {
+            use touchstream_clickhouse::retention::{self, Progress};
+            if config.clickhouse.retention_days.is_empty() {
+                println!("no table has clickhouse.retention_days: every table keeps everything");
+                return Ok(());
+            }
+            let verb = if dry_run { "would drop" } else { "dropping" };
+            let progress = |p: Progress<'_>| match p {
+                Progress::Table {
+                    table,
+                    days,
+                    keeps_from,
+                } => eprintln!("{table}: {days} days, keeping partitions from {keeps_from}"),
+                Progress::Partition(e) => {
+                    eprintln!(
+                        "  {verb} {} partition {} ({} rows)",
+                        e.table, e.partition, e.rows
+                    )
+                }
+            };
+            let today = time::OffsetDateTime::now_utc().date();
+            let report = retention::run(&config.clickhouse, today, dry_run, &progress)
+                .await
+                .with_context(|| {
+                    format!(
+                        "retention on ClickHouse at {}",
+                        touchstream_core::config::masked_url(&config.clickhouse.url)
+                    )
+                })?;
+            let rows: u64 = report.expired.iter().map(|e| e.rows).sum();
+            println!(
+                "{} {} partition(s), {rows} rows{}",
+                if dry_run { "would drop" } else { "dropped" },
+                report.expired.len(),
+                if dry_run {
+                    " (dry run: nothing dropped)"
+                } else {
+                    ""
+                }
+            );
         }
         Command::Erase {
             user,

@@ -7,6 +7,8 @@
 //! on, lacks `RowBinaryWithNamesAndTypes`.
 
 pub mod migrate;
+pub mod retention;
+pub mod suppression;
 
 use touchstream_core::config::ClickHouseConfig;
 

@@ -13,6 +13,8 @@ use subtle::ConstantTimeEq;
 use touchstream_core::config::SourceConfig;
 use touchstream_core::Channel;
 
+use crate::privacy::{Privacy, PrivacyError};
+
 /// A source a write key maps to.
 #[derive(Debug)]
 pub struct Source {
@@ -20,6 +22,9 @@ pub struct Source {
     pub name: String,
     /// Channel for messages that name none.
     pub default_channel: Channel,
+    /// What the source keeps of IPs, user agents and PII; `None` when it keeps
+    /// everything (README "Privacy").
+    pub privacy: Option<Privacy>,
 }
 
 /// The configured write keys.
@@ -28,22 +33,24 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Build from config (validated: keys non-empty and unique, channels known).
-    pub fn new(cfg: &[SourceConfig]) -> Self {
-        Self {
-            entries: cfg
-                .iter()
-                .map(|s| {
-                    (
-                        s.write_key.as_bytes().to_vec(),
-                        Arc::new(Source {
-                            name: s.name.clone(),
-                            default_channel: s.default_channel.parse().unwrap_or(Channel::Other),
-                        }),
-                    )
-                })
-                .collect(),
-        }
+    /// Build from config (validated: keys non-empty and unique, channels known);
+    /// `hash_key` is `collector.privacy_hash_key`. Refuses a source that hashes without
+    /// a key.
+    pub fn new(cfg: &[SourceConfig], hash_key: &str) -> Result<Self, PrivacyError> {
+        let entries = cfg
+            .iter()
+            .map(|s| {
+                Ok((
+                    s.write_key.as_bytes().to_vec(),
+                    Arc::new(Source {
+                        name: s.name.clone(),
+                        default_channel: s.default_channel.parse().unwrap_or(Channel::Other),
+                        privacy: Privacy::for_source(s, hash_key)?,
+                    }),
+                ))
+            })
+            .collect::<Result<_, PrivacyError>>()?;
+        Ok(Self { entries })
     }
 
     /// The source of `key`, if any.
@@ -78,11 +85,7 @@ mod tests {
     use super::*;
 
     fn sources() -> Sources {
-        Sources::new(&[SourceConfig {
-            name: "web".into(),
-            write_key: "k-web".into(),
-            default_channel: "web".into(),
-        }])
+        Sources::new(&[SourceConfig::new("web", "k-web", "web")], "").unwrap()
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum CollectorError {
          configure your own keys, or pass --allow-demo-keys (collector.allow_demo_keys = true) for a local run"
     )]
     DemoKeys(String),
+    /// A source's privacy options cannot be applied (README "Privacy").
+    #[error("collector.sources: {0}")]
+    Privacy(#[from] crate::privacy::PrivacyError),
     /// The server failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),

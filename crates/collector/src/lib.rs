@@ -11,6 +11,7 @@ pub mod body;
 pub mod error;
 pub mod message;
 pub mod metrics;
+pub mod privacy;
 pub mod server;
 pub mod sink;
 

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub broker_errors: IntCounterVec,
     /// Requests refused because the in-flight byte cap or rate limit was reached, by cause.
     pub throttled: IntCounterVec,
+    /// Messages naming an erased person, by action (`rejected`, `dropped`).
+    pub suppressed: IntCounterVec,
 }
 
 impl Metrics {
@@ -96,6 +98,14 @@ impl Metrics {
         registry.register(Box::new(in_flight_bytes.clone()))?;
         registry.register(Box::new(broker_errors.clone()))?;
         registry.register(Box::new(throttled.clone()))?;
+        let suppressed = IntCounterVec::new(
+            Opts::new(
+                "touchstream_collector_suppressed_messages_total",
+                "Messages naming an erased person (collector.suppression), by action",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(suppressed.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -106,6 +116,7 @@ impl Metrics {
             in_flight_bytes,
             broker_errors,
             throttled,
+            suppressed,
         })
     }
 

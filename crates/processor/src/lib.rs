@@ -23,7 +23,7 @@ pub mod routed_codec;
 pub mod runner;
 pub mod state_codec;
 pub mod store;
-pub mod suppression;
+pub use touchstream_clickhouse::suppression;
 pub mod tables;
 
 use std::sync::Arc;

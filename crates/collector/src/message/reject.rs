@@ -27,6 +27,9 @@ pub enum RejectReason {
     /// The event time is more than `collector.max_event_age_days` before receipt, on a
     /// live endpoint (all but `/v1/import`).
     EventTimeTooOld,
+    /// An id names an erased person (`collector.suppression = "reject"`); not
+    /// dead-lettered.
+    Suppressed,
 }
 
 impl RejectReason {
@@ -43,6 +46,7 @@ impl RejectReason {
             RejectReason::InvalidField => "invalid_field",
             RejectReason::EventTimeBeforeFloor => "event_time_before_floor",
             RejectReason::EventTimeTooOld => "event_time_too_old",
+            RejectReason::Suppressed => "suppressed",
         }
     }
 }

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use super::endpoint::Endpoint;
 use crate::message::{Rejection, RequestMeta};
+use crate::privacy::Privacy;
 use crate::sink::Records;
 
 /// Deepest message embedded as JSON (not as text) in a DLQ record.
@@ -19,7 +20,8 @@ fn depth(v: &Value) -> usize {
     }
 }
 
-/// Add the DLQ record of the message `raw`, rejected for `rej`, to `records`.
+/// Add the DLQ record of the message `raw`, rejected for `rej`, to `records`, with the
+/// source's `privacy` options applied to the message (README "Privacy").
 pub(super) fn push_record<'t>(
     records: &mut Records<'t>,
     topic: &'t str,
@@ -27,6 +29,7 @@ pub(super) fn push_record<'t>(
     rej: &Rejection,
     meta: &RequestMeta<'_>,
     ep: Endpoint,
+    privacy: Option<&Privacy>,
 ) {
     // The message is embedded as JSON, one level deeper than it was; a message nested
     // close to serde_json's limit (128) would make the record unreadable to readers using
@@ -39,6 +42,11 @@ pub(super) fn push_record<'t>(
     // config, so a message's own `writeKey` is not copied (README "Validation and DLQ").
     if let Value::Object(o) = &mut original {
         o.remove("writeKey");
+    }
+    // Same options as the main path: the DLQ is a topic like the others, replayed and
+    // read. Text that cannot be read as an object cannot be treated and is withheld.
+    if let Some(p) = privacy {
+        p.apply_to_message(&mut original);
     }
     let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(
         i128::from(meta.received_at_ms) * 1_000_000,
@@ -85,10 +93,61 @@ mod tests {
             detail: "d".into(),
         };
         let mut records = Records::with_capacity(1, 0);
-        push_record(&mut records, "dlq", raw, &rej, &meta, Endpoint::Batch);
+        push_record(&mut records, "dlq", raw, &rej, &meta, Endpoint::Batch, None);
         let record = records.iter().next().unwrap();
         assert_eq!((record.topic, record.key), ("dlq", None));
         serde_json::from_slice(record.payload).unwrap()
+    }
+
+    #[test]
+    fn the_sources_privacy_options_apply_to_the_record() {
+        let mut source = touchstream_core::config::SourceConfig::new("web", "k", "web");
+        source.ip = touchstream_core::config::IpMode::Truncate;
+        source.user_agent = touchstream_core::config::UserAgentMode::Drop;
+        source.pii_keys = vec!["email".into()];
+        source.pii = touchstream_core::config::PiiMode::Drop;
+        let privacy = Privacy::for_source(&source, "").unwrap();
+        let meta = RequestMeta {
+            source: "web",
+            default_channel: Channel::Web,
+            received_at_ms: 0,
+            ip: Some("203.0.113.9".into()),
+            user_agent: Some("UA".into()),
+            batch_sent_at_ms: None,
+            batch_context: None,
+        };
+        let rej = Rejection {
+            reason: RejectReason::MissingEvent,
+            detail: "d".into(),
+        };
+        let raw = r#"{"type":"track","traits":{"email":"a@b.example","plan":"x"},"context":{"ip":"198.51.100.7","userAgent":"UA"}}"#;
+        let mut records = Records::with_capacity(1, 0);
+        push_record(
+            &mut records,
+            "dlq",
+            raw,
+            &rej,
+            &meta,
+            Endpoint::Batch,
+            privacy.as_ref(),
+        );
+        let doc: Value = serde_json::from_slice(records.iter().next().unwrap().payload).unwrap();
+        assert_eq!(
+            doc["message"],
+            json!({"type": "track", "traits": {"plan": "x"}, "context": {"ip": "198.51.100.0"}})
+        );
+        let mut records = Records::with_capacity(1, 0);
+        push_record(
+            &mut records,
+            "dlq",
+            "{oops a@b.example",
+            &rej,
+            &meta,
+            Endpoint::Batch,
+            privacy.as_ref(),
+        );
+        let doc: Value = serde_json::from_slice(records.iter().next().unwrap().payload).unwrap();
+        assert_eq!(doc["message"], Value::Null, "unreadable text is withheld");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!    `writeKey`) and its request budget (the outer fence over all addresses);
 //! 7. `encode`: validate each message (its event time within the request's window:
 //!    the floor, and on all but `/v1/import` the maximum age); valid ones become Avro
-//!    records for the raw topic, rejected ones JSON records for the DLQ topic;
+//!    records for the raw topic, rejected ones JSON records for the DLQ topic, both with
+//!    the source's privacy options applied first (README "Privacy");
 //! 8. `publish`: every record to the sink, acknowledged, or 503;
 //! 9. `answer`: `{"success":true,"accepted":N,"rejected":[...]}`.
 //!
@@ -43,9 +44,13 @@ use super::state::AppState;
 use crate::auth::{basic_username, Source};
 use crate::body;
 use crate::error::ApiError;
-use crate::message::{BatchContext, EventTimeWindow, Rejection, RequestMeta, Validator};
+use crate::message::{
+    BatchContext, EventTimeWindow, RejectReason, Rejection, RequestMeta, Validator,
+};
 use crate::metrics::Metrics;
+use crate::privacy::{Privacy, Redacted};
 use crate::sink::{Records, Sink};
+use touchstream_core::config::SuppressionMode;
 
 /// The handler of every ingest route: the pipeline, then the request metrics.
 pub(super) async fn ingest<S: Sink>(
@@ -120,7 +125,15 @@ async fn pipeline<S: Sink>(
             received_at_ms.saturating_sub(i64::from(st.cfg.max_event_age_days) * 86_400_000)
         }),
     };
-    let encoded = encode(st, &messages, text.len(), ep, &meta, &window);
+    let encoded = encode(
+        st,
+        &messages,
+        text.len(),
+        ep,
+        &meta,
+        &window,
+        source.privacy.as_ref(),
+    );
     publish(st, &encoded.records).await?;
     Ok(answer(st, &encoded))
 }
@@ -335,7 +348,8 @@ struct Rejected {
 }
 
 /// Validate every message: valid ones as Avro to the raw topic (keyed by identity),
-/// rejected ones as DLQ records.
+/// rejected ones as DLQ records; `privacy` (the source's, `None` when it keeps
+/// everything) is applied to both before they are encoded.
 fn encode<'t, S>(
     st: &'t AppState<S>,
     messages: &[&str],
@@ -343,6 +357,7 @@ fn encode<'t, S>(
     ep: Endpoint,
     meta: &RequestMeta<'_>,
     window: &EventTimeWindow,
+    privacy: Option<&Privacy>,
 ) -> Encoded<'t> {
     // Avro values are about as long as the message text plus the request's strings
     // (a hint: the buffer grows if it is short; a long User-Agent does not inflate the
@@ -355,16 +370,53 @@ fn encode<'t, S>(
         Records::with_capacity(messages.len(), text_len + messages.len() * per_message);
     let mut validator = Validator::new();
     let mut rejected = Vec::new();
+    let mut redacted = Redacted::default();
     for (index, raw) in messages.iter().enumerate() {
         let checked = validator
             .validate(raw, ep.implied_type(), meta)
             .and_then(|tp| window.check(tp.event_time_ms).map(|()| tp));
         match checked {
-            Ok(tp) => records.push(&st.raw_topic, Some(tp.identity_key()), |out| {
-                avro::encode_ref(&tp, out)
-            }),
+            Ok(tp)
+                if st.cfg.suppression != SuppressionMode::Off
+                    && st
+                        .suppression
+                        .any([tp.anonymous_id, tp.user_id, tp.previous_id]) =>
+            {
+                // An erased person: never dead-lettered (that would store them again).
+                let action = if st.cfg.suppression == SuppressionMode::Reject {
+                    rejected.push(Rejected {
+                        index,
+                        message_id: message_id_of(raw),
+                        rejection: Rejection {
+                            reason: RejectReason::Suppressed,
+                            detail: "an id of this message belongs to an erased person".into(),
+                        },
+                    });
+                    "rejected"
+                } else {
+                    "dropped"
+                };
+                st.metrics.suppressed.with_label_values(&[action]).inc();
+            }
+            Ok(tp) => {
+                let tp = match privacy {
+                    None => tp,
+                    Some(p) => p.apply(tp, &mut redacted),
+                };
+                records.push(&st.raw_topic, Some(tp.identity_key()), |out| {
+                    avro::encode_ref(&tp, out)
+                })
+            }
             Err(rejection) => {
-                dlq::push_record(&mut records, &st.dlq_topic, raw, &rejection, meta, ep);
+                dlq::push_record(
+                    &mut records,
+                    &st.dlq_topic,
+                    raw,
+                    &rejection,
+                    meta,
+                    ep,
+                    privacy,
+                );
                 rejected.push(Rejected {
                     index,
                     message_id: message_id_of(raw),

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use touchstream_core::config::SuppressionMode;
+
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use axum::Router;
@@ -63,9 +65,21 @@ pub async fn run(
         config.collector.produce_timeout_ms,
         metrics.clone(),
     )?;
-    Collector::new(&config, sink, metrics)?
-        .serve(listener, shutdown)
-        .await
+    let collector = Collector::new(&config, sink, metrics)?;
+    if config.collector.suppression != SuppressionMode::Off {
+        // README, "Privacy": the erased people's ids, read from ClickHouse and refreshed.
+        let ch = touchstream_clickhouse::client(&config.clickhouse);
+        let list = collector.state.suppression.clone();
+        if let Err(e) = list.load(&ch).await {
+            tracing::error!(error = %e, "reading suppressed ids failed; retrying in the background (the processor still drops their events)");
+        }
+        tokio::spawn(list.refresh(
+            ch,
+            Duration::from_millis(config.collector.suppression_refresh_ms.max(100)),
+            shutdown.clone(),
+        ));
+    }
+    collector.serve(listener, shutdown).await
 }
 
 /// One collector: its routes over a sink, and its shutdown switch.
@@ -79,13 +93,14 @@ impl<S: Sink> Collector<S> {
     /// `kafka.raw_topic` and rejected ones to `kafka.dlq_topic` through `sink`; requests
     /// are counted in `metrics` (served at `/metrics`).
     ///
-    /// Refuses the demo write keys unless `collector.allow_demo_keys` is set.
+    /// Refuses the demo write keys unless `collector.allow_demo_keys` is set, and a
+    /// source that hashes (README "Privacy") without `collector.privacy_hash_key`.
     pub fn new(config: &Config, sink: S, metrics: Arc<Metrics>) -> Result<Self, CollectorError> {
         let demo = config.collector.demo_keys_in_use();
         if !demo.is_empty() && !config.collector.allow_demo_keys {
             return Err(CollectorError::DemoKeys(demo.join(", ")));
         }
-        let state = Arc::new(AppState::new(config, sink, metrics));
+        let state = Arc::new(AppState::new(config, sink, metrics)?);
         let router = routes::router(state.clone())?;
         Ok(Self { state, router })
     }

@@ -15,6 +15,7 @@ use super::ip_limit::IpLimiter;
 use super::readiness::{Readiness, Running};
 use crate::auth::Sources;
 use crate::metrics::Metrics;
+use crate::privacy::PrivacyError;
 
 /// The state behind every route of one collector.
 pub(super) struct AppState<S> {
@@ -40,10 +41,16 @@ pub(super) struct AppState<S> {
     pub(super) readiness: Readiness,
     /// Set once shutdown begins: ingest and `/readyz` answer 503 from then on.
     pub(super) shutting_down: AtomicBool,
+    /// Erased people's ids (`collector.suppression`; empty while it is `off`).
+    pub(super) suppression: Arc<touchstream_clickhouse::suppression::Suppression>,
 }
 
 impl<S> AppState<S> {
-    pub(super) fn new(config: &Config, sink: S, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(
+        config: &Config,
+        sink: S,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, PrivacyError> {
         let cfg = config.collector.clone();
         // Burst of twice the per-second rate.
         let limiter = NonZeroU32::new(cfg.rate_limit_per_key).map(|rate| {
@@ -51,13 +58,14 @@ impl<S> AppState<S> {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let permits = cfg.max_in_flight_bytes.min(Semaphore::MAX_PERMITS);
-        Self {
+        Ok(Self {
             raw_topic: config.kafka.raw_topic.clone(),
             dlq_topic: config.kafka.dlq_topic.clone(),
-            sources: Sources::new(&cfg.sources),
+            sources: Sources::new(&cfg.sources, &cfg.privacy_hash_key)?,
             sink,
             metrics,
             in_flight: Semaphore::new(permits),
+            suppression: Arc::default(),
             limiter,
             ip_limiter: (cfg.rate_limit_per_ip > 0)
                 .then(|| IpLimiter::new(cfg.rate_limit_per_ip, cfg.rate_limit_ip_table_size)),
@@ -70,7 +78,7 @@ impl<S> AppState<S> {
             )),
             shutting_down: AtomicBool::new(false),
             cfg,
-        }
+        })
     }
 
     /// Refuse new ingest requests and report unready from now on.

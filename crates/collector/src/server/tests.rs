@@ -36,16 +36,8 @@ struct Harness {
 fn harness(adjust: impl FnOnce(&mut Config)) -> Harness {
     let mut config = Config::default();
     config.collector.sources = vec![
-        SourceConfig {
-            name: "web".into(),
-            write_key: KEY.into(),
-            default_channel: "web".into(),
-        },
-        SourceConfig {
-            name: "crm".into(),
-            write_key: CRM_KEY.into(),
-            default_channel: "call_center".into(),
-        },
+        SourceConfig::new("web", KEY, "web"),
+        SourceConfig::new("crm", CRM_KEY, "call_center"),
     ];
     config.collector.cors_origins = vec!["https://shop.example".into()];
     config.collector.route_aliases = [("/t/b".to_string(), "/v1/batch".to_string())].into();
@@ -578,4 +570,64 @@ fn the_demo_keys_are_refused_unless_allowed() {
     assert!(Collector::new(&config, MemorySink::new(), metrics.clone()).is_err());
     config.collector.allow_demo_keys = true;
     assert!(Collector::new(&config, MemorySink::new(), metrics).is_ok());
+}
+
+#[test]
+fn a_source_that_hashes_without_a_key_is_refused() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let mut config = Config::default();
+    let mut source = SourceConfig::new("web", KEY, "web");
+    source.ip = touchstream_core::config::IpMode::Hash;
+    config.collector.sources = vec![source];
+    let err = Collector::new(&config, MemorySink::new(), metrics.clone())
+        .err()
+        .expect("hash without a key");
+    assert!(matches!(err, CollectorError::Privacy(_)), "{err}");
+    assert!(err.to_string().contains("privacy_hash_key"), "{err}");
+    config.collector.privacy_hash_key = "0123456789abcdef0123".into();
+    assert!(Collector::new(&config, MemorySink::new(), metrics).is_ok());
+}
+
+#[tokio::test]
+async fn a_sources_privacy_options_apply_before_publishing() {
+    use touchstream_core::config::{IpMode, UserAgentMode};
+    let h = harness(|c| {
+        let web = &mut c.collector.sources[0];
+        web.ip = IpMode::Truncate;
+        web.user_agent = UserAgentMode::Drop;
+        web.pii_keys = vec!["email".into()];
+        c.collector.privacy_hash_key = "0123456789abcdef0123".into();
+    });
+    let body = json!({"batch": [
+        {"type": "identify", "messageId": "m-1", "anonymousId": "a", "traits": {"email": "a@b.example"},
+         "context": {"ip": "198.51.100.7", "userAgent": "ctx-agent"}},
+        {"type": "track", "messageId": "m-2", "anonymousId": "a", "properties": {"email": "a@b.example"}}
+    ]});
+    let req = post("/v1/batch", Some(KEY))
+        .header(header::USER_AGENT, "ut-agent")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(h.call(req).await.status, StatusCode::OK);
+    let raw = h.raw();
+    assert_eq!(raw.len(), 1);
+    let tp = avro::decode(&raw[0].payload).unwrap();
+    assert_eq!(tp.ip.as_deref(), Some("127.0.0.0"));
+    assert_eq!(tp.user_agent, None);
+    let traits: Value = serde_json::from_str(&tp.traits).unwrap();
+    let email = traits["email"].as_str().unwrap();
+    assert_eq!(email.len(), 64, "{traits}");
+    let context: Value = serde_json::from_str(&tp.context).unwrap();
+    assert_eq!(context, json!({"ip": "198.51.100.0"}));
+    let dlq = h.dlq();
+    assert_eq!(dlq[0]["message"]["properties"]["email"], email, "same hash");
+    // The other source keeps everything.
+    let req = post("/v1/batch", Some(CRM_KEY))
+        .header(header::USER_AGENT, "ut-agent")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    assert_eq!(h.call(req).await.status, StatusCode::OK);
+    let tp = avro::decode(&h.raw()[1].payload).unwrap();
+    assert_eq!(tp.ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(tp.user_agent.as_deref(), Some("ctx-agent"));
+    assert!(tp.traits.contains("a@b.example"));
 }

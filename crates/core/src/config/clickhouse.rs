@@ -1,7 +1,22 @@
 //! The `[clickhouse]` section: where the processor writes and `touchstream migrate`
-//! creates the tables. The password is hidden from `Debug`.
+//! creates the tables, and how long `touchstream retention` keeps their rows. The
+//! password is hidden from `Debug`.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// The tables `touchstream retention` can expire, each with the column its monthly
+/// partitions (`toYYYYMM`) are cut by (deploy/clickhouse/0001, 0005, 0007).
+pub const RETENTION_TABLES: [(&str, &str); 7] = [
+    ("events", "event_date"),
+    ("touchpoint_journey", "event_date"),
+    ("customer_touchpoints", "event_date"),
+    ("touchpoints_by_day", "event_date"),
+    ("sessions", "started_at"),
+    ("funnel_attempts", "closed_at"),
+    ("funnel_open_attempts", "started_at"),
+];
 
 /// ClickHouse connection.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -16,6 +31,10 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Password. Default empty. Prefer `TOUCHSTREAM__CLICKHOUSE__PASSWORD_FILE`.
     pub password: String,
+    /// Days each table keeps its rows, by table name (one of [`RETENTION_TABLES`]);
+    /// `touchstream retention` drops the monthly partitions whose whole month is older
+    /// (README "Privacy"). At least 1. Default empty: every table keeps everything.
+    pub retention_days: BTreeMap<String, u32>,
 }
 
 // Hand-written so the password never reaches a log line.
@@ -29,6 +48,7 @@ impl std::fmt::Debug for ClickHouseConfig {
                 "password",
                 &if self.password.is_empty() { "" } else { "***" },
             )
+            .field("retention_days", &self.retention_days)
             .finish()
     }
 }
@@ -58,7 +78,30 @@ impl Default for ClickHouseConfig {
             database: "touchstream".into(),
             user: "default".into(),
             password: String::new(),
+            retention_days: BTreeMap::new(),
         }
+    }
+}
+
+impl ClickHouseConfig {
+    /// The first thing wrong with the section, if anything: a `retention_days` entry
+    /// for a table retention cannot expire, or of 0 days.
+    pub(super) fn problem(&self) -> Option<String> {
+        for (table, days) in &self.retention_days {
+            if !RETENTION_TABLES.iter().any(|(t, _)| t == table) {
+                let known: Vec<&str> = RETENTION_TABLES.iter().map(|(t, _)| *t).collect();
+                return Some(format!(
+                    "clickhouse.retention_days: {table:?} is not a partitioned table; one of {}",
+                    known.join(", ")
+                ));
+            }
+            if *days == 0 {
+                return Some(format!(
+                    "clickhouse.retention_days: {table} = 0; at least 1 (leave a table out to keep it)"
+                ));
+            }
+        }
+        None
     }
 }
 

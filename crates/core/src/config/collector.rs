@@ -20,6 +20,92 @@ pub struct SourceConfig {
     /// Default `web`.
     #[serde(default = "default_channel")]
     pub default_channel: String,
+    /// What is kept of the client IP (the `ip` column and `context.ip`): `store`,
+    /// `truncate` (IPv4 to its /24, IPv6 to its /48), `hash` (keyed HMAC-SHA256, hex; needs
+    /// `collector.privacy_hash_key`) or `drop`. Applied before anything is written to
+    /// Kafka, DLQ records included (README "Privacy"). Default `store`.
+    #[serde(default)]
+    pub ip: IpMode,
+    /// What is kept of the user agent (the `user_agent` column and `context.userAgent`):
+    /// `store` or `drop`. Default `store`.
+    #[serde(default)]
+    pub user_agent: UserAgentMode,
+    /// Top-level keys of `properties`, `traits` and `context.traits` that hold personal
+    /// data (e.g. `["email", "phone"]`), treated as `pii` says (exact, case-sensitive
+    /// match). Default empty.
+    #[serde(default)]
+    pub pii_keys: Vec<String>,
+    /// What happens to the values of `pii_keys`: `hash` (keyed HMAC-SHA256 of the string,
+    /// or of the JSON text of a non-string value, hex; needs
+    /// `collector.privacy_hash_key`) or `drop` (the key is removed). Default `hash`.
+    #[serde(default)]
+    pub pii: PiiMode,
+}
+
+/// What a source keeps of the client IP (`[[collector.sources]] ip`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpMode {
+    /// Keep the address as received.
+    #[default]
+    Store,
+    /// IPv4 to its /24 (`203.0.113.0`), IPv6 to its /48 (`2001:db8:1::`).
+    Truncate,
+    /// Keyed HMAC-SHA256 of the address text, hex.
+    Hash,
+    /// Keep nothing.
+    Drop,
+}
+
+/// What a source keeps of the user agent (`[[collector.sources]] user_agent`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserAgentMode {
+    /// Keep it as received.
+    #[default]
+    Store,
+    /// Keep nothing.
+    Drop,
+}
+
+/// What happens to the values of a source's `pii_keys` (`[[collector.sources]] pii`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiMode {
+    /// Keyed HMAC-SHA256, hex: the same value hashes the same, so it still joins.
+    #[default]
+    Hash,
+    /// The key is removed.
+    Drop,
+}
+
+impl SourceConfig {
+    /// A source with this name, key and default channel, storing everything (the
+    /// privacy options at their defaults).
+    pub fn new(name: &str, write_key: &str, default_channel: &str) -> Self {
+        Self {
+            name: name.into(),
+            write_key: write_key.into(),
+            default_channel: default_channel.into(),
+            ip: IpMode::default(),
+            user_agent: UserAgentMode::default(),
+            pii_keys: Vec::new(),
+            pii: PiiMode::default(),
+        }
+    }
+
+    /// Whether the source keeps everything as received (no privacy option set): the
+    /// collector then does no extra work for it.
+    pub fn stores_everything(&self) -> bool {
+        self.ip == IpMode::Store
+            && self.user_agent == UserAgentMode::Store
+            && self.pii_keys.is_empty()
+    }
+
+    /// Whether one of the source's options hashes (and so needs the hash key).
+    pub fn needs_hash_key(&self) -> bool {
+        self.ip == IpMode::Hash || (!self.pii_keys.is_empty() && self.pii == PiiMode::Hash)
+    }
 }
 
 // Hand-written so the write key never reaches a log line.
@@ -29,6 +115,10 @@ impl std::fmt::Debug for SourceConfig {
             .field("name", &self.name)
             .field("write_key", &"***")
             .field("default_channel", &self.default_channel)
+            .field("ip", &self.ip)
+            .field("user_agent", &self.user_agent)
+            .field("pii_keys", &self.pii_keys)
+            .field("pii", &self.pii)
             .finish()
     }
 }
@@ -38,7 +128,7 @@ fn default_channel() -> String {
 }
 
 /// HTTP collector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorConfig {
     /// Listen address. Default `127.0.0.1:8080`.
@@ -116,23 +206,118 @@ pub struct CollectorConfig {
     /// On shutdown, how long open connections get to finish before they are closed, ms.
     /// Default 10000.
     pub shutdown_grace_ms: u64,
+    /// Secret key of the HMAC-SHA256 that sources with `ip = "hash"` or `pii = "hash"` use
+    /// (at least 16 bytes; the collector refuses to start without it when one does).
+    /// Changing it changes every hash from then on. Secret: prefer
+    /// `TOUCHSTREAM__COLLECTOR__PRIVACY_HASH_KEY_FILE`. Default empty.
+    pub privacy_hash_key: String,
+    /// What the collector does with a message naming an erased person (an id in
+    /// ClickHouse `suppressed_ids`, written by `touchstream erase`): `off` (forward it;
+    /// the processor drops it anyway), `reject` (refused with reason `suppressed`, listed
+    /// in the response, not dead-lettered: that would store the person again) or `drop`
+    /// (answered as accepted, written nowhere). The list is read from `[clickhouse]`.
+    /// Default `off`.
+    pub suppression: SuppressionMode,
+    /// How often the collector reloads the list when `suppression` is on, ms. Default 5000.
+    pub suppression_refresh_ms: u64,
 }
+
+/// `collector.suppression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionMode {
+    /// Forward every message (the processor still never stores an erased person).
+    #[default]
+    Off,
+    /// Refuse the message with reason `suppressed`.
+    Reject,
+    /// Answer as accepted and write nothing.
+    Drop,
+}
+
+// Hand-written so the write keys and the hash key never reach a log line (`touchstream
+// config` prints this).
+impl std::fmt::Debug for CollectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            listen,
+            sources,
+            max_message_bytes,
+            max_request_bytes,
+            max_batch_messages,
+            produce_timeout_ms,
+            max_in_flight_bytes,
+            retry_after_secs,
+            cors_origins,
+            route_aliases,
+            trusted_proxy_header,
+            trusted_proxies,
+            rate_limit_per_key,
+            rate_limit_per_ip,
+            rate_limit_ip_table_size,
+            allow_demo_keys,
+            max_unauthenticated_bytes,
+            event_time_floor,
+            max_event_age_days,
+            readiness_interval_ms,
+            header_read_timeout_ms,
+            body_read_timeout_ms,
+            max_connections,
+            shutdown_grace_ms,
+            privacy_hash_key,
+            suppression,
+            suppression_refresh_ms,
+        } = self;
+        f.debug_struct("CollectorConfig")
+            .field("listen", listen)
+            .field("sources", sources)
+            .field("max_message_bytes", max_message_bytes)
+            .field("max_request_bytes", max_request_bytes)
+            .field("max_batch_messages", max_batch_messages)
+            .field("produce_timeout_ms", produce_timeout_ms)
+            .field("max_in_flight_bytes", max_in_flight_bytes)
+            .field("retry_after_secs", retry_after_secs)
+            .field("cors_origins", cors_origins)
+            .field("route_aliases", route_aliases)
+            .field("trusted_proxy_header", trusted_proxy_header)
+            .field("trusted_proxies", trusted_proxies)
+            .field("rate_limit_per_key", rate_limit_per_key)
+            .field("rate_limit_per_ip", rate_limit_per_ip)
+            .field("rate_limit_ip_table_size", rate_limit_ip_table_size)
+            .field("allow_demo_keys", allow_demo_keys)
+            .field("max_unauthenticated_bytes", max_unauthenticated_bytes)
+            .field("event_time_floor", event_time_floor)
+            .field("max_event_age_days", max_event_age_days)
+            .field("readiness_interval_ms", readiness_interval_ms)
+            .field("header_read_timeout_ms", header_read_timeout_ms)
+            .field("body_read_timeout_ms", body_read_timeout_ms)
+            .field("max_connections", max_connections)
+            .field("shutdown_grace_ms", shutdown_grace_ms)
+            .field("suppression", suppression)
+            .field("suppression_refresh_ms", suppression_refresh_ms)
+            .field(
+                "privacy_hash_key",
+                &if privacy_hash_key.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .finish()
+    }
+}
+
+/// Fewest bytes of `privacy_hash_key`: a short key is guessable, and then so is every
+/// hashed IP (there are only 2^32 IPv4 addresses).
+pub const MIN_PRIVACY_HASH_KEY_BYTES: usize = 16;
 
 impl Default for CollectorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
             sources: vec![
-                SourceConfig {
-                    name: "web".into(),
-                    write_key: "demo-web-key".into(),
-                    default_channel: "web".into(),
-                },
-                SourceConfig {
-                    name: "call-center".into(),
-                    write_key: "demo-crm-key".into(),
-                    default_channel: "call_center".into(),
-                },
+                SourceConfig::new("web", "demo-web-key", "web"),
+                SourceConfig::new("call-center", "demo-crm-key", "call_center"),
             ],
             max_message_bytes: 32 * 1024,
             max_request_bytes: 500 * 1024,
@@ -156,6 +341,9 @@ impl Default for CollectorConfig {
             body_read_timeout_ms: 30_000,
             max_connections: 1024,
             shutdown_grace_ms: 10_000,
+            privacy_hash_key: String::new(),
+            suppression: SuppressionMode::Off,
+            suppression_refresh_ms: 5000,
         }
     }
 }
@@ -245,6 +433,27 @@ impl CollectorConfig {
                     s.name, s.default_channel
                 ));
             }
+            if s.needs_hash_key() && self.privacy_hash_key.is_empty() {
+                return Some(format!(
+                    "collector.sources: source {:?} hashes (ip or pii = \"hash\") but \
+                     collector.privacy_hash_key is empty: set it (e.g. \
+                     TOUCHSTREAM__COLLECTOR__PRIVACY_HASH_KEY_FILE) or choose another mode",
+                    s.name
+                ));
+            }
+            if let Some(k) = s.pii_keys.iter().find(|k| k.is_empty()) {
+                return Some(format!(
+                    "collector.sources: source {:?} lists an empty pii_keys entry {k:?}",
+                    s.name
+                ));
+            }
+        }
+        if !self.privacy_hash_key.is_empty()
+            && self.privacy_hash_key.len() < MIN_PRIVACY_HASH_KEY_BYTES
+        {
+            return Some(format!(
+                "collector.privacy_hash_key must be at least {MIN_PRIVACY_HASH_KEY_BYTES} bytes"
+            ));
         }
         for (alias, target) in &self.route_aliases {
             if !alias.starts_with('/') || !target.starts_with("/v1/") {

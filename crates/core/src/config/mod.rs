@@ -26,8 +26,11 @@ mod env;
 mod kafka;
 mod processor;
 
-pub use clickhouse::{masked_url, ClickHouseConfig};
-pub use collector::{CollectorConfig, SourceConfig, DEMO_WRITE_KEYS};
+pub use clickhouse::{masked_url, ClickHouseConfig, RETENTION_TABLES};
+pub use collector::{
+    CollectorConfig, IpMode, PiiMode, SourceConfig, SuppressionMode, UserAgentMode,
+    DEMO_WRITE_KEYS, MIN_PRIVACY_HASH_KEY_BYTES,
+};
 pub use kafka::{is_secret_property, KafkaConfig};
 pub use processor::ProcessorConfig;
 
@@ -116,6 +119,7 @@ impl Config {
         let problem = self
             .kafka
             .problem()
+            .or_else(|| self.clickhouse.problem())
             .or_else(|| self.collector.problem())
             .or_else(|| self.processor.problem());
         match problem {
@@ -232,8 +236,11 @@ mod tests {
         ] {
             c.kafka.client_properties.insert(k.into(), v.into());
         }
+        c.collector.privacy_hash_key = "hash-hunter2-0123456789".into();
+        c.collector.sources[0].write_key = "wk-hunter2".into();
         let shown = format!("{c:?} {c:#?}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("privacy_hash_key: \"***\""), "{shown}");
         assert!(
             shown.contains("touchstream"),
             "non-secret properties stay visible"
@@ -319,6 +326,32 @@ mod tests {
     }
 
     #[test]
+    fn privacy_options_parse_per_source() {
+        let c = Config::from_toml_and_env(
+            "[collector]\nprivacy_hash_key = \"0123456789abcdef\"\n\
+             [[collector.sources]]\nname = \"web\"\nwrite_key = \"k\"\nip = \"truncate\"\n\
+             user_agent = \"drop\"\npii_keys = [\"email\"]\npii = \"drop\"\n\
+             [[collector.sources]]\nname = \"pos\"\nwrite_key = \"k2\"\nip = \"hash\"\n",
+            None,
+            &env(&[]),
+        )
+        .unwrap();
+        let [web, pos] = &c.collector.sources[..] else {
+            panic!("two sources")
+        };
+        assert_eq!(
+            (web.ip, web.user_agent, web.pii),
+            (IpMode::Truncate, UserAgentMode::Drop, PiiMode::Drop)
+        );
+        assert_eq!(web.pii_keys, vec!["email"]);
+        assert_eq!(
+            (pos.ip, pos.user_agent, pos.pii),
+            (IpMode::Hash, UserAgentMode::Store, PiiMode::Hash)
+        );
+        assert!(pos.pii_keys.is_empty() && !pos.stores_everything());
+    }
+
+    #[test]
     fn bad_fixtures_name_the_problem() {
         for (text, envs, needle) in [
             ("[kafka]\nbrokerz = \"x\"\n", vec![], "brokerz"),
@@ -365,6 +398,36 @@ mod tests {
                 "[collector]\nevent_time_floor = \"yesterday\"\n",
                 vec![],
                 "event_time_floor",
+            ),
+            (
+                "[[collector.sources]]\nname = \"a\"\nwrite_key = \"k\"\nip = \"hash\"\n",
+                vec![],
+                "privacy_hash_key is empty",
+            ),
+            (
+                "[[collector.sources]]\nname = \"a\"\nwrite_key = \"k\"\npii_keys = [\"email\"]\n",
+                vec![],
+                "privacy_hash_key is empty",
+            ),
+            (
+                "[[collector.sources]]\nname = \"a\"\nwrite_key = \"k\"\nip = \"mask\"\n",
+                vec![],
+                "mask",
+            ),
+            (
+                "[collector]\nprivacy_hash_key = \"short\"\n",
+                vec![],
+                "at least 16 bytes",
+            ),
+            (
+                "[clickhouse.retention_days]\nidentities = 30\n",
+                vec![],
+                "\"identities\" is not a partitioned table",
+            ),
+            (
+                "[clickhouse.retention_days]\nevents = 0\n",
+                vec![],
+                "events = 0",
             ),
         ] {
             let e = Config::from_toml_and_env(text, Some("f.toml".into()), &env(&envs))

@@ -1,5 +1,5 @@
 //! The ids of erased people (`suppressed_ids`, written by `touchstream erase`), which the
-//! processor never stores again (README, "Privacy").
+//! processor never stores again and the collector can refuse (README, "Privacy").
 //!
 //! Why here and not only in the tables: an erasure deletes the person's rows, but their
 //! events are still in the Kafka topics until retention removes them, and a replay, a
@@ -8,7 +8,8 @@
 //! (links, histories, journeys), which the next snapshots then no longer contain.
 //!
 //! The list is loaded before the stages start and refreshed every
-//! `processor.suppression_refresh_ms`; each load that finds new ids bumps a generation,
+//! `processor.suppression_refresh_ms` (the collector: `collector.suppression_refresh_ms`,
+//! when `collector.suppression` is on); each load that finds new ids bumps a generation,
 //! which the stages compare with the one they last purged for.
 
 use std::collections::HashSet;
