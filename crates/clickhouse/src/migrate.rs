@@ -4,7 +4,9 @@
 //! applied in file-name order. Each applied file is recorded in `<db>.schema_migrations`
 //! with a checksum; a recorded file is never run again, and a recorded file whose text
 //! changed is an error (write a new migration instead). Statements use `IF NOT EXISTS`, so
-//! a run interrupted half-way is safe to repeat.
+//! a run interrupted half-way is safe to repeat; `ALTER TABLE .. ADD COLUMN`, which has no
+//! `IF NOT EXISTS` on 18.16, is written without it and a column that already exists
+//! counts as added.
 //!
 //! A file may start with `-- touchstream: min_server_version = X.Y`: on an older server
 //! it is skipped and *not* recorded, so the first run after a server upgrade applies it.
@@ -137,6 +139,12 @@ pub fn parse(name: &str, text: &str) -> Result<Migration, MigrateError> {
     })
 }
 
+/// Whether a statement adds columns (repeatable: see [`migrate_files`]).
+fn adds_column(sql: &str) -> bool {
+    let upper = sql.to_ascii_uppercase();
+    upper.trim_start().starts_with("ALTER TABLE") && upper.contains("ADD COLUMN")
+}
+
 /// FNV-1a, 64 bit: stable across builds and Rust versions, unlike `DefaultHasher`.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -234,14 +242,19 @@ pub async fn migrate_files(
         }
         for (i, stmt) in m.statements.iter().enumerate() {
             let sql = stmt.replace("{db}", &db);
-            ch.query(&sql)
-                .execute()
-                .await
-                .map_err(|source| MigrateError::Statement {
-                    file: m.name.clone(),
-                    index: i + 1,
-                    source,
-                })?;
+            match ch.query(&sql).execute().await {
+                Ok(()) => {}
+                // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a column a half-finished run
+                // already added counts as added.
+                Err(e) if adds_column(&sql) && e.to_string().contains("already exists") => {}
+                Err(source) => {
+                    return Err(MigrateError::Statement {
+                        file: m.name.clone(),
+                        index: i + 1,
+                        source,
+                    })
+                }
+            }
         }
         ch.query(&format!(
             "INSERT INTO {db}.schema_migrations (version, name, checksum) VALUES ({}, '{}', '{}')",

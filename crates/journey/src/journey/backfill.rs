@@ -94,12 +94,16 @@ impl JourneyStage {
         stored: &dyn Fn(&str) -> Option<JourneyEvent>,
     ) -> usize {
         let funnels = &self.funnels;
+        let catalog = &self.catalog;
         let mut missing = 0;
         self.buffer.for_each_mut(|e| match stored(&e.event_id) {
-            Some(ev) => e.steps = with_mask(&e.steps, fi, funnels.steps(&ev).mask(fi)),
+            Some(ev) => {
+                let fresh = funnels.steps(&ev, catalog.classify(&ev).channel.as_str());
+                e.steps = with_mask(&e.steps, fi, Some(&fresh));
+            }
             None => {
                 missing += 1;
-                e.steps = with_mask(&e.steps, fi, 0);
+                e.steps = with_mask(&e.steps, fi, None);
             }
         });
         missing
@@ -216,7 +220,7 @@ impl JourneyStage {
             time_ms: event.event_time_ms,
             name: self.names.intern(event.display_name()),
             kind: Some(event.kind),
-            steps: self.funnels.steps(event),
+            steps: self.funnels.steps(event, tp.channel.as_str()),
             event_id: Arc::from(event.event_id.as_str()),
             stage: tp.stage,
             channel: tp.channel,
@@ -228,15 +232,24 @@ impl JourneyStage {
     }
 }
 
-/// `steps` with funnel `fi`'s mask replaced by `mask`.
-fn with_mask(steps: &Steps, fi: u16, mask: u32) -> Steps {
-    let mut all = steps.as_slice().into_owned();
+/// `steps` with funnel `fi`'s mask and breakdown values replaced by `fresh`'s (none
+/// when `fresh` is `None`).
+fn with_mask(steps: &Steps, fi: u16, fresh: Option<&Steps>) -> Steps {
+    let mut all: Vec<(u16, u32)> = steps.as_slice().into_owned();
+    let mut values: Vec<(u16, Box<[Arc<str>]>)> = steps.all_values().to_vec();
     all.retain(|(f, _)| *f != fi);
+    values.retain(|(f, _)| *f != fi);
+    let mask = fresh.map_or(0, |s| s.mask(fi));
     if mask != 0 {
         all.push((fi, mask));
     }
+    let fresh_values = fresh.map_or(&[][..], |s| s.values(fi));
+    if !fresh_values.is_empty() {
+        values.push((fi, fresh_values.into()));
+    }
     all.sort_unstable_by_key(|(f, _)| *f);
-    Steps::from_pairs(all)
+    values.sort_unstable_by_key(|(f, _)| *f);
+    Steps::from_parts(all, values)
 }
 
 /// Give the held history events funnel `fi`'s matches from their stored copies (`hist`,
@@ -247,11 +260,11 @@ fn refill_history(c: &mut Customer, fi: u16, hist: &[HistEvent]) -> usize {
         let found = hist
             .binary_search_by(|h| h.order_key().cmp(&e.order_key()))
             .ok()
-            .map(|i| hist[i].steps.mask(fi));
+            .map(|i| &hist[i].steps);
         if found.is_none() {
             missing += 1;
         }
-        e.steps = with_mask(&e.steps, fi, found.unwrap_or(0));
+        e.steps = with_mask(&e.steps, fi, found);
     }
     missing
 }

@@ -162,14 +162,23 @@ impl Remap {
     }
 
     pub(super) fn steps(&self, steps: &Steps) -> Steps {
+        if matches!(steps, Steps::One(_, 0)) {
+            return Steps::NONE;
+        }
         let mut kept: Vec<(u16, u32)> = steps
             .as_slice()
             .iter()
             .filter_map(|(f, m)| self.index(*f).map(|f| (f, *m)))
             .collect();
+        let mut values: Vec<(u16, Box<[std::sync::Arc<str>]>)> = steps
+            .all_values()
+            .iter()
+            .filter_map(|(f, v)| self.index(*f).map(|f| (f, v.clone())))
+            .collect();
         // `Steps` lists funnels in index order.
         kept.sort_unstable_by_key(|(f, _)| *f);
-        Steps::from_pairs(kept)
+        values.sort_unstable_by_key(|(f, _)| *f);
+        Steps::from_parts(kept, values)
     }
 
     fn machine(&self, m: &mut Machine) {
