@@ -413,10 +413,10 @@ pub struct Funnel {
 }
 
 impl Funnel {
-    /// The metric `breakdown` label for values `values` (one per dimension): the
-    /// allow-listed values joined by `/`, each `other` when not allow-listed; `all` for a
-    /// funnel without breakdown.
-    pub fn breakdown_label(&self, values: &[Arc<str>]) -> String {
+    /// The metric `breakdown` label for `values` (one per dimension): the allow-listed
+    /// values joined by `/`, each `other` when not allow-listed; `all` for a funnel
+    /// without breakdown. At most [`MAX_BREAKDOWN_SERIES`] distinct labels per funnel.
+    pub fn breakdown_label<S: AsRef<str>>(&self, values: &[S]) -> String {
         if self.breakdown.is_empty() {
             return ALL.to_owned();
         }
@@ -428,6 +428,23 @@ impl Funnel {
             out.push_str(b.label(values.get(i).map_or("", |v| v.as_ref())));
         }
         out
+    }
+
+    /// The label of 1-based `step` of an attempt whose row holds `breakdown_values`: its
+    /// attributed values, or, for `each_step`, that step's own.
+    pub fn step_breakdown_label<S: AsRef<str>>(
+        &self,
+        breakdown_values: &[S],
+        step: usize,
+    ) -> String {
+        let dims = self.breakdown.len();
+        let values = match self.breakdown_attribution {
+            Attribution::EachStep if dims > 0 => breakdown_values
+                .get(step.saturating_sub(1) * dims..step * dims)
+                .unwrap_or(&[]),
+            _ => breakdown_values,
+        };
+        self.breakdown_label(values)
     }
 
     /// This funnel's breakdown values of an event, interned against the allow-lists.

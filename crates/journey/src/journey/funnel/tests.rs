@@ -656,7 +656,16 @@ fn breakdown_labels_are_allow_listed_or_other() {
     // `properties.store` allow-lists nothing: every store is `other`.
     assert_eq!(f.breakdown_label(&v("web", "s1")), "web/other");
     assert_eq!(f.breakdown_label(&v("email", "")), "other/other");
-    assert_eq!(abc(MIN).breakdown_label(&[]), "all");
+    assert_eq!(abc(MIN).breakdown_label::<&str>(&[]), "all");
+    // each_step: the step's own values.
+    let each = bd_funnel("breakdown_attribution = \"each_step\"");
+    let row = ["web", "s1", "", "", "app", "s2"];
+    assert_eq!(each.funnels()[0].step_breakdown_label(&row, 3), "app/other");
+    assert_eq!(
+        each.funnels()[0].step_breakdown_label(&row, 2),
+        "other/other"
+    );
+    assert_eq!(f.step_breakdown_label(&row[..2], 3), "web/other");
 }
 
 #[test]
