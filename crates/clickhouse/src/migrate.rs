@@ -139,6 +139,21 @@ pub fn parse(name: &str, text: &str) -> Result<Migration, MigrateError> {
     })
 }
 
+/// First server with `ADD COLUMN IF NOT EXISTS` we rely on (18.16 has none).
+const ADD_COLUMN_IF_NOT_EXISTS: ServerVersion = ServerVersion(20, 1);
+
+/// A statement as sent to a server of `version`: on servers that have it, `ADD COLUMN`
+/// becomes `ADD COLUMN IF NOT EXISTS`, so the statement repeats safely by itself; older
+/// servers get it as written and an existing column counts as added
+/// ([`migrate_files`]).
+fn for_server(sql: &str, version: ServerVersion) -> String {
+    if version >= ADD_COLUMN_IF_NOT_EXISTS && adds_column(sql) && !sql.contains("IF NOT EXISTS") {
+        sql.replace("ADD COLUMN ", "ADD COLUMN IF NOT EXISTS ")
+    } else {
+        sql.to_owned()
+    }
+}
+
 /// Whether a statement adds columns (repeatable: see [`migrate_files`]).
 fn adds_column(sql: &str) -> bool {
     let upper = sql.to_ascii_uppercase();
@@ -173,7 +188,11 @@ pub fn plan_sql(database: &str, version: ServerVersion) -> Result<Vec<String>, M
         if m.min_server.is_some_and(|req| version < req) {
             continue;
         }
-        out.extend(m.statements.iter().map(|s| s.replace("{db}", &db)));
+        out.extend(
+            m.statements
+                .iter()
+                .map(|s| for_server(&s.replace("{db}", &db), version)),
+        );
     }
     Ok(out)
 }
@@ -241,7 +260,7 @@ pub async fn migrate_files(
             }
         }
         for (i, stmt) in m.statements.iter().enumerate() {
-            let sql = stmt.replace("{db}", &db);
+            let sql = for_server(&stmt.replace("{db}", &db), version);
             match ch.query(&sql).execute().await {
                 Ok(()) => {}
                 // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a column a half-finished run
@@ -298,6 +317,14 @@ mod tests {
         assert_eq!(m.version, 7);
         assert_eq!(m.statements, vec!["CREATE A", "CREATE B"]);
         assert!(parse("x.sql", "").is_err());
+        let add = "ALTER TABLE t ADD COLUMN b Array(String) AFTER a";
+        assert_eq!(for_server(add, ServerVersion(18, 16)), add);
+        assert_eq!(
+            for_server(add, ServerVersion(24, 8)),
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS b Array(String) AFTER a"
+        );
+        let view = "CREATE VIEW IF NOT EXISTS v AS SELECT 1";
+        assert_eq!(for_server(view, ServerVersion(24, 8)), view);
         assert!(parse("0001_x.sql", "-- touchstream: bogus\n").is_err());
     }
 
