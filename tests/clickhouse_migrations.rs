@@ -86,16 +86,16 @@ async fn migrations_create_tables_and_are_idempotent() {
         .count() as u64;
     assert_eq!(recorded, applied, "each applied file recorded once");
 
-    // A run interrupted after 0006 added its columns but before it was recorded repeats
+    // A run interrupted after 0008 added its columns but before it was recorded repeats
     // safely: 18.16 has no ADD COLUMN IF NOT EXISTS, the migrator counts them as added.
     let again = touchstream_clickhouse::migrate::parse(
         "0099_breakdowns_again.sql",
-        include_str!("../deploy/clickhouse/0006_funnel_breakdowns.sql"),
+        include_str!("../deploy/clickhouse/0008_funnel_breakdowns.sql"),
     )
     .expect("parse");
     migrate_files(&cfg, &[again])
         .await
-        .expect("0006 repeats after a half-finished run");
+        .expect("0008 repeats after a half-finished run");
 
     // Raw event plus two journey versions: the touchpoints view shows the newest.
     client

@@ -73,7 +73,7 @@ def test_migrations_apply_twice_on_current_clickhouse():
         hour = sess.query("SELECT toHour(hour), step, reached, open "
                           "FROM ts_chdb.funnel_entry_cohort_hour ORDER BY hour, step", "CSV").bytes().decode().split()
         assert hour == ["9,1,1,0", "9,2,1,0", "10,1,2,1", "10,3,1,0"], hour
-        # Breakdown values (0006_funnel_breakdowns.sql): one per key, or, for each_step,
+        # Breakdown values (0008_funnel_breakdowns.sql): one per key, or, for each_step,
         # one per key for each reached step; the view groups steps by their values.
         sess.query("INSERT INTO ts_chdb.funnel_attempts (attempt_id, funnel, customer_id, closed_at, "
                    "outcome, reached_step, total_steps, step_event_ids, breakdown_keys, breakdown_values, "

@@ -5,7 +5,8 @@
 -- for each reached step, step-major (`breakdown_values[(step - 1) * length(keys) + k]`,
 -- `''` for a skipped optional step). Funnels without breakdown: both arrays empty.
 -- Runs on ClickHouse 18.16 and current releases. 18.16 has no ADD COLUMN IF NOT EXISTS:
--- the migrator counts an existing column as added, so a half-finished run repeats safely.
+-- the migrator counts an existing column as added there, and sends ADD COLUMN IF NOT
+-- EXISTS to servers that have it (20.1+), so a half-finished run repeats safely.
 
 ALTER TABLE {db}.funnel_attempts
     ADD COLUMN breakdown_keys Array(String) AFTER step_event_ids;
