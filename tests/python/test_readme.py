@@ -1,5 +1,6 @@
 """The README keeps its promises: the two commands first, and the analyst queries that
-tests/pipeline.rs and tests/funnel_options.rs run shown verbatim."""
+tests/pipeline.rs, tests/funnel_options.rs and tests/funnel_breakdowns.rs run shown
+verbatim."""
 import glob
 import os
 

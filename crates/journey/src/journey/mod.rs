@@ -305,7 +305,7 @@ impl JourneyStage {
                     out.open_tombstone_named(&id, funnel, &row);
                 }
             }
-            let mut customer = Customer::restore(saved, &mut names);
+            let mut customer = Customer::restore(saved, &mut names, &funnels);
             if let Some(wake) = customer.wake_ms {
                 timers.insert((wake, Arc::clone(&id)));
             }

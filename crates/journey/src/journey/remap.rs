@@ -162,23 +162,18 @@ impl Remap {
     }
 
     pub(super) fn steps(&self, steps: &Steps) -> Steps {
-        if matches!(steps, Steps::One(_, 0)) {
+        if steps.is_empty() {
             return Steps::NONE;
         }
-        let mut kept: Vec<(u16, u32)> = steps
-            .as_slice()
-            .iter()
-            .filter_map(|(f, m)| self.index(*f).map(|f| (f, *m)))
-            .collect();
-        let mut values: Vec<(u16, Box<[std::sync::Arc<str>]>)> = steps
-            .all_values()
-            .iter()
-            .filter_map(|(f, v)| self.index(*f).map(|f| (f, v.clone())))
+        // A funnel's breakdown values move with it: same definition, same allow-lists.
+        let mut kept: Vec<_> = steps
+            .entries()
+            .into_iter()
+            .filter_map(|(f, m, v)| self.index(f).map(|f| (f, m, v)))
             .collect();
         // `Steps` lists funnels in index order.
-        kept.sort_unstable_by_key(|(f, _)| *f);
-        values.sort_unstable_by_key(|(f, _)| *f);
-        Steps::from_parts(kept, values)
+        kept.sort_unstable_by_key(|(f, _, _)| *f);
+        Steps::from_entries(kept)
     }
 
     fn machine(&self, m: &mut Machine) {

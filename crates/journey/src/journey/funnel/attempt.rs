@@ -50,9 +50,12 @@ pub(crate) struct OpenAttempt {
     pub(crate) done: u32,
     /// Breakdown values (README "Funnels", Breakdowns): one per dimension of the step
     /// the funnel's attribution names, or, for `each_step`, one per dimension of each
-    /// entry of `steps` (step-major; `""` for a skipped step). Empty without breakdown.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) breakdown: Vec<Arc<str>>,
+    /// entry of `steps` (step-major; `""` for a skipped step). `None` without breakdown.
+    /// Shared with the event's values (for an allow-listed tuple, with the funnel's
+    /// [`super::Funnel::listed`]), so `first_step` and `last_step` attempts allocate
+    /// nothing for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) breakdown: Option<Arc<[Arc<str>]>>,
 }
 
 impl OpenAttempt {
@@ -61,7 +64,7 @@ impl OpenAttempt {
         step: usize,
         time_ms: i64,
         event_id: &Arc<str>,
-        values: &[Arc<str>],
+        values: Option<&Arc<[Arc<str>]>>,
     ) -> Self {
         // Room for every step: growing one at a time would reallocate.
         let mut steps = Vec::with_capacity(capacity);
@@ -69,13 +72,15 @@ impl OpenAttempt {
         Self {
             steps,
             done: 1 << step,
-            breakdown: values.to_vec(),
+            breakdown: values.cloned(),
         }
     }
 
     /// Breakdown values as stored in `funnel_attempts.breakdown_values`.
     pub(crate) fn breakdown_values(&self) -> Vec<String> {
         self.breakdown
+            .as_deref()
+            .unwrap_or(&[])
             .iter()
             .map(|v| v.as_ref().to_owned())
             .collect()
@@ -124,7 +129,7 @@ impl AttemptSlot {
     /// Apply one event (events must come in `(event_time, event_id)` order). `mask` is
     /// this funnel's mask for the event (steps, then exclusions); strict funnels need
     /// every event of the customer while an attempt is open, with mask 0 for the others.
-    /// `values` are the event's breakdown values for this funnel (empty without one).
+    /// `values` are the event's breakdown values for this funnel (`None` without one).
     // One argument per thing the rules read; bundling them would only rename them.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn step(
@@ -134,7 +139,7 @@ impl AttemptSlot {
         mask: u32,
         time_ms: i64,
         event_id: &Arc<str>,
-        values: &[Arc<str>],
+        values: Option<&Arc<[Arc<str>]>>,
         closed: &mut Vec<ClosedAttempt>,
     ) {
         // Rule 3: an event past a deadline proves the watermark passed it.
@@ -281,22 +286,31 @@ fn advance(
     step: usize,
     time_ms: i64,
     event_id: &Arc<str>,
-    values: &[Arc<str>],
+    values: Option<&Arc<[Arc<str>]>>,
 ) {
     let dims = funnel.breakdown.len();
+    let each_step = dims > 0 && funnel.breakdown_attribution == Attribution::EachStep;
+    // each_step: the reached steps' values, step-major, in one new tuple.
+    let mut all: Vec<Arc<str>> = Vec::new();
+    if each_step {
+        all.extend(open.breakdown.as_deref().unwrap_or(&[]).iter().cloned());
+    }
     if funnel.order != Order::Any && open.steps.len() < step {
         // Skipped optional steps: no time, no event (and no breakdown values).
         let skipped: Arc<str> = Arc::from("");
-        if dims > 0 && funnel.breakdown_attribution == Attribution::EachStep {
-            open.breakdown.resize(step * dims, Arc::clone(&skipped));
+        if each_step {
+            all.resize(step * dims, Arc::clone(&skipped));
         }
         open.steps.resize(step, (0, skipped));
     }
     if dims > 0 {
         match funnel.breakdown_attribution {
             Attribution::FirstStep => {}
-            Attribution::LastStep => open.breakdown = values.to_vec(),
-            Attribution::EachStep => open.breakdown.extend(values.iter().cloned()),
+            Attribution::LastStep => open.breakdown = values.cloned(),
+            Attribution::EachStep => {
+                all.extend(values.iter().flat_map(|v| v.iter().cloned()));
+                open.breakdown = Some(all.into());
+            }
         }
     }
     open.steps.push((time_ms, Arc::clone(event_id)));

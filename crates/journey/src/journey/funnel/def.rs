@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Detailed, Steps, MAX_STEPS};
+use super::{Steps, Values, MAX_STEPS};
 use crate::event::{JourneyEvent, MessageType};
 use crate::JourneyError;
 
@@ -410,6 +410,12 @@ pub struct Funnel {
     /// Which step's values an attempt carries.
     #[serde(skip_serializing_if = "Attribution::is_first_step")]
     pub breakdown_attribution: Attribution,
+    /// Every tuple of allow-listed values (one per dimension), first dimension slowest:
+    /// what a [`Values::Listed`] index names. Built from `breakdown` when the file loads
+    /// (at most [`MAX_BREAKDOWN_SERIES`] − 1), so every event and attempt with the same
+    /// allow-listed values shares one tuple instead of holding its own.
+    #[serde(skip)]
+    pub(crate) listed: Vec<Arc<[Arc<str>]>>,
 }
 
 impl Funnel {
@@ -447,18 +453,47 @@ impl Funnel {
         self.breakdown_label(values)
     }
 
-    /// This funnel's breakdown values of an event, interned against the allow-lists.
-    fn values(&self, event: &JourneyEvent, channel: &'static str) -> Box<[Arc<str>]> {
-        self.breakdown
+    /// This funnel's breakdown values of an event: the index of its tuple in
+    /// [`Self::listed`] when every value is allow-listed, else the values (allow-listed
+    /// ones sharing the configuration's strings).
+    fn values(&self, event: &JourneyEvent, channel: &'static str) -> Values {
+        let raw: Vec<_> = self
+            .breakdown
             .iter()
-            .map(|b| {
-                let raw = b.dimension.read(event, channel);
-                match b.values.iter().find(|v| v.as_ref() == raw.as_ref()) {
-                    Some(v) => Arc::clone(v),
-                    None => Arc::from(raw.as_ref()),
-                }
-            })
-            .collect()
+            .map(|b| b.dimension.read(event, channel))
+            .collect();
+        let mut index = Some(0usize);
+        for (b, r) in self.breakdown.iter().zip(&raw) {
+            let at = b.values.iter().position(|v| v.as_ref() == r.as_ref());
+            index = index.zip(at).map(|(i, at)| i * b.values.len() + at);
+        }
+        if let Some(i) = index.and_then(|i| u8::try_from(i).ok()) {
+            if usize::from(i) < self.listed.len() {
+                return Values::Listed(i);
+            }
+        }
+        Values::Own(
+            self.breakdown
+                .iter()
+                .zip(raw)
+                .map(
+                    |(b, r)| match b.values.iter().find(|v| v.as_ref() == r.as_ref()) {
+                        Some(v) => Arc::clone(v),
+                        None => Arc::from(r.as_ref()),
+                    },
+                )
+                .collect(),
+        )
+    }
+
+    /// `values` as this funnel's own allow-listed tuple when they equal one (after a
+    /// restore, which reads every value as a string of its own).
+    pub(crate) fn share_listed(&self, values: &mut Option<Arc<[Arc<str>]>>) {
+        if let Some(v) = values {
+            if let Some(t) = self.listed.iter().find(|t| t[..] == v[..]) {
+                *v = Arc::clone(t);
+            }
+        }
     }
 
     /// The step bits of an event's mask (bit i: step i+1 matches).
@@ -755,6 +790,7 @@ fn funnel(def: FunnelDef, origin: Option<&str>) -> Result<Funnel, JourneyError> 
             ),
         ));
     }
+    let listed = listed_tuples(&breakdown);
     Ok(Funnel {
         name: def.name,
         window_ms,
@@ -763,7 +799,30 @@ fn funnel(def: FunnelDef, origin: Option<&str>) -> Result<Funnel, JourneyError> 
         exclude,
         breakdown,
         breakdown_attribution,
+        listed,
     })
+}
+
+/// Every tuple of allow-listed values, first dimension slowest ([`Funnel::listed`]);
+/// none when a dimension allow-lists nothing (its values are never all listed).
+pub(crate) fn listed_tuples(breakdown: &[Breakdown]) -> Vec<Arc<[Arc<str>]>> {
+    if breakdown.is_empty() {
+        return Vec::new();
+    }
+    let mut tuples: Vec<Vec<Arc<str>>> = vec![Vec::new()];
+    for b in breakdown {
+        tuples = tuples
+            .into_iter()
+            .flat_map(|t| {
+                b.values.iter().map(move |v| {
+                    let mut t = t.clone();
+                    t.push(Arc::clone(v));
+                    t
+                })
+            })
+            .collect();
+    }
+    tuples.into_iter().map(Arc::from).collect()
 }
 
 /// Seconds → ms, `None` unless positive and representable.
@@ -831,22 +890,36 @@ impl FunnelSet {
             (Some((f, m)), None) => Steps::One(f, m),
             (Some(a), Some(b)) => Steps::Many(Box::new([a, b].into_iter().chain(masks).collect())),
         };
-        let values: Vec<(u16, Box<[Arc<str>]>)> = steps
-            .as_slice()
-            .iter()
-            .filter(|(f, m)| {
-                let funnel = &self.funnels[usize::from(*f)];
-                !funnel.breakdown.is_empty() && funnel.step_bits(*m) != 0
-            })
-            .map(|(f, _)| (*f, self.funnels[usize::from(*f)].values(event, channel)))
-            .collect();
-        if values.is_empty() {
+        let broken_down = |f: u16, m: u32| {
+            let funnel = &self.funnels[usize::from(f)];
+            !funnel.breakdown.is_empty() && funnel.step_bits(m) != 0
+        };
+        if let Steps::One(f, m) = steps {
+            // The usual match: one funnel (no allocation for allow-listed values).
+            return if broken_down(f, m) {
+                Steps::from_entries(vec![(
+                    f,
+                    m,
+                    Some(self.funnels[usize::from(f)].values(event, channel)),
+                )])
+            } else {
+                steps
+            };
+        }
+        if !steps.as_slice().iter().any(|(f, m)| broken_down(*f, *m)) {
             return steps;
         }
-        Steps::Detailed(Box::new(Detailed {
-            masks: steps.as_slice().into_owned(),
-            values,
-        }))
+        Steps::from_entries(
+            steps
+                .as_slice()
+                .iter()
+                .map(|(f, m)| {
+                    let values = broken_down(*f, *m)
+                        .then(|| self.funnels[usize::from(*f)].values(event, channel));
+                    (*f, *m, values)
+                })
+                .collect(),
+        )
     }
 
     fn masks<'a>(&'a self, event: &'a JourneyEvent) -> impl Iterator<Item = (u16, u32)> + 'a {

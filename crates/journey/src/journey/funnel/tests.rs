@@ -39,7 +39,7 @@ fn run(funnel: &Funnel, events: &[(i64, u32)], frontier: i64) -> Vec<ClosedAttem
             *mask,
             *t,
             &Arc::from(format!("e{i}")),
-            &[],
+            None,
             &mut closed,
         );
     }
@@ -159,6 +159,7 @@ fn abc(window_ms: i64) -> Funnel {
         exclude: vec![],
         breakdown: vec![],
         breakdown_attribution: Attribution::FirstStep,
+        listed: vec![],
     }
 }
 
@@ -511,14 +512,14 @@ fn within_secs_drops_at_the_step_deadline() {
     const D: u32 = 8;
     let mut slot = AttemptSlot::default();
     let mut closed = Vec::new();
-    slot.step(0, &f, A, 0, &Arc::from("a"), &[], &mut closed);
+    slot.step(0, &f, A, 0, &Arc::from("a"), None, &mut closed);
     assert_eq!(slot.deadline_ms(&f), Some(10 * MIN));
-    slot.step(0, &f, B, 5 * MIN, &Arc::from("b"), &[], &mut closed);
+    slot.step(0, &f, B, 5 * MIN, &Arc::from("b"), None, &mut closed);
     // C is optional: only the window bounds D.
     assert_eq!(slot.deadline_ms(&f), Some(60 * MIN));
     // C 2 min after B is past its own within_secs: it does not count as step 3.
-    slot.step(0, &f, C, 7 * MIN, &Arc::from("c"), &[], &mut closed);
-    slot.step(0, &f, D, 8 * MIN, &Arc::from("d"), &[], &mut closed);
+    slot.step(0, &f, C, 7 * MIN, &Arc::from("c"), None, &mut closed);
+    slot.step(0, &f, D, 8 * MIN, &Arc::from("d"), None, &mut closed);
     assert_eq!(summary(&closed), vec![(Outcome::Converted, 4, 0, 8 * MIN)]);
     assert_eq!(closed[0].attempt.step_event_ids(), vec!["a", "b", "", "d"]);
     // B 10 min + 1 ms after A: dropped at A + 10 min, by the event or by the frontier.
@@ -609,7 +610,7 @@ fn bd_run(set: &FunnelSet, events: &[(&str, &str, &'static str, &str)]) -> Vec<V
             steps.mask(0),
             t,
             &id,
-            steps.values(0),
+            steps.values(0, funnel),
             &mut closed,
         );
     }
@@ -690,7 +691,10 @@ fn events_matching_no_breakdown_funnel_keep_no_values() {
     e.event_id = "crm:o-1".into();
     let steps = set.steps(&e, "store");
     assert_eq!(steps.mask(0), 1);
-    assert_eq!(steps.values(0), &[Arc::from("store"), Arc::from("12")][..]);
+    assert_eq!(
+        steps.values(0, &set.funnels()[0]).map(|v| &v[..]),
+        Some(&[Arc::from("store"), Arc::from("12")][..])
+    );
     let text = serde_json::to_string(&steps).unwrap();
     let back: Steps = serde_json::from_str(&text).unwrap();
     assert_eq!(back, steps);
@@ -711,7 +715,7 @@ fn source_and_long_property_values() {
     let mut e = track("A", serde_json::json!({ "note": "é".repeat(40) }));
     e.event_id = "call-center:o-1:x".into();
     let steps = set.steps(&e, "web");
-    let values = steps.values(0);
+    let values = steps.values(0, &set.funnels()[0]).expect("values");
     assert_eq!(values[0].as_ref(), "call-center");
     // Cut at a character boundary at most MAX_BREAKDOWN_VALUE_BYTES long.
     assert_eq!(values[1].len(), 64);
@@ -796,4 +800,77 @@ fn a_breakdown_is_part_of_the_serialized_funnel() {
         f(""),
         r#"{"name":"x","window_ms":60000,"steps":[{"event":"a","filters":[]}]}"#
     );
+}
+
+#[test]
+fn allow_listed_values_share_one_tuple_and_allocate_nothing() {
+    // channel (web, app) × properties.store (s1, s2, s3): six tuples, channel slowest.
+    let set = FunnelSet::from_toml_str(
+        "[[funnel]]\nname = \"x\"\nwindow_secs = 600\nsteps = [{ event = \"A\" }, { event = \"B\" }]\n\
+         breakdown = [{ key = \"channel\", values = [\"web\", \"app\"] }, \
+         { key = \"properties.store\", values = [\"s1\", \"s2\", \"s3\"] }]",
+        None,
+    )
+    .expect("valid");
+    let f = &set.funnels()[0];
+    let tuples: Vec<Vec<&str>> = f
+        .listed
+        .iter()
+        .map(|t| t.iter().map(|v| v.as_ref()).collect())
+        .collect();
+    assert_eq!(
+        tuples,
+        [
+            ["web", "s1"],
+            ["web", "s2"],
+            ["web", "s3"],
+            ["app", "s1"],
+            ["app", "s2"],
+            ["app", "s3"]
+        ]
+    );
+    for (channel, store) in [("web", "s1"), ("web", "s3"), ("app", "s1"), ("app", "s2")] {
+        let steps = set.steps(&track("A", serde_json::json!({ "store": store })), channel);
+        assert!(matches!(steps, Steps::Listed(0, 1, _)), "{steps:?}");
+        let v = steps.values(0, f).expect("values");
+        assert_eq!(&v[..], &[Arc::from(channel), Arc::from(store)][..]);
+        assert!(f.listed.iter().any(|t| Arc::ptr_eq(t, v)), "shared");
+        let back: Steps = serde_json::from_str(&serde_json::to_string(&steps).unwrap()).unwrap();
+        assert_eq!(back, steps);
+        // The attempt it starts shares the same tuple.
+        let mut slot = AttemptSlot::default();
+        let id: Arc<str> = Arc::from("e1");
+        slot.step(
+            0,
+            f,
+            steps.mask(0),
+            0,
+            &id,
+            steps.values(0, f),
+            &mut Vec::new(),
+        );
+        let open = slot.0.as_ref().expect("open");
+        assert!(Arc::ptr_eq(open.breakdown.as_ref().expect("values"), v));
+    }
+    // A value outside the allow-list: the values themselves, in a snapshot too.
+    let steps = set.steps(&track("A", serde_json::json!({ "store": "s9" })), "app");
+    assert!(matches!(steps, Steps::Detailed(_)), "{steps:?}");
+    let own = |s: &Steps| {
+        s.values(0, f)
+            .map(|v| v.iter().map(|x| x.to_string()).collect::<Vec<_>>())
+    };
+    assert_eq!(own(&steps), Some(vec!["app".to_owned(), "s9".to_owned()]));
+    let back: Steps = serde_json::from_str(&serde_json::to_string(&steps).unwrap()).unwrap();
+    assert_eq!(back, steps);
+    assert_eq!(std::mem::size_of::<Steps>(), 16);
+    // A restored attempt's values (strings of their own) share the tuple again.
+    let mut restored: Option<Arc<[Arc<str>]>> = serde_json::from_str(r#"["app","s2"]"#).unwrap();
+    f.share_listed(&mut restored);
+    assert!(Arc::ptr_eq(restored.as_ref().unwrap(), &f.listed[4]));
+    let mut unlisted: Option<Arc<[Arc<str>]>> = serde_json::from_str(r#"["app","s9"]"#).unwrap();
+    f.share_listed(&mut unlisted);
+    assert!(!f
+        .listed
+        .iter()
+        .any(|t| Arc::ptr_eq(t, unlisted.as_ref().unwrap())));
 }
