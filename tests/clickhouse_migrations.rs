@@ -4,6 +4,7 @@
 
 use clickhouse::Row;
 use serde::Deserialize;
+use touchstream_clickhouse::migrate::migrate_files;
 use touchstream_clickhouse::{migrate, MigrationOutcome};
 use touchstream_tests as support;
 
@@ -12,7 +13,7 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 19] = [
+const TABLES: [&str; 20] = [
     "customer_touchpoints",
     "erasures",
     "events",
@@ -21,6 +22,7 @@ const TABLES: [&str; 19] = [
     "funnel_entry_cohort_hour",
     "funnel_open_attempts",
     "funnel_step_minute",
+    "funnel_step_minute_by_breakdown",
     "identities",
     "identity_conflicts",
     "processor_state",
@@ -83,6 +85,17 @@ async fn migrations_create_tables_and_are_idempotent() {
         .filter(|(_, o)| *o == MigrationOutcome::Applied)
         .count() as u64;
     assert_eq!(recorded, applied, "each applied file recorded once");
+
+    // A run interrupted after 0008 added its columns but before it was recorded repeats
+    // safely: 18.16 has no ADD COLUMN IF NOT EXISTS, the migrator counts them as added.
+    let again = touchstream_clickhouse::migrate::parse(
+        "0099_breakdowns_again.sql",
+        include_str!("../deploy/clickhouse/0008_funnel_breakdowns.sql"),
+    )
+    .expect("parse");
+    migrate_files(&cfg, &[again])
+        .await
+        .expect("0008 repeats after a half-finished run");
 
     // Raw event plus two journey versions: the touchpoints view shows the newest.
     client

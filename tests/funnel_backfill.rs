@@ -27,6 +27,8 @@ steps = [
   { event = "Checkout Started" },
   { event = "Order Completed" },
 ]
+# As in deploy/funnels.toml: web_checkout keeps its definition (and fingerprint).
+breakdown = [{ key = "channel", values = ["web", "app"] }]
 
 [[funnel]]
 name = "service_recovery"

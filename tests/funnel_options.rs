@@ -389,11 +389,19 @@ async fn every_funnel_option_through_the_pipeline() {
         .text()
         .await
         .expect("metrics text");
+    // Summed over the series carrying `labels`, whatever their `breakdown` (the
+    // repository's funnels break down by channel and team, the extra ones do not).
     let metric = |name: &str, labels: &str| -> f64 {
-        let prefix = format!("touchstream_processor_{name}{{{labels}}} ");
+        let prefix = format!("touchstream_processor_{name}{{");
         text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|l| l.split_once("} "))
+            .filter(|(got, _)| {
+                let got: Vec<&str> = got.split(',').collect();
+                labels.split(',').all(|want| got.contains(&want))
+            })
+            .map(|(_, v)| v.trim().parse::<f64>().expect("a number"))
+            .sum()
     };
     let sr = "funnel=\"service_recovery\"";
     let sc = "funnel=\"strict_checkout\"";

@@ -13,7 +13,7 @@ import chdb.session
 
 BIN = os.environ.get("TS_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/touchstream"))
 TABLES = {"events", "touchpoint_journey", "processor_state", "touchpoints", "identities", "identity_conflicts", "sessions", "funnel_attempts",
-          "funnel_step_minute", "touchpoints_daily", "funnel_open_attempts", "funnel_entry_cohort_day",
+          "funnel_step_minute", "funnel_step_minute_by_breakdown", "touchpoints_daily", "funnel_open_attempts", "funnel_entry_cohort_day",
           "funnel_entry_cohort_hour"}
 
 
@@ -73,6 +73,18 @@ def test_migrations_apply_twice_on_current_clickhouse():
         hour = sess.query("SELECT toHour(hour), step, reached, open "
                           "FROM ts_chdb.funnel_entry_cohort_hour ORDER BY hour, step", "CSV").bytes().decode().split()
         assert hour == ["9,1,1,0", "9,2,1,0", "10,1,2,1", "10,3,1,0"], hour
+        # Breakdown values (0008_funnel_breakdowns.sql): one per key, or, for each_step,
+        # one per key for each reached step; the view groups steps by their values.
+        sess.query("INSERT INTO ts_chdb.funnel_attempts (attempt_id, funnel, customer_id, closed_at, "
+                   "outcome, reached_step, total_steps, step_event_ids, breakdown_keys, breakdown_values, "
+                   "version) VALUES "
+                   "('b1','bd','c1','2026-11-25 10:00:10','dropped',2,3,['e1','e2'],['channel'],['web'],1), "
+                   "('b2','bd','c2','2026-11-25 10:00:20','converted',3,3,['e3','e4','e5'],['channel'],"
+                   "['app','web','web'],1)")
+        bd = sess.query("SELECT step, breakdown, reached, dropped, converted FROM "
+                        "ts_chdb.funnel_step_minute_by_breakdown WHERE funnel = 'bd' "
+                        "ORDER BY step, breakdown", "CSV").bytes().decode().split()
+        assert bd == ['1,"app",1,0,1', '1,"web",1,0,0', '2,"web",2,1,1', '3,"web",1,0,1'], bd
 
 
 def test_18_16_plan_leaves_out_newer_features():

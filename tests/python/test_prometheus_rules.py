@@ -18,6 +18,9 @@ BOUNDED_LABELS = {
     "outcome", "reason", "event", "channel", "endpoint", "status", "cause",
     # processor.open_attempt_overdue_shares: at most 8 values.
     "share",
+    # A funnel's allow-listed breakdown values or `other`, at most 20 per funnel
+    # (MAX_BREAKDOWN_SERIES, checked when funnels.toml loads); `all` without breakdown.
+    "breakdown",
 }
 ALERTS = {
     "FunnelStepDropoffSpike", "ComplaintSpike", "FollowUpSlaBreach",

@@ -1,5 +1,6 @@
 """The README keeps its promises: the two commands first, and the analyst queries that
-tests/pipeline.rs and tests/funnel_options.rs run shown verbatim."""
+tests/pipeline.rs, tests/funnel_options.rs and tests/funnel_breakdowns.rs run shown
+verbatim."""
 import glob
 import os
 
@@ -23,7 +24,7 @@ def test_readme_opens_with_main_job_and_test_commands():
 def test_every_analyst_query_is_in_the_readme_verbatim():
     text = readme()
     files = sorted(glob.glob(os.path.join(ROOT, "docs/queries/*.sql")))
-    assert len(files) == 7
+    assert len(files) == 8
     for f in files:
         with open(f) as q:
             assert q.read().strip() in text, f"{os.path.basename(f)} differs from the README"

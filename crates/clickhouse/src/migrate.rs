@@ -4,7 +4,9 @@
 //! applied in file-name order. Each applied file is recorded in `<db>.schema_migrations`
 //! with a checksum; a recorded file is never run again, and a recorded file whose text
 //! changed is an error (write a new migration instead). Statements use `IF NOT EXISTS`, so
-//! a run interrupted half-way is safe to repeat.
+//! a run interrupted half-way is safe to repeat; `ALTER TABLE .. ADD COLUMN`, which has no
+//! `IF NOT EXISTS` on 18.16, is written without it and a column that already exists
+//! counts as added.
 //!
 //! A file may start with `-- touchstream: min_server_version = X.Y`: on an older server
 //! it is skipped and *not* recorded, so the first run after a server upgrade applies it.
@@ -137,6 +139,27 @@ pub fn parse(name: &str, text: &str) -> Result<Migration, MigrateError> {
     })
 }
 
+/// First server with `ADD COLUMN IF NOT EXISTS` we rely on (18.16 has none).
+const ADD_COLUMN_IF_NOT_EXISTS: ServerVersion = ServerVersion(20, 1);
+
+/// A statement as sent to a server of `version`: on servers that have it, `ADD COLUMN`
+/// becomes `ADD COLUMN IF NOT EXISTS`, so the statement repeats safely by itself; older
+/// servers get it as written and an existing column counts as added
+/// ([`migrate_files`]).
+fn for_server(sql: &str, version: ServerVersion) -> String {
+    if version >= ADD_COLUMN_IF_NOT_EXISTS && adds_column(sql) && !sql.contains("IF NOT EXISTS") {
+        sql.replace("ADD COLUMN ", "ADD COLUMN IF NOT EXISTS ")
+    } else {
+        sql.to_owned()
+    }
+}
+
+/// Whether a statement adds columns (repeatable: see [`migrate_files`]).
+fn adds_column(sql: &str) -> bool {
+    let upper = sql.to_ascii_uppercase();
+    upper.trim_start().starts_with("ALTER TABLE") && upper.contains("ADD COLUMN")
+}
+
 /// FNV-1a, 64 bit: stable across builds and Rust versions, unlike `DefaultHasher`.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -165,7 +188,11 @@ pub fn plan_sql(database: &str, version: ServerVersion) -> Result<Vec<String>, M
         if m.min_server.is_some_and(|req| version < req) {
             continue;
         }
-        out.extend(m.statements.iter().map(|s| s.replace("{db}", &db)));
+        out.extend(
+            m.statements
+                .iter()
+                .map(|s| for_server(&s.replace("{db}", &db), version)),
+        );
     }
     Ok(out)
 }
@@ -233,15 +260,20 @@ pub async fn migrate_files(
             }
         }
         for (i, stmt) in m.statements.iter().enumerate() {
-            let sql = stmt.replace("{db}", &db);
-            ch.query(&sql)
-                .execute()
-                .await
-                .map_err(|source| MigrateError::Statement {
-                    file: m.name.clone(),
-                    index: i + 1,
-                    source,
-                })?;
+            let sql = for_server(&stmt.replace("{db}", &db), version);
+            match ch.query(&sql).execute().await {
+                Ok(()) => {}
+                // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a column a half-finished run
+                // already added counts as added.
+                Err(e) if adds_column(&sql) && e.to_string().contains("already exists") => {}
+                Err(source) => {
+                    return Err(MigrateError::Statement {
+                        file: m.name.clone(),
+                        index: i + 1,
+                        source,
+                    })
+                }
+            }
         }
         ch.query(&format!(
             "INSERT INTO {db}.schema_migrations (version, name, checksum) VALUES ({}, '{}', '{}')",
@@ -285,6 +317,14 @@ mod tests {
         assert_eq!(m.version, 7);
         assert_eq!(m.statements, vec!["CREATE A", "CREATE B"]);
         assert!(parse("x.sql", "").is_err());
+        let add = "ALTER TABLE t ADD COLUMN b Array(String) AFTER a";
+        assert_eq!(for_server(add, ServerVersion(18, 16)), add);
+        assert_eq!(
+            for_server(add, ServerVersion(24, 8)),
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS b Array(String) AFTER a"
+        );
+        let view = "CREATE VIEW IF NOT EXISTS v AS SELECT 1";
+        assert_eq!(for_server(view, ServerVersion(24, 8)), view);
         assert!(parse("0001_x.sql", "-- touchstream: bogus\n").is_err());
     }
 

@@ -33,8 +33,14 @@ pub struct GeneratorConfig {
     /// Started), each among those who reached the step. Default 0.45, 0.35, 0.25.
     pub checkout_dropoff: [f64; 3],
     /// Drop-off at service recovery steps 1–2 (Complaint Filed, Follow-up Completed).
-    /// Default 0.2, 0.5.
+    /// Default 0.2, 0.5. Step 1's is used only when `service_teams` is empty.
     pub service_dropoff: [f64; 2],
+    /// Call-centre teams and each one's follow-up drop-off (service recovery step 1):
+    /// complaints go to the teams in turn, carry the team as property `team` (what
+    /// `deploy/funnels.toml` breaks `service_recovery` down by), and each team's share
+    /// is allocated exactly. Default north 0.1, south 0.3 (0.2 overall, as
+    /// `service_dropoff[0]`); empty: no team, `service_dropoff[0]` for every complaint.
+    pub service_teams: Vec<(String, f64)>,
     /// Share of web shoppers who never reach checkout but still sign in. Default 0.3.
     pub identify_share: f64,
     /// Journeys start over this many days, ending 8 days before `now_ms` so every
@@ -54,6 +60,7 @@ impl GeneratorConfig {
             service_share: 0.2,
             checkout_dropoff: [0.45, 0.35, 0.25],
             service_dropoff: [0.2, 0.5],
+            service_teams: vec![("north".into(), 0.1), ("south".into(), 0.3)],
             identify_share: 0.3,
             days: 7,
             now_ms,
@@ -77,6 +84,15 @@ impl GeneratorConfig {
         }
         for v in self.service_dropoff {
             frac("service drop-off", v)?;
+        }
+        for (k, (team, v)) in self.service_teams.iter().enumerate() {
+            frac("team drop-off", *v)?;
+            if team.is_empty() || team.contains('/') {
+                return Err(format!("team name {team:?} must be non-empty, without '/'"));
+            }
+            if self.service_teams[..k].iter().any(|(t, _)| t == team) {
+                return Err(format!("duplicate team {team:?}"));
+            }
         }
         if self.web_share + self.service_share > 1.0 + 1e-9 {
             return Err("web_share + service_share must not exceed 1".into());
@@ -117,6 +133,8 @@ pub struct PlanSummary {
     pub checkout_reached: [usize; 4],
     /// Service recovery attempts reaching steps 1..=3.
     pub service_reached: [usize; 3],
+    /// Per call-centre team: (team, configured step-1 drop-off, complaints, followed up).
+    pub service_teams: Vec<(String, f64, usize, usize)>,
     /// Complaint → follow-up delays, minutes, sorted.
     pub follow_up_minutes: Vec<f64>,
     /// Closed funnel attempts the pipeline must end up with.
@@ -174,7 +192,27 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
     let bought = allocate(&checkout, cfg.checkout_dropoff[2], &mut rng);
     summary.checkout_reached = [web.len(), added.len(), checkout.len(), bought.len()];
     let service: Vec<usize> = (n_web..n_web + n_service).collect();
-    let followed = allocate(&service, cfg.service_dropoff[0], &mut rng);
+    let teams = cfg.service_teams.len();
+    let team_of = |i: usize| (teams > 0).then(|| &cfg.service_teams[(i - n_web) % teams]);
+    let followed = if teams == 0 {
+        allocate(&service, cfg.service_dropoff[0], &mut rng)
+    } else {
+        let mut all = Vec::new();
+        for (k, (team, rate)) in cfg.service_teams.iter().enumerate() {
+            let members: Vec<usize> = service
+                .iter()
+                .copied()
+                .filter(|i| (i - n_web) % teams == k)
+                .collect();
+            let kept = allocate(&members, *rate, &mut rng);
+            summary
+                .service_teams
+                .push((team.clone(), *rate, members.len(), kept.len()));
+            all.extend(kept);
+        }
+        all.sort_unstable();
+        all
+    };
     let rebought = allocate(&followed, cfg.service_dropoff[1], &mut rng);
     summary.service_reached = [service.len(), followed.len(), rebought.len()];
     summary.attempts = web.len() + service.len();
@@ -297,11 +335,15 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
     for i in service.iter().copied() {
         let user = format!("user-{s}-{i}");
         let t = start + rng.random_range(0..span);
+        let mut properties = json!({"topic": "late delivery"});
+        if let Some((team, _)) = team_of(i) {
+            properties["team"] = json!(team);
+        }
         push(
             &mut out,
             t,
             Transport::Crm,
-            json!({"type": "track", "event": "Complaint Filed", "userId": user, "properties": {"topic": "late delivery"}}),
+            json!({"type": "track", "event": "Complaint Filed", "userId": user, "properties": properties}),
         );
         if followed.binary_search(&i).is_ok() {
             // Log-uniform between 15 min and 36 h: most quickly, a long tail.
@@ -377,6 +419,22 @@ mod tests {
         let (_, s) = plan(&cfg());
         assert_eq!(s.checkout_reached, [300, 165, 107, 80]);
         assert_eq!(s.service_reached, [80, 64, 32]);
+        // Per team: 40 complaints each, 10 % and 30 % not followed up.
+        assert_eq!(
+            s.service_teams,
+            vec![
+                ("north".to_string(), 0.1, 40, 36),
+                ("south".to_string(), 0.3, 40, 28)
+            ]
+        );
+        let (p, _) = plan(&cfg());
+        let teams: Vec<&str> = p
+            .iter()
+            .filter(|m| m.message["event"] == "Complaint Filed")
+            .filter_map(|m| m.message["properties"]["team"].as_str())
+            .collect();
+        assert_eq!(teams.len(), 80);
+        assert_eq!(teams.iter().filter(|t| **t == "north").count(), 40);
         assert_eq!(s.attempts, 380);
         let d1 = PlanSummary::dropoff(&s.checkout_reached, 1).unwrap();
         assert!((d1 - 0.45).abs() < 0.005, "{d1}");

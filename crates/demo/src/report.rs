@@ -38,6 +38,18 @@ pub struct StageChannelRow {
     pub customers: u64,
 }
 
+/// Service recovery step 1 of one call-centre team (the funnel's `properties.team`
+/// breakdown), as measured.
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct TeamRow {
+    /// The team (`breakdown_values[1]`).
+    pub team: String,
+    /// Closed, not excluded attempts (complaints).
+    pub reached: u64,
+    /// Of those, dropped at step 1 (never followed up).
+    pub dropped: u64,
+}
+
 #[derive(Row, Deserialize)]
 struct FollowUp {
     followed_up: u64,
@@ -64,9 +76,20 @@ pub struct Measured {
     pub top: Vec<StageChannelRow>,
     /// Closed, live funnel attempts of the demo's customers.
     pub attempts: u64,
+    /// Service recovery step 1 by team (breakdown).
+    pub teams: Vec<TeamRow>,
 }
 
 impl Measured {
+    /// Measured follow-up drop-off (service recovery step 1) of a team.
+    pub fn team_dropoff(&self, team: &str) -> Option<f64> {
+        self.teams
+            .iter()
+            .find(|t| t.team == team)
+            .filter(|t| t.reached > 0)
+            .map(|t| t.dropped as f64 / t.reached as f64)
+    }
+
     /// Measured drop-off at a step of a funnel.
     pub fn dropoff(&self, funnel: &str, step: u8) -> Option<f64> {
         self.steps
@@ -138,8 +161,20 @@ pub async fn measure(
         ))
         .fetch_all()
         .await?;
+    // By the breakdown the funnel declares (first_step: the complaint's team), as
+    // docs/queries/8 reads it, restricted to the demo's customers.
+    let teams: Vec<TeamRow> = ch
+        .query(&format!(
+            "SELECT breakdown_values[1] AS team, count() AS reached, \
+             countIf(outcome = 'dropped' AND reached_step = 1) AS dropped \
+             FROM funnel_attempts FINAL WHERE funnel = 'service_recovery' \
+             AND outcome != 'excluded' AND {f} GROUP BY team ORDER BY team"
+        ))
+        .fetch_all()
+        .await?;
     let attempts = closed_attempts(ch, cfg, start_ms).await?;
     Ok(Measured {
+        teams,
         steps,
         cart_abandonment: (ab.carts > 0).then(|| ab.abandoned as f64 / ab.carts as f64),
         follow_up: (fu.followed_up, fu.median, fu.p90),
@@ -196,12 +231,46 @@ pub fn render(cfg: &GeneratorConfig, plan: &PlanSummary, m: &Measured) -> String
         &cfg.checkout_dropoff,
         &plan.checkout_reached,
     );
+    // With teams, step 1's configured rate is theirs, weighted by their complaints.
+    let mut service = cfg.service_dropoff;
+    let complaints: usize = plan.service_teams.iter().map(|t| t.2).sum();
+    if complaints > 0 {
+        service[0] = plan
+            .service_teams
+            .iter()
+            .map(|(_, rate, n, _)| rate * *n as f64)
+            .sum::<f64>()
+            / complaints as f64;
+    }
     funnel(
         "service_recovery",
         &SERVICE,
-        &cfg.service_dropoff,
+        &service,
         &plan.service_reached,
     );
+    if !plan.service_teams.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nservice_recovery by team (breakdown properties.team): complaints not followed up"
+        );
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>9} {:>9} {:>12} {:>12}",
+            "team", "reached", "dropped", "drop-off", "configured"
+        );
+        for (team, rate, _, _) in &plan.service_teams {
+            let row = m.teams.iter().find(|t| &t.team == team);
+            let _ = writeln!(
+                out,
+                "  {:<10} {:>9} {:>9} {:>12} {:>12}",
+                team,
+                row.map_or(0, |r| r.reached),
+                row.map_or(0, |r| r.dropped),
+                pct(m.team_dropoff(team)),
+                pct(Some(*rate))
+            );
+        }
+    }
     let conf_abandon = 1.0 - (1.0 - cfg.checkout_dropoff[1]) * (1.0 - cfg.checkout_dropoff[2]);
     let _ = writeln!(
         out,

@@ -29,7 +29,10 @@ pub use identity::{
     IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
 };
 pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
-pub use journey::funnel::{Exclusion, Filter, Funnel, FunnelSet, Order, Outcome, Step, MAX_STEPS};
+pub use journey::funnel::{
+    Attribution, Breakdown, Dimension, Exclusion, Filter, Funnel, FunnelSet, Order, Outcome, Step,
+    ALL, MAX_BREAKDOWN_SERIES, MAX_BREAKDOWN_VALUE_BYTES, MAX_STEPS, OTHER,
+};
 pub use journey::rows::{
     CustomerTouchpointRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow,
     TouchpointRow,

@@ -21,10 +21,10 @@ use serde_json::{json, Map, Value};
 use touchstream_core::is_placeholder_id;
 use touchstream_journey::columns::secs;
 use touchstream_journey::{
-    Catalog, Filter, Funnel, FunnelAttemptRow, FunnelOpenAttemptRow, FunnelSet, IdentityConfig,
-    IdentityOutput, IdentitySnapshot, IdentityStage, JourneyConfig, JourneyEvent, JourneyOutput,
-    JourneySnapshot, JourneyStage, MessageType, Order, Origin, Outcome, Properties, Retract,
-    RoutedEvent, SessionRow,
+    Attribution, Catalog, Filter, Funnel, FunnelAttemptRow, FunnelOpenAttemptRow, FunnelSet,
+    IdentityConfig, IdentityOutput, IdentitySnapshot, IdentityStage, JourneyConfig, JourneyEvent,
+    JourneyOutput, JourneySnapshot, JourneyStage, MessageType, Order, Origin, Outcome, Properties,
+    Retract, RoutedEvent, SessionRow,
 };
 
 const MIN: i64 = 60_000;
@@ -38,12 +38,15 @@ name = "checkout"
 window_secs = 3600
 steps = [{ event = "Product Viewed" }, { event = "Product Added", where = { plan = "pro" } },
          { event = "Checkout Started" }, { event = "Order Completed" }]
+breakdown = [{ key = "channel", values = ["web", "app"] }]
 
 [[funnel]]
 name = "recovery"
 window_secs = 2700
 steps = [{ event = "Complaint Filed" }, { event = "Follow-up Completed", within_secs = 900 },
          { event = "Order Completed" }]
+breakdown = [{ key = "properties.plan" }, { key = "source" }]
+breakdown_attribution = "last_step"
 exclude = [{ event = "Home", where = { coupon = { exists = false } }, between = [2, 3] }]
 
 [[funnel]]
@@ -55,6 +58,8 @@ steps = [{ event = "Product Viewed" }, { event = "Product Added", optional = tru
          { event = "Order Completed", where = { amount = { ">" = 20, "<" = 140 },
                                                 coupon = { exists = false } } }]
 exclude = [{ event = "Complaint Filed", between = [1, 3] }]
+breakdown = [{ key = "channel" }, { key = "properties.amount" }]
+breakdown_attribution = "each_step"
 
 [[funnel]]
 name = "any_recovery"
@@ -64,6 +69,8 @@ steps = [{ event = "Complaint Filed", where = { plan = { in = ["pro", "team"] } 
          { event = "Follow-up Completed", optional = true },
          { event = "Order Completed", where = { plan = { not = "free" } } }]
 exclude = [{ event = "Home", where = { amount = { exists = true } }, between = [1, 3] }]
+breakdown = [{ key = "properties.plan", values = ["pro"] }]
+breakdown_attribution = "each_step"
 "#;
 
 const NAMES: [&str; 7] = [
@@ -537,6 +544,61 @@ fn named(e: &JourneyEvent, event: &str, filters: &[(String, Filter)]) -> bool {
         && filters.iter().all(|(k, f)| holds(f, e.properties.get(k)))
 }
 
+/// An event's breakdown value for `key`, read from the event directly (README "Funnels",
+/// Breakdowns): the classified channel, the source before the id's first `:`, or a
+/// top-level property as text (cut to `MAX_BREAKDOWN_VALUE_BYTES`).
+fn breakdown_value(key: &str, e: &JourneyEvent) -> String {
+    let raw = match key {
+        "channel" => Catalog::default().classify(e).channel.as_str().to_owned(),
+        "source" => e.event_id.split_once(':').map_or("", |(s, _)| s).to_owned(),
+        _ => {
+            let name = key.strip_prefix("properties.").expect("properties key");
+            match e.properties.get(name) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    v.to_string()
+                }
+                _ => String::new(),
+            }
+        }
+    };
+    let mut end = raw
+        .len()
+        .min(touchstream_journey::MAX_BREAKDOWN_VALUE_BYTES);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    raw[..end].to_owned()
+}
+
+/// `breakdown_keys` and `breakdown_values` of an attempt whose steps are `a` (step index,
+/// event), per the funnel's attribution.
+fn breakdown_of(f: &Funnel, a: &[(usize, &JourneyEvent)]) -> (Vec<String>, Vec<String>) {
+    let keys: Vec<String> = f.breakdown.iter().map(|b| b.key.clone()).collect();
+    if keys.is_empty() {
+        return (keys, Vec::new());
+    }
+    let of = |e: &JourneyEvent| {
+        keys.iter()
+            .map(|k| breakdown_value(k, e))
+            .collect::<Vec<_>>()
+    };
+    let values = match f.breakdown_attribution {
+        Attribution::FirstStep => of(a[0].1),
+        Attribution::LastStep => of(a[a.len() - 1].1),
+        Attribution::EachStep if f.order == Order::Any => {
+            a.iter().flat_map(|(_, e)| of(e)).collect()
+        }
+        Attribution::EachStep => (0..=a[a.len() - 1].0)
+            .flat_map(|k| match a.iter().find(|(j, _)| *j == k) {
+                Some((_, e)) => of(e),
+                None => vec![String::new(); keys.len()],
+            })
+            .collect(),
+    };
+    (keys, values)
+}
+
 /// One customer's attempts of one funnel, by walking its sorted events (docs/design.md
 /// §5 rules 1–6). `watermark`: the newest event time seen, which closes what is left.
 fn attempts_of(
@@ -582,6 +644,7 @@ fn attempts_of(
     };
     let mut close = |a: Att<'_>, outcome, closed_ms| {
         let (times, ids) = layout(&a);
+        let (bd_keys, bd_values) = breakdown_of(f, &a);
         let first = a[0].1;
         let id = hex_id(&[&f.name, customer, &first.event_id]);
         attempts.insert(
@@ -599,6 +662,8 @@ fn attempts_of(
                 total_steps: n as u8,
                 step_times_ms: times,
                 step_event_ids: ids,
+                breakdown_keys: bd_keys.clone(),
+                breakdown_values: bd_values.clone(),
                 is_deleted: false,
                 version: 0,
             },
@@ -675,6 +740,7 @@ fn attempts_of(
         } else {
             // Still open at the frontier: a `funnel_open_attempts` row.
             let (times, ids) = layout(&a);
+            let (bd_keys, bd_values) = breakdown_of(f, &a);
             let first = a[0].1;
             let id = hex_id(&[&f.name, customer, &first.event_id]);
             open_attempts.insert(
@@ -692,6 +758,8 @@ fn attempts_of(
                     due_ms: dl,
                     step_times_ms: times,
                     step_event_ids: ids,
+                    breakdown_keys: bd_keys.clone(),
+                    breakdown_values: bd_values.clone(),
                     is_deleted: false,
                     version: 0,
                 },

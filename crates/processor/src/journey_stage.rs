@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
     Catalog, FunnelChangeKind, FunnelSet, JourneyConfig, JourneyCounters, JourneyEvent,
-    JourneySnapshot, JourneyStage, MessageType, OpenAttemptCount, Outcome, RoutedEvent,
+    JourneySnapshot, JourneyStage, MessageType, OpenAttemptCount, Outcome, RoutedEvent, ALL,
 };
 
 use crate::batch::Batch;
@@ -289,9 +289,19 @@ impl Stage for Journey {
                 state.counted.clear();
             }
             let funnel = a.funnel.as_str();
+            // The bounded `breakdown` label (README "Funnels", Breakdowns): `all` without
+            // breakdown, else allow-listed values or `other`, per the attribution.
+            let def = self.funnels.funnels().iter().find(|f| f.name == a.funnel);
+            let label = |step: usize| {
+                def.map_or_else(
+                    || ALL.to_owned(),
+                    |f| f.step_breakdown_label(&a.breakdown_values, step),
+                )
+            };
+            let last = label(usize::from(a.reached_step));
             self.metrics
                 .funnel_attempts
-                .with_label_values(&[funnel, a.outcome.as_str()])
+                .with_label_values(&[funnel, a.outcome.as_str(), &last])
                 .inc();
             // An excluded attempt left the funnel: it reached no step and dropped at none
             // as far as drop-off is concerned (README "Processor metrics").
@@ -319,19 +329,19 @@ impl Stage for Journey {
             for (step, _) in reached() {
                 self.metrics
                     .funnel_step_reached
-                    .with_label_values(&[funnel, &step.to_string()])
+                    .with_label_values(&[funnel, &step.to_string(), &label(step)])
                     .inc();
             }
             match a.outcome {
                 Outcome::Dropped => self
                     .metrics
                     .funnel_step_dropped
-                    .with_label_values(&[funnel, &a.reached_step.to_string()])
+                    .with_label_values(&[funnel, &a.reached_step.to_string(), &last])
                     .inc(),
                 Outcome::Converted => self
                     .metrics
                     .funnel_converted
-                    .with_label_values(&[funnel])
+                    .with_label_values(&[funnel, &last])
                     .inc(),
                 Outcome::Excluded => {}
             }

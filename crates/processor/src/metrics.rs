@@ -204,22 +204,22 @@ impl Metrics {
         let funnel_attempts = counter(
             "touchstream_processor_funnel_attempts_total",
             "Closed funnel attempts by outcome",
-            &["funnel", "outcome"],
+            &["funnel", "outcome", "breakdown"],
         )?;
         let funnel_step_reached = counter(
             "touchstream_processor_funnel_step_reached_total",
             "Closed funnel attempts that reached a step",
-            &["funnel", "step"],
+            &["funnel", "step", "breakdown"],
         )?;
         let funnel_step_dropped = counter(
             "touchstream_processor_funnel_step_dropped_total",
             "Closed funnel attempts that dropped at a step",
-            &["funnel", "step"],
+            &["funnel", "step", "breakdown"],
         )?;
         let funnel_converted = counter(
             "touchstream_processor_funnel_converted_total",
             "Closed funnel attempts that converted",
-            &["funnel"],
+            &["funnel", "breakdown"],
         )?;
         let touchpoints = counter(
             "touchstream_processor_touchpoints_total",

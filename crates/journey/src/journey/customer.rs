@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{FastMap, FastState};
+use crate::journey::funnel::FunnelSet;
 use crate::journey::session::{HistEvent, Machine};
 
 /// A row key this partition has written and may still change or delete.
@@ -103,7 +104,7 @@ impl Customer {
         }
     }
 
-    pub(super) fn restore(saved: SavedCustomer, names: &mut Names) -> Self {
+    pub(super) fn restore(saved: SavedCustomer, names: &mut Names, funnels: &FunnelSet) -> Self {
         let mut history = saved.history;
         for e in &mut history {
             e.name = names.intern(&e.name);
@@ -116,6 +117,13 @@ impl Customer {
         Self {
             base: saved.base.filter(|b| !b.is_empty()).map(|mut b| {
                 b.compact();
+                // Deserialized breakdown values are strings of their own: share the
+                // funnel's allow-listed tuples again, as before the restart.
+                for (slot, funnel) in b.attempts.iter_mut().zip(funnels.funnels()) {
+                    if let Some(open) = &mut slot.0 {
+                        funnel.share_listed(&mut open.breakdown);
+                    }
+                }
                 Box::new(b)
             }),
             base_until_ms: saved.base_until_ms,

@@ -305,7 +305,7 @@ impl JourneyStage {
                     out.open_tombstone_named(&id, funnel, &row);
                 }
             }
-            let mut customer = Customer::restore(saved, &mut names);
+            let mut customer = Customer::restore(saved, &mut names, &funnels);
             if let Some(wake) = customer.wake_ms {
                 timers.insert((wake, Arc::clone(&id)));
             }
@@ -442,7 +442,7 @@ impl JourneyStage {
             time_ms: event.event_time_ms,
             name: self.names.intern(event.display_name()),
             kind: Some(event.kind),
-            steps: self.funnels.steps(&event),
+            steps: self.funnels.steps(&event, tp.channel.as_str()),
             event_id: Arc::from(event.event_id.as_str()),
             stage: tp.stage,
             channel: tp.channel,

@@ -491,6 +491,10 @@ fn session_row(s: PendingSession) -> SessionRow {
     }
 }
 
+fn breakdown_keys(funnel: &crate::Funnel) -> Vec<String> {
+    funnel.breakdown.iter().map(|b| b.key.clone()).collect()
+}
+
 fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
     let funnel = funnels.funnels().get(usize::from(a.funnel));
     let name = funnel.map(|f| f.name.clone()).unwrap_or_default();
@@ -509,6 +513,8 @@ fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
             total_steps: funnel.map_or(0, |f| u8::try_from(f.steps.len()).unwrap_or(u8::MAX)),
             step_times_ms: closed.attempt.step_times_ms(),
             step_event_ids: closed.attempt.step_event_ids(),
+            breakdown_keys: funnel.map_or_else(Vec::new, breakdown_keys),
+            breakdown_values: closed.attempt.breakdown_values(),
             is_deleted: false,
             version: a.version,
         },
@@ -525,6 +531,8 @@ fn attempt_row(funnels: &FunnelSet, a: PendingAttempt) -> FunnelAttemptRow {
             total_steps: 0,
             step_times_ms: Vec::new(),
             step_event_ids: Vec::new(),
+            breakdown_keys: Vec::new(),
+            breakdown_values: Vec::new(),
             is_deleted: true,
             version: a.version,
         },
@@ -556,6 +564,8 @@ fn open_attempt_row(funnels: &FunnelSet, a: PendingOpen) -> FunnelOpenAttemptRow
             due_ms,
             step_times_ms: open.step_times_ms(),
             step_event_ids: open.step_event_ids(),
+            breakdown_keys: funnel.map_or_else(Vec::new, breakdown_keys),
+            breakdown_values: open.breakdown_values(),
             is_deleted: false,
             version: a.version,
         },
@@ -572,6 +582,8 @@ fn open_attempt_row(funnels: &FunnelSet, a: PendingOpen) -> FunnelOpenAttemptRow
             due_ms: a.partition_ms,
             step_times_ms: Vec::new(),
             step_event_ids: Vec::new(),
+            breakdown_keys: Vec::new(),
+            breakdown_values: Vec::new(),
             is_deleted: true,
             version: a.version,
         },

@@ -162,14 +162,18 @@ impl Remap {
     }
 
     pub(super) fn steps(&self, steps: &Steps) -> Steps {
-        let mut kept: Vec<(u16, u32)> = steps
-            .as_slice()
-            .iter()
-            .filter_map(|(f, m)| self.index(*f).map(|f| (f, *m)))
+        if steps.is_empty() {
+            return Steps::NONE;
+        }
+        // A funnel's breakdown values move with it: same definition, same allow-lists.
+        let mut kept: Vec<_> = steps
+            .entries()
+            .into_iter()
+            .filter_map(|(f, m, v)| self.index(f).map(|f| (f, m, v)))
             .collect();
         // `Steps` lists funnels in index order.
-        kept.sort_unstable_by_key(|(f, _)| *f);
-        Steps::from_pairs(kept)
+        kept.sort_unstable_by_key(|(f, _, _)| *f);
+        Steps::from_entries(kept)
     }
 
     fn machine(&self, m: &mut Machine) {

@@ -146,6 +146,12 @@ pub struct FunnelAttemptRow {
     pub step_times_ms: Vec<i64>,
     /// Event id of each reached step.
     pub step_event_ids: Vec<String>,
+    /// Breakdown dimensions (`channel`, `source`, `properties.<name>`), empty without
+    /// breakdown (README "Funnels", Breakdowns).
+    pub breakdown_keys: Vec<String>,
+    /// One value per key (`first_step`, `last_step`), or one per key for each reached
+    /// step, step-major (`each_step`: `reached_step × keys`, `""` for a skipped step).
+    pub breakdown_values: Vec<String>,
     /// Tombstone: the attempt no longer exists, or moved to another `closed_ms`.
     #[serde(serialize_with = "flag")]
     pub is_deleted: bool,
@@ -186,6 +192,12 @@ pub struct FunnelOpenAttemptRow {
     pub step_times_ms: Vec<i64>,
     /// Event id of each reached step.
     pub step_event_ids: Vec<String>,
+    /// Breakdown dimensions (`channel`, `source`, `properties.<name>`), empty without
+    /// breakdown (README "Funnels", Breakdowns).
+    pub breakdown_keys: Vec<String>,
+    /// One value per key (`first_step`, `last_step`), or one per key for each reached
+    /// step, step-major (`each_step`: `reached_step × keys`, `""` for a skipped step).
+    pub breakdown_values: Vec<String>,
     /// Tombstone: the attempt closed or no longer exists.
     #[serde(serialize_with = "flag")]
     pub is_deleted: bool,

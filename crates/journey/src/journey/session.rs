@@ -227,6 +227,7 @@ impl<'a> Replayer<'a> {
                 e.steps.mask(fi),
                 e.time_ms,
                 &e.event_id,
+                e.steps.values(fi, funnel),
                 &mut out.attempts,
             );
         }

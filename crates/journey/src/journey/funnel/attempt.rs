@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Funnel, Order};
+use super::{Attribution, Funnel, Order};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -48,17 +48,42 @@ pub(crate) struct OpenAttempt {
     /// written before it existed only hold ordered attempts, which do not read it).
     #[serde(default)]
     pub(crate) done: u32,
+    /// Breakdown values (README "Funnels", Breakdowns): one per dimension of the step
+    /// the funnel's attribution names, or, for `each_step`, one per dimension of each
+    /// entry of `steps` (step-major; `""` for a skipped step). `None` without breakdown.
+    /// Shared with the event's values (for an allow-listed tuple, with the funnel's
+    /// [`super::Funnel::listed`]), so `first_step` and `last_step` attempts allocate
+    /// nothing for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) breakdown: Option<Arc<[Arc<str>]>>,
 }
 
 impl OpenAttempt {
-    fn new(capacity: usize, step: usize, time_ms: i64, event_id: &Arc<str>) -> Self {
+    fn new(
+        capacity: usize,
+        step: usize,
+        time_ms: i64,
+        event_id: &Arc<str>,
+        values: Option<&Arc<[Arc<str>]>>,
+    ) -> Self {
         // Room for every step: growing one at a time would reallocate.
         let mut steps = Vec::with_capacity(capacity);
         steps.push((time_ms, Arc::clone(event_id)));
         Self {
             steps,
             done: 1 << step,
+            breakdown: values.cloned(),
         }
+    }
+
+    /// Breakdown values as stored in `funnel_attempts.breakdown_values`.
+    pub(crate) fn breakdown_values(&self) -> Vec<String> {
+        self.breakdown
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|v| v.as_ref().to_owned())
+            .collect()
     }
 
     pub(crate) fn start_ms(&self) -> i64 {
@@ -104,6 +129,9 @@ impl AttemptSlot {
     /// Apply one event (events must come in `(event_time, event_id)` order). `mask` is
     /// this funnel's mask for the event (steps, then exclusions); strict funnels need
     /// every event of the customer while an attempt is open, with mask 0 for the others.
+    /// `values` are the event's breakdown values for this funnel (`None` without one).
+    // One argument per thing the rules read; bundling them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn step(
         &mut self,
         funnel_index: u16,
@@ -111,6 +139,7 @@ impl AttemptSlot {
         mask: u32,
         time_ms: i64,
         event_id: &Arc<str>,
+        values: Option<&Arc<[Arc<str>]>>,
         closed: &mut Vec<ClosedAttempt>,
     ) {
         // Rule 3: an event past a deadline proves the watermark passed it.
@@ -123,7 +152,7 @@ impl AttemptSlot {
                 // any event with no attempt open.
                 self.close(funnel_index, Outcome::Excluded, time_ms, closed);
             } else if let Some(step) = next_step(funnel, open, steps, time_ms) {
-                advance(open, funnel.order, step, time_ms, event_id);
+                advance(open, funnel, step, time_ms, event_id, values);
                 if converted(funnel, open) {
                     self.close(funnel_index, Outcome::Converted, time_ms, closed);
                 }
@@ -146,7 +175,7 @@ impl AttemptSlot {
             Order::Ordered | Order::Strict if steps & 1 != 0 => 0,
             _ => return,
         };
-        let open = OpenAttempt::new(total, first, time_ms, event_id);
+        let open = OpenAttempt::new(total, first, time_ms, event_id, values);
         let done = converted(funnel, &open);
         self.0 = Some(open);
         if done {
@@ -251,11 +280,38 @@ fn next_step(funnel: &Funnel, open: &OpenAttempt, steps: u32, time_ms: i64) -> O
     None
 }
 
-fn advance(open: &mut OpenAttempt, order: Order, step: usize, time_ms: i64, event_id: &Arc<str>) {
-    if order != Order::Any && open.steps.len() < step {
-        // Skipped optional steps: no time, no event.
+fn advance(
+    open: &mut OpenAttempt,
+    funnel: &Funnel,
+    step: usize,
+    time_ms: i64,
+    event_id: &Arc<str>,
+    values: Option<&Arc<[Arc<str>]>>,
+) {
+    let dims = funnel.breakdown.len();
+    let each_step = dims > 0 && funnel.breakdown_attribution == Attribution::EachStep;
+    // each_step: the reached steps' values, step-major, in one new tuple.
+    let mut all: Vec<Arc<str>> = Vec::new();
+    if each_step {
+        all.extend(open.breakdown.as_deref().unwrap_or(&[]).iter().cloned());
+    }
+    if funnel.order != Order::Any && open.steps.len() < step {
+        // Skipped optional steps: no time, no event (and no breakdown values).
         let skipped: Arc<str> = Arc::from("");
+        if each_step {
+            all.resize(step * dims, Arc::clone(&skipped));
+        }
         open.steps.resize(step, (0, skipped));
+    }
+    if dims > 0 {
+        match funnel.breakdown_attribution {
+            Attribution::FirstStep => {}
+            Attribution::LastStep => open.breakdown = values.cloned(),
+            Attribution::EachStep => {
+                all.extend(values.iter().flat_map(|v| v.iter().cloned()));
+                open.breakdown = Some(all.into());
+            }
+        }
     }
     open.steps.push((time_ms, Arc::clone(event_id)));
     open.done |= 1 << step;

@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Steps, MAX_STEPS};
+use super::{Steps, Values, MAX_STEPS};
 use crate::event::{JourneyEvent, MessageType};
 use crate::JourneyError;
 
@@ -43,6 +44,23 @@ struct FunnelDef {
     /// Events that exclude an attempt between two steps.
     #[serde(default)]
     exclude: Vec<ExcludeDef>,
+    /// Dimensions to break attempts down by (README "Funnels", Breakdowns).
+    #[serde(default)]
+    breakdown: Vec<BreakdownDef>,
+    /// `"first_step"` (default), `"last_step"` or `"each_step"`.
+    #[serde(default)]
+    breakdown_attribution: Option<String>,
+}
+
+/// One `breakdown` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakdownDef {
+    /// `channel`, `source` or `properties.<name>`.
+    key: String,
+    /// Values that get a metric series of their own; the rest count as `other`.
+    #[serde(default)]
+    values: Vec<String>,
 }
 
 /// One step.
@@ -103,6 +121,137 @@ impl Order {
         }
     }
 }
+
+/// Most metric series one funnel's breakdown may produce per step: the product over its
+/// dimensions of (allow-listed values + 1 for `other`). Keeps the label bounded whatever
+/// the events carry.
+pub const MAX_BREAKDOWN_SERIES: usize = 20;
+
+/// Most bytes of a breakdown value stored in rows (longer values are cut at a character
+/// boundary), so a stray large property cannot inflate per-customer memory.
+pub const MAX_BREAKDOWN_VALUE_BYTES: usize = 64;
+
+/// Which step's values an attempt is attributed to (PostHog's first-touch, last-touch
+/// and per-step attribution).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// The values of the event that started the attempt.
+    #[default]
+    FirstStep,
+    /// The values of the last step reached.
+    LastStep,
+    /// The values of every reached step.
+    EachStep,
+}
+
+impl Attribution {
+    fn is_first_step(&self) -> bool {
+        *self == Attribution::FirstStep
+    }
+}
+
+/// What a breakdown dimension reads from an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dimension {
+    /// The classified channel (catalog, or the message's recognised `channel`).
+    Channel,
+    /// The collector source: `event_id` up to its first `:` (README "Event ids and
+    /// retries").
+    Source,
+    /// A top-level property, `properties.<name>`: strings as they are, numbers and
+    /// booleans as their JSON text; absent, null, objects and arrays read as `""`.
+    Property(String),
+}
+
+impl Dimension {
+    fn parse(key: &str) -> Result<Self, String> {
+        match key {
+            "channel" => Ok(Dimension::Channel),
+            "source" => Ok(Dimension::Source),
+            _ => match key.split_once('.') {
+                Some(("properties", name)) if !name.is_empty() && !name.contains('.') => {
+                    Ok(Dimension::Property(name.to_owned()))
+                }
+                Some(("properties", _)) => Err(format!(
+                    "`{key}`: only top-level properties can be used, `properties.<name>`"
+                )),
+                Some(("traits" | "context", _)) => Err(format!(
+                    "`{key}`: traits and context do not reach the journey stage (only \
+                     `properties` does); use channel, source or properties.<name>"
+                )),
+                _ => Err(format!(
+                    "unknown breakdown key `{key}`; use channel, source or properties.<name>"
+                )),
+            },
+        }
+    }
+
+    /// The dimension's raw value for an event ("" when it has none).
+    fn read<'a>(
+        &self,
+        event: &'a JourneyEvent,
+        channel: &'static str,
+    ) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        let raw: Cow<'a, str> = match self {
+            Dimension::Channel => Cow::Borrowed(channel),
+            Dimension::Source => Cow::Borrowed(
+                event
+                    .event_id
+                    .split_once(':')
+                    .map_or("", |(source, _)| source),
+            ),
+            Dimension::Property(name) => match event.properties.get(name) {
+                Some(Value::String(s)) => Cow::Owned(s.clone()),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => Cow::Owned(v.to_string()),
+                _ => Cow::Borrowed(""),
+            },
+        };
+        match raw {
+            Cow::Borrowed(s) => Cow::Borrowed(cut(s)),
+            Cow::Owned(s) if s.len() <= MAX_BREAKDOWN_VALUE_BYTES => Cow::Owned(s),
+            Cow::Owned(s) => Cow::Owned(cut(&s).to_owned()),
+        }
+    }
+}
+
+fn cut(s: &str) -> &str {
+    if s.len() <= MAX_BREAKDOWN_VALUE_BYTES {
+        return s;
+    }
+    let mut end = MAX_BREAKDOWN_VALUE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A validated breakdown dimension.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Breakdown {
+    /// As written: `channel`, `source` or `properties.<name>`; stored in
+    /// `funnel_attempts.breakdown_keys`.
+    pub key: String,
+    /// Allow-listed values (metric label values); others are labelled `other`.
+    pub values: Vec<Arc<str>>,
+    #[serde(skip)]
+    pub(crate) dimension: Dimension,
+}
+
+impl Breakdown {
+    /// The metric label value for a stored value: itself when allow-listed, else `other`.
+    pub fn label<'a>(&'a self, value: &'a str) -> &'a str {
+        if self.values.iter().any(|v| v.as_ref() == value) {
+            value
+        } else {
+            OTHER
+        }
+    }
+}
+
+/// Label value of values outside the allow-list.
+pub const OTHER: &str = "other";
 
 /// One condition on a top-level property.
 #[derive(Debug, Clone, PartialEq)]
@@ -255,9 +404,98 @@ pub struct Funnel {
     /// Exclusions; in an event's mask, exclusion `j` is bit `steps.len() + j`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<Exclusion>,
+    /// Breakdown dimensions (none: the funnel is not broken down).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdown: Vec<Breakdown>,
+    /// Which step's values an attempt carries.
+    #[serde(skip_serializing_if = "Attribution::is_first_step")]
+    pub breakdown_attribution: Attribution,
+    /// Every tuple of allow-listed values (one per dimension), first dimension slowest:
+    /// what a [`Values::Listed`] index names. Built from `breakdown` when the file loads
+    /// (at most [`MAX_BREAKDOWN_SERIES`] − 1), so every event and attempt with the same
+    /// allow-listed values shares one tuple instead of holding its own.
+    #[serde(skip)]
+    pub(crate) listed: Vec<Arc<[Arc<str>]>>,
 }
 
 impl Funnel {
+    /// The metric `breakdown` label for `values` (one per dimension): the allow-listed
+    /// values joined by `/`, each `other` when not allow-listed; `all` for a funnel
+    /// without breakdown. At most [`MAX_BREAKDOWN_SERIES`] distinct labels per funnel.
+    pub fn breakdown_label<S: AsRef<str>>(&self, values: &[S]) -> String {
+        if self.breakdown.is_empty() {
+            return ALL.to_owned();
+        }
+        let mut out = String::new();
+        for (i, b) in self.breakdown.iter().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(b.label(values.get(i).map_or("", |v| v.as_ref())));
+        }
+        out
+    }
+
+    /// The label of 1-based `step` of an attempt whose row holds `breakdown_values`: its
+    /// attributed values, or, for `each_step`, that step's own.
+    pub fn step_breakdown_label<S: AsRef<str>>(
+        &self,
+        breakdown_values: &[S],
+        step: usize,
+    ) -> String {
+        let dims = self.breakdown.len();
+        let values = match self.breakdown_attribution {
+            Attribution::EachStep if dims > 0 => breakdown_values
+                .get(step.saturating_sub(1) * dims..step * dims)
+                .unwrap_or(&[]),
+            _ => breakdown_values,
+        };
+        self.breakdown_label(values)
+    }
+
+    /// This funnel's breakdown values of an event: the index of its tuple in
+    /// [`Self::listed`] when every value is allow-listed, else the values (allow-listed
+    /// ones sharing the configuration's strings).
+    fn values(&self, event: &JourneyEvent, channel: &'static str) -> Values {
+        let raw: Vec<_> = self
+            .breakdown
+            .iter()
+            .map(|b| b.dimension.read(event, channel))
+            .collect();
+        let mut index = Some(0usize);
+        for (b, r) in self.breakdown.iter().zip(&raw) {
+            let at = b.values.iter().position(|v| v.as_ref() == r.as_ref());
+            index = index.zip(at).map(|(i, at)| i * b.values.len() + at);
+        }
+        if let Some(i) = index.and_then(|i| u8::try_from(i).ok()) {
+            if usize::from(i) < self.listed.len() {
+                return Values::Listed(i);
+            }
+        }
+        Values::Own(
+            self.breakdown
+                .iter()
+                .zip(raw)
+                .map(
+                    |(b, r)| match b.values.iter().find(|v| v.as_ref() == r.as_ref()) {
+                        Some(v) => Arc::clone(v),
+                        None => Arc::from(r.as_ref()),
+                    },
+                )
+                .collect(),
+        )
+    }
+
+    /// `values` as this funnel's own allow-listed tuple when they equal one (after a
+    /// restore, which reads every value as a string of its own).
+    pub(crate) fn share_listed(&self, values: &mut Option<Arc<[Arc<str>]>>) {
+        if let Some(v) = values {
+            if let Some(t) = self.listed.iter().find(|t| t[..] == v[..]) {
+                *v = Arc::clone(t);
+            }
+        }
+    }
+
     /// The step bits of an event's mask (bit i: step i+1 matches).
     pub(crate) fn step_bits(&self, mask: u32) -> u32 {
         mask & low_bits(self.steps.len())
@@ -277,6 +515,9 @@ impl Funnel {
             .fold(0, |m, (i, _)| m | (1 << i))
     }
 }
+
+/// The `breakdown` label of funnels without breakdown.
+pub const ALL: &str = "all";
 
 /// `n` low bits set (`n ≤ 32`).
 fn low_bits(n: usize) -> u32 {
@@ -491,13 +732,97 @@ fn funnel(def: FunnelDef, origin: Option<&str>) -> Result<Funnel, JourneyError> 
             to,
         });
     }
+    let breakdown_attribution = match def.breakdown_attribution.as_deref() {
+        None | Some("first_step") => Attribution::FirstStep,
+        Some("last_step") => Attribution::LastStep,
+        Some("each_step") => Attribution::EachStep,
+        Some(text) => {
+            return Err(place.err(
+                "",
+                format!(
+                    "unknown breakdown_attribution `{text}`; use \"first_step\", \
+                     \"last_step\" or \"each_step\""
+                ),
+            ))
+        }
+    };
+    if def.breakdown.is_empty() && def.breakdown_attribution.is_some() {
+        return Err(place.err("", "breakdown_attribution needs a breakdown"));
+    }
+    let mut breakdown: Vec<Breakdown> = Vec::with_capacity(def.breakdown.len());
+    let mut series = 1usize;
+    for (k, b) in def.breakdown.into_iter().enumerate() {
+        let at = format!("breakdown {}", k + 1);
+        let dimension = Dimension::parse(&b.key).map_err(|m| place.err(&at, m))?;
+        if breakdown.iter().any(|d| d.key == b.key) {
+            return Err(place.err(&at, format!("duplicate breakdown key `{}`", b.key)));
+        }
+        let mut values: Vec<Arc<str>> = Vec::with_capacity(b.values.len());
+        for v in b.values {
+            if v.is_empty() || v == OTHER || v.contains('/') || v.len() > MAX_BREAKDOWN_VALUE_BYTES
+            {
+                return Err(place.err(
+                    &at,
+                    format!(
+                        "value `{v}` must be non-empty, not `{OTHER}`, without `/` and at \
+                         most {MAX_BREAKDOWN_VALUE_BYTES} bytes"
+                    ),
+                ));
+            }
+            if values.iter().any(|w| w.as_ref() == v) {
+                return Err(place.err(&at, format!("duplicate value `{v}`")));
+            }
+            values.push(Arc::from(v));
+        }
+        series = series.saturating_mul(values.len() + 1);
+        breakdown.push(Breakdown {
+            key: b.key,
+            values,
+            dimension,
+        });
+    }
+    if series > MAX_BREAKDOWN_SERIES {
+        return Err(place.err(
+            "breakdown",
+            format!(
+                "{series} label values (the product of each dimension's values + 1 for \
+                 `{OTHER}`), at most {MAX_BREAKDOWN_SERIES}"
+            ),
+        ));
+    }
+    let listed = listed_tuples(&breakdown);
     Ok(Funnel {
         name: def.name,
         window_ms,
         order,
         steps,
         exclude,
+        breakdown,
+        breakdown_attribution,
+        listed,
     })
+}
+
+/// Every tuple of allow-listed values, first dimension slowest ([`Funnel::listed`]);
+/// none when a dimension allow-lists nothing (its values are never all listed).
+pub(crate) fn listed_tuples(breakdown: &[Breakdown]) -> Vec<Arc<[Arc<str>]>> {
+    if breakdown.is_empty() {
+        return Vec::new();
+    }
+    let mut tuples: Vec<Vec<Arc<str>>> = vec![Vec::new()];
+    for b in breakdown {
+        tuples = tuples
+            .into_iter()
+            .flat_map(|t| {
+                b.values.iter().map(move |v| {
+                    let mut t = t.clone();
+                    t.push(Arc::clone(v));
+                    t
+                })
+            })
+            .collect();
+    }
+    tuples.into_iter().map(Arc::from).collect()
 }
 
 /// Seconds → ms, `None` unless positive and representable.
@@ -555,13 +880,46 @@ impl FunnelSet {
 
     /// [`Self::matches`] as kept in a customer's history: no allocation for the usual
     /// zero or one matching funnel.
-    pub(crate) fn steps(&self, event: &JourneyEvent) -> Steps {
+    /// `channel` is the event's classified channel (for a `channel` breakdown). An event
+    /// matching a step of a funnel with a breakdown also keeps that funnel's values
+    /// ([`Steps::Detailed`]); other events keep only masks, as before.
+    pub(crate) fn steps(&self, event: &JourneyEvent, channel: &'static str) -> Steps {
         let mut masks = self.masks(event);
-        match (masks.next(), masks.next()) {
-            (None, _) => Steps::NONE,
+        let steps = match (masks.next(), masks.next()) {
+            (None, _) => return Steps::NONE,
             (Some((f, m)), None) => Steps::One(f, m),
             (Some(a), Some(b)) => Steps::Many(Box::new([a, b].into_iter().chain(masks).collect())),
+        };
+        let broken_down = |f: u16, m: u32| {
+            let funnel = &self.funnels[usize::from(f)];
+            !funnel.breakdown.is_empty() && funnel.step_bits(m) != 0
+        };
+        if let Steps::One(f, m) = steps {
+            // The usual match: one funnel (no allocation for allow-listed values).
+            return if broken_down(f, m) {
+                Steps::from_entries(vec![(
+                    f,
+                    m,
+                    Some(self.funnels[usize::from(f)].values(event, channel)),
+                )])
+            } else {
+                steps
+            };
         }
+        if !steps.as_slice().iter().any(|(f, m)| broken_down(*f, *m)) {
+            return steps;
+        }
+        Steps::from_entries(
+            steps
+                .as_slice()
+                .iter()
+                .map(|(f, m)| {
+                    let values = broken_down(*f, *m)
+                        .then(|| self.funnels[usize::from(*f)].values(event, channel));
+                    (*f, *m, values)
+                })
+                .collect(),
+        )
     }
 
     fn masks<'a>(&'a self, event: &'a JourneyEvent) -> impl Iterator<Item = (u16, u32)> + 'a {

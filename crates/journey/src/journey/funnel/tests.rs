@@ -39,6 +39,7 @@ fn run(funnel: &Funnel, events: &[(i64, u32)], frontier: i64) -> Vec<ClosedAttem
             *mask,
             *t,
             &Arc::from(format!("e{i}")),
+            None,
             &mut closed,
         );
     }
@@ -156,6 +157,9 @@ fn abc(window_ms: i64) -> Funnel {
             })
             .collect(),
         exclude: vec![],
+        breakdown: vec![],
+        breakdown_attribution: Attribution::FirstStep,
+        listed: vec![],
     }
 }
 
@@ -508,14 +512,14 @@ fn within_secs_drops_at_the_step_deadline() {
     const D: u32 = 8;
     let mut slot = AttemptSlot::default();
     let mut closed = Vec::new();
-    slot.step(0, &f, A, 0, &Arc::from("a"), &mut closed);
+    slot.step(0, &f, A, 0, &Arc::from("a"), None, &mut closed);
     assert_eq!(slot.deadline_ms(&f), Some(10 * MIN));
-    slot.step(0, &f, B, 5 * MIN, &Arc::from("b"), &mut closed);
+    slot.step(0, &f, B, 5 * MIN, &Arc::from("b"), None, &mut closed);
     // C is optional: only the window bounds D.
     assert_eq!(slot.deadline_ms(&f), Some(60 * MIN));
     // C 2 min after B is past its own within_secs: it does not count as step 3.
-    slot.step(0, &f, C, 7 * MIN, &Arc::from("c"), &mut closed);
-    slot.step(0, &f, D, 8 * MIN, &Arc::from("d"), &mut closed);
+    slot.step(0, &f, C, 7 * MIN, &Arc::from("c"), None, &mut closed);
+    slot.step(0, &f, D, 8 * MIN, &Arc::from("d"), None, &mut closed);
     assert_eq!(summary(&closed), vec![(Outcome::Converted, 4, 0, 8 * MIN)]);
     assert_eq!(closed[0].attempt.step_event_ids(), vec!["a", "b", "", "d"]);
     // B 10 min + 1 ms after A: dropped at A + 10 min, by the event or by the frontier.
@@ -572,4 +576,301 @@ fn a_funnel_without_the_newer_options_serializes_as_before_them() {
         serde_json::to_string(&g).unwrap(),
         r#"{"name":"pro","window_ms":60000,"order":"strict","steps":[{"event":"A","filters":[]},{"event":"B","filters":[["n",{">":1.0}],["n",{"in":[1,2]}],["t",{"exists":true}]],"optional":true,"within_ms":5000},{"event":"C","filters":[]}],"exclude":[{"event":"X","filters":[],"from":1,"to":3}]}"#
     );
+}
+
+const BD_STEPS: &str =
+    r#"steps = [{ event = "A" }, { event = "B", optional = true }, { event = "C" }]"#;
+
+fn bd_funnel(attribution: &str) -> FunnelSet {
+    FunnelSet::from_toml_str(
+        &format!(
+            "[[funnel]]\nname = \"x\"\nwindow_secs = 600\n{BD_STEPS}\n\
+             breakdown = [{{ key = \"channel\", values = [\"web\", \"app\"] }}, \
+             {{ key = \"properties.store\" }}]\n{attribution}"
+        ),
+        None,
+    )
+    .expect("valid")
+}
+
+/// Events (id, name, channel, store) through one slot; the closed attempts' values.
+fn bd_run(set: &FunnelSet, events: &[(&str, &str, &'static str, &str)]) -> Vec<Vec<String>> {
+    let funnel = &set.funnels()[0];
+    let mut slot = AttemptSlot::default();
+    let mut closed = Vec::new();
+    for (i, (id, name, channel, store)) in events.iter().enumerate() {
+        let mut e = track(name, serde_json::json!({ "store": store }));
+        e.event_id = (*id).into();
+        let steps = set.steps(&e, channel);
+        let t = i as i64 * MIN;
+        let id: Arc<str> = Arc::from(*id);
+        slot.step(
+            0,
+            funnel,
+            steps.mask(0),
+            t,
+            &id,
+            steps.values(0, funnel),
+            &mut closed,
+        );
+    }
+    slot.close_expired(0, funnel, i64::MAX, &mut closed);
+    closed
+        .iter()
+        .map(|c| c.attempt.breakdown_values())
+        .collect()
+}
+
+#[test]
+fn breakdown_values_follow_the_attribution() {
+    // Hand-worked: A on web at store s1, B skipped, C on app at store s2.
+    let events = [
+        ("web:1", "A", "web", "s1"),
+        ("web:2", "Other", "web", "s9"),
+        ("app:3", "C", "app", "s2"),
+    ];
+    assert_eq!(bd_run(&bd_funnel(""), &events), vec![vec!["web", "s1"]]);
+    assert_eq!(
+        bd_run(&bd_funnel("breakdown_attribution = \"last_step\""), &events),
+        vec![vec!["app", "s2"]]
+    );
+    // each_step: step-major, the skipped optional step 2 as "" for each key.
+    assert_eq!(
+        bd_run(&bd_funnel("breakdown_attribution = \"each_step\""), &events),
+        vec![vec!["web", "s1", "", "", "app", "s2"]]
+    );
+    // A dropped attempt keeps the values of the steps it reached.
+    assert_eq!(
+        bd_run(
+            &bd_funnel("breakdown_attribution = \"each_step\""),
+            &[("web:1", "A", "email", "s1"), ("web:2", "B", "web", "")]
+        ),
+        vec![vec!["email", "s1", "web", ""]]
+    );
+}
+
+#[test]
+fn breakdown_labels_are_allow_listed_or_other() {
+    let set = bd_funnel("");
+    let f = &set.funnels()[0];
+    let v = |a: &str, b: &str| vec![Arc::<str>::from(a), Arc::<str>::from(b)];
+    // `properties.store` allow-lists nothing: every store is `other`.
+    assert_eq!(f.breakdown_label(&v("web", "s1")), "web/other");
+    assert_eq!(f.breakdown_label(&v("email", "")), "other/other");
+    assert_eq!(abc(MIN).breakdown_label::<&str>(&[]), "all");
+    // each_step: the step's own values.
+    let each = bd_funnel("breakdown_attribution = \"each_step\"");
+    let row = ["web", "s1", "", "", "app", "s2"];
+    assert_eq!(each.funnels()[0].step_breakdown_label(&row, 3), "app/other");
+    assert_eq!(
+        each.funnels()[0].step_breakdown_label(&row, 2),
+        "other/other"
+    );
+    assert_eq!(f.step_breakdown_label(&row[..2], 3), "web/other");
+}
+
+#[test]
+fn events_matching_no_breakdown_funnel_keep_no_values() {
+    let set = bd_funnel("");
+    // Not a step of the funnel: masks only, no values.
+    assert!(matches!(
+        set.steps(&track("Other", serde_json::json!({})), "web"),
+        Steps::NONE
+    ));
+    let plain = FunnelSet::from_toml_str(
+        &format!("[[funnel]]\nname = \"x\"\nwindow_secs = 600\n{BD_STEPS}"),
+        None,
+    )
+    .expect("valid");
+    assert!(matches!(
+        plain.steps(&track("A", serde_json::json!({})), "web"),
+        Steps::One(0, 1)
+    ));
+    // A step of a breakdown funnel keeps its values; they survive a snapshot.
+    let mut e = track("A", serde_json::json!({ "store": 12, "x": 1 }));
+    e.event_id = "crm:o-1".into();
+    let steps = set.steps(&e, "store");
+    assert_eq!(steps.mask(0), 1);
+    assert_eq!(
+        steps.values(0, &set.funnels()[0]).map(|v| &v[..]),
+        Some(&[Arc::from("store"), Arc::from("12")][..])
+    );
+    let text = serde_json::to_string(&steps).unwrap();
+    let back: Steps = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, steps);
+    // The old snapshot form (a list of masks) still reads.
+    let old: Steps = serde_json::from_str("[[0,1]]").unwrap();
+    assert_eq!(old, Steps::One(0, 1));
+    assert_eq!(std::mem::size_of::<Steps>(), 16);
+}
+
+#[test]
+fn source_and_long_property_values() {
+    let set = FunnelSet::from_toml_str(
+        "[[funnel]]\nname = \"x\"\nwindow_secs = 600\nsteps = [{ event = \"A\" }]\n\
+         breakdown = [{ key = \"source\" }, { key = \"properties.note\" }]",
+        None,
+    )
+    .expect("valid");
+    let mut e = track("A", serde_json::json!({ "note": "é".repeat(40) }));
+    e.event_id = "call-center:o-1:x".into();
+    let steps = set.steps(&e, "web");
+    let values = steps.values(0, &set.funnels()[0]).expect("values");
+    assert_eq!(values[0].as_ref(), "call-center");
+    // Cut at a character boundary at most MAX_BREAKDOWN_VALUE_BYTES long.
+    assert_eq!(values[1].len(), 64);
+}
+
+#[test]
+fn bad_breakdowns_name_the_problem() {
+    let f = |extra: &str| {
+        format!(
+            "[[funnel]]\nname = \"x\"\nwindow_secs = 60\nsteps = [{{ event = \"a\" }}]\n{extra}"
+        )
+    };
+    let cases = [
+        (
+            f(r#"breakdown = [{ key = "traits.plan" }]"#),
+            "funnel `x` breakdown 1: `traits.plan`: traits and context do not reach",
+        ),
+        (
+            f(r#"breakdown = [{ key = "context.campaign.source" }]"#),
+            "traits and context do not reach the journey stage",
+        ),
+        (
+            f(r#"breakdown = [{ key = "properties.a.b" }]"#),
+            "only top-level properties",
+        ),
+        (
+            f(r#"breakdown = [{ key = "device" }]"#),
+            "unknown breakdown key `device`",
+        ),
+        (
+            f(r#"breakdown = [{ key = "channel" }, { key = "channel" }]"#),
+            "funnel `x` breakdown 2: duplicate breakdown key",
+        ),
+        (
+            f(r#"breakdown = [{ key = "channel", values = ["other"] }]"#),
+            "must be non-empty, not `other`",
+        ),
+        (
+            f(r#"breakdown = [{ key = "channel", values = ["a", "a"] }]"#),
+            "duplicate value `a`",
+        ),
+        (
+            f(
+                r#"breakdown = [{ key = "channel", values = ["a","b","c","d","e"] }, { key = "source", values = ["x","y","z"] }]"#,
+            ),
+            "funnel `x` breakdown: 24 label values",
+        ),
+        (
+            f(r#"breakdown_attribution = "last_step""#),
+            "breakdown_attribution needs a breakdown",
+        ),
+        (
+            f("breakdown = [{ key = \"source\" }]\nbreakdown_attribution = \"middle\""),
+            "unknown breakdown_attribution `middle`",
+        ),
+        (
+            f(r#"breakdown = [{ key = "source", value = ["a"] }]"#),
+            "unknown field `value`",
+        ),
+    ];
+    for (text, needle) in cases {
+        let err = FunnelSet::from_toml_str(&text, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+#[test]
+fn a_breakdown_is_part_of_the_serialized_funnel() {
+    let f = |extra: &str| {
+        serde_json::to_string(&one(&format!(
+            "[[funnel]]\nname = \"x\"\nwindow_secs = 60\nsteps = [{{ event = \"a\" }}]\n{extra}"
+        )))
+        .unwrap()
+    };
+    assert_eq!(
+        f("breakdown = [{ key = \"channel\", values = [\"web\"] }]\nbreakdown_attribution = \"each_step\""),
+        r#"{"name":"x","window_ms":60000,"steps":[{"event":"a","filters":[]}],"breakdown":[{"key":"channel","values":["web"]}],"breakdown_attribution":"each_step"}"#
+    );
+    assert_eq!(
+        f(""),
+        r#"{"name":"x","window_ms":60000,"steps":[{"event":"a","filters":[]}]}"#
+    );
+}
+
+#[test]
+fn allow_listed_values_share_one_tuple_and_allocate_nothing() {
+    // channel (web, app) × properties.store (s1, s2, s3): six tuples, channel slowest.
+    let set = FunnelSet::from_toml_str(
+        "[[funnel]]\nname = \"x\"\nwindow_secs = 600\nsteps = [{ event = \"A\" }, { event = \"B\" }]\n\
+         breakdown = [{ key = \"channel\", values = [\"web\", \"app\"] }, \
+         { key = \"properties.store\", values = [\"s1\", \"s2\", \"s3\"] }]",
+        None,
+    )
+    .expect("valid");
+    let f = &set.funnels()[0];
+    let tuples: Vec<Vec<&str>> = f
+        .listed
+        .iter()
+        .map(|t| t.iter().map(|v| v.as_ref()).collect())
+        .collect();
+    assert_eq!(
+        tuples,
+        [
+            ["web", "s1"],
+            ["web", "s2"],
+            ["web", "s3"],
+            ["app", "s1"],
+            ["app", "s2"],
+            ["app", "s3"]
+        ]
+    );
+    for (channel, store) in [("web", "s1"), ("web", "s3"), ("app", "s1"), ("app", "s2")] {
+        let steps = set.steps(&track("A", serde_json::json!({ "store": store })), channel);
+        assert!(matches!(steps, Steps::Listed(0, 1, _)), "{steps:?}");
+        let v = steps.values(0, f).expect("values");
+        assert_eq!(&v[..], &[Arc::from(channel), Arc::from(store)][..]);
+        assert!(f.listed.iter().any(|t| Arc::ptr_eq(t, v)), "shared");
+        let back: Steps = serde_json::from_str(&serde_json::to_string(&steps).unwrap()).unwrap();
+        assert_eq!(back, steps);
+        // The attempt it starts shares the same tuple.
+        let mut slot = AttemptSlot::default();
+        let id: Arc<str> = Arc::from("e1");
+        slot.step(
+            0,
+            f,
+            steps.mask(0),
+            0,
+            &id,
+            steps.values(0, f),
+            &mut Vec::new(),
+        );
+        let open = slot.0.as_ref().expect("open");
+        assert!(Arc::ptr_eq(open.breakdown.as_ref().expect("values"), v));
+    }
+    // A value outside the allow-list: the values themselves, in a snapshot too.
+    let steps = set.steps(&track("A", serde_json::json!({ "store": "s9" })), "app");
+    assert!(matches!(steps, Steps::Detailed(_)), "{steps:?}");
+    let own = |s: &Steps| {
+        s.values(0, f)
+            .map(|v| v.iter().map(|x| x.to_string()).collect::<Vec<_>>())
+    };
+    assert_eq!(own(&steps), Some(vec!["app".to_owned(), "s9".to_owned()]));
+    let back: Steps = serde_json::from_str(&serde_json::to_string(&steps).unwrap()).unwrap();
+    assert_eq!(back, steps);
+    assert_eq!(std::mem::size_of::<Steps>(), 16);
+    // A restored attempt's values (strings of their own) share the tuple again.
+    let mut restored: Option<Arc<[Arc<str>]>> = serde_json::from_str(r#"["app","s2"]"#).unwrap();
+    f.share_listed(&mut restored);
+    assert!(Arc::ptr_eq(restored.as_ref().unwrap(), &f.listed[4]));
+    let mut unlisted: Option<Arc<[Arc<str>]>> = serde_json::from_str(r#"["app","s9"]"#).unwrap();
+    f.share_listed(&mut unlisted);
+    assert!(!f
+        .listed
+        .iter()
+        .any(|t| Arc::ptr_eq(t, unlisted.as_ref().unwrap())));
 }
