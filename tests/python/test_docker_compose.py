@@ -66,6 +66,22 @@ def test_kafka_runs_kraft(services):
     assert not any("ZOOKEEPER" in k for k in env), "KRaft needs no ZooKeeper"
 
 
+def test_kafka_is_three_replicated_brokers(services):
+    brokers = [n for n in services if n == "kafka" or n.startswith("kafka-")]
+    assert len(brokers) == 3, brokers
+    envs = [services[b]["environment"] for b in brokers]
+    assert len({e["KAFKA_NODE_ID"] for e in envs}) == 3, "distinct node ids"
+    assert len({e["CLUSTER_ID"] for e in envs}) == 1, "one cluster"
+    for b, e in zip(brokers, envs):
+        voters = e["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+        assert sorted(v.split("@")[1].split(":")[0] for v in voters) == sorted(brokers), voters
+        assert e["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{b}:9092"
+        assert e["KAFKA_MIN_INSYNC_REPLICAS"] == "2" and e["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
+    config = tomllib.loads(read("deploy/docker/touchstream.toml"))
+    assert config["kafka"]["replication_factor"] == 3 and config["kafka"]["min_insync_replicas"] == 2
+    assert sorted(h.split(":")[0] for h in config["kafka"]["brokers"].split(",")) == sorted(brokers)
+
+
 def test_published_ports(services):
     for name, port in PUBLISHED.items():
         assert port in container_ports(services[name]), f"{name} does not publish {port}"
