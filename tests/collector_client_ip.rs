@@ -55,23 +55,18 @@ async fn track(
 
 /// messageId → stored `ip` of every record on the raw topic.
 async fn stored_ips(config: &Config) -> BTreeMap<String, Option<String>> {
-    support::drain_topic(
-        &config.kafka.brokers,
-        &config.kafka.raw_topic,
-        Duration::from_secs(2),
-    )
-    .await
-    .into_iter()
-    .map(|(_, v)| {
-        let t = touchstream_core::avro::decode(&v).expect("avro");
-        let id = t
-            .event_id
-            .strip_prefix("web:")
-            .expect("scoped id")
-            .to_string();
-        (id, t.ip)
-    })
-    .collect()
+    support::raw_touchpoints(config)
+        .await
+        .into_iter()
+        .map(|t| {
+            let id = t
+                .event_id
+                .strip_prefix("web:")
+                .expect("scoped id")
+                .to_string();
+            (id, t.ip)
+        })
+        .collect()
 }
 
 async fn metrics(base: &str) -> String {

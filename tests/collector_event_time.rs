@@ -127,15 +127,11 @@ async fn old_events_are_rejected_on_live_endpoints_and_history_goes_to_import() 
 
     // The raw topic holds exactly the accepted events, the DLQ the rejected ones with
     // their reasons.
-    let mut raw: Vec<String> = support::drain_topic(
-        &config.kafka.brokers,
-        &config.kafka.raw_topic,
-        Duration::from_secs(2),
-    )
-    .await
-    .into_iter()
-    .map(|(_, v)| touchstream_core::avro::decode(&v).expect("avro").event_id)
-    .collect();
+    let mut raw: Vec<String> = support::raw_touchpoints(&config)
+        .await
+        .into_iter()
+        .map(|t| t.event_id)
+        .collect();
     raw.sort();
     assert_eq!(
         raw,

@@ -109,23 +109,18 @@ async fn one_key_over_its_rate_gets_429_and_produces_nothing() {
     served.insert("hot-after-wait".into());
 
     // The topics hold exactly what the 200s accepted: nothing from a 429.
-    let raw: BTreeSet<String> = support::drain_topic(
-        &config.kafka.brokers,
-        &config.kafka.raw_topic,
-        Duration::from_secs(2),
-    )
-    .await
-    .into_iter()
-    .map(|(_, v)| {
-        // The event id is the source and the messageId (README "Event ids and retries").
-        let t = touchstream_core::avro::decode(&v).expect("avro");
-        let prefix = format!("{}:", t.source);
-        t.event_id
-            .strip_prefix(&prefix)
-            .expect("scoped id")
-            .to_string()
-    })
-    .collect();
+    let raw: BTreeSet<String> = support::raw_touchpoints(&config)
+        .await
+        .into_iter()
+        .map(|t| {
+            // The event id is the source and the messageId (README "Event ids and retries").
+            let prefix = format!("{}:", t.source);
+            t.event_id
+                .strip_prefix(&prefix)
+                .expect("scoped id")
+                .to_string()
+        })
+        .collect();
     assert_eq!(raw, served, "raw records are exactly the served requests'");
     let dlq: BTreeSet<String> = support::drain_topic(
         &config.kafka.brokers,

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use touchstream_core::avro;
 use touchstream_core::config::SuppressionMode;
 use touchstream_tests::{self as support, CollectorHandle};
 
@@ -36,17 +35,13 @@ async fn batch(c: &CollectorHandle, users: &[&str]) -> Value {
     r.json().await.expect("json")
 }
 
-/// User ids in a topic's Avro records, and whether any record (any topic) names `id`.
+/// User ids of the raw topic's touchpoints.
 async fn raw_users(config: &touchstream_core::Config) -> Vec<String> {
-    support::drain_topic(
-        &config.kafka.brokers,
-        &config.kafka.raw_topic,
-        Duration::from_secs(2),
-    )
-    .await
-    .into_iter()
-    .filter_map(|(_, v)| avro::decode(&v).ok()?.user_id)
-    .collect()
+    support::raw_touchpoints(config)
+        .await
+        .into_iter()
+        .filter_map(|t| t.user_id)
+        .collect()
 }
 
 async fn dlq_names(config: &touchstream_core::Config, id: &str) -> bool {

@@ -156,6 +156,24 @@ pub async fn drain_topic(
     out
 }
 
+/// Every touchpoint on the config's raw topic, decoded (Avro), in topic order per
+/// partition.
+pub async fn raw_touchpoints(
+    config: &touchstream_core::Config,
+) -> Vec<touchstream_core::Touchpoint> {
+    drain_topic(
+        &config.kafka.brokers,
+        &config.kafka.raw_topic,
+        Duration::from_secs(2),
+    )
+    .await
+    .into_iter()
+    .map(|(_, v)| {
+        touchstream_core::avro::decode(&v).expect("raw topic records are Avro touchpoints")
+    })
+    .collect()
+}
+
 /// Where the tansu binary is: `TANSU_BIN`, else PATH, else `~/.cargo/bin/tansu`.
 pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
