@@ -708,12 +708,23 @@ impl IdentityStage {
     /// Evict whole histories, the one whose last event is oldest first, until the rest
     /// fit [`IdentityConfig::max_unlinked_history_bytes`].
     fn evict_over_budget(&mut self) {
-        while self.unlinked_bytes > self.config.max_unlinked_history_bytes {
+        while self.unlinked_bytes > self.config.max_unlinked_history_bytes
+            && self.forget_idlest_before(i64::MAX)
+        {
+            self.counters.histories_evicted += 1;
+        }
+    }
+
+    /// Forget the unlinked history whose last event is the oldest, if that is before
+    /// `before`; whether one went. Entries of [`Self::expiry`] may lag their history's
+    /// last event (they are moved only when they come up): such an entry is moved there
+    /// and the search goes on.
+    fn forget_idlest_before(&mut self, before: i64) -> bool {
+        while self.expiry.first().is_some_and(|(at, _)| *at < before) {
             let Some((at, anon)) = self.expiry.pop_first() else {
                 break;
             };
             match self.unlinked.get_mut(&anon) {
-                // The entry lags the history's last event: move it there and look again.
                 Some(history) if history.last_time_ms > at => {
                     history.expiry_ms = history.last_time_ms;
                     self.expiry.insert((history.expiry_ms, anon));
@@ -721,12 +732,13 @@ impl IdentityStage {
                 Some(_) => {
                     if let Some(history) = self.unlinked.remove(&anon) {
                         self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
-                        self.counters.histories_evicted += 1;
                     }
+                    return true;
                 }
                 None => {}
             }
         }
+        false
     }
 
     fn advance_watermark(&mut self, time_ms: i64) {
@@ -735,27 +747,8 @@ impl IdentityStage {
         let ttl = i64::try_from(self.config.unlinked_history_ttl_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX);
         let horizon = wm.saturating_sub(ttl);
-        while let Some((at, _)) = self.expiry.first() {
-            if *at >= horizon {
-                break;
-            }
-            let Some((_, anon)) = self.expiry.pop_first() else {
-                break;
-            };
-            match self.unlinked.get_mut(&anon) {
-                // Newer events since the entry was made: move it to the last one.
-                Some(history) if history.last_time_ms >= horizon => {
-                    history.expiry_ms = history.last_time_ms;
-                    self.expiry.insert((history.expiry_ms, anon));
-                }
-                Some(_) => {
-                    if let Some(history) = self.unlinked.remove(&anon) {
-                        self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
-                    }
-                    self.counters.histories_expired += 1;
-                }
-                None => {}
-            }
+        while self.forget_idlest_before(horizon) {
+            self.counters.histories_expired += 1;
         }
     }
 }
