@@ -101,10 +101,7 @@ impl Figure {
         samples: &[f64],
         unit: &str,
     ) -> Option<Self> {
-        let spread = Spread::of(samples)?;
-        let mut f = Self::info(phase, name, label, spread.median, unit);
-        f.spread = Some(spread);
-        Some(f)
+        Self::of_samples(phase, name, label, samples, unit, |s| s.median)
     }
 
     /// A figure measured once per repetition, valued at its worst (largest) sample: a
@@ -116,8 +113,20 @@ impl Figure {
         samples: &[f64],
         unit: &str,
     ) -> Option<Self> {
+        Self::of_samples(phase, name, label, samples, unit, |s| s.max)
+    }
+
+    /// A figure with the spread of `samples`, valued at `pick` of it.
+    fn of_samples(
+        phase: Phase,
+        name: &str,
+        label: &str,
+        samples: &[f64],
+        unit: &str,
+        pick: fn(&Spread) -> f64,
+    ) -> Option<Self> {
         let spread = Spread::of(samples)?;
-        let mut f = Self::info(phase, name, label, spread.max, unit);
+        let mut f = Self::info(phase, name, label, pick(&spread), unit);
         f.spread = Some(spread);
         Some(f)
     }
