@@ -207,34 +207,24 @@ async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
     assert_eq!(stored, want, "only the valid events are stored");
 
     // Each undecodable record is in the DLQ once, with where it was read from.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let dead: BTreeMap<(i32, i64), Value> = loop {
-        let records = support::drain_topic(
-            &config.kafka.brokers,
-            &config.kafka.dlq_topic,
-            Duration::from_secs(3),
-        )
-        .await;
-        let mut dead = BTreeMap::new();
-        for (_, v) in records {
-            let doc: Value = serde_json::from_slice(&v).expect("DLQ records are JSON");
-            if doc["reason"] != "undecodable" {
-                continue;
-            }
-            let at = (
-                doc["kafka_partition"].as_i64().expect("kafka_partition") as i32,
-                doc["kafka_offset"].as_i64().expect("kafka_offset"),
-            );
-            assert!(
-                dead.insert(at, doc).is_none(),
-                "record at {at:?} dead-lettered twice"
-            );
-        }
-        if dead.len() >= poison.len() || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let mut dead: BTreeMap<(i32, i64), Value> = BTreeMap::new();
+    for doc in support::dlq_records(
+        &config,
+        "undecodable",
+        poison.len(),
+        Duration::from_secs(60),
+    )
+    .await
+    {
+        let at = (
+            doc["kafka_partition"].as_i64().expect("kafka_partition") as i32,
+            doc["kafka_offset"].as_i64().expect("kafka_offset"),
+        );
+        assert!(
+            dead.insert(at, doc).is_none(),
+            "record at {at:?} dead-lettered twice"
+        );
+    }
     assert_eq!(
         dead.keys().collect::<Vec<_>>(),
         poison.keys().collect::<Vec<_>>(),

@@ -98,30 +98,22 @@ async fn refused_rows_go_to_the_dlq_and_the_rest_is_stored() {
     assert_eq!(stored, valid, "every valid event stored, no refused one");
 
     // Each refused row is in the dead-letter topic with the reason and its input range.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let dead: BTreeMap<String, Value> = loop {
-        let mut dead = BTreeMap::new();
-        for (_, v) in support::drain_topic(
-            &config.kafka.brokers,
-            &config.kafka.dlq_topic,
-            Duration::from_secs(3),
-        )
-        .await
-        {
-            let doc: Value = serde_json::from_slice(&v).expect("DLQ records are JSON");
-            if doc["reason"] == "insert_rejected" {
-                let id = doc["row"]["event_id"]
-                    .as_str()
-                    .expect("row.event_id")
-                    .to_string();
-                dead.insert(id, doc);
-            }
-        }
-        if dead.len() >= poison.len() || Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let dead: BTreeMap<String, Value> = support::dlq_records(
+        &config,
+        "insert_rejected",
+        poison.len(),
+        Duration::from_secs(60),
+    )
+    .await
+    .into_iter()
+    .map(|doc| {
+        let id = doc["row"]["event_id"]
+            .as_str()
+            .expect("row.event_id")
+            .to_string();
+        (id, doc)
+    })
+    .collect();
     assert_eq!(
         dead.keys().collect::<Vec<_>>(),
         poison.keys().collect::<Vec<_>>(),

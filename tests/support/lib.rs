@@ -174,6 +174,34 @@ pub async fn raw_touchpoints(
     .collect()
 }
 
+/// The config's DLQ records (JSON) with `reason`, in topic order per partition: the
+/// topic is read again until at least `at_least` are there or `within` has passed
+/// (the records of the last read).
+pub async fn dlq_records(
+    config: &touchstream_core::Config,
+    reason: &str,
+    at_least: usize,
+    within: Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let docs: Vec<serde_json::Value> = drain_topic(
+            &config.kafka.brokers,
+            &config.kafka.dlq_topic,
+            Duration::from_secs(3),
+        )
+        .await
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).expect("DLQ records are JSON"))
+        .filter(|doc: &serde_json::Value| doc["reason"] == reason)
+        .collect();
+        if docs.len() >= at_least || std::time::Instant::now() > deadline {
+            return docs;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Where the tansu binary is: `TANSU_BIN`, else PATH, else `~/.cargo/bin/tansu`.
 pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
