@@ -55,6 +55,20 @@ async fn events(c: &Config) -> u64 {
         .unwrap_or(0)
 }
 
+/// Events older than the journey stage's release frontier: the raw partitions' oldest
+/// newest event time, less the allowed lateness (60 s).
+async fn releasable(c: &Config) -> u64 {
+    let ch = touchstream_clickhouse::client(&c.clickhouse);
+    ch.query(
+        "SELECT count() FROM events FINAL WHERE event_time_ms < \
+         (SELECT min(newest) FROM (SELECT max(event_time_ms) AS newest FROM events \
+          GROUP BY kafka_partition)) - 60000",
+    )
+    .fetch_one()
+    .await
+    .unwrap_or(u64::MAX)
+}
+
 /// Run a processor over `messages` until `events` holds `expect` rows and the journey
 /// tables stop changing, then stop it (it saves its state on the way out).
 async fn process(c: &Config, collector: &CollectorHandle, messages: &[Planned], expect: u64) {
@@ -69,14 +83,16 @@ async fn process(c: &Config, collector: &CollectorHandle, messages: &[Planned], 
         tokio::time::sleep(Duration::from_secs(3)).await;
         if events(c).await == expect {
             let t = tables(c).await;
-            // The newest minute of events stays buffered (allowed lateness); the rest is
-            // placed once the journey stage has caught up.
+            // Events within the allowed lateness of the journey watermark stay buffered;
+            // the rest is placed once the journey stage has caught up. The watermark is
+            // the oldest of the raw partitions' newest event times, so a partition whose
+            // last event is an hour old holds an hour back.
             let placed = t
                 .touchpoints
                 .iter()
                 .filter(|r| !r.customer_id.is_empty())
                 .count() as u64;
-            if placed + 20 >= expect && last.as_ref() == Some(&t) {
+            if placed + 20 >= releasable(c).await && last.as_ref() == Some(&t) {
                 break;
             }
             last = Some(t);
