@@ -125,7 +125,7 @@ header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 600; }
 header p { margin: 0; color: #c8d2de; font-size: 13px; }
 nav { margin-top: 10px; font-size: 13px; }
 nav a { color: #9cc3f0; margin-right: 16px; text-decoration: none; }
-main { max-width: 1100px; margin: 0 auto; padding: 8px 24px 40px; }
+main { max-width: 1200px; margin: 0 auto; padding: 8px 24px 40px; }
 section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 16px 22px 20px; margin: 18px 0; }
 section > h2 { margin: 0 0 4px; font-size: 19px; }
 .lead { color: var(--muted); margin: 0 0 12px; font-size: 13.5px; }
@@ -136,7 +136,7 @@ article h3 { margin: 0 0 4px; font-size: 16px; }
 .card .k { font-size: 12px; color: var(--muted); }
 .card .v { font-size: 20px; font-weight: 600; }
 table { border-collapse: collapse; margin: 8px 0 4px; font-size: 13.5px; }
-th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left; }
+th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; }
 th { background: #f0f3f7; font-weight: 600; white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.sortable th { cursor: pointer; user-select: none; }
@@ -154,6 +154,7 @@ svg .val { font-size: 12.5px; fill: #1d2430; font-weight: 600; }
 svg .small { font-size: 11px; fill: #5b6573; }
 .hot { background: #fde8e6; }
 .sr { position: absolute; left: -9999px; }
+.muted { color: var(--muted); font-style: italic; }
 td small { color: var(--muted); font-weight: normal; }
 footer { color: var(--muted); font-size: 12px; text-align: center; padding: 10px; }
 "#;
@@ -449,7 +450,7 @@ fn sla(h: &mut String, s: Option<&SlaReport>, funnel: &str) {
     let within = ratio(a.within_target, a.followed_up);
     let _ = write!(
         h,
-        r#"<div class="cards"><div class="card"><div class="k">complaints</div><div class="v">{}</div></div><div class="card"><div class="k">followed up</div><div class="v">{}</div></div><div class="card"><div class="k">never followed up</div><div class="v">{}</div></div><div class="card"><div class="k">within target</div><div class="v">{}</div></div><div class="card"><div class="k">median</div><div class="v">{}</div></div><div class="card"><div class="k">p90</div><div class="v">{}</div></div>{waiting}</div>"#,
+        r#"<div class="cards"><div class="card"><div class="k">complaints</div><div class="v">{}</div></div><div class="card"><div class="k">followed up</div><div class="v">{}</div></div><div class="card"><div class="k">never followed up</div><div class="v">{}</div></div><div class="card"><div class="k">follow-ups within target</div><div class="v">{}</div></div><div class="card"><div class="k">median</div><div class="v">{}</div></div><div class="card"><div class="k">p90</div><div class="v">{}</div></div>{waiting}</div>"#,
         span(
             "sla/complaints",
             &a.complaints.to_string(),

@@ -84,7 +84,11 @@ pub fn render(h: &mut String, card: &Scorecard) {
         let _ = write!(
             h,
             r#"<tr><td class="name">{}</td><td>{}</td><td>{}</td>{}{}{}{}{}{}{}</tr>"#,
-            esc(&r.event),
+            if r.event.is_empty() {
+                r#"<span class="muted" title="identify and alias calls carry no event name">(no event name)</span>"#.to_string()
+            } else {
+                esc(&r.event)
+            },
             esc(&r.stage),
             esc(&r.channel),
             td_int(&format!("{base}/events"), r.events),
