@@ -527,6 +527,37 @@ async fn report_page_renders_and_equals_clickhouse() {
         "{err}"
     );
 
+    // An empty period and a server that does not answer are errors that say so.
+    let o = touchstream.run(&[
+        "report",
+        "--html",
+        "/dev/null",
+        "--since",
+        "2026-11-02",
+        "--until",
+        "2026-11-01",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--since must be before --until"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let down = Bin {
+        path: touchstream.path.clone(),
+        config: Config {
+            clickhouse: touchstream_core::config::ClickHouseConfig {
+                url: format!("http://127.0.0.1:{}", support::free_port()),
+                ..config.clickhouse.clone()
+            },
+            ..config.clone()
+        },
+    };
+    let o = down.run(&["report", "--html", "/dev/null"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+
     // The script's error hook works: the same page with a failing script says so.
     let broken = out.join("broken.html");
     std::fs::write(
