@@ -75,7 +75,8 @@ enum Command {
         metrics_listen: Option<String>,
     },
     /// The main job: migrate, create topics, run a collector and a processor, send
-    /// generated journeys through the HTTP API, and print a funnel report from ClickHouse.
+    /// generated journeys through the HTTP API, print a funnel report from ClickHouse
+    /// and write the HTML report (README "Report").
     /// Needs the local services (deploy/local/demo.sh starts them first).
     Demo {
         #[command(flatten)]

@@ -64,7 +64,9 @@ pub fn funnel(labels: &[String], reached: &[u64], dropped: &[u64], title: &str) 
                 d = int(d),
             );
         }
-        let drop = if r > 0 {
+        let drop = if i + 1 == labels.len() {
+            " converted".to_string()
+        } else if r > 0 {
             format!(" · {} dropped", pct(d as f64 / r as f64))
         } else {
             String::new()
