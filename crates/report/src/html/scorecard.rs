@@ -48,7 +48,13 @@ fn cell(
         }
     }
     let count = n
-        .map(|n| format!(r#" <small>({})</small>"#, int(n)))
+        .map(|n| {
+            format!(
+                r#" <small data-key="{}_responses" data-value="{n}">({})</small>"#,
+                esc(&key),
+                int(n)
+            )
+        })
         .unwrap_or_default();
     format!(
         r#"<td class="num{class}" data-key="{}" data-value="{v}"{}>{}{count}<span class="sr">{note}</span></td>"#,

@@ -146,6 +146,7 @@ fn figures_carry_their_exact_values() {
         r#"data-key="sla/bucket/1" data-value="5""#,
         r#"data-key="sla/within_target_share" data-value="0.75">75.0 %<"#,
         r#"class="num below" data-key="scorecard/Follow-up Completed/service/call_center/csat" data-value="3.5""#,
+        r#"data-key="scorecard/Follow-up Completed/service/call_center/csat_responses" data-value="20">(20)<"#,
         r#"data-key="store/store-1/conversion" data-value="0.06""#,
         r#"data-key="store/store-2/audit_mean" data-value="81.5""#,
     ] {
