@@ -354,6 +354,7 @@ async fn check_scorecard_and_stores(
          WHERE store_id != '' GROUP BY store_id",
     )
     .await;
+    assert!(!footfall.is_empty(), "no store footfall to compare");
     for r in &footfall {
         let key = format!("store/{}/footfall", r[0]);
         assert_eq!(num(figs, &key), r[1].parse::<f64>().unwrap(), "{key}");
@@ -367,6 +368,95 @@ async fn check_scorecard_and_stores(
         footfall.len(),
         "one store row per store with footfall"
     );
+}
+
+/// The survey scores the demo's generator configured, as the page shows them: per rated
+/// touchpoint and scale, the answers on the page (all of them attributed) and the score
+/// they give, equal to the test's own query on `feedback` and within the tolerance the
+/// generator states (`FeedbackExpectation::tolerance`), widened where a touchpoint has
+/// few answers by how far rounding each share of the distribution to whole answers can
+/// move the score (the generator's allocation; its stated tolerance assumes ≥ 60 answers).
+async fn check_feedback(
+    figs: &BTreeMap<String, String>,
+    dom: &str,
+    ch: &clickhouse::Client,
+    db: &str,
+    answers: &[usize],
+) {
+    use touchstream_demo::generator::{feedback_expectations, FEEDBACK_PLAN};
+    let measured = rows(
+        ch,
+        db,
+        "SELECT about_event, scale, count(), \
+         if(scale = 'nps', 100 * (countIf(score >= 9) - countIf(score <= 6)) / count(), avg(score)) \
+         FROM touchstream.feedback FINAL WHERE attribution != 'none' GROUP BY about_event, scale",
+    )
+    .await;
+    for (k, e) in feedback_expectations().iter().enumerate() {
+        // The touchpoint's rows on the page (one per stage × channel it occurred in).
+        let prefix = format!("scorecard/{}/", e.touchpoint);
+        let (mut n, mut weighted) = (0.0, 0.0);
+        for (key, value) in figs {
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if rest.ends_with(&format!("/{}_responses", e.scale)) && value != "0" {
+                let row = key.trim_end_matches("_responses");
+                let count: f64 = value.parse().unwrap();
+                n += count;
+                weighted += count * num(figs, row);
+            }
+        }
+        assert_eq!(
+            n, answers[k] as f64,
+            "{} {}: every answer sent is on the page",
+            e.touchpoint, e.scale
+        );
+        let got = weighted / n;
+        let own = measured
+            .iter()
+            .find(|r| r[0] == e.touchpoint && r[1] == e.scale)
+            .unwrap_or_else(|| panic!("no {} answers about {}", e.scale, e.touchpoint));
+        assert!(
+            (got - own[3].parse::<f64>().unwrap()).abs() < 1e-9,
+            "{} {}: page {got}, feedback table {}",
+            e.touchpoint,
+            e.scale,
+            own[3]
+        );
+        let plan = &FEEDBACK_PLAN[k];
+        let value = |s: f64| match e.scale {
+            "nps" if s >= 9.0 => 100.0,
+            "nps" if s <= 6.0 => -100.0,
+            "nps" => 0.0,
+            _ => s,
+        };
+        let last = value(plan.distribution.last().unwrap().0);
+        let rounding: f64 = plan.distribution[..plan.distribution.len() - 1]
+            .iter()
+            .map(|(s, _)| 0.5 * (value(*s) - last).abs() / n)
+            .sum();
+        let tolerance = e.tolerance.max(rounding);
+        println!(
+            "{} {}: recovered {got:.3} from {n} answers, configured {} ± {tolerance:.3}",
+            e.touchpoint, e.scale, e.expected
+        );
+        assert!(
+            (got - e.expected).abs() <= tolerance,
+            "{} {}: recovered {got:.3}, configured {} ± {tolerance:.3} ({n} answers)",
+            e.touchpoint,
+            e.scale,
+            e.expected
+        );
+    }
+    // The catalog's floor: Order Completed's CSAT (3.6 configured) is below its 3.8 floor
+    // and marked so.
+    let marked = dom
+        .split(r#"class="num below" data-key=""#)
+        .skip(1)
+        .filter_map(|p| p.split('"').next())
+        .any(|k| k.starts_with("scorecard/Order Completed/") && k.ends_with("/csat"));
+    assert!(marked, "Order Completed's CSAT is marked below its floor");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -456,6 +546,7 @@ async fn report_page_renders_and_equals_clickhouse() {
     let figs = figures(&dom);
     check_funnels(&figs, &ch, &db, "1 = 1").await;
     check_scorecard_and_stores(&figs, &ch, &db).await;
+    check_feedback(&figs, &dom, &ch, &db, &result.plan.answers).await;
 
     let shot = out.join("report.png");
     browse(

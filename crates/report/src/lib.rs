@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use touchstream_core::config::masked_url;
 use touchstream_core::Config;
-use touchstream_journey::FunnelSet;
+use touchstream_journey::{Catalog, FunnelSet};
 
 pub use error::ReportError;
 pub use funnels::{FunnelReport, Outcomes, Segment, StepCount};
@@ -53,8 +53,6 @@ pub struct ReportOptions {
     pub sla_target_minutes: f64,
     /// "Now" for complaints still waiting (epoch ms). Default: the wall clock.
     pub now_ms: i64,
-    /// Floors and targets of the scorecard's measures. Default: none.
-    pub thresholds: Vec<Threshold>,
 }
 
 impl ReportOptions {
@@ -66,7 +64,6 @@ impl ReportOptions {
             sla_funnel: "service_recovery".into(),
             sla_target_minutes: 1440.0,
             now_ms,
-            thresholds: Vec::new(),
         }
     }
 }
@@ -105,6 +102,7 @@ pub async fn generate(
         return Err(ReportError::EmptyPeriod);
     }
     let set = FunnelSet::load(&config.processor.funnels_path)?;
+    let thresholds = thresholds(&Catalog::load(&config.processor.catalog_path)?);
     let known: Vec<String> = set.funnels().iter().map(|f| f.name.clone()).collect();
     let chosen: Vec<_> = match &options.funnel {
         Some(name) => {
@@ -162,7 +160,7 @@ pub async fn generate(
 
     progress("report: querying the touchpoint scorecard");
     let started = Instant::now();
-    let scorecard = scorecard::query(&ch, &options.period, &options.thresholds).await?;
+    let scorecard = scorecard::query(&ch, &options.period, &thresholds).await?;
     timed("touchpoint scorecard done", started);
 
     progress("report: querying stores");
@@ -180,6 +178,23 @@ pub async fn generate(
         scorecard,
         stores,
     })
+}
+
+/// The catalog's floors and targets, for the scorecard (measures the report does not
+/// know are left out).
+fn thresholds(catalog: &Catalog) -> Vec<Threshold> {
+    catalog
+        .thresholds()
+        .into_iter()
+        .filter_map(|t| {
+            Some(Threshold {
+                measure: Measure::parse(t.measure)?,
+                event: t.event,
+                floor: t.floor,
+                target: t.target,
+            })
+        })
+        .collect()
 }
 
 /// Render the report and write it to `path` (parent folders created).
