@@ -37,6 +37,16 @@ impl Measure {
         }
     }
 
+    /// The measure's name for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Measure::Nps => "NPS",
+            Measure::Csat => "CSAT",
+            Measure::Ces => "CES (at most)",
+            Measure::NextStage => "next stage share",
+        }
+    }
+
     /// Read a catalog measure name.
     pub fn parse(name: &str) -> Option<Self> {
         [Self::Nps, Self::Csat, Self::Ces, Self::NextStage]

@@ -83,6 +83,31 @@ pub fn render(h: &mut String, card: &Scorecard) {
         h.push_str(
             r#"<p class="lead">The catalog sets no floors or targets, so nothing is marked.</p>"#,
         );
+    } else {
+        let list: Vec<String> = card
+            .thresholds
+            .iter()
+            .map(|t| {
+                let mut parts = Vec::new();
+                if let Some(f) = t.floor {
+                    parts.push(format!("floor {f}"));
+                }
+                if let Some(g) = t.target {
+                    parts.push(format!("target {g}"));
+                }
+                format!(
+                    "{} {}: {}",
+                    esc(&t.event),
+                    t.measure.label(),
+                    parts.join(", ")
+                )
+            })
+            .collect();
+        let _ = write!(
+            h,
+            r#"<p class="lead">Catalog floors and targets: {}.</p>"#,
+            list.join("; ")
+        );
     }
     h.push_str(r#"<div class="wide"><table class="sortable" id="scorecard-table"><thead><tr><th>touchpoint</th><th>stage</th><th>channel</th><th class="num">events</th><th class="num">next stage</th><th class="num">complaints</th><th class="num" title="converted funnel attempts that passed through the touchpoint">converted through</th><th class="num">NPS</th><th class="num">CSAT</th><th class="num">CES</th></tr></thead><tbody>"#);
     for r in &card.rows {
