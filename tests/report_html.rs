@@ -6,7 +6,8 @@
 //! `data-value`) must equal what this test's own queries — the analyst queries of
 //! docs/queries/ — return from ClickHouse.
 //!
-//! Needs the `touchstream` binary (`cargo build -p touchstream`, tests/run.sh does) and
+//! Needs the `touchstream` binary, built after the report's last change (`cargo build -p
+//! touchstream`; tests/run.sh builds it first; an older one fails the test), and
 //! `chromium` (deploy/local/services.sh installs it); without either it fails and says so.
 
 use std::collections::BTreeMap;
@@ -470,6 +471,30 @@ async fn report_page_renders_and_equals_clickhouse() {
         "{} missing: run `cargo build -p touchstream` (tests/run.sh does)",
         bin.display()
     );
+    // The binary is built separately (tests/run.sh builds it first): refuse an older one
+    // than the report's code, which would test yesterday's page.
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("binary time");
+    for dir in [
+        "crates/report/src",
+        "crates/report/src/html",
+        "crates/report/sql",
+        "crates/cli/src",
+    ] {
+        for entry in std::fs::read_dir(support::repo_path(dir)).expect("source folder") {
+            let path = entry.expect("entry").path();
+            let changed = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .expect("source time");
+            assert!(
+                path.is_dir() || changed <= built,
+                "{} is newer than {}: run `cargo build -p touchstream` first",
+                path.display(),
+                bin.display()
+            );
+        }
+    }
     let repo = support::repo_root();
     let mut config = Config {
         kafka: support::kafka_config("report"),

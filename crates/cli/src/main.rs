@@ -581,6 +581,9 @@ async fn main() -> anyhow::Result<()> {
             funnel,
             sla_hours,
         } => {
+            if !(sla_hours > 0.0 && sla_hours.is_finite()) {
+                anyhow::bail!("--sla-hours must be a positive number of hours, got {sla_hours}");
+            }
             let mut options = touchstream_report::ReportOptions::new(now_ms()?);
             options.period = touchstream_report::Period {
                 since_ms: since,
