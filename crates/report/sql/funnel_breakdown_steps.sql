@@ -7,8 +7,7 @@ SELECT
     breakdown,
     step,
     count() AS reached,
-    countIf(outcome = 'dropped' AND reached_step = step) AS dropped,
-    countIf(outcome = 'converted') AS converted
+    countIf(outcome = 'dropped' AND reached_step = step) AS dropped
 FROM
 (
     SELECT

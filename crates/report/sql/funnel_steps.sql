@@ -1,13 +1,12 @@
--- Report, funnels: per funnel and step, the attempts that reached the step, dropped there
--- and converted. docs/queries/1_funnel_dropoff_by_step.sql with the report's bounds:
+-- Report, funnels: per funnel and step, the attempts that reached the step and dropped
+-- there. docs/queries/1_funnel_dropoff_by_step.sql with the report's bounds:
 -- attempts counted by the time they closed (closed_ms in [since, until)), the funnels
 -- asked for, excluded attempts and skipped optional steps nowhere.
 SELECT
     funnel,
     step,
     sum(n) AS reached,
-    sumIf(n, outcome = 'dropped' AND reached_step = step) AS dropped,
-    sumIf(n, outcome = 'converted') AS converted
+    sumIf(n, outcome = 'dropped' AND reached_step = step) AS dropped
 FROM
 (
     SELECT funnel, outcome, reached_step, arrayMap(id -> id != '', step_event_ids) AS hit, count() AS n

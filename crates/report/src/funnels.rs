@@ -31,7 +31,7 @@ impl StepCount {
 }
 
 /// A funnel's closed attempts by outcome.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Row, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcomes {
     /// Closed attempts.
     pub attempts: u64,
@@ -78,10 +78,6 @@ struct StepRow {
     step: u8,
     reached: u64,
     dropped: u64,
-    // Read so the query can be checked as a whole; the page shows conversion from
-    // `Outcomes`.
-    #[allow(dead_code)]
-    converted: u64,
 }
 
 #[derive(Row, Deserialize)]
@@ -91,8 +87,6 @@ struct BreakdownRow {
     step: u8,
     reached: u64,
     dropped: u64,
-    #[allow(dead_code)]
-    converted: u64,
 }
 
 #[derive(Row, Deserialize)]
