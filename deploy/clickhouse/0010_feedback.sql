@@ -45,13 +45,13 @@ ORDER BY event_id;
 
 -- Store people-counter totals (`Footfall Counted`), from the stored events. A count sent
 -- again for the same store and period (another message id) replaces the earlier one: the
--- latest received wins.
+-- one with the latest event time (`timestamp`) wins.
 CREATE VIEW IF NOT EXISTS {db}.store_footfall AS
 SELECT
     store_id,
     period_start,
-    argMax(period_secs, received_at_ms) AS period_secs,
-    argMax(footfall, received_at_ms) AS footfall
+    argMax(period_secs, event_time_ms) AS period_secs,
+    argMax(footfall, event_time_ms) AS footfall
 FROM
 (
     SELECT
@@ -60,7 +60,7 @@ FROM
             AS period_start,
         visitParamExtractUInt(properties, 'period_secs') AS period_secs,
         visitParamExtractUInt(properties, 'count') AS footfall,
-        received_at_ms
+        event_time_ms
     FROM {db}.events FINAL
     WHERE type = 'track' AND event = 'Footfall Counted'
 )
