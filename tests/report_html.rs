@@ -570,6 +570,21 @@ async fn report_page_renders_and_equals_clickhouse() {
     let dom = dom_of(&page, "");
     let figs = figures(&dom);
     check_funnels(&figs, &ch, &db, "1 = 1").await;
+    // Highlights: each funnel's largest drop-off is its worst step's (the last step aside).
+    for funnel in ["web_checkout", "service_recovery"] {
+        let steps = figs
+            .keys()
+            .filter(|k| k.starts_with(&format!("funnel/{funnel}/step/")) && k.ends_with("/reached"))
+            .count();
+        let worst = (1..steps)
+            .map(|k| num(&figs, &format!("funnel/{funnel}/step/{k}/dropoff")))
+            .fold(0.0, f64::max);
+        assert_eq!(
+            num(&figs, &format!("highlight/{funnel}/largest_dropoff")),
+            worst,
+            "{funnel}"
+        );
+    }
     check_scorecard_and_stores(&figs, &ch, &db).await;
     check_feedback(&figs, &dom, &ch, &db, &result.plan.answers).await;
 

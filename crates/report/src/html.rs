@@ -10,6 +10,7 @@
 
 use std::fmt::Write as _;
 
+mod highlights;
 mod scorecard;
 mod stores;
 
@@ -155,6 +156,9 @@ svg .small { font-size: 11px; fill: #5b6573; }
 .hot { background: #fde8e6; }
 .sr { position: absolute; left: -9999px; }
 .muted { color: var(--muted); font-style: italic; }
+ul.highlights { margin: 6px 0 0; padding-left: 20px; }
+ul.highlights li { margin: 3px 0; }
+ul.highlights li.bad { color: var(--bad); }
 td small { color: var(--muted); font-weight: normal; }
 footer { color: var(--muted); font-size: 12px; text-align: center; padding: 10px; }
 "#;
@@ -227,7 +231,7 @@ pub fn render(r: &Report) -> String {
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Touchstream report — {period}</title><script>{ERROR_HOOK}</script><style>{STYLE}</style></head>
 <body><header><h1>Touchstream report</h1><p>Period: <span data-key="period/since_ms" data-value="{since}">{period}</span><span data-key="period/until_ms" data-value="{until}"></span> · database <code>{db}</code> · generated {generated}</p>
-<nav><a href="#funnels">Funnels</a><a href="#sla">Complaint follow-up</a><a href="#scorecard">Touchpoint scorecard</a><a href="#stores">Stores</a></nav></header><main>
+<nav><a href="#highlights">Highlights</a><a href="#funnels">Funnels</a><a href="#sla">Complaint follow-up</a><a href="#scorecard">Touchpoint scorecard</a><a href="#stores">Stores</a></nav></header><main>
 "##,
         period = esc(&r.period.describe()),
         since = r.period.since_ms.map(|v| v.to_string()).unwrap_or_default(),
@@ -235,6 +239,7 @@ pub fn render(r: &Report) -> String {
         db = esc(&r.database),
         generated = esc(&format_ms(r.generated_ms)),
     );
+    highlights::render(&mut h, r);
     funnels(&mut h, &r.funnels);
     sla(&mut h, r.sla.as_ref(), &r.sla_funnel);
     scorecard::render(&mut h, &r.scorecard);

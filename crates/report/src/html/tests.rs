@@ -156,6 +156,16 @@ fn figures_carry_their_exact_values() {
 }
 
 #[test]
+fn highlights_name_the_worst_step_and_the_floors() {
+    let page = render(&sample());
+    assert!(page.contains("loses most at step 1 (Product Viewed)"));
+    assert!(page.contains(
+        "Worse than the catalog's floor: Follow-up Completed (call_center) CSAT 3.50 (floor 4)."
+    ));
+    assert!(page.contains("Meeting their target: none."));
+}
+
+#[test]
 fn text_is_escaped_and_nothing_is_fetched() {
     let page = render(&sample());
     assert!(!page.contains("web<checkout>"));
