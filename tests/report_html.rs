@@ -369,6 +369,30 @@ async fn check_scorecard_and_stores(
         footfall.len(),
         "one store row per store with footfall"
     );
+    let by_hour: f64 = figs
+        .iter()
+        .filter(|(k, _)| k.starts_with("store_hour/") && k.ends_with("/footfall"))
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum();
+    let total: f64 = footfall.iter().map(|r| r[1].parse::<f64>().unwrap()).sum();
+    assert_eq!(by_hour, total, "the hours of the day hold all the footfall");
+    let audits = rows(
+        ch,
+        db,
+        "SELECT store_id, count(), avg(score) FROM touchstream.store_audits \
+         WHERE store_id != '' GROUP BY store_id",
+    )
+    .await;
+    assert!(!audits.is_empty(), "no audits to compare");
+    for r in &audits {
+        let key = format!("store/{}/audits", r[0]);
+        assert_eq!(num(figs, &key), r[1].parse::<f64>().unwrap(), "{key}");
+        let key = format!("store/{}/audit_mean", r[0]);
+        assert!(
+            (num(figs, &key) - r[2].parse::<f64>().unwrap()).abs() < 1e-9,
+            "{key}"
+        );
+    }
 }
 
 /// The survey scores the demo's generator configured, as the page shows them: per rated

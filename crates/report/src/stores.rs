@@ -11,6 +11,7 @@ use crate::{Period, ReportError};
 
 const SQL: &str = include_str!("../sql/stores.sql");
 const AUDITS_SQL: &str = include_str!("../sql/store_audits.sql");
+const HOURS_SQL: &str = include_str!("../sql/store_hours.sql");
 
 /// One store over the period.
 #[derive(Debug, Clone, PartialEq, Row, Deserialize)]
@@ -54,6 +55,19 @@ pub struct AuditRow {
     pub items_checked: u64,
 }
 
+/// All stores in one hour of the day (UTC) over the period.
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct HourRow {
+    /// 0–23.
+    pub hour_of_day: u8,
+    /// People counted.
+    pub footfall: u64,
+    /// Distinct signed-in visitors per hour, summed.
+    pub identified_visits: u64,
+    /// Purchases.
+    pub purchases: u64,
+}
+
 /// The section.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Stores {
@@ -61,6 +75,8 @@ pub struct Stores {
     pub stores: Vec<StoreRow>,
     /// Stores with audits, by id.
     pub audits: Vec<AuditRow>,
+    /// All stores by hour of the day, hours with anything only.
+    pub hours: Vec<HourRow>,
 }
 
 impl Stores {
@@ -108,7 +124,15 @@ pub async fn query(ch: &clickhouse::Client, period: &Period) -> Result<Stores, R
         .fetch_all()
         .await
         .map_err(err)?;
+    let hours: Vec<HourRow> = ch
+        .query(HOURS_SQL)
+        .bind(since)
+        .bind(until)
+        .fetch_all()
+        .await
+        .map_err(err)?;
     Ok(Stores {
+        hours,
         // Rows the outer join produced without a store (events with an empty id) are
         // no store's.
         stores: stores

@@ -253,6 +253,62 @@ pub fn stores(stores: &[(String, [u64; 3])], title: &str) -> String {
     s
 }
 
+/// Footfall by hour of the day (columns) with the purchases inside them (darker), and
+/// the conversion above each column.
+pub fn hours(hours: &[(u8, u64, u64)], title: &str) -> String {
+    let height = 220.0;
+    let base = 180.0;
+    let left = 20.0;
+    let col = (WIDTH - left * 2.0) / 24.0;
+    let max = hours.iter().map(|h| h.1.max(h.2)).max().unwrap_or(0).max(1) as f64;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg class="chart" role="img" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" xmlns="http://www.w3.org/2000/svg"><title>{}</title>"#,
+        esc(title)
+    );
+    let _ = write!(
+        s,
+        r##"<rect x="{left}" y="2" width="12" height="12" fill="#8da9c4"/><text x="{x1}" y="12" class="lbl">footfall</text><rect x="{x2}" y="2" width="12" height="12" fill="#009E73"/><text x="{x3}" y="12" class="lbl">purchases (conversion above)</text><line x1="{left}" y1="{base}" x2="{x4}" y2="{base}" stroke="#888"/>"##,
+        x1 = left + 16.0,
+        x2 = left + 100.0,
+        x3 = left + 116.0,
+        x4 = WIDTH - left,
+    );
+    for hour in 0..24u8 {
+        let x = left + col * f64::from(hour);
+        let (f, p) = hours
+            .iter()
+            .find(|h| h.0 == hour)
+            .map_or((0, 0), |h| (h.1, h.2));
+        let fh = 130.0 * f as f64 / max;
+        let ph = 130.0 * p as f64 / max;
+        let _ = write!(
+            s,
+            r##"<rect x="{bx:.1}" y="{fy:.1}" width="{w:.1}" height="{fh:.1}" fill="#8da9c4"><title>{hour}:00 footfall {fv}</title></rect><rect x="{bx:.1}" y="{py:.1}" width="{w:.1}" height="{ph:.1}" fill="#009E73"><title>{hour}:00 purchases {pv}</title></rect><text x="{cx:.1}" y="{ly}" class="small" text-anchor="middle">{hour}</text>"##,
+            bx = x + 3.0,
+            w = col - 6.0,
+            fy = base - fh,
+            py = base - ph,
+            fv = int(f),
+            pv = int(p),
+            cx = x + col / 2.0,
+            ly = base + 14.0,
+        );
+        if f > 0 {
+            let _ = write!(
+                s,
+                r#"<text x="{cx:.1}" y="{ty:.1}" class="small" text-anchor="middle">{c:.0}%</text>"#,
+                cx = x + col / 2.0,
+                ty = base - fh - 4.0,
+                c = 100.0 * p as f64 / f as f64,
+            );
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
 /// Where a bucket stands against a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tone {

@@ -66,5 +66,37 @@ pub fn render(h: &mut String, s: &Stores) {
         }
         h.push_str("</tr>");
     }
-    h.push_str("</tbody></table></div></section>");
+    h.push_str("</tbody></table></div>");
+    if !s.hours.is_empty() {
+        let hours: Vec<(u8, u64, u64)> = s
+            .hours
+            .iter()
+            .map(|r| (r.hour_of_day, r.footfall, r.purchases))
+            .collect();
+        h.push_str("<h4>By hour of the day (UTC), all stores</h4>");
+        h.push_str(&svg::hours(
+            &hours,
+            "Footfall and purchases by hour of the day",
+        ));
+        h.push_str(r#"<div class="wide"><table class="hours"><thead><tr><th>hour</th>"#);
+        for r in &s.hours {
+            let _ = write!(h, r#"<th class="num">{}</th>"#, r.hour_of_day);
+        }
+        h.push_str("</tr></thead><tbody><tr><td>footfall</td>");
+        for r in &s.hours {
+            h.push_str(&td_int(
+                &format!("store_hour/{}/footfall", r.hour_of_day),
+                r.footfall,
+            ));
+        }
+        h.push_str("</tr><tr><td>purchases</td>");
+        for r in &s.hours {
+            h.push_str(&td_int(
+                &format!("store_hour/{}/purchases", r.hour_of_day),
+                r.purchases,
+            ));
+        }
+        h.push_str("</tr></tbody></table></div>");
+    }
+    h.push_str("</section>");
 }

@@ -2,7 +2,7 @@ use super::*;
 use crate::funnels::{Outcomes, Segment, StepCount};
 use crate::scorecard::{Measure, Scorecard, ScorecardRow, Threshold};
 use crate::sla::{SlaBucket, SlaRow};
-use crate::stores::{AuditRow, StoreRow, Stores};
+use crate::stores::{AuditRow, HourRow, StoreRow, Stores};
 use crate::Period;
 
 fn sample() -> Report {
@@ -131,6 +131,12 @@ fn sample() -> Report {
                 items_passed: 17,
                 items_checked: 20,
             }],
+            hours: vec![HourRow {
+                hour_of_day: 9,
+                footfall: 50,
+                identified_visits: 4,
+                purchases: 3,
+            }],
         },
     }
 }
@@ -149,6 +155,7 @@ fn figures_carry_their_exact_values() {
         r#"data-key="scorecard/Follow-up Completed/service/call_center/csat_responses" data-value="20">(20)<"#,
         r#"data-key="store/store-1/conversion" data-value="0.06""#,
         r#"data-key="store/store-2/audit_mean" data-value="81.5""#,
+        r#"data-key="store_hour/9/purchases" data-value="3""#,
     ] {
         let needle = needle.replace("0.4503631961259080", &(744.0f64 / 1652.0).to_string());
         assert!(page.contains(&needle), "missing {needle}");
