@@ -473,7 +473,7 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
                 &mut out,
                 t + 2 * DAY,
                 Transport::Crm,
-                json!({"type": "track", "event": "Order Delivered", "userId": user, "messageId": delivered}),
+                json!({"type": "track", "event": "Order Delivered", "userId": user, "channel": "other", "messageId": delivered}),
             );
             if let Some(score) = score_of(0, &bought, i) {
                 push(
@@ -592,16 +592,14 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
     }
     // Each store's people counter: one total per opening hour (at least the visits the
     // plan has there, plus walk-ins who were never identified), and one audit a day.
+    // The days the visits fall on (`day` above: start's day and the `days - 1` after).
     let first_day = start - start.rem_euclid(DAY);
-    for d in 0..=cfg.days {
+    for d in 0..cfg.days {
         let day = first_day + d * DAY;
         for (k, store_id) in STORES.iter().enumerate() {
             let counter = format!("counter-{store_id}");
             for h in 9..18 {
                 let hour = day + h * HOUR;
-                if hour < start || hour >= start + span + DAY {
-                    continue;
-                }
                 let seen = visits.get(&(k, hour)).copied().unwrap_or(0);
                 let count = 3 * seen + rng.random_range(5..25);
                 push(
@@ -614,7 +612,7 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
                 );
                 summary.footfall_counts += 1;
             }
-            if day >= start && day < start + span {
+            {
                 let checked = 20;
                 let passed = rng.random_range(12..=20);
                 push(
@@ -766,8 +764,32 @@ mod tests {
         }
         assert_eq!(iso_utc(1_764_583_200_000), "2025-12-01T10:00:00Z");
         // Footfall per store and opening hour, never below the identified visits.
-        assert!(s.footfall_counts >= 2 * 9 * 7, "{}", s.footfall_counts);
+        assert_eq!(s.footfall_counts, 2 * 9 * 7);
         assert_eq!(s.audits, 2 * 7);
+        // Every store visit falls in an hour with a count at least as large as the
+        // visits there (so conversion = purchases / footfall stays below 1).
+        let mut visits = std::collections::BTreeMap::<(String, String), u64>::new();
+        let mut counts = std::collections::BTreeMap::<(String, String), u64>::new();
+        for m in &p {
+            let props = &m.message["properties"];
+            let store = props["store_id"].as_str().unwrap_or_default().to_owned();
+            if m.message["event"] == "Store Visited" {
+                let hour = iso_utc(m.time_ms - m.time_ms.rem_euclid(HOUR));
+                *visits.entry((store, hour)).or_default() += 1;
+            } else if m.message["event"] == "Footfall Counted" {
+                let hour = props["period_start"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                counts.insert((store, hour), props["count"].as_u64().unwrap_or(0));
+            }
+        }
+        for (key, n) in &visits {
+            assert!(
+                counts.get(key).is_some_and(|c| c >= n),
+                "{key:?}: {n} visits"
+            );
+        }
         assert!(p.iter().all(|m| m.time_ms < c.now_ms));
     }
 

@@ -332,6 +332,61 @@ mod tests {
     }
 
     #[test]
+    fn deploy_catalog_declares_answers_stores_and_floors() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/catalog.toml");
+        let catalog = Catalog::load(&path).expect("deploy/catalog.toml");
+        assert!(catalog.has_property_rules());
+        let props = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        // Answers: scale and score on it; footfall and audits: their required fields.
+        assert_eq!(
+            catalog.check_properties("NPS Submitted", || props(serde_json::json!({"score": 10}))),
+            Ok(())
+        );
+        let err = catalog
+            .check_properties("Survey Completed", || {
+                props(serde_json::json!({"score": 4}))
+            })
+            .unwrap_err();
+        assert_eq!(err.property, "scale");
+        let err = catalog
+            .check_properties("Footfall Counted", || {
+                props(serde_json::json!({"store_id": "s", "count": 3, "period_secs": 3600}))
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "properties.period_start is required");
+        // Events without a schema are not parsed at all.
+        assert_eq!(
+            catalog.check_properties("Product Viewed", || unreachable!("parsed")),
+            Ok(())
+        );
+        let floors: Vec<(String, &str, Option<f64>, Option<f64>)> = catalog
+            .thresholds()
+            .into_iter()
+            .map(|t| (t.event, t.measure, t.floor, t.target))
+            .collect();
+        assert!(floors.contains(&("Order Delivered".into(), "nps", Some(20.0), Some(40.0))));
+        assert!(floors.contains(&("Follow-up Completed".into(), "ces", Some(3.5), None)));
+        assert!(floors.contains(&("Follow-up Completed".into(), "csat", Some(4.0), Some(4.5))));
+        assert_eq!(
+            catalog.events["Survey Completed"].rates_stage,
+            Some(Stage::Service)
+        );
+    }
+
+    #[test]
+    fn bad_feedback_entries_name_the_key() {
+        for (toml, word) in [
+            ("[events]\n\"X\" = { stage = \"feedback\", channel = \"web\", feedback = \"stars\" }", "stars"),
+            ("[events]\n\"X\" = { stage = \"service\", channel = \"web\", floor = { csatt = 4 } }", "csatt"),
+            ("[events.\"X\"]\nstage = \"service\"\nchannel = \"web\"\nproperties.n = { type = \"float\" }", "float"),
+            ("[events.\"X\"]\nstage = \"service\"\nchannel = \"web\"\nproperties.n = { type = \"number\", requird = true }", "requird"),
+        ] {
+            let err = Catalog::from_toml_str(toml, None).unwrap_err();
+            assert!(err.to_string().contains(word), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_catalogs_name_the_key_or_value() {
         let err = Catalog::from_toml_str("colour = 1", Some("c.toml")).unwrap_err();
         let msg = err.to_string();

@@ -200,9 +200,13 @@ fn check_value(name: &str, rule: &PropertyRule, v: &Value) -> Result<(), Propert
                 return Err(wrong());
             }
             if rule.min.is_some_and(|m| n < m) || rule.max.is_some_and(|m| n > m) {
-                let lo = rule.min.map_or("-∞".to_owned(), |m| m.to_string());
-                let hi = rule.max.map_or("∞".to_owned(), |m| m.to_string());
-                return Err(violation(name, format!("must be between {lo} and {hi}")));
+                let range = match (rule.min, rule.max) {
+                    (Some(lo), Some(hi)) => format!("between {lo} and {hi}"),
+                    (Some(lo), None) => format!("at least {lo}"),
+                    (None, Some(hi)) => format!("at most {hi}"),
+                    (None, None) => unreachable!("a bound was broken"),
+                };
+                return Err(violation(name, format!("must be {range}")));
             }
         }
         PropertyType::Boolean => {
