@@ -10,8 +10,9 @@
 //! compare the page with ClickHouse.
 //!
 //! Sections, each bounded by the period (`since`..`until`) and each saying so when it
-//! has nothing to show: funnels (per step and per breakdown segment), complaint →
-//! follow-up SLA, the touchpoint scorecard, stores. The query modules ([`funnels`],
+//! has nothing to show: highlights (drawn from the others), funnels (per step and per
+//! breakdown segment), complaint → follow-up SLA, the touchpoint scorecard (with the
+//! catalog's floors and targets), stores. The query modules ([`funnels`],
 //! [`sla`], [`scorecard`], [`stores`]) return plain structs ([`Report`]); [`html`]
 //! renders them, so rendering is tested without a server.
 
@@ -56,7 +57,8 @@ pub struct ReportOptions {
 }
 
 impl ReportOptions {
-    /// Defaults: all time, every funnel, SLA of `service_recovery` within 24 h, now.
+    /// Defaults: all time, every funnel, SLA of `service_recovery` within 24 h, "now"
+    /// as given.
     pub fn new(now_ms: i64) -> Self {
         Self {
             period: Period::default(),
