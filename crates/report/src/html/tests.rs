@@ -1,7 +1,7 @@
 use super::*;
 use crate::funnels::{Outcomes, Segment, StepCount};
 use crate::scorecard::{Measure, Scorecard, ScorecardRow, Threshold};
-use crate::sla::{SlaBucket, SlaRow};
+use crate::sla::{SlaBucket, SlaReport, SlaRow};
 use crate::stores::{AuditRow, HourRow, StoreRow, Stores};
 use crate::Period;
 
@@ -207,7 +207,7 @@ fn formats() {
     assert_eq!(duration(14.6), "15 min");
     assert_eq!(duration(130.5), "2 h 11 min");
     assert_eq!(duration(1500.0), "1 d 1 h");
-    assert_eq!(bucket_label(0, Some(15)), "<15m");
-    assert_eq!(bucket_label(60, Some(120)), "1h–2h");
-    assert_eq!(bucket_label(10080, None), "≥7d");
+    assert_eq!(sla::bucket_label(0, Some(15)), "<15m");
+    assert_eq!(sla::bucket_label(60, Some(120)), "1h–2h");
+    assert_eq!(sla::bucket_label(10080, None), "≥7d");
 }
