@@ -13,10 +13,11 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 20] = [
+const TABLES: [&str; 25] = [
     "customer_touchpoints",
     "erasures",
     "events",
+    "feedback",
     "funnel_attempts",
     "funnel_entry_cohort_day",
     "funnel_entry_cohort_hour",
@@ -28,8 +29,12 @@ const TABLES: [&str; 20] = [
     "processor_state",
     "schema_migrations",
     "sessions",
+    "store_audits",
+    "store_footfall",
+    "store_hourly",
     "suppressed_ids",
     "touchpoint_journey",
+    "touchpoint_scorecard",
     "touchpoints",
     "touchpoints_by_day",
     "touchpoints_by_day_mv",

@@ -76,7 +76,12 @@ fn scripts() -> Vec<Script> {
             "p1",
             vec![
                 (0, "Store Visited", None, json!({"store": "leeds"})),
-                (5, "Survey Completed", None, json!({"store": "york"})),
+                (
+                    5,
+                    "Survey Completed",
+                    None,
+                    json!({"store": "york", "scale": "csat", "score": 4}),
+                ),
             ],
         ),
     ]

@@ -89,6 +89,8 @@ ensure_installed() {
   command -v clickhouse-server >/dev/null || missing+=(clickhouse-server clickhouse-client)
   command -v prometheus >/dev/null || missing+=(prometheus)
   command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+  # Not a service: tests/report_html.rs opens the HTML report in headless Chromium.
+  command -v chromium >/dev/null || missing+=(chromium)
   ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
   if ! tansu_bin >/dev/null; then
     command -v cargo >/dev/null || die "cargo is needed to build the tansu broker"

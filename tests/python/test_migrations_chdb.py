@@ -14,7 +14,8 @@ import chdb.session
 BIN = os.environ.get("TS_BIN", os.path.join(os.path.dirname(__file__), "../../target/debug/touchstream"))
 TABLES = {"events", "touchpoint_journey", "processor_state", "touchpoints", "identities", "identity_conflicts", "sessions", "funnel_attempts",
           "funnel_step_minute", "funnel_step_minute_by_breakdown", "touchpoints_daily", "funnel_open_attempts", "funnel_entry_cohort_day",
-          "funnel_entry_cohort_hour"}
+          "funnel_entry_cohort_hour", "feedback", "store_footfall", "store_audits", "store_hourly",
+          "touchpoint_scorecard"}
 
 
 def plan(version, database):

@@ -18,6 +18,8 @@ BOUNDED_LABELS = {
     "outcome", "reason", "event", "channel", "endpoint", "status", "cause",
     # processor.open_attempt_overdue_shares: at most 8 values.
     "share",
+    # Catalog events (or `other`), the answer scales and measures: bounded by the catalog.
+    "touchpoint", "scale", "measure",
     # A funnel's allow-listed breakdown values or `other`, at most 20 per funnel
     # (MAX_BREAKDOWN_SERIES, checked when funnels.toml loads); `all` without breakdown.
     "breakdown",
@@ -27,6 +29,7 @@ ALERTS = {
     "ComplaintsNotFollowedUp", "ComplaintsAwaitingFollowUp", "ConsumerLagGrowing", "CollectorSilent",
     "CollectorHighRejectionShare", "CollectorBrokerErrors", "ClickHouseInsertFailures",
     "LateEventsShareHigh", "ClickHouseRowsRejected", "ProcessorStageRestarting",
+    "TouchpointBelowFloor",
 }
 
 

@@ -145,6 +145,7 @@ pub fn event_rows(
         stage: Stage::Consideration,
         channel,
         session_id: session_id.clone(),
+        store_id: String::new(),
         is_late: false,
         is_deleted: false,
         version,

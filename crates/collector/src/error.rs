@@ -29,6 +29,9 @@ pub enum CollectorError {
     /// A source's privacy options cannot be applied (README "Privacy").
     #[error("collector.sources: {0}")]
     Privacy(#[from] crate::privacy::PrivacyError),
+    /// The catalog (`collector.catalog_path`) could not be read or parsed.
+    #[error("collector.catalog_path: {0}")]
+    Catalog(#[from] touchstream_journey::JourneyError),
     /// The server failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),

@@ -7,6 +7,13 @@
 //! configured share (rounded) stops there, chosen by the seeded shuffle. So the rates the
 //! pipeline measures can be compared with the configured ones without sampling noise,
 //! and any gap is the pipeline's.
+//!
+//! Survey answers follow the same idea (README "Feedback and stores"): each rated
+//! touchpoint has a configured score distribution ([`FEEDBACK_PLAN`]) and the scores
+//! are allocated to the answers in exactly those proportions (rounded), so the NPS and
+//! mean scores the pipeline attributes to each touchpoint can be checked against
+//! [`feedback_expectations`]. Stores get a people-counter total per opening hour and a
+//! daily audit.
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -16,6 +23,120 @@ use serde_json::{json, Value};
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
+
+/// One rated touchpoint of the demo: which answer event rates it, on which scale, how
+/// the message names the touchpoint, and the score distribution `(score, share)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedbackPlan {
+    /// Catalog event the answers rate (`about_event`).
+    pub touchpoint: &'static str,
+    /// Answer event sent.
+    pub answer_event: &'static str,
+    /// `nps`, `csat` or `ces`.
+    pub scale: &'static str,
+    /// Scores and their shares (summing to 1).
+    pub distribution: &'static [(f64, f64)],
+}
+
+/// The demo's rated touchpoints. Order Delivered: NPS 35 (50 % promoters, 15 %
+/// detractors), rated by id; Follow-up Completed: CSAT mean 4.3 and CES mean 2.5, rated
+/// by name; Order Completed in stores: CSAT mean 3.6 (below its catalog floor 3.8, so the
+/// scorecard shows one touchpoint under its floor), rated by stage and channel.
+pub const FEEDBACK_PLAN: [FeedbackPlan; 4] = [
+    FeedbackPlan {
+        touchpoint: "Order Delivered",
+        answer_event: "NPS Submitted",
+        scale: "nps",
+        distribution: &[
+            (10.0, 0.3),
+            (9.0, 0.2),
+            (8.0, 0.2),
+            (7.0, 0.15),
+            (6.0, 0.05),
+            (4.0, 0.05),
+            (2.0, 0.05),
+        ],
+    },
+    FeedbackPlan {
+        touchpoint: "Follow-up Completed",
+        answer_event: "CSAT Submitted",
+        scale: "csat",
+        distribution: &[(5.0, 0.45), (4.0, 0.45), (3.0, 0.05), (2.0, 0.05)],
+    },
+    FeedbackPlan {
+        touchpoint: "Follow-up Completed",
+        answer_event: "Survey Completed",
+        scale: "ces",
+        distribution: &[(1.0, 0.2), (2.0, 0.3), (3.0, 0.35), (4.0, 0.1), (5.0, 0.05)],
+    },
+    FeedbackPlan {
+        touchpoint: "Order Completed",
+        answer_event: "Survey Completed",
+        scale: "csat",
+        distribution: &[(5.0, 0.2), (4.0, 0.4), (3.0, 0.2), (2.0, 0.2)],
+    },
+];
+
+/// What the pipeline should measure for one rated touchpoint of the demo.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedbackExpectation {
+    /// Catalog event rated (`feedback.about_event`).
+    pub touchpoint: &'static str,
+    /// `nps`, `csat` or `ces`.
+    pub scale: &'static str,
+    /// NPS in points (% promoters − % detractors), or the mean score.
+    pub expected: f64,
+    /// Largest difference the allocation's rounding allows: 3 NPS points, 0.1 for a
+    /// mean (each of a distribution's shares is rounded to whole answers, and the demo
+    /// has at least 60 answers per touchpoint at its default size).
+    pub tolerance: f64,
+}
+
+/// The configured NPS / mean score of each rated touchpoint ([`FEEDBACK_PLAN`]).
+pub fn feedback_expectations() -> Vec<FeedbackExpectation> {
+    FEEDBACK_PLAN
+        .iter()
+        .map(|p| {
+            let expected = if p.scale == "nps" {
+                let share = |f: fn(f64) -> bool| -> f64 {
+                    p.distribution
+                        .iter()
+                        .filter(|(s, _)| f(*s))
+                        .map(|(_, w)| w)
+                        .sum()
+                };
+                100.0 * (share(|s| s >= 9.0) - share(|s| s <= 6.0))
+            } else {
+                p.distribution.iter().map(|(s, w)| s * w).sum()
+            };
+            FeedbackExpectation {
+                touchpoint: p.touchpoint,
+                scale: p.scale,
+                expected: (expected * 1000.0).round() / 1000.0,
+                tolerance: if p.scale == "nps" { 3.0 } else { 0.1 },
+            }
+        })
+        .collect()
+}
+
+/// `n` scores in exactly the distribution's proportions (each share rounded, the last
+/// score taking the rest), in a seeded order.
+fn allocate_scores(n: usize, distribution: &[(f64, f64)], rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let mut scores = Vec::with_capacity(n);
+    for (k, (score, share)) in distribution.iter().enumerate() {
+        let count = if k + 1 == distribution.len() {
+            n - scores.len()
+        } else {
+            (((n as f64) * share).round() as usize).min(n - scores.len())
+        };
+        scores.extend(std::iter::repeat_n(*score, count));
+    }
+    scores.shuffle(rng);
+    scores
+}
+
+/// The demo's stores (`properties.store_id`).
+pub const STORES: [&str; 2] = ["leeds-01", "york-02"];
 
 /// What to generate. Rates are fractions (0.35 = 35 %).
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +260,12 @@ pub struct PlanSummary {
     pub follow_up_minutes: Vec<f64>,
     /// Closed funnel attempts the pipeline must end up with.
     pub attempts: usize,
+    /// Survey answers sent per [`FEEDBACK_PLAN`] entry.
+    pub answers: Vec<usize>,
+    /// People-counter totals (`Footfall Counted`) sent.
+    pub footfall_counts: usize,
+    /// Audits (`Audit Completed`) sent.
+    pub audits: usize,
     /// Messages in the plan.
     pub messages: usize,
 }
@@ -216,11 +343,30 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
     let rebought = allocate(&followed, cfg.service_dropoff[1], &mut rng);
     summary.service_reached = [service.len(), followed.len(), rebought.len()];
     summary.attempts = web.len() + service.len();
+    // Answers: every delivered order gets an NPS answer, every follow-up a CSAT answer
+    // and half of them a CES answer, every store purchase a CSAT answer.
+    let in_store: Vec<usize> = (n_web + n_service..n).collect();
+    let store_buyers = allocate(&in_store, 0.3, &mut rng);
+    let store_raters = store_buyers.clone();
+    let effort_raters = allocate(&followed, 0.5, &mut rng);
+    let raters = [&bought, &followed, &effort_raters, &store_raters];
+    let scores: Vec<Vec<f64>> = FEEDBACK_PLAN
+        .iter()
+        .zip(raters)
+        .map(|(p, who)| allocate_scores(who.len(), p.distribution, &mut rng))
+        .collect();
+    summary.answers = raters.iter().map(|r| r.len()).collect();
+    let score_of = |plan: usize, who: &[usize], i: usize| -> Option<f64> {
+        let at = who.binary_search(&i).ok()?;
+        scores.get(plan)?.get(at).copied()
+    };
 
     let mut msg_no = 0usize;
     let mut push = |out: &mut Vec<Planned>, t: i64, transport: Transport, mut m: Value| {
         msg_no += 1;
-        m["messageId"] = json!(format!("gen-{s}-{msg_no}"));
+        if m.get("messageId").is_none() {
+            m["messageId"] = json!(format!("gen-{s}-{msg_no}"));
+        }
         out.push(Planned {
             time_ms: t,
             transport,
@@ -321,12 +467,31 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
                 Transport::Crm,
                 json!({"type": "track", "event": "Order Shipped", "userId": user, "channel": "email"}),
             );
+            // Delivered two days later; the NPS question names the delivery's messageId.
+            let delivered = format!("gen-{s}-delivered-{i}");
+            push(
+                &mut out,
+                t + 2 * DAY,
+                Transport::Crm,
+                json!({"type": "track", "event": "Order Delivered", "userId": user, "channel": "other", "messageId": delivered}),
+            );
+            if let Some(score) = score_of(0, &bought, i) {
+                push(
+                    &mut out,
+                    t + 2 * DAY + rng.random_range(HOUR..20 * HOUR),
+                    Transport::Crm,
+                    json!({"type": "track", "event": "NPS Submitted", "userId": user, "channel": "email",
+                           "properties": {"score": score, "about_event_id": delivered}}),
+                );
+            }
             if rng.random_bool(0.3) {
+                // A general survey naming no touchpoint: attributed by the catalog's
+                // `rates_stage` (service) when the customer had one, else unattributed.
                 push(
                     &mut out,
                     t + 4 * DAY,
                     Transport::Web,
-                    json!({"type": "track", "event": "Survey Completed", "userId": user, "properties": {"score": rng.random_range(1..=5)}}),
+                    json!({"type": "track", "event": "Survey Completed", "userId": user, "properties": {"scale": "csat", "score": rng.random_range(1..=5)}}),
                 );
             }
         }
@@ -359,6 +524,24 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
                 Transport::Crm,
                 json!({"type": "track", "event": "Follow-up Completed", "userId": user, "properties": {"agent": format!("staff-{}", i % 17)}}),
             );
+            if let Some(score) = score_of(1, &followed, i) {
+                push(
+                    &mut out,
+                    tf + rng.random_range(10 * MIN..6 * HOUR),
+                    Transport::Crm,
+                    json!({"type": "track", "event": "CSAT Submitted", "userId": user, "channel": "email",
+                           "properties": {"score": score, "about_event": "Follow-up Completed"}}),
+                );
+            }
+            if let Some(score) = score_of(2, &effort_raters, i) {
+                push(
+                    &mut out,
+                    tf + rng.random_range(6 * HOUR..12 * HOUR),
+                    Transport::Crm,
+                    json!({"type": "track", "event": "Survey Completed", "userId": user, "channel": "email",
+                           "properties": {"scale": "ces", "score": score, "about_event": "Follow-up Completed"}}),
+                );
+            }
             if rebought.binary_search(&i).is_ok() {
                 let tr = tf + rng.random_range(DAY..4 * DAY);
                 push(
@@ -371,22 +554,77 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
         }
     }
 
-    for i in n_web + n_service..n {
+    // Store visits during opening hours (09:00–18:00 UTC); 70 % buy there and rate the
+    // purchase, naming its stage and channel (purchase, store).
+    let mut visits: std::collections::BTreeMap<(usize, i64), usize> = Default::default();
+    for i in in_store.iter().copied() {
         let user = format!("user-{s}-{i}");
-        let t = start + rng.random_range(0..span);
+        let day = start + rng.random_range(0..cfg.days) * DAY;
+        let day = day - day.rem_euclid(DAY);
+        let t = day + 9 * HOUR + rng.random_range(0..9 * HOUR - 40 * MIN);
+        let store = (i - n_web - n_service) % STORES.len();
+        *visits.entry((store, t - t.rem_euclid(HOUR))).or_default() += 1;
+        let store_id = STORES[store];
         push(
             &mut out,
             t,
             Transport::Crm,
-            json!({"type": "track", "event": "Store Visited", "userId": user, "channel": "store", "properties": {"store": "Leeds"}}),
+            json!({"type": "track", "event": "Store Visited", "userId": user, "channel": "store", "properties": {"store": "Leeds", "store_id": store_id}}),
         );
-        if rng.random_bool(0.5) {
+        if store_buyers.binary_search(&i).is_ok() {
+            push(
+                &mut out,
+                t + 20 * MIN,
+                Transport::Crm,
+                json!({"type": "track", "event": "Order Completed", "userId": user, "channel": "store",
+                       "properties": {"order_id": format!("S-{s}-{i}"), "store_id": store_id}}),
+            );
+        }
+        if let Some(score) = score_of(3, &store_raters, i) {
             push(
                 &mut out,
                 t + 30 * MIN,
                 Transport::Crm,
-                json!({"type": "track", "event": "Survey Completed", "userId": user, "channel": "store"}),
+                json!({"type": "track", "event": "Survey Completed", "userId": user, "channel": "store",
+                       "properties": {"scale": "csat", "score": score, "about_stage": "purchase", "about_channel": "store"}}),
             );
+        }
+    }
+    // Each store's people counter: one total per opening hour (at least the visits the
+    // plan has there, plus walk-ins who were never identified), and one audit a day.
+    // The days the visits fall on (`day` above: start's day and the `days - 1` after).
+    let first_day = start - start.rem_euclid(DAY);
+    for d in 0..cfg.days {
+        let day = first_day + d * DAY;
+        for (k, store_id) in STORES.iter().enumerate() {
+            let counter = format!("counter-{store_id}");
+            for h in 9..18 {
+                let hour = day + h * HOUR;
+                let seen = visits.get(&(k, hour)).copied().unwrap_or(0);
+                let count = 3 * seen + rng.random_range(5..25);
+                push(
+                    &mut out,
+                    hour + HOUR - 1000,
+                    Transport::Crm,
+                    json!({"type": "track", "event": "Footfall Counted", "anonymousId": counter, "channel": "store",
+                           "properties": {"store_id": store_id, "count": count,
+                                          "period_start": iso_utc(hour), "period_secs": 3600}}),
+                );
+                summary.footfall_counts += 1;
+            }
+            {
+                let checked = 20;
+                let passed = rng.random_range(12..=20);
+                push(
+                    &mut out,
+                    day + 12 * HOUR,
+                    Transport::Crm,
+                    json!({"type": "track", "event": "Audit Completed", "anonymousId": format!("auditor-{k}"), "channel": "store",
+                           "properties": {"store_id": store_id, "score": 5 * passed, "items_checked": checked,
+                                          "items_passed": passed, "auditor": "mystery shopper"}}),
+                );
+                summary.audits += 1;
+            }
         }
     }
 
@@ -394,6 +632,28 @@ pub fn plan(cfg: &GeneratorConfig) -> (Vec<Planned>, PlanSummary) {
     summary.follow_up_minutes.sort_by(f64::total_cmp);
     summary.messages = out.len();
     (out, summary)
+}
+
+/// `ms` as `YYYY-MM-DDTHH:MM:SSZ` (UTC; whole seconds).
+fn iso_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -461,6 +721,76 @@ mod tests {
         assert_eq!(s.follow_up_minutes.len(), 64);
         let median = s.follow_up_quantile(0.5).unwrap();
         assert!((15.0..=2160.0).contains(&median));
+    }
+
+    #[test]
+    fn answers_follow_the_configured_distributions() {
+        let c = GeneratorConfig::new(1_800_000_000_000);
+        let (p, s) = plan(&c);
+        let expectations = feedback_expectations();
+        assert_eq!(expectations[0].expected, 35.0);
+        assert_eq!(expectations[1].expected, 4.3);
+        assert_eq!(expectations[2].expected, 2.5);
+        assert_eq!(expectations[3].expected, 3.6);
+        for (k, (plan, e)) in FEEDBACK_PLAN.iter().zip(&expectations).enumerate() {
+            let scores: Vec<f64> = p
+                .iter()
+                .filter(|m| m.message["event"] == plan.answer_event)
+                .filter(|m| {
+                    let props = &m.message["properties"];
+                    let scale = props["scale"].as_str().unwrap_or(plan.scale);
+                    let names = props["about_event"].as_str() == Some(plan.touchpoint)
+                        || props["about_event_id"].is_string()
+                        || props["about_channel"] == "store";
+                    scale == plan.scale && names
+                })
+                .filter_map(|m| m.message["properties"]["score"].as_f64())
+                .collect();
+            assert_eq!(scores.len(), s.answers[k], "{}", plan.touchpoint);
+            assert!(scores.len() >= 60, "{}: {}", plan.touchpoint, scores.len());
+            let n = scores.len() as f64;
+            let got = if plan.scale == "nps" {
+                let pro = scores.iter().filter(|x| **x >= 9.0).count() as f64;
+                let det = scores.iter().filter(|x| **x <= 6.0).count() as f64;
+                100.0 * (pro - det) / n
+            } else {
+                scores.iter().sum::<f64>() / n
+            };
+            assert!(
+                (got - e.expected).abs() <= e.tolerance,
+                "{}: {got}",
+                plan.touchpoint
+            );
+        }
+        assert_eq!(iso_utc(1_764_583_200_000), "2025-12-01T10:00:00Z");
+        // Footfall per store and opening hour, never below the identified visits.
+        assert_eq!(s.footfall_counts, 2 * 9 * 7);
+        assert_eq!(s.audits, 2 * 7);
+        // Every store visit falls in an hour with a count at least as large as the
+        // visits there (so conversion = purchases / footfall stays below 1).
+        let mut visits = std::collections::BTreeMap::<(String, String), u64>::new();
+        let mut counts = std::collections::BTreeMap::<(String, String), u64>::new();
+        for m in &p {
+            let props = &m.message["properties"];
+            let store = props["store_id"].as_str().unwrap_or_default().to_owned();
+            if m.message["event"] == "Store Visited" {
+                let hour = iso_utc(m.time_ms - m.time_ms.rem_euclid(HOUR));
+                *visits.entry((store, hour)).or_default() += 1;
+            } else if m.message["event"] == "Footfall Counted" {
+                let hour = props["period_start"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                counts.insert((store, hour), props["count"].as_u64().unwrap_or(0));
+            }
+        }
+        for (key, n) in &visits {
+            assert!(
+                counts.get(key).is_some_and(|c| c >= n),
+                "{key:?}: {n} visits"
+            );
+        }
+        assert!(p.iter().all(|m| m.time_ms < c.now_ms));
     }
 
     #[test]

@@ -28,18 +28,20 @@ pub use identity::{
     approx_event_bytes, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,
     IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
 };
-pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
+pub use journey::catalog::{Catalog, Channel, EventEntry, Measures, Stage, Threshold, Touchpoint};
 pub use journey::funnel::{
     Attribution, Breakdown, Dimension, Exclusion, Filter, Funnel, FunnelSet, Order, Outcome, Step,
     ALL, MAX_BREAKDOWN_SERIES, MAX_BREAKDOWN_VALUE_BYTES, MAX_STEPS, OTHER,
 };
+pub use journey::properties::{FeedbackKind, PropertyRule, PropertyType, PropertyViolation, Scale};
 pub use journey::rows::{
-    CustomerTouchpointRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow,
-    TouchpointRow,
+    CustomerTouchpointRow, FeedbackRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput,
+    SessionRow, TouchpointRow,
 };
 pub use journey::{
-    funnel_fingerprint, FunnelChange, FunnelChangeKind, JourneyConfig, JourneyCounters,
-    JourneySnapshot, JourneySnapshotRef, JourneyStage, OpenAttemptCount, Origin, StoredAttempt,
+    funnel_fingerprint, FeedbackCounters, FunnelChange, FunnelChangeKind, JourneyConfig,
+    JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage, OpenAttemptCount, Origin,
+    StoredAttempt, Tally,
 };
 
 /// Why journey configuration could not be loaded. Always permanent: fix the file.

@@ -12,6 +12,11 @@
 //! first copy or a few events later. The reference's rule is the documented one
 //! (docs/design.md §4, Duplicates): the first copy in arrival order that is placed
 //! counts, every later copy is ignored.
+//!
+//! Some events are followed by a survey answer (`Survey Completed`) naming the touchpoint
+//! it rates by event id, by name, by stage, or not at all; the reference attributes each
+//! placed answer over the customer's whole sorted journey (README "Feedback
+//! attribution"), so a touchpoint arriving after the answer must re-attribute it.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +36,24 @@ const MIN: i64 = 60_000;
 const GAP_SECS: u64 = 600;
 const LATENESS_SECS: u64 = 120;
 const LATENESS: i64 = LATENESS_SECS as i64 * 1000;
+
+/// Attribution window of the feedback checks, seconds.
+const FEEDBACK_WINDOW_SECS: u64 = 1200;
+
+const CATALOG: &str = r#"
+[events]
+"Product Viewed" = { stage = "consideration", channel = "web" }
+"Product Added" = { stage = "purchase", channel = "web" }
+"Checkout Started" = { stage = "purchase", channel = "web" }
+"Order Completed" = { stage = "purchase", channel = "web" }
+"Complaint Filed" = { stage = "service", channel = "call_center" }
+"Follow-up Completed" = { stage = "service", channel = "call_center" }
+"Survey Completed" = { stage = "feedback", channel = "email", feedback = "any", rates_stage = "service" }
+"#;
+
+fn catalog() -> Catalog {
+    Catalog::from_toml_str(CATALOG, None).expect("valid catalog")
+}
 
 const FUNNELS: &str = r#"
 [[funnel]]
@@ -146,8 +169,15 @@ fn spec(late_jitter: bool, max_between: usize) -> impl Strategy<Value = Spec> {
     )
 }
 
-/// Build the log. `anonymous`: whether anonymous ids and links appear at all.
+/// Build the log, with survey answers. `anonymous`: whether anonymous ids and links
+/// appear at all.
 fn build(specs: &[Spec], anonymous: bool) -> Vec<JourneyEvent> {
+    build_with(specs, anonymous, true)
+}
+
+/// [`build`]; `answers`: whether events are followed by survey answers (which, being
+/// events of the customer, interrupt strict funnel attempts).
+fn build_with(specs: &[Spec], anonymous: bool, answers: bool) -> Vec<JourneyEvent> {
     let mut base = 1_700_000_000_000i64;
     // Names mostly walk each id's funnel steps in order so attempts convert, not only drop.
     let mut cursors: BTreeMap<&str, usize> = BTreeMap::new();
@@ -219,10 +249,26 @@ fn build(specs: &[Spec], anonymous: bool) -> Vec<JourneyEvent> {
         )
         .collect();
     // Each event at (its position, 0); a retry at (the position it follows, 1 + the
-    // first copy's position), after the first copy and `between` later events.
+    // first copy's position), after the first copy and `between` later events; an
+    // answer after everything at its event's position.
     let mut log: Vec<((usize, usize), JourneyEvent)> = Vec::new();
     for (i, (e, spec)) in firsts.iter().zip(specs).enumerate() {
         log.push(((i, 0), e.clone()));
+        if let Some(answer) = answer_after(i, e).filter(|_| answers) {
+            if (i / 4) % 6 == 0 && specs[i - 1].8.is_none() {
+                // The touchpoint it names arrives eight events later: often after the
+                // answer was released, so it must raise the answer's attribution.
+                let named = format!("e{:03}", i - 1);
+                let later = ((i + 8).min(firsts.len() - 1), usize::MAX - 1);
+                if let Some(entry) = log
+                    .iter_mut()
+                    .find(|(k, ev)| k.1 == 0 && ev.event_id == named)
+                {
+                    entry.0 = later;
+                }
+            }
+            log.push(((i, usize::MAX), answer));
+        }
         if let Some((shift, between)) = spec.8 {
             let at = (i + between).min(firsts.len() - 1);
             let retry = JourneyEvent {
@@ -236,6 +282,85 @@ fn build(specs: &[Spec], anonymous: bool) -> Vec<JourneyEvent> {
     log.into_iter().map(|(_, e)| e).collect()
 }
 
+/// Every fourth event (of the track and page events) is followed by an answer from the
+/// same ids, 0–2 minutes later, naming what it rates by an id (sometimes another
+/// customer's or no event's), a name, a stage and channel, a stage only, or nothing (the
+/// catalog's `rates_stage`, service, applies).
+fn answer_after(i: usize, e: &JourneyEvent) -> Option<JourneyEvent> {
+    if i % 4 != 2 || !matches!(e.kind, MessageType::Track | MessageType::Page) {
+        return None;
+    }
+    let mut properties = Map::new();
+    properties.insert("scale".into(), json!("csat"));
+    properties.insert("score".into(), json!(1 + i % 5));
+    match (i / 4) % 6 {
+        0 => {
+            properties.insert("about_event_id".into(), json!(format!("e{:03}", i - 1)));
+        }
+        1 => {
+            properties.insert("about_event_id".into(), json!(format!("e{:03}", i - 2)));
+            properties.insert("about_event".into(), json!(NAMES[i % 4]));
+        }
+        2 => {
+            properties.insert("about_event".into(), json!(NAMES[(i / 8) % 4]));
+        }
+        3 => {
+            properties.insert("about_stage".into(), json!("purchase"));
+            properties.insert("about_channel".into(), json!("web"));
+        }
+        4 => {
+            properties.insert("about_stage".into(), json!("consideration"));
+        }
+        _ => {}
+    }
+    Some(JourneyEvent {
+        event_id: format!("s{i:03}"),
+        kind: MessageType::Track,
+        event: Some("Survey Completed".into()),
+        event_time_ms: e.event_time_ms + (i % 3) as i64 * MIN,
+        channel: None,
+        properties: Properties::from_json(&Value::Object(properties).to_string()),
+        ..e.clone()
+    })
+}
+
+/// The reference attribution of the answer `events[k]` over the customer's sorted
+/// events: (rule, rated event id); written from the README, not shared with the crate.
+fn reference_attribution(events: &[&JourneyEvent], k: usize) -> (String, String) {
+    let catalog = catalog();
+    let answer = events[k];
+    let text = |key: &str| answer.properties.get(key).and_then(|v| v.as_str());
+    let from = answer.event_time_ms - FEEDBACK_WINDOW_SECS as i64 * 1000;
+    let candidates: Vec<&JourneyEvent> = events[..k]
+        .iter()
+        .rev()
+        .take_while(|e| e.event_time_ms >= from)
+        .copied()
+        .collect();
+    if let Some(id) = text("about_event_id") {
+        if let Some(e) = candidates.iter().find(|e| e.event_id == id) {
+            return ("event_id".into(), e.event_id.clone());
+        }
+    }
+    if let Some(name) = text("about_event") {
+        if let Some(e) = candidates.iter().find(|e| e.display_name() == name) {
+            return ("event".into(), e.event_id.clone());
+        }
+    }
+    let stage = text("about_stage").unwrap_or("service");
+    let channel = text("about_channel");
+    let found = candidates.iter().find(|e| {
+        let tp = catalog.classify(e);
+        tp.stage.as_str() != "feedback"
+            && tp.stage.as_str() == stage
+            && channel.is_none_or(|c| tp.channel.as_str() == c)
+    });
+    match found {
+        Some(e) => ("stage".into(), e.event_id.clone()),
+        None => ("none".into(), String::new()),
+    }
+}
+
 /// ClickHouse after FINAL, checking that versions only grow per key.
 #[derive(Default)]
 struct Tables {
@@ -243,10 +368,30 @@ struct Tables {
     sessions: BTreeMap<String, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
     open_attempts: BTreeMap<String, FunnelOpenAttemptRow>,
+    /// Answer id → (version, customer, attribution, rated event id, is_late).
+    feedback: BTreeMap<String, (u64, String, String, String, bool)>,
 }
 
 impl Tables {
     fn apply(&mut self, out: JourneyOutput) {
+        for r in out.feedback {
+            if let Some(old) = self.feedback.get(&r.event_id) {
+                assert!(
+                    r.version > old.0,
+                    "feedback version went back: {r:?} {old:?}"
+                );
+            }
+            self.feedback.insert(
+                r.event_id,
+                (
+                    r.version,
+                    r.customer_id,
+                    r.attribution,
+                    r.about_event_id,
+                    r.is_late,
+                ),
+            );
+        }
         for r in out.touchpoints {
             let newer = self
                 .touchpoints
@@ -341,6 +486,7 @@ fn config(horizon_secs: Option<u64>) -> JourneyConfig {
         allowed_lateness_secs: LATENESS_SECS,
         reattribution_horizon_secs: horizon_secs,
         external_watermark: false,
+        feedback_window_secs: FEEDBACK_WINDOW_SECS,
     }
 }
 
@@ -350,7 +496,7 @@ fn funnels() -> FunnelSet {
 
 fn stream(log: &[JourneyEvent], horizon_secs: Option<u64>) -> Tables {
     let mut ids = IdentityStage::new(IdentityConfig::default());
-    let mut journeys = JourneyStage::new(config(horizon_secs), Catalog::default(), funnels());
+    let mut journeys = JourneyStage::new(config(horizon_secs), catalog(), funnels());
     let mut tables = Tables::default();
     let mut seq2 = 0;
     for (seq1, e) in log.iter().enumerate() {
@@ -377,6 +523,8 @@ struct Expected {
     /// Attempts still open once every event is in (the release frontier at the newest
     /// event time).
     open_attempts: BTreeMap<String, FunnelOpenAttemptRow>,
+    /// Answer id → (customer, attribution, rated event id, is_late).
+    feedback: BTreeMap<String, (String, String, String, bool)>,
 }
 
 fn real(id: &Option<String>) -> Option<&str> {
@@ -441,6 +589,7 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
     let mut watermark = i64::MIN;
     let mut per_customer: BTreeMap<String, Vec<&JourneyEvent>> = BTreeMap::new();
     let mut touchpoints = BTreeMap::new();
+    let mut feedback = BTreeMap::new();
     let mut placed: std::collections::BTreeSet<&str> = Default::default();
     for e in &accepted {
         if placed.contains(e.event_id.as_str()) {
@@ -452,18 +601,31 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
                 .saturating_sub(horizon_ms);
         watermark = watermark.max(e.event_time_ms);
         touchpoints.insert(e.event_id.clone(), (customer(e), String::new(), late));
+        if late && e.event.as_deref() == Some("Survey Completed") {
+            // Too late to place: kept, unattributed (a placed copy replaces it below).
+            feedback.insert(
+                e.event_id.clone(),
+                (customer(e), "none".to_owned(), String::new(), true),
+            );
+        }
         if !late {
             placed.insert(&e.event_id);
             per_customer.entry(customer(e)).or_default().push(e);
         }
     }
-    let catalog = Catalog::default();
+    let catalog = catalog();
     let funnels = funnels();
     let mut sessions = BTreeMap::new();
     let mut attempts = BTreeMap::new();
     let mut open_attempts = BTreeMap::new();
     for (c, events) in &mut per_customer {
         events.sort_by(|a, b| (a.event_time_ms, &a.event_id).cmp(&(b.event_time_ms, &b.event_id)));
+        for (k, e) in events.iter().enumerate() {
+            if e.event.as_deref() == Some("Survey Completed") {
+                let (rule, about) = reference_attribution(events, k);
+                feedback.insert(e.event_id.clone(), (c.clone(), rule, about, false));
+            }
+        }
         let mut groups: Vec<Vec<&JourneyEvent>> = Vec::new();
         for e in events.iter() {
             match groups.last_mut() {
@@ -510,6 +672,7 @@ fn reference(log: &[JourneyEvent], horizon_ms: i64) -> Expected {
         sessions,
         attempts,
         open_attempts,
+        feedback,
     }
 }
 
@@ -549,7 +712,7 @@ fn named(e: &JourneyEvent, event: &str, filters: &[(String, Filter)]) -> bool {
 /// top-level property as text (cut to `MAX_BREAKDOWN_VALUE_BYTES`).
 fn breakdown_value(key: &str, e: &JourneyEvent) -> String {
     let raw = match key {
-        "channel" => Catalog::default().classify(e).channel.as_str().to_owned(),
+        "channel" => catalog().classify(e).channel.as_str().to_owned(),
         "source" => e.event_id.split_once(':').map_or("", |(s, _)| s).to_owned(),
         _ => {
             let name = key.strip_prefix("properties.").expect("properties key");
@@ -768,7 +931,13 @@ fn attempts_of(
     }
 }
 
-fn check(log: &[JourneyEvent], horizon_secs: Option<u64>) -> Result<(), TestCaseError> {
+/// `feedback`: whether to compare the answers' attribution too (exact only when the
+/// window fits in the correction horizon, README "Feedback attribution").
+fn check(
+    log: &[JourneyEvent],
+    horizon_secs: Option<u64>,
+    feedback: bool,
+) -> Result<(), TestCaseError> {
     let got = stream(log, horizon_secs);
     let horizon_ms = horizon_secs.map_or(funnels().max_window_ms() + GAP_SECS as i64 * 1000, |s| {
         s as i64 * 1000
@@ -783,6 +952,14 @@ fn check(log: &[JourneyEvent], horizon_secs: Option<u64>) -> Result<(), TestCase
     prop_assert_eq!(got.live_sessions(), want.sessions);
     prop_assert_eq!(got.live_attempts(), want.attempts);
     prop_assert_eq!(got.live_open_attempts(), want.open_attempts);
+    if feedback {
+        let got_fb: BTreeMap<_, _> = got
+            .feedback
+            .iter()
+            .map(|(k, (_, c, r, a, l))| (k.clone(), (c.clone(), r.clone(), a.clone(), *l)))
+            .collect();
+        prop_assert_eq!(got_fb, want.feedback);
+    }
     Ok(())
 }
 
@@ -806,7 +983,7 @@ proptest! {
     fn identity_and_journeys_match_batch_reference(
         specs in prop::collection::vec(spec(false, 3), 1..60)
     ) {
-        check(&build(&specs, true), Some(30 * 24 * 3600))?;
+        check(&build(&specs, true), Some(30 * 24 * 3600), true)?;
     }
 
     /// Known users only, some events beyond the lateness, default horizon: events behind
@@ -816,7 +993,7 @@ proptest! {
     fn late_events_and_eviction_match_batch_reference(
         specs in prop::collection::vec(spec(true, 0), 1..80)
     ) {
-        check(&build(&specs, false), None)?;
+        check(&build(&specs, false), None, true)?;
     }
 
     /// A horizon (6 min) shorter than the jitter (up to 10 min): some events are older than
@@ -825,7 +1002,35 @@ proptest! {
     fn events_beyond_a_short_horizon_are_late_the_rest_placed(
         specs in prop::collection::vec(spec(true, 0), 1..80)
     ) {
-        check(&build(&specs, false), Some(360))?;
+        check(&build(&specs, false), Some(360), false)?;
+    }
+}
+
+/// The generated logs exercise every attribution rule, and late touchpoints that raise
+/// an answer's attribution after its first row: otherwise the feedback checks above could
+/// pass with every answer attributed on arrival, or none at all.
+#[test]
+fn generated_logs_exercise_every_attribution_rule() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = prop::collection::vec(spec(true, 0), 20..80);
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..100 {
+        let log = build(&strategy.new_tree(&mut runner).unwrap().current(), false);
+        for (_, (version, _, rule, _, _)) in stream(&log, None).feedback {
+            *seen.entry(rule).or_default() += 1;
+            // Low bits: rows written for the answer; a second one re-attributed it.
+            if version & 0xFFFF >= 2 {
+                *seen.entry("re-attributed".into()).or_default() += 1;
+            }
+        }
+    }
+    for what in ["event_id", "event", "stage", "none", "re-attributed"] {
+        assert!(
+            seen.get(what).copied().unwrap_or(0) >= 3,
+            "{what}: {seen:?}"
+        );
     }
 }
 
@@ -848,7 +1053,13 @@ fn generated_logs_exercise_every_funnel_option() {
     };
     let mut seen = BTreeMap::<&str, usize>::new();
     for _ in 0..200 {
-        let log = build(&strategy.new_tree(&mut runner).unwrap().current(), true);
+        // Without answers: they interrupt strict attempts, and the few conversions of
+        // this fixed set of logs are what is checked here.
+        let log = build_with(
+            &strategy.new_tree(&mut runner).unwrap().current(),
+            true,
+            false,
+        );
         for r in reference(&log, i64::MAX / 4).attempts.values() {
             let mut see = |what| *seen.entry(what).or_default() += 1;
             let dropped = r.outcome == Outcome::Dropped;
@@ -1258,7 +1469,11 @@ struct FinalTables {
     sessions: BTreeMap<String, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
     open_attempts: BTreeMap<String, FunnelOpenAttemptRow>,
+    feedback: BTreeMap<String, (u64, Attributed)>,
 }
+
+/// An answer's row: customer, rule, rated event id, is_late.
+type Attributed = (String, String, String, bool);
 
 fn newest<V: PartialEq + std::fmt::Debug>(
     table: &mut BTreeMap<String, (u64, V)>,
@@ -1323,6 +1538,10 @@ impl FinalTables {
             newest(&mut open, r.attempt_id.clone(), r.version, r)?;
         }
         self.open_attempts = open.into_iter().map(|(k, (_, r))| (k, r)).collect();
+        for r in out.feedback {
+            let row = (r.customer_id, r.attribution, r.about_event_id, r.is_late);
+            newest(&mut self.feedback, r.event_id, r.version, row)?;
+        }
         Ok(())
     }
 
@@ -1337,12 +1556,18 @@ impl FinalTables {
             sessions: self.sessions.clone(),
             attempts: self.attempts.clone(),
             open_attempts: self.open_attempts.clone(),
+            feedback: BTreeMap::new(),
         };
         Tables {
             touchpoints: strip.touchpoints.clone(),
             sessions: strip.live_sessions(),
             attempts: strip.live_attempts(),
             open_attempts: strip.live_open_attempts(),
+            feedback: self
+                .feedback
+                .iter()
+                .map(|(k, (_, (c, r, a, l)))| (k.clone(), (0, c.clone(), r.clone(), a.clone(), *l)))
+                .collect(),
         }
     }
 }
@@ -1376,12 +1601,7 @@ fn journey_run(
     crashes: bool,
 ) -> Result<(Tables, Tables), TestCaseError> {
     let new_stage = |snapshot: JourneySnapshot| {
-        JourneyStage::from_snapshot(
-            journey_config(horizon_secs),
-            Catalog::default(),
-            funnels(),
-            snapshot,
-        )
+        JourneyStage::from_snapshot(journey_config(horizon_secs), catalog(), funnels(), snapshot)
     };
     let mut stage = new_stage(JourneySnapshot::default());
     let mut marks: BTreeMap<usize, i64> = BTreeMap::new();
@@ -1464,6 +1684,7 @@ fn check_crashes(
     prop_assert_eq!(&got_open.touchpoints, &want_open.touchpoints);
     prop_assert_eq!(got_open.live_sessions(), want_open.live_sessions());
     prop_assert_eq!(got_open.live_attempts(), want_open.live_attempts());
+    prop_assert_eq!(&got.feedback, &want.feedback);
     Ok(())
 }
 

@@ -142,6 +142,7 @@ pub async fn backfill(
         allowed_lateness_secs: pc.allowed_lateness_secs,
         reattribution_horizon_secs: Some(correction_horizon_secs(pc, &funnels)),
         external_watermark: true,
+        feedback_window_secs: pc.feedback_window_secs,
     };
     // An unknown funnel is refused before anything is read.
     let mut spare = JourneyStage::new(journey_config.clone(), catalog.clone(), funnels.clone());

@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use crate::store::{Rejected, Store};
 use crate::tables::{
-    customer_touchpoints, events, funnel_attempts, funnel_open_attempts, identities,
+    customer_touchpoints, events, feedback, funnel_attempts, funnel_open_attempts, identities,
     identity_conflicts, sessions, touchpoint_journey, Table,
 };
 use crate::ProcessorError;
@@ -69,6 +69,7 @@ tables! {
     sessions::Sessions,
     funnel_attempts::FunnelAttempts,
     funnel_open_attempts::FunnelOpenAttempts,
+    feedback::Feedback,
 }
 
 impl Rows {

@@ -101,6 +101,7 @@ const TABLES: &[(&str, &str)] = &[
     ("sessions", "has({ids}, customer_id)"),
     ("funnel_attempts", "has({ids}, customer_id)"),
     ("funnel_open_attempts", "has({ids}, customer_id)"),
+    ("feedback", "has({ids}, customer_id)"),
 ];
 
 #[derive(Row, Deserialize)]

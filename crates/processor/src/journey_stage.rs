@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
-    Catalog, FunnelChangeKind, FunnelSet, JourneyConfig, JourneyCounters, JourneyEvent,
-    JourneySnapshot, JourneyStage, MessageType, OpenAttemptCount, Outcome, RoutedEvent, ALL,
+    Catalog, FeedbackCounters, FunnelChangeKind, FunnelSet, JourneyConfig, JourneyCounters,
+    JourneyEvent, JourneySnapshot, JourneyStage, MessageType, OpenAttemptCount, Outcome,
+    RoutedEvent, ALL,
 };
 
 use crate::batch::Batch;
@@ -355,6 +356,7 @@ impl Stage for Journey {
             .customer_touchpoints
             .extend(out.customer_touchpoints);
         batch.rows.sessions.extend(out.sessions);
+        batch.rows.feedback.extend(out.feedback);
     }
 }
 impl Journey {
@@ -480,6 +482,51 @@ fn export_counters(m: &Metrics, counters: &JourneyCounters, seen: &mut JourneyCo
         counters.redelivered,
         &mut seen.redelivered,
     );
+    export_feedback(m, &counters.feedback, &mut seen.feedback);
+}
+
+/// The feedback tallies' growth since `seen` (README "Feedback attribution").
+fn export_feedback(m: &Metrics, now: &FeedbackCounters, seen: &mut FeedbackCounters) {
+    let outcome = |o| m.feedback_attribution.with_label_values(&[o]);
+    add_since(
+        &outcome("unattributed"),
+        now.unattributed,
+        &mut seen.unattributed,
+    );
+    add_since(
+        &outcome("reattributed"),
+        now.reattributed,
+        &mut seen.reattributed,
+    );
+    seen.answers = now.answers;
+    for (touchpoint, scales) in &now.by_touchpoint {
+        let seen_scales = seen.by_touchpoint.entry(touchpoint.clone()).or_default();
+        for (scale, t) in scales {
+            let s = seen_scales.entry(scale.clone()).or_default();
+            let labels = [touchpoint.as_str(), scale.as_str()];
+            add_since(
+                &m.feedback_responses.with_label_values(&labels),
+                t.responses,
+                &mut s.responses,
+            );
+            if t.score_millis > s.score_millis {
+                m.feedback_score_sum
+                    .with_label_values(&labels)
+                    .inc_by((t.score_millis - s.score_millis) as f64 / 1000.0);
+                s.score_millis = t.score_millis;
+            }
+            add_since(
+                &m.feedback_promoters.with_label_values(&[touchpoint]),
+                t.promoters,
+                &mut s.promoters,
+            );
+            add_since(
+                &m.feedback_detractors.with_label_values(&[touchpoint]),
+                t.detractors,
+                &mut s.detractors,
+            );
+        }
+    }
 }
 
 impl Journey {

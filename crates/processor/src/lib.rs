@@ -149,6 +149,7 @@ pub async fn run(
     let catalog = Catalog::load(&pc.catalog_path)?;
     let funnels = FunnelSet::load(&pc.funnels_path)?;
     let metrics = Metrics::new()?;
+    metrics.set_thresholds(&catalog);
     let health = runner::Health::new(pc.unhealthy_after_failures);
 
     let server = match metrics_listener {
@@ -249,6 +250,7 @@ pub async fn run(
             allowed_lateness_secs: pc.allowed_lateness_secs,
             reattribution_horizon_secs: Some(correction_horizon_secs(pc, &funnels)),
             external_watermark: true,
+            feedback_window_secs: pc.feedback_window_secs,
         },
         catalog,
         funnels,

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All processor metrics.
@@ -88,6 +89,23 @@ pub struct Metrics {
     /// Time from step 1 to each later step of closed attempts (e.g. complaint → staff
     /// follow-up), seconds.
     pub step_delay_seconds: HistogramVec,
+    /// Survey answers by the touchpoint they rate (catalog events; `other`) and scale,
+    /// counted when first written (README "Feedback attribution").
+    pub feedback_responses: IntCounterVec,
+    /// Sum of those answers' scores, by touchpoint and scale.
+    pub feedback_score_sum: CounterVec,
+    /// NPS answers of 9–10, by touchpoint.
+    pub feedback_promoters: IntCounterVec,
+    /// NPS answers of 0–6, by touchpoint.
+    pub feedback_detractors: IntCounterVec,
+    /// Answers written without a touchpoint, and answers whose touchpoint changed after
+    /// the first row, by `outcome` (`unattributed`, `reattributed`).
+    pub feedback_attribution: IntCounterVec,
+    /// The catalog's `floor` per touchpoint and measure (`csat`, `nps`, `ces`), for
+    /// TouchpointBelowFloor.
+    pub touchpoint_floor: GaugeVec,
+    /// The catalog's `target` per touchpoint and measure.
+    pub touchpoint_target: GaugeVec,
 }
 
 impl Metrics {
@@ -298,6 +316,47 @@ impl Metrics {
             &["table"],
         )?;
         registry.register(Box::new(insert_seconds.clone()))?;
+        let feedback_responses = counter(
+            "touchstream_processor_feedback_responses_total",
+            "Survey answers by the touchpoint they rate and scale, counted when first written",
+            &["touchpoint", "scale"],
+        )?;
+        let feedback_score_sum = CounterVec::new(
+            Opts::new(
+                "touchstream_processor_feedback_score_sum_total",
+                "Sum of the scores of the answers in feedback_responses_total",
+            ),
+            &["touchpoint", "scale"],
+        )?;
+        registry.register(Box::new(feedback_score_sum.clone()))?;
+        let feedback_promoters = counter(
+            "touchstream_processor_feedback_promoters_total",
+            "NPS answers of 9 or 10, by the touchpoint they rate",
+            &["touchpoint"],
+        )?;
+        let feedback_detractors = counter(
+            "touchstream_processor_feedback_detractors_total",
+            "NPS answers of 0 to 6, by the touchpoint they rate",
+            &["touchpoint"],
+        )?;
+        let feedback_attribution = counter(
+            "touchstream_processor_feedback_attribution_total",
+            "Answers written without a touchpoint (unattributed) or moved to another after the first row (reattributed)",
+            &["outcome"],
+        )?;
+        let gauge = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
+            let g = GaugeVec::new(Opts::new(name, help), &["touchpoint", "measure"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let touchpoint_floor = gauge(
+            "touchstream_processor_touchpoint_floor",
+            "Catalog floor of a touchpoint's answers by measure (csat, nps, ces; ces: highest acceptable mean)",
+        )?;
+        let touchpoint_target = gauge(
+            "touchstream_processor_touchpoint_target",
+            "Catalog target of a touchpoint's answers by measure",
+        )?;
         Ok(Arc::new(Self {
             registry,
             messages,
@@ -332,7 +391,34 @@ impl Metrics {
             funnel_open_attempts_overdue,
             touchpoints,
             step_delay_seconds,
+            feedback_responses,
+            feedback_score_sum,
+            feedback_promoters,
+            feedback_detractors,
+            feedback_attribution,
+            touchpoint_floor,
+            touchpoint_target,
         }))
+    }
+
+    /// Set the floor and target gauges from the catalog (the answer measures only:
+    /// `next_stage` is a query over stored rows, see README "Touchpoint scorecard").
+    pub fn set_thresholds(&self, catalog: &touchstream_journey::Catalog) {
+        for t in catalog.thresholds() {
+            if t.measure == "next_stage" {
+                continue;
+            }
+            if let Some(v) = t.floor {
+                self.touchpoint_floor
+                    .with_label_values(&[&t.event, t.measure])
+                    .set(v);
+            }
+            if let Some(v) = t.target {
+                self.touchpoint_target
+                    .with_label_values(&[&t.event, t.measure])
+                    .set(v);
+            }
+        }
     }
 
     /// Text exposition format.

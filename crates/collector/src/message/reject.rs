@@ -27,6 +27,9 @@ pub enum RejectReason {
     /// The event time is more than `collector.max_event_age_days` before receipt, on a
     /// live endpoint (all but `/v1/import`).
     EventTimeTooOld,
+    /// A track event's properties break its catalog entry's schema (README "Feedback
+    /// and stores"): a required property missing, a wrong type, a value out of range.
+    InvalidProperty,
     /// An id names an erased person (`collector.suppression = "reject"`); not
     /// dead-lettered.
     Suppressed,
@@ -46,6 +49,7 @@ impl RejectReason {
             RejectReason::InvalidField => "invalid_field",
             RejectReason::EventTimeBeforeFloor => "event_time_before_floor",
             RejectReason::EventTimeTooOld => "event_time_too_old",
+            RejectReason::InvalidProperty => "invalid_property",
             RejectReason::Suppressed => "suppressed",
         }
     }

@@ -374,7 +374,8 @@ fn encode<'t, S>(
     for (index, raw) in messages.iter().enumerate() {
         let checked = validator
             .validate(raw, ep.implied_type(), meta)
-            .and_then(|tp| window.check(tp.event_time_ms).map(|()| tp));
+            .and_then(|tp| window.check(tp.event_time_ms).map(|()| tp))
+            .and_then(|tp| check_properties(st.catalog.as_ref(), &tp).map(|()| tp));
         match checked {
             Ok(tp)
                 if st.cfg.suppression != SuppressionMode::Off
@@ -430,6 +431,28 @@ fn encode<'t, S>(
         records,
         rejected,
     }
+}
+
+/// A track event's properties against its catalog entry's schema (README "Feedback and
+/// stores"); only events that have one are parsed.
+fn check_properties(
+    catalog: Option<&touchstream_journey::Catalog>,
+    tp: &touchstream_core::avro::TouchpointRef<'_>,
+) -> Result<(), Rejection> {
+    let (Some(catalog), Some(event)) = (catalog, tp.event) else {
+        return Ok(());
+    };
+    if tp.message_type != touchstream_core::MessageType::Track {
+        return Ok(());
+    }
+    catalog
+        .check_properties(event, || {
+            serde_json::from_str(tp.properties).unwrap_or_default()
+        })
+        .map_err(|v| Rejection {
+            reason: RejectReason::InvalidProperty,
+            detail: v.to_string(),
+        })
 }
 
 /// The `messageId` of a message, if it has one (`null` otherwise).

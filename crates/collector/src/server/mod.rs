@@ -55,10 +55,14 @@ use state::AppState;
 /// Serve the collector on `listener` until `shutdown` is cancelled, then drain in-flight
 /// requests and flush the producer.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
+    // One catalog for collector and processor unless configured apart.
+    if config.collector.catalog_path.is_none() {
+        config.collector.catalog_path = Some(config.processor.catalog_path.clone());
+    }
     let metrics = Arc::new(Metrics::new()?);
     let sink = KafkaSink::new(
         &config.kafka,

@@ -14,8 +14,8 @@ use super::client_addr::ClientAddr;
 use super::ip_limit::IpLimiter;
 use super::readiness::{Readiness, Running};
 use crate::auth::Sources;
+use crate::error::CollectorError;
 use crate::metrics::Metrics;
-use crate::privacy::PrivacyError;
 
 /// The state behind every route of one collector.
 pub(super) struct AppState<S> {
@@ -43,6 +43,9 @@ pub(super) struct AppState<S> {
     pub(super) shutting_down: AtomicBool,
     /// Erased people's ids (`collector.suppression`; empty while it is `off`).
     pub(super) suppression: Arc<touchstream_clickhouse::suppression::Suppression>,
+    /// The catalog's property schemas (`collector.catalog_path`); `None` when it is not
+    /// set or no event has one.
+    pub(super) catalog: Option<touchstream_journey::Catalog>,
 }
 
 impl<S> AppState<S> {
@@ -50,8 +53,13 @@ impl<S> AppState<S> {
         config: &Config,
         sink: S,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, PrivacyError> {
+    ) -> Result<Self, CollectorError> {
         let cfg = config.collector.clone();
+        let catalog = match &cfg.catalog_path {
+            Some(path) => Some(touchstream_journey::Catalog::load(path)?)
+                .filter(touchstream_journey::Catalog::has_property_rules),
+            None => None,
+        };
         // Burst of twice the per-second rate.
         let limiter = NonZeroU32::new(cfg.rate_limit_per_key).map(|rate| {
             let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(1));
@@ -77,6 +85,7 @@ impl<S> AppState<S> {
                 cfg.readiness_interval_ms.max(1),
             )),
             shutting_down: AtomicBool::new(false),
+            catalog,
             cfg,
         })
     }

@@ -243,6 +243,62 @@ async fn mixed_batch_publishes_valid_to_raw_and_invalid_to_dlq() {
 }
 
 #[tokio::test]
+async fn properties_breaking_the_catalog_schema_are_invalid_property() {
+    let catalog =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/catalog.toml");
+    let h = harness(|c| {
+        c.collector.catalog_path = Some(catalog);
+        c.collector.max_event_age_days = 0;
+    });
+    let t = "2026-01-01T10:00:00.000Z";
+    let body = json!({"batch": [
+        {"type": "track", "event": "NPS Submitted", "messageId": "n1", "userId": "u", "timestamp": t,
+         "properties": {"score": 9, "about_event": "Order Delivered"}},
+        {"type": "track", "event": "Survey Completed", "messageId": "n2", "userId": "u", "timestamp": t,
+         "properties": {"scale": "csat", "score": 6}},
+        {"type": "track", "event": "Footfall Counted", "messageId": "n3", "anonymousId": "counter", "timestamp": t,
+         "properties": {"store_id": "s", "count": 4, "period_start": t, "period_secs": 3600}},
+        {"type": "track", "event": "Footfall Counted", "messageId": "n4", "anonymousId": "counter", "timestamp": t,
+         "properties": {"store_id": "s", "count": -4, "period_start": t, "period_secs": 3600}},
+        // Not a track event: the schemas are for track events only.
+        {"type": "page", "name": "Survey Completed", "messageId": "n5", "userId": "u", "timestamp": t}
+    ]});
+    let a = h.post("/v1/batch", Some(KEY), body.to_string()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["accepted"], 3, "{}", a.body);
+    let rejected = a.body["rejected"].as_array().unwrap();
+    let got: Vec<(i64, &str, &str)> = rejected
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_i64().unwrap(),
+                r["reason"].as_str().unwrap(),
+                r["detail"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                1,
+                "invalid_property",
+                "properties.score must be between 1 and 5 on the csat scale"
+            ),
+            (3, "invalid_property", "properties.count must be at least 0"),
+        ]
+    );
+    let dlq = h.dlq();
+    assert_eq!(dlq.len(), 2);
+    assert!(dlq.iter().all(|d| d["reason"] == "invalid_property"));
+    assert_eq!(dlq[1]["message"], body["batch"][3]);
+    // Without a catalog nothing is checked.
+    let plain = harness(|c| c.collector.max_event_age_days = 0);
+    let a = plain.post("/v1/batch", Some(KEY), body.to_string()).await;
+    assert_eq!(a.body["accepted"], 5, "{}", a.body);
+}
+
+#[tokio::test]
 async fn write_key_in_header_or_body_else_401() {
     let h = harness(|_| {});
     let unauthorized = "missing or unknown write key";

@@ -220,6 +220,10 @@ pub struct CollectorConfig {
     pub suppression: SuppressionMode,
     /// How often the collector reloads the list when `suppression` is on, ms. Default 5000.
     pub suppression_refresh_ms: u64,
+    /// Touchpoint catalog whose per-event property schemas the collector checks
+    /// (README "Feedback and stores"; violations: `invalid_property`). Default: the
+    /// processor's `processor.catalog_path`, so both read one catalog.
+    pub catalog_path: Option<std::path::PathBuf>,
 }
 
 /// `collector.suppression`.
@@ -267,6 +271,7 @@ impl std::fmt::Debug for CollectorConfig {
             privacy_hash_key,
             suppression,
             suppression_refresh_ms,
+            catalog_path,
         } = self;
         f.debug_struct("CollectorConfig")
             .field("listen", listen)
@@ -295,6 +300,7 @@ impl std::fmt::Debug for CollectorConfig {
             .field("shutdown_grace_ms", shutdown_grace_ms)
             .field("suppression", suppression)
             .field("suppression_refresh_ms", suppression_refresh_ms)
+            .field("catalog_path", catalog_path)
             .field(
                 "privacy_hash_key",
                 &if privacy_hash_key.is_empty() {
@@ -344,6 +350,7 @@ impl Default for CollectorConfig {
             privacy_hash_key: String::new(),
             suppression: SuppressionMode::Off,
             suppression_refresh_ms: 5000,
+            catalog_path: None,
         }
     }
 }

@@ -51,6 +51,10 @@ pub struct ProcessorConfig {
     pub funnels_path: PathBuf,
     /// Touchpoint catalog file (event → stage, channel). Default `deploy/catalog.toml`.
     pub catalog_path: PathBuf,
+    /// How far before a survey answer the touchpoint it rates may lie, seconds (README
+    /// "Feedback attribution"). Default 259200 (3 days). Keep it within the correction
+    /// horizon less the lateness of answers: older touchpoints are forgotten.
+    pub feedback_window_secs: u64,
     /// After this many seconds without input, a journey partition's watermark moves to
     /// the wall clock so open funnel attempts still close as dropped. 0 turns it off
     /// (replays of old data). Default 30.
@@ -140,6 +144,7 @@ impl Default for ProcessorConfig {
             writes_in_flight: 4,
             funnels_path: PathBuf::from("deploy/funnels.toml"),
             catalog_path: PathBuf::from("deploy/catalog.toml"),
+            feedback_window_secs: 3 * 24 * 3600,
             idle_watermark_secs: 30,
             restart_backoff_ms: 1000,
             unhealthy_after_failures: 5,

@@ -228,6 +228,7 @@ impl JourneyStage {
             emitted: 0,
             session: [0; 2],
             keyed: false,
+            extra: false,
         }
     }
 }

@@ -229,6 +229,7 @@ mod tests {
             emitted: 0,
             session: [0; 2],
             keyed: false,
+            extra: false,
         }
     }
 

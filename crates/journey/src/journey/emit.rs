@@ -323,6 +323,10 @@ fn replay(
         };
         base.compact();
         c.base = (!base.is_empty()).then(|| Box::new(base));
+        // Their stores and answers go with them (`journey/feedback.rs`).
+        for e in c.history[..evict].iter().filter(|e| e.extra) {
+            out.extras.remove(id, &e.event_id);
+        }
         c.history.drain(..evict);
         if c.history.capacity() > 2 * c.history.len() + 4 {
             c.history.shrink_to_fit();

@@ -31,9 +31,11 @@ mod buffer;
 pub(crate) mod catalog;
 mod customer;
 mod emit;
+pub(crate) mod feedback;
 pub(crate) mod funnel;
 mod open;
 mod output;
+pub(crate) mod properties;
 mod remap;
 pub(crate) mod rows;
 pub(crate) mod session;
@@ -46,6 +48,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Retract, RoutedEvent};
 use crate::hash::{FastMap, FastState, Fnv128};
 use crate::journey::catalog::Catalog;
+use crate::journey::feedback::SavedExtra;
+pub use crate::journey::feedback::{FeedbackCounters, Tally};
 use crate::journey::funnel::FunnelSet;
 use crate::journey::rows::JourneyOutput;
 use crate::journey::session::HistEvent;
@@ -79,6 +83,10 @@ pub struct JourneyConfig {
     /// several upstream partitions interleave, so the safe watermark is the minimum of the
     /// upstream partitions' watermarks, which they send in-band. Default false.
     pub external_watermark: bool,
+    /// How far before a survey answer the touchpoint it rates may lie, seconds (README
+    /// "Feedback attribution"). Default 259200 (3 days). Touchpoints behind the
+    /// correction horizon are forgotten, so keep it within the horizon.
+    pub feedback_window_secs: u64,
 }
 
 impl Default for JourneyConfig {
@@ -88,6 +96,7 @@ impl Default for JourneyConfig {
             allowed_lateness_secs: 300,
             reattribution_horizon_secs: None,
             external_watermark: false,
+            feedback_window_secs: feedback::DEFAULT_WINDOW_SECS,
         }
     }
 }
@@ -128,6 +137,8 @@ pub struct JourneyCounters {
     /// Re-delivered copies recognised by their [`Origin`] and skipped (an identity
     /// partition re-sent what it had routed before a crash or a rebalance).
     pub redelivered: u64,
+    /// Survey answers and their attribution (README "Feedback attribution").
+    pub feedback: FeedbackCounters,
 }
 
 /// Where a routed event comes from: the stage-1 input stream that produced it (the
@@ -171,6 +182,9 @@ pub struct JourneySnapshot {
     /// Last `(position, index)` processed per source stream ([`Origin`]).
     #[serde(default)]
     delivered: BTreeMap<u32, (u64, u32)>,
+    /// Details of events beyond their history entry (`journey/feedback.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    extras: Vec<SavedExtra>,
 }
 
 /// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
@@ -192,6 +206,12 @@ impl Serialize for JourneySnapshotRef<'_> {
         st.serialize_field("version_n", &e.out.version_n)?;
         st.serialize_field("funnels", &remap::saved_funnels(&e.funnels))?;
         st.serialize_field("delivered", &e.delivered)?;
+        let extras = e.out.extras.saved();
+        if extras.is_empty() {
+            st.skip_field("extras")?;
+        } else {
+            st.serialize_field("extras", &extras)?;
+        }
         st.end()
     }
 }
@@ -260,6 +280,8 @@ pub struct JourneyStage {
     funnel_changes: Vec<FunnelChange>,
     /// Last `(position, index)` processed per source stream ([`Self::process_from`]).
     delivered: BTreeMap<u32, (u64, u32)>,
+    /// [`JourneyConfig::feedback_window_secs`], ms.
+    feedback_window_ms: i64,
 }
 
 impl JourneyStage {
@@ -299,6 +321,7 @@ impl JourneyStage {
         let mut customers =
             FastMap::with_capacity_and_hasher(snapshot.customers.len(), FastState::default());
         let mut out = Output::new(snapshot.version_seq, snapshot.version_n);
+        out.extras = feedback::Extras::restore(std::mem::take(&mut snapshot.extras));
         for (id, mut saved) in snapshot.customers {
             if let Some(remap) = &remap {
                 for (funnel, row) in remap.customer(&mut saved) {
@@ -342,6 +365,7 @@ impl JourneyStage {
             counters: snapshot.counters,
             funnel_changes,
             delivered: snapshot.delivered,
+            feedback_window_ms: secs_to_ms(config.feedback_window_secs),
         }
     }
 
@@ -375,6 +399,7 @@ impl JourneyStage {
             version_n: self.out.version_n,
             funnels: Some(remap::saved_funnels(&self.funnels)),
             delivered: self.delivered.clone(),
+            extras: self.out.extras.saved(),
         }
     }
 
@@ -438,7 +463,8 @@ impl JourneyStage {
             reattributed,
         } = routed;
         let tp = self.catalog.classify(&event);
-        let hist = HistEvent {
+        let extra = feedback::extra_of(&self.catalog, &event);
+        let mut hist = HistEvent {
             time_ms: event.event_time_ms,
             name: self.names.intern(event.display_name()),
             kind: Some(event.kind),
@@ -450,6 +476,7 @@ impl JourneyStage {
             emitted: 0,
             session: [0; 2],
             keyed: false,
+            extra: false,
         };
         if reattributed {
             // Its row under the id it was routed to before the link (the anonymous id, or
@@ -480,10 +507,16 @@ impl JourneyStage {
             self.counters.duplicates += 1;
             return;
         }
+        if let Some(extra) = extra {
+            // Kept with the event's first copy (a copy already held keeps its own).
+            self.out.extras.insert(&id, &hist.event_id, extra);
+            hist.extra = true;
+        }
         if reattributed {
             if hist.time_ms < self.cutoff_ms() {
                 self.counters.reattributed_too_old += 1;
                 self.out.unplaced(&id, &hist, true);
+                self.unplaced_extra(&id, &hist);
                 return;
             }
         } else {
@@ -500,6 +533,7 @@ impl JourneyStage {
                     self.counters.late_before_checkpoint += 1;
                 }
                 self.out.unplaced(&id, &hist, true);
+                self.unplaced_extra(&id, &hist);
                 return;
             }
             // Behind the release frontier but inside the horizon: placed all the same (the
@@ -532,12 +566,14 @@ impl JourneyStage {
         let id = retract.customer_id.as_str();
         for (customer, hist) in self.buffer.remove_customer(id) {
             self.out.unplaced(&customer, &hist, false);
+            self.forget_extras(&customer, [&hist]);
         }
         self.ids.forget(id);
         if let Some((key, customer)) = self.customers.remove_entry(id) {
             for row in &customer.live {
                 self.out.tombstone(&key, row);
             }
+            self.forget_extras(&key, &customer.history);
             if customer.wake_ms.is_some() {
                 self.timers.remove(&(customer.timer_ms, key));
             }
@@ -549,10 +585,13 @@ impl JourneyStage {
     /// not even a tombstone may name them again. Their buffered events, history, open
     /// attempts and timers go. Returns whether anything was held.
     pub fn erase(&mut self, customer_id: &str) -> bool {
-        let buffered = !self.buffer.remove_customer(customer_id).is_empty();
+        let removed = self.buffer.remove_customer(customer_id);
+        self.forget_extras(customer_id, removed.iter().map(|(_, h)| h));
+        let buffered = !removed.is_empty();
         self.ids.forget(customer_id);
         match self.customers.remove_entry(customer_id) {
             Some((key, customer)) => {
+                self.forget_extras(&key, &customer.history);
                 if customer.wake_ms.is_some() {
                     self.timers.remove(&(customer.timer_ms, key));
                 }
@@ -674,6 +713,9 @@ impl JourneyStage {
             let mut dirty = std::mem::take(&mut self.dirty);
             dirty.sort_unstable();
             for id in dirty.drain(..) {
+                // Answers first: the replay evicts what fell behind the cutoff, which
+                // may be a just released answer or the touchpoint it rates.
+                self.attribute_answers(&id);
                 self.recompute(&id);
             }
             self.dirty = dirty;
@@ -689,6 +731,7 @@ impl JourneyStage {
                     self.counters.late_events += 1;
                     self.counters.late_before_checkpoint += 1;
                     self.out.unplaced(&customer_id, &hist, true);
+                    self.unplaced_extra(&customer_id, &hist);
                     return;
                 }
                 self.ids.placed(&customer_id, &hist);

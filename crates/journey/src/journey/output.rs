@@ -13,10 +13,11 @@ use crate::columns::{days, secs};
 use crate::event::MessageType;
 use crate::hash::{hex128, FastMap};
 use crate::journey::catalog::{Channel, Stage};
+use crate::journey::feedback::Extras;
 use crate::journey::funnel::{ClosedAttempt, FunnelSet, OpenAttempt, Outcome};
 use crate::journey::rows::{
-    CustomerTouchpointRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput, SessionRow,
-    TouchpointRow,
+    CustomerTouchpointRow, FeedbackRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput,
+    SessionRow, TouchpointRow,
 };
 use crate::journey::session::{HistEvent, SessionAcc};
 
@@ -34,6 +35,8 @@ struct PendingTouchpoint {
     kind: Option<MessageType>,
     stage: Stage,
     channel: Channel,
+    /// `properties.store_id` ([`Extras`]).
+    store_id: Option<Arc<str>>,
     is_late: bool,
     version: u64,
 }
@@ -90,6 +93,12 @@ pub(super) struct Output {
     attempt_at: FastMap<(u16, u128, i64), usize>,
     open_attempts: Vec<Option<PendingOpen>>,
     open_at: FastMap<(u16, u128, i64), usize>,
+    /// `feedback` rows, newest per answer.
+    pub(super) feedback: Vec<FeedbackRow>,
+    feedback_at: FastMap<String, usize>,
+    /// What the stage keeps of events beyond their history entry (stores, answers):
+    /// here because the touchpoint rows read it.
+    pub(super) extras: Extras,
     pub(super) version_seq: u64,
     pub(super) version_n: u64,
 }
@@ -139,6 +148,9 @@ impl Output {
         clear_bounded(&mut self.session_at);
         clear_bounded(&mut self.attempt_at);
         clear_bounded(&mut self.open_at);
+        clear_bounded(&mut self.feedback_at);
+        let mut feedback = std::mem::take(&mut self.feedback);
+        feedback.sort_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
         let mut touchpoints = keep_capacity(&mut self.touchpoints);
         touchpoints
             .sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
@@ -164,6 +176,7 @@ impl Output {
             sessions: Vec::with_capacity(sessions.len()),
             attempts: Vec::with_capacity(attempts.len()),
             open_attempts: Vec::with_capacity(open_attempts.len()),
+            feedback,
         };
         out.customer_touchpoints
             .extend(touchpoints.iter().map(customer_touchpoint_row));
@@ -213,6 +226,13 @@ impl Output {
             kind: e.kind,
             stage: e.stage,
             channel: e.channel,
+            store_id: if e.extra {
+                self.extras
+                    .get(customer, &e.event_id)
+                    .and_then(|x| x.store_id.clone())
+            } else {
+                None
+            },
             is_late,
             version,
         };
@@ -243,6 +263,7 @@ impl Output {
             stage: e.stage,
             channel: e.channel,
             session_id: String::new(),
+            store_id: String::new(),
             is_late: false,
             is_deleted: true,
             version: version.saturating_mul(1 << 16).saturating_add(0xFFFF),
@@ -253,6 +274,19 @@ impl Output {
     /// the buffer by a retraction.
     pub(super) fn unplaced(&mut self, customer: &Arc<str>, event: &HistEvent, is_late: bool) {
         self.touchpoint(customer, event, None, is_late);
+    }
+
+    /// A `feedback` row, replacing one pending for the same answer.
+    pub(super) fn feedback(&mut self, row: FeedbackRow) {
+        match self.feedback_at.get(&row.event_id) {
+            Some(&i) if self.feedback[i].version > row.version => {}
+            Some(&i) => self.feedback[i] = row,
+            None => {
+                self.feedback_at
+                    .insert(row.event_id.clone(), self.feedback.len());
+                self.feedback.push(row);
+            }
+        }
     }
 
     /// A session row (`None`: a tombstone) for `key` in partition `partition_ms`.
@@ -451,6 +485,7 @@ fn customer_touchpoint_row(t: &PendingTouchpoint) -> CustomerTouchpointRow {
         stage: t.stage,
         channel: t.channel,
         session_id: t.session.map(hex128).unwrap_or_default(),
+        store_id: t.store_id.as_deref().unwrap_or_default().to_owned(),
         is_late: t.is_late,
         is_deleted: false,
         version: t.version,

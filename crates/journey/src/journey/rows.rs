@@ -74,6 +74,9 @@ pub struct CustomerTouchpointRow {
     pub channel: Channel,
     /// Its session; empty for events in no session.
     pub session_id: String,
+    /// `properties.store_id` (the store it happened in), empty when none
+    /// (`deploy/clickhouse/0010_feedback.sql`).
+    pub store_id: String,
     /// As in [`TouchpointRow::is_late`].
     #[serde(serialize_with = "flag")]
     pub is_late: bool,
@@ -205,9 +208,59 @@ pub struct FunnelOpenAttemptRow {
     pub version: u64,
 }
 
+/// One `feedback` row (key `event_id`, partition by `event_date`): a survey answer and
+/// the touchpoint it rates (README "Feedback attribution",
+/// `deploy/clickhouse/0010_feedback.sql`). Written again, with a higher version, when a
+/// late touchpoint or a re-attribution changes what it rates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
+pub struct FeedbackRow {
+    /// The answer's event id.
+    pub event_id: String,
+    /// The answer's day ([`crate::columns::days`]), the partition column.
+    pub event_date: u16,
+    /// The answer's time as a `DateTime`.
+    pub answered_at: u32,
+    /// The answer's time, ms.
+    pub answered_ms: i64,
+    /// The journey the answer belongs to.
+    pub customer_id: String,
+    /// The answer's event name (`Survey Completed`, `NPS Submitted`, ...).
+    pub event: String,
+    /// `nps`, `csat` or `ces`.
+    pub scale: String,
+    /// The answer's score on its scale.
+    pub score: f64,
+    /// Which rule found the touchpoint: `event_id`, `event`, `stage`, or `none`.
+    pub attribution: String,
+    /// The rated touchpoint's event id; empty when unattributed (as are the other
+    /// `about_` columns, `about_date` = 0 and `delay_ms` = 0).
+    pub about_event_id: String,
+    /// Its event name (or message type).
+    pub about_event: String,
+    /// Its stage.
+    pub about_stage: String,
+    /// Its channel.
+    pub about_channel: String,
+    /// Its `properties.store_id`, if any.
+    pub about_store_id: String,
+    /// Its day.
+    pub about_date: u16,
+    /// Its time, ms.
+    pub about_time_ms: i64,
+    /// Answer time − touchpoint time, ms.
+    pub delay_ms: i64,
+    /// The answer arrived too late to be placed (not attributed).
+    #[serde(serialize_with = "flag")]
+    pub is_late: bool,
+    /// `stage-1 version × 65536 + n`, like [`TouchpointRow::version`]: `n` is 0 for a
+    /// late answer's row, else the rows written for the answer so far (from 1).
+    pub version: u64,
+}
+
 /// Rows produced since the last [`crate::JourneyStage::take_output`], each list sorted by
 /// version and holding only the newest row per key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct JourneyOutput {
     /// `touchpoint_journey` rows.
     pub touchpoints: Vec<TouchpointRow>,
@@ -220,6 +273,8 @@ pub struct JourneyOutput {
     pub attempts: Vec<FunnelAttemptRow>,
     /// `funnel_open_attempts` rows.
     pub open_attempts: Vec<FunnelOpenAttemptRow>,
+    /// `feedback` rows.
+    pub feedback: Vec<FeedbackRow>,
 }
 
 impl JourneyOutput {
@@ -230,5 +285,6 @@ impl JourneyOutput {
             && self.sessions.is_empty()
             && self.attempts.is_empty()
             && self.open_attempts.is_empty()
+            && self.feedback.is_empty()
     }
 }

@@ -47,6 +47,14 @@ pub(crate) struct HistEvent {
     /// where it starts one again needs no hashing. A cache, not saved.
     #[serde(skip)]
     pub(crate) keyed: bool,
+    /// The stage keeps details of it beyond this entry (a store, an answer:
+    /// `journey/feedback.rs`). A flag in the padding, so most events pay nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub(crate) extra: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl HistEvent {

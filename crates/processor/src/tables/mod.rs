@@ -3,7 +3,7 @@
 //!
 //! Where the columns are declared: a table whose rows a journey state machine decides
 //! (`identities`, `identity_conflicts`, `touchpoint_journey`, `customer_touchpoints`, `sessions`,
-//! `funnel_attempts`, `funnel_open_attempts`) uses that crate's output struct as its row, as it is — the journey
+//! `funnel_attempts`, `funnel_open_attempts`, `feedback`) uses that crate's output struct as its row, as it is — the journey
 //! crate derives `clickhouse::Row` on it (feature `clickhouse`) and stores enums, flags
 //! and partition times the way the table holds them (`touchstream_journey::columns`).
 //! Converting instead would declare every such table's columns twice, once per crate,
@@ -16,6 +16,7 @@
 
 pub mod customer_touchpoints;
 pub mod events;
+pub mod feedback;
 pub mod funnel_attempts;
 pub mod funnel_open_attempts;
 pub mod identities;
