@@ -79,6 +79,8 @@ pub const PLACEMENT: &[(&str, Placement)] = &[
     // Survey answers (0010), keyed by the answer's event like `events`.
     ("feedback", Placement::Sharded("cityHash64(event_id)")),
     ("processor_state", Placement::EveryServer),
+    // Incremental snapshots beside processor_state (0011): read back the same way.
+    ("processor_state_delta", Placement::EveryServer),
     ("suppressed_ids", Placement::EveryServer),
     ("erasures", Placement::EveryServer),
 ];
