@@ -1,4 +1,5 @@
-//! ClickHouse access for Touchstream: connection and schema migrations. The row types
+//! ClickHouse access for Touchstream: connection and schema migrations, on one server or
+//! rewritten for a cluster (`cluster`: replicated, sharded tables). The row types
 //! the processor writes are declared with the processor (`touchstream_processor::tables`).
 //!
 //! Data comes from the processor's batches and from `touchstream migrate`; it goes to the
