@@ -3,7 +3,8 @@
 //! three servers, shard 01 = ch1 + ch2 (two replicas), shard 02 = ch3 (one replica).
 //!
 //! - migrations create replicated `_local` tables and `Distributed` tables on every
-//!   server, resume after a partial run and change nothing when run again;
+//!   server, resume after a partial run and change nothing when run again; a server
+//!   down while they run executes the queued statements when it is back;
 //! - the same log through a single-server processor and a cluster processor gives the
 //!   same tables and the same answers to the README's analyst queries;
 //! - a replica killed during ingestion catches up, nothing lost or doubled;
@@ -204,6 +205,54 @@ fn migrations_resume_and_run_twice_without_change_on_the_cluster() {
             );
             assert_eq!(engines.get("touchpoints").map(String::as_str), Some("View"));
         }
+        drop_cluster_database(&cfg).await;
+    });
+}
+
+#[test]
+#[ignore = "needs deploy/local/services.sh up --cluster; tests/run.sh runs it"]
+fn a_server_down_during_migrate_catches_up() {
+    serial(async {
+        let cfg = cluster_config("ddl_down");
+        services("stop-node", "ch2");
+        let run = tokio::spawn({
+            let cfg = cfg.clone();
+            async move { touchstream_clickhouse::migrate(&cfg).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !run.is_finished(),
+            "migrate waits for the server that is down (its DDL queue in ZooKeeper)"
+        );
+        services("start-node", "ch2");
+        let report = run
+            .await
+            .expect("task")
+            .expect("migrate completes once ch2 is back");
+        assert!(report
+            .files
+            .iter()
+            .any(|(_, o)| *o == MigrationOutcome::Applied));
+        let tables = |url: &'static str| {
+            let db = cfg.database.clone();
+            async move {
+                tsv(
+                    &node(url),
+                    &format!(
+                        "SELECT name, engine FROM system.tables WHERE database = '{db}' ORDER BY name"
+                    ),
+                )
+                .await
+            }
+        };
+        let on_ch1 = tables(NODES[0].1).await;
+        assert!(on_ch1.lines().count() > 20, "{on_ch1}");
+        assert_eq!(tables(NODES[1].1).await, on_ch1, "ch2 ran what it missed");
+        let again = touchstream_clickhouse::migrate(&cfg).await.expect("again");
+        assert!(again
+            .files
+            .iter()
+            .all(|(_, o)| !matches!(o, MigrationOutcome::Applied)));
         drop_cluster_database(&cfg).await;
     });
 }
