@@ -31,7 +31,7 @@ cargo build --quiet -p touchstream
 step "cargo test (unit + integration against the local services)"
 cargo test --workspace --quiet
 
-step "ClickHouse cluster tests (ZooKeeper + 3 more ClickHouse servers, README \"Running on a cluster\"; ~3 min)"
+step "ClickHouse cluster tests (ZooKeeper + 3 more ClickHouse servers, README \"Running on a cluster\"; ~4 min)"
 deploy/local/services.sh up --cluster
 if ! cargo test --quiet --test cluster -- --ignored; then
   deploy/local/services.sh cluster-down
