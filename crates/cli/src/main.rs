@@ -421,7 +421,11 @@ async fn main() -> anyhow::Result<()> {
             print_sql_for: Some(version),
         } => {
             let version = version.parse().map_err(anyhow::Error::msg)?;
-            let sql = touchstream_clickhouse::plan_sql(&config.clickhouse.database, version)?;
+            let sql = touchstream_clickhouse::plan_sql(
+                &config.clickhouse.database,
+                version,
+                config.clickhouse.cluster.as_deref(),
+            )?;
             println!("{}", serde_json::to_string_pretty(&sql)?);
         }
         Command::Migrate {
@@ -598,6 +602,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Retention { dry_run } => {
             use touchstream_clickhouse::retention::{self, Progress};
+            refuse_on_cluster(&config, "retention")?;
             if config.clickhouse.retention_days.is_empty() {
                 println!("no table has clickhouse.retention_days: every table keeps everything");
                 return Ok(());
@@ -644,6 +649,7 @@ async fn main() -> anyhow::Result<()> {
             wait_secs,
         } => {
             use touchstream_processor::erase::{erase, EraseOptions, Person, Progress};
+            refuse_on_cluster(&config, "erase")?;
             let person = match (user, anonymous_id) {
                 (Some(u), _) => Person::User(u),
                 (None, Some(a)) => Person::Anonymous(a),
@@ -714,4 +720,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `erase` and `retention` change tables by mutation and `DROP PARTITION`, which on a
+/// cluster must go to every shard's `_local` table; until they do, they refuse to run
+/// rather than fail half-way (README "Running on a cluster").
+fn refuse_on_cluster(config: &Config, command: &str) -> anyhow::Result<()> {
+    match &config.clickhouse.cluster {
+        Some(c) => anyhow::bail!(
+            "touchstream {command} does not run on a cluster yet (clickhouse.cluster = {c:?}); \
+             see README \"Running on a cluster\""
+        ),
+        None => Ok(()),
+    }
 }
