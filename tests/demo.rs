@@ -47,6 +47,7 @@ async fn demo_report_matches_the_configured_rates() {
             rate_per_sec: 0.0,
             wait: Duration::from_secs(240),
             progress: false,
+            report_html: None,
         },
     )
     .await

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use clickhouse::Row;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 use touchstream_collector::message::format_timestamp as iso;
-use touchstream_tests::{self as support, CollectorHandle};
+use touchstream_tests::{self as support, CollectorHandle, ProcessorHandle};
 
 const MIN: i64 = 60_000;
 
@@ -242,11 +241,7 @@ struct AttemptRow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_funnel_option_through_the_pipeline() {
     support::require_port("Kafka", &support::kafka_brokers());
-    let funnels_path =
-        support::artifacts_dir().join(format!("{}.toml", support::unique("funnels")));
-    let repo_funnels =
-        std::fs::read_to_string(support::repo_path("deploy/funnels.toml")).expect("funnels");
-    std::fs::write(&funnels_path, format!("{repo_funnels}\n{EXTRA_FUNNELS}")).expect("write");
+    let funnels_path = support::funnels_with(EXTRA_FUNNELS);
     let mut c = support::processor_config("funnel_options");
     c.processor.funnels_path = funnels_path.clone();
     c.processor.allowed_lateness_secs = 60;
@@ -254,16 +249,7 @@ async fn every_funnel_option_through_the_pipeline() {
     c.processor.idle_watermark_secs = 5;
     support::prepare(&c).await;
     let collector = CollectorHandle::start(c.clone()).await;
-    let stop = CancellationToken::new();
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let metrics_addr = metrics.local_addr().expect("addr");
-    let processor = tokio::spawn(touchstream_processor::run(
-        c.clone(),
-        Some(metrics),
-        stop.clone(),
-    ));
+    let processor = ProcessorHandle::start(c.clone()).await;
 
     // Nine days ago: the 7-day service_recovery window has passed too.
     let now = std::time::SystemTime::now()
@@ -289,16 +275,7 @@ async fn every_funnel_option_through_the_pipeline() {
     }
     batch.sort_by_key(|(t, _)| *t);
     let batch: Vec<Value> = batch.into_iter().map(|(_, m)| m).collect();
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/batch", collector.base))
-        .basic_auth("demo-web-key", Some(""))
-        .json(&json!({ "batch": batch }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.expect("json");
-    assert_eq!(body["rejected"], json!([]), "{body}");
+    support::post_batch(&collector.base, &batch).await;
 
     let want: Vec<AttemptRow> = expected()
         .into_iter()
@@ -339,22 +316,7 @@ async fn every_funnel_option_through_the_pipeline() {
     assert_eq!(got, want);
 
     let db = &c.clickhouse.database;
-    let run = |file: &str| {
-        let sql = std::fs::read_to_string(support::repo_path(&format!("docs/queries/{file}")))
-            .expect("query file")
-            .replace("touchstream.", &format!("`{db}`."));
-        let ch = ch.clone();
-        async move {
-            let bytes = ch
-                .query(&format!("{sql} FORMAT TSV"))
-                .fetch_bytes("TSV")
-                .expect("query")
-                .collect()
-                .await
-                .expect("result");
-            String::from_utf8_lossy(&bytes).trim().to_string()
-        }
-    };
+    let run = |file: &'static str| support::analyst_query(&ch, db, file);
     // Refunded complaints are out: one recovered of two.
     assert_eq!(
         run("6_service_recovery_exclusions.sql").await,
@@ -383,25 +345,12 @@ async fn every_funnel_option_through_the_pipeline() {
 
     // The processor's counters: the excluded attempt only under outcome="excluded", in no
     // step counter; skipped optional steps are not reached (README "Processor metrics").
-    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = processor.metrics().await;
     // Summed over the series carrying `labels`, whatever their `breakdown` (the
     // repository's funnels break down by channel and team, the extra ones do not).
-    let metric = |name: &str, labels: &str| -> f64 {
-        let prefix = format!("touchstream_processor_{name}{{");
-        text.lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .filter_map(|l| l.split_once("} "))
-            .filter(|(got, _)| {
-                let got: Vec<&str> = got.split(',').collect();
-                labels.split(',').all(|want| got.contains(&want))
-            })
-            .map(|(_, v)| v.trim().parse::<f64>().expect("a number"))
-            .sum()
+    let metric = |name: &str, labels: &str| {
+        let labels: Vec<&str> = labels.split(',').collect();
+        support::metric_sum(&text, &format!("touchstream_processor_{name}"), &labels)
     };
     let sr = "funnel=\"service_recovery\"";
     let sc = "funnel=\"strict_checkout\"";
@@ -423,8 +372,7 @@ async fn every_funnel_option_through_the_pipeline() {
     ];
     assert_eq!(counted, [1.0, 1.0, 2.0, 2.0, 1.0, 4.0, 1.0, 2.0], "{text}");
 
-    stop.cancel();
-    let _ = processor.await;
+    processor.stop().await;
     collector.stop().await;
     support::drop_database(&c.clickhouse).await;
     let _ = std::fs::remove_file(&funnels_path);

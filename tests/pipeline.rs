@@ -600,21 +600,7 @@ async fn generated_log_through_collector_and_two_processors() {
 
     // The README's analyst queries, on this database.
     let db = &config.clickhouse.database;
-    let run = |file: &str| {
-        let sql = std::fs::read_to_string(support::repo_path(&format!("docs/queries/{file}")))
-            .expect("query file");
-        let sql = sql.replace("touchstream.", &format!("`{db}`."));
-        let ch = ch.clone();
-        async move {
-            ch.query(&format!("{sql} FORMAT TSV"))
-                .fetch_bytes("TSV")
-                .expect("query")
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-                .expect("result")
-        }
-    };
+    let run = |file: &'static str| support::analyst_query(&ch, db, file);
     let dropoff = run("1_funnel_dropoff_by_step.sql").await;
     let n = CUSTOMERS / 4;
     assert_eq!(

@@ -5,10 +5,11 @@
 //! with the right `C3 01` marker but an unknown schema fingerprint, a truncated Avro value
 //! and an empty value, then more valid touchpoints, all produced straight to the raw topic
 //! (as a broken producer other than the collector could), plus valid touchpoints with
-//! extreme past event times (epoch 0, year 0, `i64::MIN`). Every valid event must reach
-//! ClickHouse `events`; each undecodable record must appear once in the DLQ as JSON with
-//! `reason = "undecodable"` and the topic, partition and offset its delivery report gave;
-//! the processor must still run and store the events that came after the poison.
+//! extreme event times (epoch 0, year 0, `i64::MIN`, `i64::MAX`). Every valid event must
+//! reach ClickHouse `events`; each undecodable record must appear once in the DLQ as JSON
+//! with `reason = "undecodable"` and the topic, partition and offset its delivery report
+//! gave; the processor must still run and store the events that came after the poison, and
+//! place them in their journeys (the far-future time did not move the watermark).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -97,6 +98,12 @@ struct EventId {
     event_id: String,
 }
 
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct Placed {
+    event_id: String,
+    is_late: u8,
+}
+
 async fn stored_event_ids(ch: &clickhouse::Client) -> BTreeSet<String> {
     ch.query("SELECT DISTINCT event_id FROM events")
         .fetch_all::<EventId>()
@@ -119,6 +126,7 @@ async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
     // Each anonymous id stays in one partition, as its identity key would keep it.
     let mut before = BTreeSet::new();
     let mut after = BTreeSet::new();
+    let mut tail = BTreeSet::new();
     let mut n = 0i64;
     let mut send_valid = |phase: &'static str, p: i32| {
         let mut batch = Vec::new();
@@ -142,37 +150,25 @@ async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
             produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
             before.insert(id);
         }
-        // Decodable but extreme: event times a direct producer could write (the
-        // collector clamps future times, but not the past).
+        // Decodable but extreme: event times a direct producer could write (the collector
+        // clamps future times, but not the past), received now. The far-future one must not
+        // drag the partition's watermark along: the identity stage caps a record's
+        // contribution at its receipt plus the collector's clamp (docs/guarantees.md §3).
         for (i, t) in [0, -62_167_219_200_000, i64::MIN, i64::MAX]
             .into_iter()
             .enumerate()
         {
             let id = format!("extreme-{p}-{i}");
             let anon = format!("anon-{p}-extreme");
-            let bytes = avro::encode(&touchpoint(&id, &anon, t)).expect("encode");
-            produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
-            before.insert(id);
-        }
-        // Decodable but extreme: past event times a direct producer could write (the
-        // collector clamps future times, but not the past). Far-future times are left
-        // out on purpose: one such record moves the partition's watermark for good (see
-        // docs/guarantees.md, "Not yet guaranteed").
-        for (i, t) in [0, -62_167_219_200_000, i64::MIN].into_iter().enumerate() {
-            let id = format!("extreme-{p}-{i}");
-            let anon = format!("anon-{p}-extreme");
-            let bytes = avro::encode(&touchpoint(&id, &anon, t)).expect("encode");
+            let mut tp = touchpoint(&id, &anon, t);
+            tp.received_at_ms = t0;
+            let bytes = avro::encode(&tp).expect("encode");
             produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
             before.insert(id);
         }
         for (name, value) in poison_values() {
             let at = produce(&producer, &topic, p, Some("anon-poison"), value.as_deref()).await;
             poison.insert(at, (name, value.unwrap_or_default()));
-        }
-        for (id, anon, tp) in send_valid("after", p) {
-            let bytes = avro::encode(&tp).expect("encode");
-            produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
-            after.insert(id);
         }
     }
 
@@ -183,9 +179,38 @@ async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
         token.clone(),
     ));
 
-    // Every valid event, including those behind the poison, reaches ClickHouse.
+    // The events after the poison are produced once the processor has read all of the
+    // above, so its watermarks (the far-future record's included) are already downstream
+    // when they arrive.
     let ch = touchstream_clickhouse::client(&config.clickhouse);
-    let want: BTreeSet<String> = before.union(&after).cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !stored_event_ids(&ch).await.is_superset(&before) {
+        assert!(
+            Instant::now() < deadline,
+            "the events before the poison did not reach ClickHouse"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for p in 0..config.kafka.partitions {
+        for (id, anon, tp) in send_valid("after", p) {
+            let bytes = avro::encode(&tp).expect("encode");
+            produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
+            after.insert(id);
+        }
+        // A last event 9 minutes ahead of its receipt (inside the collector's clamp) moves
+        // the watermark far enough to release the events above, so their journey rows are
+        // written: placed, unless the far-future record dragged the watermark along.
+        let id = format!("tail-{p}");
+        let anon = format!("anon-{p}-tail");
+        let mut tp = touchpoint(&id, &anon, t0 + 60_000 + 9 * 60_000);
+        tp.received_at_ms = t0 + 60_000;
+        let bytes = avro::encode(&tp).expect("encode");
+        produce(&producer, &topic, p, Some(&anon), Some(&bytes)).await;
+        tail.insert(id);
+    }
+
+    // Every valid event, including those behind the poison, reaches ClickHouse.
+    let want: BTreeSet<String> = before.union(&after).chain(&tail).cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(90);
     let stored = loop {
         let stored = stored_event_ids(&ch).await;
@@ -205,6 +230,39 @@ async fn undecodable_records_go_to_the_dlq_and_the_stream_goes_on() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(stored, want, "only the valid events are stored");
+
+    // The events behind the far-future record are placed in their journeys, not stored as
+    // late: its event time did not move the watermark past its receipt time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = ch
+            .query(
+                "SELECT event_id, toUInt8(argMax(is_late, version)) AS is_late \
+                 FROM touchpoint_journey WHERE event_id LIKE 'after-%' GROUP BY event_id",
+            )
+            .fetch_all::<Placed>()
+            .await
+            .expect("touchpoint_journey");
+        let late: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.is_late != 0)
+            .map(|r| r.event_id.as_str())
+            .collect();
+        assert!(
+            late.is_empty(),
+            "events after a far-future record were stored as late: {late:?}"
+        );
+        if rows.len() == after.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events behind the far-future record have journey rows",
+            rows.len(),
+            after.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Each undecodable record is in the DLQ once, with where it was read from.
     let mut dead: BTreeMap<(i32, i64), Value> = BTreeMap::new();

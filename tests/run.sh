@@ -31,6 +31,14 @@ cargo build --quiet -p touchstream
 step "cargo test (unit + integration against the local services)"
 cargo test --workspace --quiet
 
+step "ClickHouse cluster tests (ZooKeeper + 3 more ClickHouse servers, README \"Running on a cluster\"; ~4 min)"
+deploy/local/services.sh up --cluster
+if ! cargo test --quiet --test cluster -- --ignored; then
+  deploy/local/services.sh cluster-down
+  exit 1
+fi
+deploy/local/services.sh cluster-down
+
 step "python tests"
 TS_BIN="$ROOT/target/debug/touchstream" "$VENV/bin/python" -m pytest -q tests/python
 

@@ -345,3 +345,59 @@ pub async fn prepare(config: &touchstream_core::Config) {
         .await
         .expect("topics");
 }
+
+/// A funnels file for one test: the repository's `deploy/funnels.toml` followed by
+/// `extra` (more `[[funnel]]` tables), written under [`artifacts_dir`].
+pub fn funnels_with(extra: &str) -> PathBuf {
+    let path = artifacts_dir().join(format!("{}.toml", unique("funnels")));
+    let repo = std::fs::read_to_string(repo_path("deploy/funnels.toml")).expect("funnels");
+    std::fs::write(&path, format!("{repo}\n{extra}")).expect("write funnels");
+    path
+}
+
+/// POST `messages` as one `/v1/batch` with the demo web key; the collector must accept
+/// all of them. Returns its response body.
+pub async fn post_batch(base: &str, messages: &[serde_json::Value]) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/batch"))
+        .basic_auth("demo-web-key", Some(""))
+        .json(&serde_json::json!({ "batch": messages }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["rejected"], serde_json::json!([]), "{body}");
+    body
+}
+
+/// Run one of the README's analyst queries (`docs/queries/FILE`) against `database`
+/// (its `touchstream.` prefix replaced) and return the result as trimmed TSV.
+pub async fn analyst_query(ch: &clickhouse::Client, database: &str, file: &str) -> String {
+    let sql = std::fs::read_to_string(repo_path(&format!("docs/queries/{file}")))
+        .expect("query file")
+        .replace("touchstream.", &format!("`{database}`."));
+    let bytes = ch
+        .query(&format!("{sql} FORMAT TSV"))
+        .fetch_bytes("TSV")
+        .expect("query")
+        .collect()
+        .await
+        .expect("result");
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// The sum of the samples of metric `name` in Prometheus text whose labels include all of
+/// `labels` (each written `key="value"`), whatever their other labels.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| l.split_once("} "))
+        .filter(|(got, _)| {
+            let got: Vec<&str> = got.split(',').collect();
+            labels.iter().all(|want| got.contains(want))
+        })
+        .map(|(_, v)| v.trim().parse::<f64>().expect("a number"))
+        .sum()
+}

@@ -75,7 +75,8 @@ enum Command {
         metrics_listen: Option<String>,
     },
     /// The main job: migrate, create topics, run a collector and a processor, send
-    /// generated journeys through the HTTP API, and print a funnel report from ClickHouse.
+    /// generated journeys through the HTTP API, print a funnel report from ClickHouse
+    /// and write the HTML report (README "Report").
     /// Needs the local services (deploy/local/demo.sh starts them first).
     Demo {
         #[command(flatten)]
@@ -86,6 +87,13 @@ enum Command {
         /// Seconds to wait for the pipeline to catch up after sending.
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
+        /// Where to write the run's HTML report (README "Report").
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "target/touchstream-report.html"
+        )]
+        html: PathBuf,
         /// Also print the in-process collector's and processor's info logs (stderr).
         /// Without it only warnings and errors are logged, so the report reads clean;
         /// RUST_LOG, when set, decides either way.
@@ -113,6 +121,28 @@ enum Command {
     /// collector and processor throughput, latency at a fixed rate, processor memory per
     /// customer. Prints a table and writes JSON (see docs/bench.md).
     Bench(BenchArgs),
+    /// Write the report (README "Report"): one self-contained HTML page with the funnels
+    /// (drop-off per step and per breakdown segment) and the complaint → follow-up SLA,
+    /// read from ClickHouse. Prints the file's path; progress on stderr.
+    Report {
+        /// The HTML file to write (folders are created).
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+        /// Start of the period, inclusive: a UTC date (YYYY-MM-DD) or an RFC 3339 time
+        /// (2026-11-30T12:00:00Z). Default: all history.
+        #[arg(long, value_parser = parse_report_since)]
+        since: Option<i64>,
+        /// End of the period, exclusive: an RFC 3339 time, or a UTC date (the whole day
+        /// is in). Default: no end.
+        #[arg(long, value_parser = parse_report_until)]
+        until: Option<i64>,
+        /// Only this funnel (as named in the funnels file) in the funnels section.
+        #[arg(long)]
+        funnel: Option<String>,
+        /// The complaint follow-up target, hours.
+        #[arg(long, default_value_t = 24.0)]
+        sla_hours: f64,
+    },
     /// Print the effective configuration (defaults + file + env), secrets masked.
     Config,
     /// Funnel maintenance (README, "Changing funnels").
@@ -183,6 +213,16 @@ fn parse_since(text: &str) -> Result<i64, String> {
         }
     };
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|e| e.to_string())
+}
+
+/// `report --since`: a date is its day's start.
+fn parse_report_since(text: &str) -> Result<i64, String> {
+    touchstream_report::parse_time(text, touchstream_report::End::Start)
+}
+
+/// `report --until`: a date is the next day's start (the whole day is in).
+fn parse_report_until(text: &str) -> Result<i64, String> {
+    touchstream_report::parse_time(text, touchstream_report::End::End)
 }
 
 /// `touchstream bench` options; unset sizes come from `--size`.
@@ -299,6 +339,13 @@ impl GenArgs {
     }
 }
 
+/// The wall clock, epoch ms.
+fn now_ms() -> anyhow::Result<i64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64)
+}
+
 /// One token for the whole process, cancelled on SIGTERM or Ctrl-C (README, the CLI).
 fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
     let token = tokio_util::sync::CancellationToken::new();
@@ -362,7 +409,7 @@ async fn main() -> anyhow::Result<()> {
     // bench's migrations, the demo's in-process collector and processor) would only
     // break them. The services themselves log at info.
     let default_level = match cli.command {
-        Command::Bench(_) | Command::Demo { verbose: false, .. } => "warn",
+        Command::Bench(_) | Command::Demo { verbose: false, .. } | Command::Report { .. } => "warn",
         _ => "info",
     };
     init_tracing(cli.log_format, default_level);
@@ -374,7 +421,11 @@ async fn main() -> anyhow::Result<()> {
             print_sql_for: Some(version),
         } => {
             let version = version.parse().map_err(anyhow::Error::msg)?;
-            let sql = touchstream_clickhouse::plan_sql(&config.clickhouse.database, version)?;
+            let sql = touchstream_clickhouse::plan_sql(
+                &config.clickhouse.database,
+                version,
+                config.clickhouse.cluster.as_deref(),
+            )?;
             println!("{}", serde_json::to_string_pretty(&sql)?);
         }
         Command::Migrate {
@@ -451,6 +502,7 @@ async fn main() -> anyhow::Result<()> {
             gen,
             rate,
             wait_secs,
+            html,
             verbose: _,
         } => {
             let opts = touchstream_demo::demo::DemoOptions {
@@ -458,10 +510,14 @@ async fn main() -> anyhow::Result<()> {
                 rate_per_sec: rate,
                 wait: std::time::Duration::from_secs(wait_secs),
                 progress: true,
+                report_html: Some(html),
             };
             let clickhouse = config.clickhouse.clone();
             let result = touchstream_demo::demo::run(config, opts).await?;
             println!("{}", result.report);
+            if let Some(path) = &result.report_html {
+                println!("HTML report: {}", path.display());
+            }
             println!(
                 "Query ClickHouse: clickhouse-client --port 9000 -d {} (or HTTP {}); example queries in docs/queries/ and the README.\n\
                  Metrics: run `touchstream collector` / `touchstream processor` and scrape :8080/metrics and :9464/metrics; \
@@ -522,8 +578,31 @@ async fn main() -> anyhow::Result<()> {
         Command::Config => {
             println!("{config:#?}");
         }
+        Command::Report {
+            html,
+            since,
+            until,
+            funnel,
+            sla_hours,
+        } => {
+            if !(sla_hours > 0.0 && sla_hours.is_finite()) {
+                anyhow::bail!("--sla-hours must be a positive number of hours, got {sla_hours}");
+            }
+            let mut options = touchstream_report::ReportOptions::new(now_ms()?);
+            options.period = touchstream_report::Period {
+                since_ms: since,
+                until_ms: until,
+            };
+            options.funnel = funnel;
+            options.sla_target_minutes = sla_hours * 60.0;
+            let progress = |line: &str| eprintln!("{line}");
+            let report = touchstream_report::generate(&config, &options, &progress).await?;
+            touchstream_report::write_html(&report, &html)?;
+            println!("{}", html.display());
+        }
         Command::Retention { dry_run } => {
             use touchstream_clickhouse::retention::{self, Progress};
+            refuse_on_cluster(&config, "retention")?;
             if config.clickhouse.retention_days.is_empty() {
                 println!("no table has clickhouse.retention_days: every table keeps everything");
                 return Ok(());
@@ -570,6 +649,7 @@ async fn main() -> anyhow::Result<()> {
             wait_secs,
         } => {
             use touchstream_processor::erase::{erase, EraseOptions, Person, Progress};
+            refuse_on_cluster(&config, "erase")?;
             let person = match (user, anonymous_id) {
                 (Some(u), _) => Person::User(u),
                 (None, Some(a)) => Person::Anonymous(a),
@@ -640,4 +720,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `erase` and `retention` change tables by mutation and `DROP PARTITION`, which on a
+/// cluster must go to every shard's `_local` table; until they do, they refuse to run
+/// rather than fail half-way (README "Running on a cluster").
+fn refuse_on_cluster(config: &Config, command: &str) -> anyhow::Result<()> {
+    match &config.clickhouse.cluster {
+        Some(c) => anyhow::bail!(
+            "touchstream {command} does not run on a cluster yet (clickhouse.cluster = {c:?}); \
+             see README \"Running on a cluster\""
+        ),
+        None => Ok(()),
+    }
 }

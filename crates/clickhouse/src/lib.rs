@@ -1,4 +1,5 @@
-//! ClickHouse access for Touchstream: connection and schema migrations. The row types
+//! ClickHouse access for Touchstream: connection and schema migrations, on one server or
+//! rewritten for a cluster (`cluster`: replicated, sharded tables). The row types
 //! the processor writes are declared with the processor (`touchstream_processor::tables`).
 //!
 //! Data comes from the processor's batches and from `touchstream migrate`; it goes to the
@@ -6,6 +7,7 @@
 //! crate over HTTP; schema validation is off because ClickHouse 18.16, which our tests run
 //! on, lacks `RowBinaryWithNamesAndTypes`.
 
+pub mod cluster;
 pub mod migrate;
 pub mod retention;
 pub mod suppression;
@@ -20,12 +22,27 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
 }
 
 /// A client with no database selected (for `CREATE DATABASE` and `version()`).
+///
+/// On a cluster (`clickhouse.cluster`), inserts through `Distributed` tables are
+/// synchronous (`insert_distributed_sync = 1`): an insert returns only once every shard
+/// has its rows, so the processor commits Kafka offsets only after that (SPEC §6), and
+/// a shard that is down fails the insert, which the processor retries. They also set
+/// `prefer_localhost_replica = 0`: ClickHouse 18.16 answers a `SELECT` of some columns
+/// `FROM <Distributed> FINAL` without `WHERE` with "Cannot find column version" when it
+/// reads the server's own shard in-process; over the network it does not (README
+/// "Running on a cluster").
 pub fn server_client(cfg: &ClickHouseConfig) -> clickhouse::Client {
-    clickhouse::Client::default()
+    let c = clickhouse::Client::default()
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(&cfg.password)
-        .with_validation(false)
+        .with_validation(false);
+    if cfg.cluster.is_some() {
+        c.with_setting("insert_distributed_sync", "1")
+            .with_setting("prefer_localhost_replica", "0")
+    } else {
+        c
+    }
 }
 
 /// A server version as (major, minor), e.g. (18, 16).

@@ -12,11 +12,16 @@
 //! it is skipped and *not* recorded, so the first run after a server upgrade applies it.
 //! That is how features a newer server has (codecs, skipping indexes) reach current
 //! ClickHouse without breaking 18.16.
+//!
+//! With `clickhouse.cluster` set, each statement is rewritten for the cluster first
+//! (`ON CLUSTER`, replicated `_local` tables, `Distributed` tables: [`crate::cluster`]); the
+//! files themselves stay written for one server.
 
 use clickhouse::Row;
 use serde::Deserialize;
 use touchstream_core::config::ClickHouseConfig;
 
+use crate::cluster::{for_cluster, ident, on_cluster, schema_migrations_sql};
 use crate::{client, server_client, server_version, ServerVersion};
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
@@ -50,6 +55,9 @@ pub enum MigrateError {
     /// A header or version could not be parsed.
     #[error("{0}")]
     Parse(String),
+    /// A statement has no form for a cluster, or a table no placement (sharding key).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// What happened to one migration file.
@@ -167,11 +175,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Quote an identifier for ClickHouse (backticks).
-fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
-}
-
 #[derive(Row, Deserialize)]
 struct Applied {
     name: String,
@@ -181,20 +184,45 @@ struct Applied {
 /// The statements `migrate` would run on an empty database of a server of `version`,
 /// with `{db}` resolved — for reviewing a deployment, or for checking the SQL on another
 /// engine (the test suite runs them on chDB, a current ClickHouse).
-pub fn plan_sql(database: &str, version: ServerVersion) -> Result<Vec<String>, MigrateError> {
+/// `cluster` is `clickhouse.cluster` (statements rewritten for it, module docs).
+pub fn plan_sql(
+    database: &str,
+    version: ServerVersion,
+    cluster: Option<&str>,
+) -> Result<Vec<String>, MigrateError> {
     let db = ident(database);
-    let mut out = vec![format!("CREATE DATABASE IF NOT EXISTS {db}")];
+    let on = cluster.map(on_cluster).unwrap_or_default();
+    let mut out = vec![format!("CREATE DATABASE IF NOT EXISTS {db}{on}")];
+    if let Some(c) = cluster {
+        out.push(schema_migrations_sql(database, c).replace("{db}", &db));
+    }
     for m in embedded()? {
         if m.min_server.is_some_and(|req| version < req) {
             continue;
         }
-        out.extend(
-            m.statements
-                .iter()
-                .map(|s| for_server(&s.replace("{db}", &db), version)),
-        );
+        for s in statements_for(&m, database, cluster)? {
+            out.push(for_server(&s.replace("{db}", &db), version));
+        }
     }
     Ok(out)
+}
+
+/// A migration's statements (with `{db}`) for one server, or rewritten for `cluster`.
+fn statements_for(
+    m: &Migration,
+    database: &str,
+    cluster: Option<&str>,
+) -> Result<Vec<String>, MigrateError> {
+    match cluster {
+        None => Ok(m.statements.clone()),
+        Some(c) => {
+            let mut out = Vec::new();
+            for s in &m.statements {
+                out.extend(for_cluster(&m.name, s, database, c)?);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Apply pending migrations to the configured database, creating it if needed.
@@ -210,20 +238,32 @@ pub async fn migrate_files(
     let server = server_client(cfg);
     let version = server_version(&server).await?;
     let db = ident(&cfg.database);
+    let cluster = cfg.cluster.as_deref();
+    // Rewrite every pending file before running any, so a table without a placement
+    // fails the run before it changes anything.
+    let mut planned = Vec::with_capacity(migrations.len());
+    for m in migrations {
+        planned.push(statements_for(m, &cfg.database, cluster)?);
+    }
+    let on = cluster.map(on_cluster).unwrap_or_default();
     server
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}{on}"))
         .execute()
         .await
         .map_err(MigrateError::ClickHouse)?;
     let ch = client(cfg);
-    ch.query(&format!(
-        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
-         (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
-         ENGINE = MergeTree ORDER BY version"
-    ))
-    .execute()
-    .await
-    .map_err(MigrateError::ClickHouse)?;
+    let journal = match cluster {
+        Some(c) => schema_migrations_sql(&cfg.database, c).replace("{db}", &db),
+        None => format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+             (version UInt32, name String, checksum String, applied_at DateTime DEFAULT now()) \
+             ENGINE = MergeTree ORDER BY version"
+        ),
+    };
+    ch.query(&journal)
+        .execute()
+        .await
+        .map_err(MigrateError::ClickHouse)?;
     let applied: Vec<Applied> = ch
         .query(&format!(
             "SELECT name, checksum FROM {db}.schema_migrations"
@@ -236,7 +276,7 @@ pub async fn migrate_files(
         server: version,
         files: Vec::new(),
     };
-    for m in migrations {
+    for (m, statements) in migrations.iter().zip(&planned) {
         if let Some(a) = applied.iter().find(|a| a.name == m.name) {
             if a.checksum != m.checksum {
                 return Err(MigrateError::Changed {
@@ -259,7 +299,7 @@ pub async fn migrate_files(
                 continue;
             }
         }
-        for (i, stmt) in m.statements.iter().enumerate() {
+        for (i, stmt) in statements.iter().enumerate() {
             let sql = for_server(&stmt.replace("{db}", &db), version);
             match ch.query(&sql).execute().await {
                 Ok(()) => {}

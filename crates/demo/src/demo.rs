@@ -28,6 +28,8 @@ pub struct DemoOptions {
     pub wait: Duration,
     /// Show progress bars (off in tests).
     pub progress: bool,
+    /// Where to write the HTML report of the run (README "Report"); `None`: none.
+    pub report_html: Option<std::path::PathBuf>,
 }
 
 /// The outcome, for callers that check it (the demo test).
@@ -38,6 +40,8 @@ pub struct DemoResult {
     pub measured: Measured,
     /// What the generator planned.
     pub plan: crate::generator::PlanSummary,
+    /// The HTML report written, if one was asked for.
+    pub report_html: Option<std::path::PathBuf>,
 }
 
 fn bar(progress: bool, len: u64, what: &str) -> ProgressBar {
@@ -221,9 +225,41 @@ async fn drive(config: &Config, opts: &DemoOptions, base: &str) -> anyhow::Resul
     tokio::time::sleep(Duration::from_secs(2)).await;
     let measured = measure(&ch, g, start_ms).await?;
     let text = render(g, &summary, &measured);
+    let report_html = match &opts.report_html {
+        Some(path) => {
+            write_html_report(config, start_ms, path).await?;
+            Some(path.clone())
+        }
+        None => None,
+    };
     Ok(DemoResult {
         report: text,
         measured,
         plan: summary,
+        report_html,
     })
+}
+
+/// The HTML report of the run (README "Report"), over the period of its journeys: from
+/// the first generated event to now. Rows of other runs in the same database that fall in
+/// that period are in it too (the text report reads this run's customers only).
+async fn write_html_report(
+    config: &Config,
+    start_ms: i64,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let mut options = touchstream_report::ReportOptions::new(now_ms);
+    options.period = touchstream_report::Period {
+        since_ms: Some(start_ms),
+        until_ms: Some(now_ms + 1),
+    };
+    let quiet = |_: &str| {};
+    let report = touchstream_report::generate(config, &options, &quiet)
+        .await
+        .context("querying ClickHouse for the HTML report")?;
+    touchstream_report::write_html(&report, path)?;
+    Ok(())
 }

@@ -35,6 +35,14 @@ pub struct ClickHouseConfig {
     /// `touchstream retention` drops the monthly partitions whose whole month is older
     /// (README "Privacy"). At least 1. Default empty: every table keeps everything.
     pub retention_days: BTreeMap<String, u32>,
+    /// Name of a cluster in the servers' `remote_servers` config (README "Running on a
+    /// cluster"). When set, `touchstream migrate` creates every table `ON CLUSTER`: a
+    /// `Replicated…MergeTree` `<table>_local` on each server (ZooKeeper path with the
+    /// `{shard}`/`{replica}` macros) and a `Distributed` table under the usual name,
+    /// sharded by the table's key, so analysts query the same names as on one server;
+    /// inserts through it are synchronous (`insert_distributed_sync = 1`). Default
+    /// unset: one server, plain `ReplacingMergeTree` tables.
+    pub cluster: Option<String>,
 }
 
 // Hand-written so the password never reaches a log line.
@@ -49,6 +57,7 @@ impl std::fmt::Debug for ClickHouseConfig {
                 &if self.password.is_empty() { "" } else { "***" },
             )
             .field("retention_days", &self.retention_days)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -79,6 +88,7 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: String::new(),
             retention_days: BTreeMap::new(),
+            cluster: None,
         }
     }
 }
@@ -87,6 +97,13 @@ impl ClickHouseConfig {
     /// The first thing wrong with the section, if anything: a `retention_days` entry
     /// for a table retention cannot expire, or of 0 days.
     pub(super) fn problem(&self) -> Option<String> {
+        if let Some(c) = &self.cluster {
+            if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                return Some(format!(
+                    "clickhouse.cluster: {c:?} is not a cluster name (letters, digits, `_`)"
+                ));
+            }
+        }
         for (table, days) in &self.retention_days {
             if !RETENTION_TABLES.iter().any(|(t, _)| t == table) {
                 let known: Vec<&str> = RETENTION_TABLES.iter().map(|(t, _)| *t).collect();

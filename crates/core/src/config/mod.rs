@@ -429,6 +429,11 @@ mod tests {
                 vec![],
                 "events = 0",
             ),
+            (
+                "[clickhouse]\ncluster = \"two shards\"\n",
+                vec![],
+                "is not a cluster name",
+            ),
         ] {
             let e = Config::from_toml_and_env(text, Some("f.toml".into()), &env(&envs))
                 .unwrap_err()
