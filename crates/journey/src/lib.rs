@@ -39,7 +39,8 @@ pub use journey::rows::{
 };
 pub use journey::{
     funnel_fingerprint, FunnelChange, FunnelChangeKind, JourneyConfig, JourneyCounters,
-    JourneySnapshot, JourneySnapshotRef, JourneyStage, OpenAttemptCount, Origin, StoredAttempt,
+    JourneyDelta, JourneyDeltaRef, JourneySnapshot, JourneySnapshotRef, JourneyStage,
+    OpenAttemptCount, Origin, StoredAttempt,
 };
 
 /// Why journey configuration could not be loaded. Always permanent: fix the file.

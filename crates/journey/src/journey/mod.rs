@@ -30,6 +30,7 @@ mod backfill;
 mod buffer;
 pub(crate) mod catalog;
 mod customer;
+mod delta;
 mod emit;
 pub(crate) mod funnel;
 mod open;
@@ -52,7 +53,8 @@ use crate::journey::session::HistEvent;
 
 pub use backfill::StoredAttempt;
 use buffer::Buffer;
-use customer::{Customer, IdIndex, LiveRow, Names, SavedCustomer};
+use customer::{Capped, Customer, IdIndex, LiveRow, Names, SavedCustomer};
+pub use delta::{JourneyDelta, JourneyDeltaRef};
 use emit::Scratch;
 pub use open::OpenAttemptCount;
 use output::Output;
@@ -74,6 +76,14 @@ pub struct JourneyConfig {
     /// re-attributed event can still be placed into sessions and attempts, seconds; also
     /// how long an idle customer is kept. Default: longest funnel window + session gap.
     pub reattribution_horizon_secs: Option<u64>,
+    /// The hot-customer cap: at most this many events per customer are placed into
+    /// sessions and funnels in each window of `session_gap_secs` of event time (aligned
+    /// to the epoch); the first ones in `(event_time, event_id)` order, so arrival order
+    /// does not change which. The others are stored (touchpoint rows without a session)
+    /// and counted in [`JourneyCounters::hot_customer_events`]. 0: no cap. Default 1000
+    /// (one event every 1.8 s for 30 minutes, well past what a person does; a bot or a
+    /// shared kiosk id gets there).
+    pub hot_customer_max_events: usize,
     /// When true, events do not move the watermark; only [`JourneyStage::advance_watermark`]
     /// does. The processor sets it because its input is repartitioned: events from
     /// several upstream partitions interleave, so the safe watermark is the minimum of the
@@ -87,6 +97,7 @@ impl Default for JourneyConfig {
             session_gap_secs: 1800,
             allowed_lateness_secs: 300,
             reattribution_horizon_secs: None,
+            hot_customer_max_events: 1000,
             external_watermark: false,
         }
     }
@@ -128,6 +139,11 @@ pub struct JourneyCounters {
     /// Re-delivered copies recognised by their [`Origin`] and skipped (an identity
     /// partition re-sent what it had routed before a crash or a rebalance).
     pub redelivered: u64,
+    /// Events over the hot-customer cap ([`JourneyConfig::hot_customer_max_events`]):
+    /// stored without a session, not placed. Counts each such event as it is refused,
+    /// or as an earlier event that arrived later takes its place (it was counted in
+    /// `placed_events` then).
+    pub hot_customer_events: u64,
 }
 
 /// Where a routed event comes from: the stage-1 input stream that produced it (the
@@ -171,6 +187,10 @@ pub struct JourneySnapshot {
     /// Last `(position, index)` processed per source stream ([`Origin`]).
     #[serde(default)]
     delivered: BTreeMap<u32, (u64, u32)>,
+    /// The customer whose recompute waits for the rest of a re-attributed burst
+    /// ([`JourneyStage::pending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Arc<str>>,
 }
 
 /// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
@@ -182,7 +202,8 @@ impl Serialize for JourneySnapshotRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let e = self.0;
-        let mut st = s.serialize_struct("JourneySnapshot", 9)?;
+        let fields = 9 + usize::from(e.pending.is_some());
+        let mut st = s.serialize_struct("JourneySnapshot", fields)?;
         st.serialize_field("watermark_ms", &e.watermark_ms)?;
         st.serialize_field("frontier_ms", &e.frontier_ms)?;
         st.serialize_field("buffer", &BufferRef(&e.buffer))?;
@@ -192,6 +213,9 @@ impl Serialize for JourneySnapshotRef<'_> {
         st.serialize_field("version_n", &e.out.version_n)?;
         st.serialize_field("funnels", &remap::saved_funnels(&e.funnels))?;
         st.serialize_field("delivered", &e.delivered)?;
+        if e.pending.is_some() {
+            st.serialize_field("pending", &e.pending)?;
+        }
         st.end()
     }
 }
@@ -237,6 +261,8 @@ pub struct JourneyStage {
     gap_ms: i64,
     lateness_ms: i64,
     horizon_ms: i64,
+    /// [`JourneyConfig::hot_customer_max_events`].
+    hot_cap: usize,
     external_watermark: bool,
     watermark_ms: Option<i64>,
     /// Every event before it has been released.
@@ -260,6 +286,18 @@ pub struct JourneyStage {
     funnel_changes: Vec<FunnelChange>,
     /// Last `(position, index)` processed per source stream ([`Self::process_from`]).
     delivered: BTreeMap<u32, (u64, u32)>,
+    /// A customer whose recompute is deferred while the input goes on with re-attributed
+    /// copies for it: stage 1 re-sends an anonymous history as one run of events, each
+    /// landing inside the user's history, and replaying the history after each would cost
+    /// the square of the run's length. Recomputed once the run ends, before the next
+    /// input of any other kind ([`Self::settle`]), with the version the last event of the
+    /// run gave: the same rows whenever the partition is flushed or snapshotted (the
+    /// snapshot names it, so a restore recomputes it at the same point).
+    pending: Option<Arc<str>>,
+    /// Customers changed since the last save, when tracked ([`Self::track_changes`]).
+    changed: Option<delta::Changed>,
+    /// The next save must be whole ([`Self::delta_ref`]).
+    whole_next: bool,
 }
 
 impl JourneyStage {
@@ -312,6 +350,13 @@ impl JourneyStage {
             customer.timer_ms = customer.wake_ms.unwrap_or_default();
             customers.insert(id, Box::new(customer));
         }
+        let pending = snapshot.pending.filter(|id| match customers.get_mut(id) {
+            Some(c) => {
+                c.dirty = true;
+                true
+            }
+            None => false,
+        });
         let mut buffer = Buffer::default();
         for mut b in snapshot.buffer {
             if let Some(remap) = &remap {
@@ -326,6 +371,7 @@ impl JourneyStage {
             funnel_keys,
             gap_ms,
             lateness_ms: secs_to_ms(config.allowed_lateness_secs),
+            hot_cap: config.hot_customer_max_events,
             external_watermark: config.external_watermark,
             horizon_ms,
             watermark_ms: snapshot.watermark_ms,
@@ -342,6 +388,9 @@ impl JourneyStage {
             counters: snapshot.counters,
             funnel_changes,
             delivered: snapshot.delivered,
+            pending,
+            changed: None,
+            whole_next: remap.is_some(),
         }
     }
 
@@ -375,6 +424,7 @@ impl JourneyStage {
             version_n: self.out.version_n,
             funnels: Some(remap::saved_funnels(&self.funnels)),
             delivered: self.delivered.clone(),
+            pending: self.pending.clone(),
         }
     }
 
@@ -430,6 +480,11 @@ impl JourneyStage {
 
     /// Handle one routed event. `seq` (the input offset ordinal) must not decrease.
     pub fn process(&mut self, routed: RoutedEvent, seq: u64) {
+        let continues_run =
+            routed.reattributed && self.pending.as_deref() == Some(routed.customer_id.as_str());
+        if !continues_run {
+            self.settle();
+        }
         self.out.bump_seq(seq);
         let RoutedEvent {
             customer_id,
@@ -468,6 +523,7 @@ impl JourneyStage {
             Some((id, c)) => (Arc::clone(id), c.base_until_ms),
             None => (Arc::from(customer_id), None),
         };
+        self.mark(&id);
         // One event counts once: a copy of an event id the customer's journey already
         // holds (placed, or waiting in the buffer) is a duplicate, whatever its event
         // time — a client's retry carries a new `sentAt`/receipt time, and a replayed
@@ -516,10 +572,25 @@ impl JourneyStage {
                 );
             }
         }
+        let defer = reattributed.then(|| Arc::clone(&id));
         if !self.buffer.insert(id, hist) {
             self.counters.duplicates += 1;
         }
-        self.advance(false);
+        self.advance_deferring(false, defer);
+    }
+
+    /// Recompute the customer [`Self::pending`] names, if any: its re-attributed run
+    /// ended.
+    fn settle(&mut self) {
+        if let Some(id) = self.pending.take() {
+            self.recompute(&id);
+        }
+    }
+
+    /// Work done by replays so far: history events stepped through a customer's machine
+    /// (tests and benchmarks compare it across input sizes; not saved).
+    pub fn replayed_events(&self) -> u64 {
+        self.scratch.stepped
     }
 
     /// Delete everything known about `retract.customer_id` (an anonymous id whose events
@@ -527,9 +598,11 @@ impl JourneyStage {
     /// buffered events are written as session-less touchpoints (the re-sent copies carry
     /// a higher version and replace them).
     pub fn retract(&mut self, retract: &Retract, seq: u64) {
+        self.settle();
         self.out.bump_seq(seq);
         self.counters.retractions += 1;
         let id = retract.customer_id.as_str();
+        self.mark_str(id);
         for (customer, hist) in self.buffer.remove_customer(id) {
             self.out.unplaced(&customer, &hist, false);
         }
@@ -549,6 +622,12 @@ impl JourneyStage {
     /// not even a tombstone may name them again. Their buffered events, history, open
     /// attempts and timers go. Returns whether anything was held.
     pub fn erase(&mut self, customer_id: &str) -> bool {
+        if self.pending.as_deref() == Some(customer_id) {
+            // Not recomputed: nothing may be written about them.
+            self.pending = None;
+        }
+        self.settle();
+        self.mark_str(customer_id);
         let buffered = !self.buffer.remove_customer(customer_id).is_empty();
         self.ids.forget(customer_id);
         match self.customers.remove_entry(customer_id) {
@@ -568,6 +647,7 @@ impl JourneyStage {
     /// later are treated exactly as if a newer event had moved the watermark: placed and
     /// their customer's rows rewritten inside the correction horizon, late beyond it.
     pub fn advance_watermark(&mut self, ms: i64, seq: u64) {
+        self.settle();
         self.out.bump_seq(seq);
         self.watermark_ms = Some(self.watermark_ms.map_or(ms, |w| w.max(ms)));
         self.advance(false);
@@ -576,6 +656,7 @@ impl JourneyStage {
     /// End of input: release every buffered event and treat the watermark as final for
     /// dropping attempts (an attempt drops once the watermark is past start + window).
     pub fn flush_all(&mut self, seq: u64) {
+        self.settle();
         self.out.bump_seq(seq);
         self.advance(true);
     }
@@ -631,6 +712,12 @@ impl JourneyStage {
     }
 
     fn advance(&mut self, flush: bool) {
+        self.advance_deferring(flush, None);
+    }
+
+    /// [`Self::advance`], leaving `defer`'s recompute to [`Self::settle`] (it becomes
+    /// [`Self::pending`]).
+    fn advance_deferring(&mut self, flush: bool, defer: Option<Arc<str>>) {
         if let Some(w) = self.watermark_ms {
             let target = if flush {
                 w
@@ -674,6 +761,11 @@ impl JourneyStage {
             let mut dirty = std::mem::take(&mut self.dirty);
             dirty.sort_unstable();
             for id in dirty.drain(..) {
+                if defer.as_ref() == Some(&id) {
+                    // Stays `dirty`, so later events of the run do not queue it again.
+                    self.pending = Some(id);
+                    continue;
+                }
                 self.recompute(&id);
             }
             self.dirty = dirty;
@@ -681,6 +773,7 @@ impl JourneyStage {
     }
 
     fn insert_history(&mut self, customer_id: Arc<str>, hist: HistEvent) {
+        self.mark(&customer_id);
         match self.customers.get_mut(&customer_id) {
             Some(customer) => {
                 if customer.base_until_ms.is_some_and(|b| hist.time_ms < b) {
@@ -690,6 +783,20 @@ impl JourneyStage {
                     self.counters.late_before_checkpoint += 1;
                     self.out.unplaced(&customer_id, &hist, true);
                     return;
+                }
+                match customer.cap(&hist, self.hot_cap, self.gap_ms) {
+                    Capped::No => {}
+                    Capped::Refused => {
+                        self.counters.hot_customer_events += 1;
+                        self.out.unplaced(&customer_id, &hist, false);
+                        return;
+                    }
+                    Capped::Displaced(out) => {
+                        // Its placed row (if written) is replaced: `emitted` has moved
+                        // past that row's version.
+                        self.counters.hot_customer_events += 1;
+                        self.out.unplaced(&customer_id, &out, false);
+                    }
                 }
                 self.ids.placed(&customer_id, &hist);
                 let duplicates = self.counters.duplicates;
