@@ -13,7 +13,7 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 20] = [
+const TABLES: [&str; 21] = [
     "customer_touchpoints",
     "erasures",
     "events",
@@ -26,6 +26,7 @@ const TABLES: [&str; 20] = [
     "identities",
     "identity_conflicts",
     "processor_state",
+    "processor_state_delta",
     "schema_migrations",
     "sessions",
     "suppressed_ids",

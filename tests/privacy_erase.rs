@@ -144,12 +144,22 @@ async fn traces(ch: &clickhouse::Client, db: &str, ids: &BTreeSet<String>) -> Ve
         .fetch_all::<Snapshot>()
         .await
         .expect("snapshots");
-    for s in snapshots {
+    // Whole snapshots and the deltas saved between them (README "Processor state").
+    let deltas = ch
+        .query("SELECT stage, delta AS snapshot FROM processor_state_delta")
+        .fetch_all::<Snapshot>()
+        .await
+        .expect("deltas");
+    let saved = snapshots
+        .into_iter()
+        .map(|s| ("processor_state", s))
+        .chain(deltas.into_iter().map(|s| ("processor_state_delta", s)));
+    for (table, s) in saved {
         let json = touchstream_processor::state_codec::decode(&s.snapshot).expect("decode");
         let text = String::from_utf8_lossy(&json);
         for id in ids {
             if text.contains(&format!("\"{id}\"")) {
-                found.push(format!("processor_state {}: names {id}", s.stage));
+                found.push(format!("{table} {}: names {id}", s.stage));
             }
         }
     }
