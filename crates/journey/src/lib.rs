@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 
 pub use event::{JourneyEvent, MessageType, Properties, Retract, RoutedEvent};
 pub use identity::{
-    approx_event_bytes, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,
-    IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
+    approx_event_bytes, Conflict, IdentityConfig, IdentityCounters, IdentityDelta,
+    IdentityDeltaRef, IdentityOutput, IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link,
+    LinkType, RejectReason,
 };
 pub use journey::catalog::{Catalog, Channel, Stage, Touchpoint};
 pub use journey::funnel::{
