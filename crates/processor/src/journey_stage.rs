@@ -282,6 +282,9 @@ impl Stage for Journey {
                 source_partition,
                 watermark_ms,
             }) => {
+                // An identity partition's drain sends it after the events of its cut, so a
+                // re-attributed run ends here at the latest.
+                state.engine.end_run();
                 let w = state
                     .sources
                     .entry(source_partition)

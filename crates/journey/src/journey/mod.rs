@@ -289,10 +289,12 @@ pub struct JourneyStage {
     /// A customer whose recompute is deferred while the input goes on with re-attributed
     /// copies for it: stage 1 re-sends an anonymous history as one run of events, each
     /// landing inside the user's history, and replaying the history after each would cost
-    /// the square of the run's length. Recomputed once the run ends, before the next
-    /// input of any other kind ([`Self::settle`]), with the version the last event of the
-    /// run gave: the same rows whenever the partition is flushed or snapshotted (the
-    /// snapshot names it, so a restore recomputes it at the same point).
+    /// the square of the run's length. Recomputed once the run ends — before the next
+    /// input of any other kind, or when the output is taken ([`Self::take_output`], the
+    /// processor's flush), whichever comes first ([`Self::settle`]) — with the version the
+    /// last event so far gave, so the rows of a run end the same whether a flush split it
+    /// or not (a split run is replayed once per part). A snapshot names it, so a restore
+    /// recomputes it at the same point.
     pending: Option<Arc<str>>,
     /// Customers changed since the last save, when tracked ([`Self::track_changes`]).
     changed: Option<delta::Changed>,
@@ -579,6 +581,15 @@ impl JourneyStage {
         self.advance_deferring(false, defer);
     }
 
+    /// End a re-attributed run ([`Self::pending`]) at an input that is not an event, e.g.
+    /// the processor's in-band upstream watermarks, which move no watermark until every
+    /// upstream partition has sent one: the run's rows are then written without waiting
+    /// for the next event. [`Self::advance_watermark`], [`Self::retract`],
+    /// [`Self::flush_all`] and any event of another kind end a run too.
+    pub fn end_run(&mut self) {
+        self.settle();
+    }
+
     /// Recompute the customer [`Self::pending`] names, if any: its re-attributed run
     /// ended.
     fn settle(&mut self) {
@@ -663,6 +674,9 @@ impl JourneyStage {
 
     /// Rows produced since the last call, newest per key, sorted by version.
     pub fn take_output(&mut self) -> JourneyOutput {
+        // A re-attributed run's rows are written at the latest with the rest of the
+        // output (the processor takes it at every flush).
+        self.settle();
         self.out.take(&self.funnels)
     }
 

@@ -1245,9 +1245,10 @@ fn a_copy_re_sent_after_the_watermark_moved_on_is_recognised_not_late() {
 }
 
 /// A customer with `n` events of its own, then a re-attributed run of `n` older events
-/// (an anonymous history re-sent under it, landing before its own events), then one
-/// event of another customer (the run ends). Returns the rows of the run and the replay
-/// work it took.
+/// (an anonymous history re-sent under it, landing before its own events) between two
+/// flushes, then one event of another customer (the run ends). Returns the rows and the
+/// replay work the run took. `snapshot_at`: restore from a snapshot (taken without a
+/// flush) after that event of the run.
 fn reattributed_run(n: i64, snapshot_at: Option<i64>) -> (Vec<JourneyOutput>, u64) {
     let t0 = 2 * 24 * 60 * MIN;
     let mut st = stage();
@@ -1272,8 +1273,8 @@ fn reattributed_run(n: i64, snapshot_at: Option<i64>) -> (Vec<JourneyOutput>, u6
             2,
         );
         r.reattributed = true;
+        // The run arrives between two flushes, as one identity cut's output does.
         st.process(r, seq);
-        outs.push(st.take_output());
         if snapshot_at == Some(i) {
             let json = serde_json::to_string(&st.snapshot_ref()).expect("serialize");
             let snap = serde_json::from_str(&json).expect("deserialize");
