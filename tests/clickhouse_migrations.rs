@@ -13,7 +13,7 @@ struct Name {
     name: String,
 }
 
-const TABLES: [&str; 25] = [
+const TABLES: [&str; 26] = [
     "customer_touchpoints",
     "erasures",
     "events",
@@ -27,6 +27,7 @@ const TABLES: [&str; 25] = [
     "identities",
     "identity_conflicts",
     "processor_state",
+    "processor_state_delta",
     "schema_migrations",
     "sessions",
     "store_audits",

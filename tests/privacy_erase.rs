@@ -144,12 +144,22 @@ async fn traces(ch: &clickhouse::Client, db: &str, ids: &BTreeSet<String>) -> Ve
         .fetch_all::<Snapshot>()
         .await
         .expect("snapshots");
-    for s in snapshots {
+    // Whole snapshots and the deltas saved between them (README "Processor state").
+    let deltas = ch
+        .query("SELECT stage, delta AS snapshot FROM processor_state_delta")
+        .fetch_all::<Snapshot>()
+        .await
+        .expect("deltas");
+    let saved = snapshots
+        .into_iter()
+        .map(|s| ("processor_state", s))
+        .chain(deltas.into_iter().map(|s| ("processor_state_delta", s)));
+    for (table, s) in saved {
         let json = touchstream_processor::state_codec::decode(&s.snapshot).expect("decode");
         let text = String::from_utf8_lossy(&json);
         for id in ids {
             if text.contains(&format!("\"{id}\"")) {
-                found.push(format!("processor_state {}: names {id}", s.stage));
+                found.push(format!("{table} {}: names {id}", s.stage));
             }
         }
     }
@@ -280,6 +290,31 @@ async fn an_erased_person_is_gone_everywhere_and_a_replay_does_not_bring_them_ba
         "the person is stored before the erasure: {person_rows:?}"
     );
 
+    // One more event of theirs after the partitions' first whole snapshots: the saves
+    // after it are deltas naming them (README "Processor state"), which the erasure must
+    // leave nowhere either.
+    let r = http
+        .post(format!("{}/v1/batch", collector.base))
+        .basic_auth("demo-web-key", Some(""))
+        .json(
+            &json!({ "batch": [json!({"type": "track", "event": "Home", "userId": person_user,
+            "messageId": "m-more", "timestamp": iso(t0 + 5_000)})] }),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    processed(&processor, sent + 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !traces(&ch, db, &ids)
+        .await
+        .iter()
+        .any(|t| t.starts_with("processor_state_delta"))
+    {
+        assert!(Instant::now() < deadline, "no delta named the person");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     // Erase by user id while the processor runs: the anonymous id is found by the link.
     let messages = std::sync::Mutex::new(Vec::new());
     let progress = |p: Progress| messages.lock().expect("progress").push(format!("{p:?}"));
@@ -297,7 +332,7 @@ async fn an_erased_person_is_gone_everywhere_and_a_replay_does_not_bring_them_ba
     .expect("erase");
     assert_eq!(report.ids, 2, "{report:?}");
     assert_eq!(report.snapshots_pending, 0, "{report:?}");
-    assert_eq!(report.rows_deleted.get("events"), Some(&5), "{report:?}");
+    assert_eq!(report.rows_deleted.get("events"), Some(&6), "{report:?}");
     let left = traces(&ch, db, &ids).await;
     assert!(left.is_empty(), "after the erasure: {left:?}");
     assert_eq!(
@@ -342,14 +377,14 @@ async fn an_erased_person_is_gone_everywhere_and_a_replay_does_not_bring_them_ba
         .await
         .expect("send late");
     assert_eq!(r.status(), 200);
-    processed(&processor, sent + 1).await;
+    processed(&processor, sent + 2).await;
     processor.stop().await;
 
     // Replay the whole log with a fresh consumer group.
     let mut replay = config.clone();
     replay.processor.group_id = support::unique("it-erase-replay");
     let processor = ProcessorHandle::start(replay.clone()).await;
-    processed(&processor, sent + 1).await;
+    processed(&processor, sent + 2).await;
     let after = settled(&ch, db, &ids).await;
     // Let the replay's snapshots land.
     tokio::time::sleep(Duration::from_secs(2)).await;

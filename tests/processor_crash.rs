@@ -69,6 +69,14 @@ fn env_of(c: &Config) -> Vec<(String, String)> {
             "TOUCHSTREAM__PROCESSOR__IDLE_WATERMARK_SECS".to_string(),
             p.idle_watermark_secs.to_string(),
         ),
+        (
+            "TOUCHSTREAM__PROCESSOR__SNAPSHOT_INTERVAL_MS".to_string(),
+            p.snapshot_interval_ms.to_string(),
+        ),
+        (
+            "TOUCHSTREAM__PROCESSOR__SNAPSHOT_COMPACT_AFTER_DELTAS".to_string(),
+            p.snapshot_compact_after_deltas.to_string(),
+        ),
     ])
     .collect()
 }
@@ -191,7 +199,13 @@ async fn compare_with_uninterrupted(faults: Faults, name: &str) {
     assert!(reference.touchpoints.iter().all(|t| t.is_late == 0));
 
     // The same log, with faults, ~10 s of traffic so they land mid-stream.
-    let b = config(&format!("{name}_faults"));
+    let mut b = config(&format!("{name}_faults"));
+    if matches!(faults, Faults::Kills) {
+        // Frequent saves, a whole snapshot after every 3 deltas: the kills land between
+        // deltas and compactions (README "Processor state"), and restores read chains.
+        b.processor.snapshot_interval_ms = 700;
+        b.processor.snapshot_compact_after_deltas = 3;
+    }
     let collector_b = prepare(&b).await;
     let base = collector_b.base.clone();
     let msgs = match faults {
@@ -275,6 +289,15 @@ async fn compare_with_uninterrupted(faults: Faults, name: &str) {
     assert_eq!(faulty.attempts, reference.attempts, "funnel attempts");
     assert_eq!(faulty.sessions, reference.sessions, "sessions");
     assert_eq!(faulty.touchpoints, reference.touchpoints, "touchpoints");
+    if matches!(faults, Faults::Kills) {
+        let ch = touchstream_clickhouse::client(&b.clickhouse);
+        let deltas: u64 = ch
+            .query("SELECT count() FROM processor_state_delta WHERE slot >= 1")
+            .fetch_one()
+            .await
+            .expect("deltas");
+        assert!(deltas > 0, "the journey partitions saved deltas");
+    }
 
     for c in [&a, &b] {
         support::drop_database(&c.clickhouse).await;

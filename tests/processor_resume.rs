@@ -154,6 +154,10 @@ async fn resume_at(later_batch: bool) {
         batch_max_rows: 1000,
         batch_max: Duration::from_millis(200),
         snapshot_every: Duration::from_secs(5),
+        compaction: touchstream_processor::runner::Compaction {
+            after_deltas: 24,
+            delta_share: 0.5,
+        },
         writes_in_flight: 1,
         restart_backoff: Duration::from_millis(500),
         health: Arc::default(),

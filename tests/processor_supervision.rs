@@ -120,6 +120,10 @@ async fn start(test: &str, once: bool, unhealthy_after: u32) -> Run {
         batch_max_rows: 1000,
         batch_max: Duration::from_millis(100),
         snapshot_every: Duration::from_millis(200),
+        compaction: touchstream_processor::runner::Compaction {
+            after_deltas: 24,
+            delta_share: 0.5,
+        },
         writes_in_flight: 1,
         restart_backoff: Duration::from_millis(100),
         health: health.stage("boomer"),

@@ -25,8 +25,9 @@ use std::path::{Path, PathBuf};
 
 pub use event::{JourneyEvent, MessageType, Properties, Retract, RoutedEvent};
 pub use identity::{
-    approx_event_bytes, Conflict, IdentityConfig, IdentityCounters, IdentityOutput,
-    IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link, LinkType, RejectReason,
+    approx_event_bytes, Conflict, IdentityConfig, IdentityCounters, IdentityDelta,
+    IdentityDeltaRef, IdentityOutput, IdentitySnapshot, IdentitySnapshotRef, IdentityStage, Link,
+    LinkType, RejectReason,
 };
 pub use journey::catalog::{Catalog, Channel, EventEntry, Measures, Stage, Threshold, Touchpoint};
 pub use journey::funnel::{
@@ -40,8 +41,8 @@ pub use journey::rows::{
 };
 pub use journey::{
     funnel_fingerprint, FeedbackCounters, FunnelChange, FunnelChangeKind, JourneyConfig,
-    JourneyCounters, JourneySnapshot, JourneySnapshotRef, JourneyStage, OpenAttemptCount, Origin,
-    StoredAttempt, Tally,
+    JourneyCounters, JourneyDelta, JourneyDeltaRef, JourneySnapshot, JourneySnapshotRef,
+    JourneyStage, OpenAttemptCount, Origin, StoredAttempt, Tally,
 };
 
 /// Why journey configuration could not be loaded. Always permanent: fix the file.

@@ -24,7 +24,7 @@ use touchstream_journey::{
     Properties, StoredAttempt,
 };
 
-use crate::journey_stage::{decode_state, encode_state};
+use crate::journey_stage::{decode_state_deltas, encode_state};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tables::customer_touchpoints::CustomerTouchpoints;
@@ -143,6 +143,7 @@ pub async fn backfill(
         reattribution_horizon_secs: Some(correction_horizon_secs(pc, &funnels)),
         external_watermark: true,
         feedback_window_secs: pc.feedback_window_secs,
+        hot_customer_max_events: pc.hot_customer_max_events,
     };
     // An unknown funnel is refused before anything is read.
     let mut spare = JourneyStage::new(journey_config.clone(), catalog.clone(), funnels.clone());
@@ -171,13 +172,20 @@ pub async fn backfill(
         .await?;
     let mut parts = Vec::with_capacity(partitions.len());
     for partition in partitions {
-        let Some(saved) = store.load_state(&stage_key, partition).await? else {
+        let Some(saved) = store.load_chain(&stage_key, partition).await? else {
             continue;
         };
         let fail = |e| state_error(&stage_key, partition, e);
-        let json = crate::state_codec::decode(&saved.snapshot)
+        let json =
+            crate::state_codec::decode(&saved.base).map_err(|e| fail(StateError::Snapshot(e)))?;
+        let deltas = saved
+            .deltas
+            .iter()
+            .map(|d| crate::state_codec::decode(d).map(std::borrow::Cow::into_owned))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| fail(StateError::Snapshot(e)))?;
-        let (snapshot, sources) = decode_state(&json).map_err(|e| fail(StateError::Restore(e)))?;
+        let (snapshot, sources) =
+            decode_state_deltas(&json, &deltas).map_err(|e| fail(StateError::Restore(e)))?;
         let mut engine = JourneyStage::from_snapshot(
             journey_config.clone(),
             catalog.clone(),
@@ -344,6 +352,11 @@ pub async fn backfill(
             serde_json::from_str(&p.offsets).map_err(|e| fail(StateError::Offsets(e)))?;
         let seq = offsets["seq"].as_u64().unwrap_or(p.version).max(p.version) + 1;
         offsets["seq"] = seq.into();
+        // A whole snapshot of its own: the deltas saved before it do not follow it
+        // (README "Processor state").
+        if let Some(o) = offsets.as_object_mut() {
+            o.remove("chain");
+        }
         states.push(StateRow {
             stage: stage_key.clone(),
             partition: p.partition,

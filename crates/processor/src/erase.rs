@@ -11,8 +11,10 @@
 //!    ([`crate::suppression`]), so nothing is written behind the deletion.
 //! 3. Delete their rows from every table (mutations: `ALTER TABLE … DELETE`, which
 //!    every supported ClickHouse has), waiting for each to finish.
-//! 4. Wait until no saved processor snapshot holds any of the ids (the processors
-//!    purge and re-save), then drop the older snapshot versions (`OPTIMIZE … FINAL`).
+//! 4. Wait until no saved processor state a restore reads holds any of the ids (the
+//!    processors purge and re-save; a purge's save is a whole snapshot, README
+//!    "Processor state"), then drop the older snapshot versions (`OPTIMIZE … FINAL`) and
+//!    the deltas of older chains (a mutation).
 //! 5. Delete again (rows a processor wrote between steps 2 and its reload), and log the
 //!    erasure in `erasures`: counts per table, who asked, when — no personal data.
 //!
@@ -112,11 +114,6 @@ struct One {
 #[derive(Row, Deserialize)]
 struct Count {
     n: u64,
-}
-
-#[derive(Row, Deserialize)]
-struct Snapshot {
-    snapshot: Vec<u8>,
 }
 
 #[derive(Row, Serialize)]
@@ -268,34 +265,107 @@ async fn wait_for_mutations(
     }
 }
 
-/// Saved snapshot versions (all, or only the newest per partition) holding any of `ids`.
+/// A saved whole snapshot: where it belongs, its position (for its chain id) and bytes.
+#[derive(Row, Deserialize)]
+struct WholeRow {
+    stage: String,
+    partition: i32,
+    offsets: String,
+    snapshot: Vec<u8>,
+}
+
+/// A saved delta: where it belongs, its chain and bytes.
+#[derive(Row, Deserialize)]
+struct DeltaRow {
+    stage: String,
+    partition: i32,
+    chain: u64,
+    delta: Vec<u8>,
+}
+
+/// The chain id in a saved position (`offsets`; 0 when it has none).
+fn chain_of(offsets: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(offsets)
+        .ok()
+        .and_then(|v| v["chain"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Whether saved state bytes (LZ4 or plain JSON) name any of `needles` (JSON strings).
+fn names_any(stored: &[u8], needles: &[Vec<u8>]) -> bool {
+    let json = crate::state_codec::decode(stored)
+        .map(|c| c.into_owned())
+        .unwrap_or_else(|_| stored.to_vec());
+    needles
+        .iter()
+        .any(|n| json.windows(n.len()).any(|w| w == n.as_slice()))
+}
+
+/// Saved state holding any of `ids`: whole snapshots and deltas (README "Processor
+/// state"). `newest_only`: what a restore reads, the newest whole snapshot per partition
+/// and the deltas of its chain; else every stored version. Also returns the live chain
+/// of each partition, `(stage, partition, chain)`.
 async fn snapshots_holding(
     ch: &clickhouse::Client,
     ids: &BTreeSet<String>,
     newest_only: bool,
-) -> Result<usize, ProcessorError> {
-    let sql = if newest_only {
-        "SELECT snapshot FROM processor_state FINAL"
-    } else {
-        "SELECT snapshot FROM processor_state"
-    };
+) -> Result<(usize, Vec<(String, i32, u64)>), ProcessorError> {
+    let final_ = if newest_only { " FINAL" } else { "" };
     let needles: Vec<Vec<u8>> = ids
         .iter()
         .map(|id| serde_json::to_vec(id).unwrap_or_default())
         .collect();
     let mut holding = 0;
-    for row in ch.query(sql).fetch_all::<Snapshot>().await? {
-        let json = crate::state_codec::decode(&row.snapshot)
-            .map(|c| c.into_owned())
-            .unwrap_or_else(|_| row.snapshot.clone());
-        if needles
-            .iter()
-            .any(|n| json.windows(n.len()).any(|w| w == n.as_slice()))
-        {
+    let mut live = Vec::new();
+    let sql = format!("SELECT stage, partition, offsets, snapshot FROM processor_state{final_}");
+    for row in ch.query(&sql).fetch_all::<WholeRow>().await? {
+        if names_any(&row.snapshot, &needles) {
+            holding += 1;
+        }
+        live.push((row.stage, row.partition, chain_of(&row.offsets)));
+    }
+    let sql = format!("SELECT stage, partition, chain, delta FROM processor_state_delta{final_}");
+    for row in ch.query(&sql).fetch_all::<DeltaRow>().await? {
+        let read = !newest_only
+            || live
+                .iter()
+                .any(|(s, p, c)| *s == row.stage && *p == row.partition && *c == row.chain);
+        if read && names_any(&row.delta, &needles) {
             holding += 1;
         }
     }
-    Ok(holding)
+    Ok((holding, live))
+}
+
+/// Delete the deltas no restore reads any more (those of older chains: a processor
+/// purging an erased person saves a whole snapshot, which starts a new chain).
+async fn drop_stale_deltas(
+    ch: &clickhouse::Client,
+    database: &str,
+    live: &[(String, i32, u64)],
+) -> Result<(), ProcessorError> {
+    for (stage, partition, chain) in live {
+        let cond = format!(
+            "stage = {} AND partition = {partition} AND chain != {chain}",
+            literal(stage)
+        );
+        let n = ch
+            .query(&format!(
+                "SELECT count() AS n FROM processor_state_delta WHERE {cond}"
+            ))
+            .fetch_one::<Count>()
+            .await?
+            .n;
+        if n > 0 {
+            ch.query(&format!(
+                "ALTER TABLE processor_state_delta DELETE WHERE {cond}"
+            ))
+            .execute()
+            .await?;
+            wait_for_mutations(ch, database, "processor_state_delta").await?;
+        }
+    }
+    Ok(())
 }
 
 /// Erase `person` (module docs).
@@ -332,18 +402,22 @@ pub async fn erase(
 
     // 4. Processor state.
     let started = Instant::now();
-    loop {
-        let holding = snapshots_holding(&ch, &ids, true).await?;
+    let live = loop {
+        let (holding, live) = snapshots_holding(&ch, &ids, true).await?;
         if holding == 0 || started.elapsed() >= options.state_wait {
-            break;
+            break live;
         }
         progress(Progress::WaitingForState { snapshots: holding });
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
     ch.query("OPTIMIZE TABLE processor_state FINAL")
         .execute()
         .await?;
-    let snapshots_pending = snapshots_holding(&ch, &ids, false).await?;
+    drop_stale_deltas(&ch, database, &live).await?;
+    ch.query("OPTIMIZE TABLE processor_state_delta FINAL")
+        .execute()
+        .await?;
+    let (snapshots_pending, _) = snapshots_holding(&ch, &ids, false).await?;
 
     // 5. Delete again, log.
     delete_rows(&ch, database, &ids, &mut deleted, progress, false).await?;

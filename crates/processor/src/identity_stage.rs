@@ -74,6 +74,21 @@ struct SavedIdentity {
     watermark_ms: Option<i64>,
 }
 
+/// A partition's delta (README "Processor state"): the stage's changes and the
+/// watermark.
+#[derive(Deserialize)]
+struct SavedIdentityDelta {
+    identity: touchstream_journey::IdentityDelta,
+    watermark_ms: Option<i64>,
+}
+
+/// [`SavedIdentityDelta`] as written.
+#[derive(Serialize)]
+struct SavedIdentityDeltaRef<'a> {
+    identity: touchstream_journey::IdentityDeltaRef<'a>,
+    watermark_ms: Option<i64>,
+}
+
 /// [`SavedIdentity`] as written: the stage serialized in place, not copied first.
 #[derive(Serialize)]
 struct SavedIdentityRef<'a> {
@@ -99,8 +114,10 @@ impl Stage for Identity {
     }
 
     fn new_state(&self) -> IdentityState {
+        let mut identity = IdentityStage::new(self.config.clone());
+        identity.track_changes();
         IdentityState {
-            identity: IdentityStage::new(self.config.clone()),
+            identity,
             watermark_ms: None,
             sent_ms: None,
             exported: IdentityCounters::default(),
@@ -110,11 +127,25 @@ impl Stage for Identity {
     }
 
     fn restore(&self, json: &[u8]) -> Result<IdentityState, serde_json::Error> {
-        let saved: SavedIdentity = serde_json::from_slice(json)?;
+        self.restore_deltas(json, &[])
+    }
+
+    fn restore_deltas(
+        &self,
+        json: &[u8],
+        deltas: &[Vec<u8>],
+    ) -> Result<IdentityState, serde_json::Error> {
+        let mut saved: SavedIdentity = serde_json::from_slice(json)?;
+        for d in deltas {
+            let delta: SavedIdentityDelta = serde_json::from_slice(d)?;
+            saved.identity.apply(delta.identity);
+            saved.watermark_ms = delta.watermark_ms;
+        }
         // The saved totals were exported by the process that saved them; evictions by a
         // smaller budget at restore happen here and are exported at the next drain.
         let exported = saved.identity.counters().clone();
-        let identity = IdentityStage::from_snapshot(self.config.clone(), saved.identity);
+        let mut identity = IdentityStage::from_snapshot(self.config.clone(), saved.identity);
+        identity.track_changes();
         Ok(IdentityState {
             identity,
             watermark_ms: saved.watermark_ms,
@@ -130,6 +161,17 @@ impl Stage for Identity {
             identity: state.identity.snapshot_ref(),
             watermark_ms: state.watermark_ms,
         }
+    }
+
+    fn delta<'a>(&'a self, state: &'a IdentityState) -> Option<impl Serialize + 'a> {
+        Some(SavedIdentityDeltaRef {
+            identity: state.identity.delta_ref()?,
+            watermark_ms: state.watermark_ms,
+        })
+    }
+
+    fn saved(&self, state: &mut IdentityState) {
+        state.identity.mark_saved();
     }
 
     fn handle(&self, state: &mut IdentityState, input: &Input<'_>, batch: &mut Batch) {

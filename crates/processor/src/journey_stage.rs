@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
     Catalog, FeedbackCounters, FunnelChangeKind, FunnelSet, JourneyConfig, JourneyCounters,
-    JourneyEvent, JourneySnapshot, JourneyStage, MessageType, OpenAttemptCount, Outcome,
-    RoutedEvent, ALL,
+    JourneyDelta, JourneyDeltaRef, JourneyEvent, JourneySnapshot, JourneyStage, MessageType,
+    OpenAttemptCount, Outcome, RoutedEvent, ALL,
 };
 
 use crate::batch::Batch;
@@ -117,6 +117,34 @@ pub(crate) fn encode_state<'a>(
     }
 }
 
+/// A partition's delta: the engine's changes and the source watermarks.
+#[derive(Deserialize)]
+struct SavedJourneyDelta {
+    engine: JourneyDelta,
+    sources: BTreeMap<i32, i64>,
+}
+
+/// [`SavedJourneyDelta`] as written.
+#[derive(Serialize)]
+struct SavedJourneyDeltaRef<'a> {
+    engine: JourneyDeltaRef<'a>,
+    sources: &'a BTreeMap<i32, i64>,
+}
+
+/// A partition's saved state JSON and its deltas' JSON, oldest first, as one snapshot.
+pub(crate) fn decode_state_deltas(
+    json: &[u8],
+    deltas: &[Vec<u8>],
+) -> Result<(JourneySnapshot, BTreeMap<i32, i64>), serde_json::Error> {
+    let (mut engine, mut sources) = decode_state(json)?;
+    for d in deltas {
+        let delta: SavedJourneyDelta = serde_json::from_slice(d)?;
+        engine.apply(delta.engine);
+        sources = delta.sources;
+    }
+    Ok((engine, sources))
+}
+
 /// [`SavedJourney`] as written: the engine serialized in place, not copied first.
 #[derive(Serialize)]
 struct SavedJourneyRef<'a> {
@@ -139,12 +167,14 @@ impl Stage for Journey {
     }
 
     fn new_state(&self) -> JourneyState {
+        let mut engine = JourneyStage::new(
+            self.config.clone(),
+            self.catalog.clone(),
+            self.funnels.clone(),
+        );
+        engine.track_changes();
         JourneyState {
-            engine: JourneyStage::new(
-                self.config.clone(),
-                self.catalog.clone(),
-                self.funnels.clone(),
-            ),
+            engine,
             counted: HashSet::new(),
             seen: JourneyCounters::default(),
             sources: BTreeMap::new(),
@@ -155,13 +185,22 @@ impl Stage for Journey {
     }
 
     fn restore(&self, json: &[u8]) -> Result<JourneyState, serde_json::Error> {
-        let saved: SavedJourney = serde_json::from_slice(json)?;
-        let engine = JourneyStage::from_snapshot(
+        self.restore_deltas(json, &[])
+    }
+
+    fn restore_deltas(
+        &self,
+        json: &[u8],
+        deltas: &[Vec<u8>],
+    ) -> Result<JourneyState, serde_json::Error> {
+        let (snapshot, sources) = decode_state_deltas(json, deltas)?;
+        let mut engine = JourneyStage::from_snapshot(
             self.config.clone(),
             self.catalog.clone(),
             self.funnels.clone(),
-            saved.engine,
+            snapshot,
         );
+        engine.track_changes();
         for change in engine.funnel_changes() {
             let kind = change.kind.as_str();
             match change.kind {
@@ -189,7 +228,7 @@ impl Stage for Journey {
             engine,
             counted: HashSet::new(),
             seen,
-            sources: saved.sources,
+            sources,
             open_slot: self.open_slot(),
             open_counted_at: None,
             suppressed_gen: 0,
@@ -201,6 +240,17 @@ impl Stage for Journey {
             engine: state.engine.snapshot_ref(),
             sources: &state.sources,
         }
+    }
+
+    fn delta<'a>(&'a self, state: &'a JourneyState) -> Option<impl Serialize + 'a> {
+        Some(SavedJourneyDeltaRef {
+            engine: state.engine.delta_ref()?,
+            sources: &state.sources,
+        })
+    }
+
+    fn saved(&self, state: &mut JourneyState) {
+        state.engine.mark_saved();
     }
 
     fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
@@ -232,6 +282,9 @@ impl Stage for Journey {
                 source_partition,
                 watermark_ms,
             }) => {
+                // An identity partition's drain sends it after the events of its cut, so a
+                // re-attributed run ends here at the latest.
+                state.engine.end_run();
                 let w = state
                     .sources
                     .entry(source_partition)
@@ -481,6 +534,11 @@ fn export_counters(m: &Metrics, counters: &JourneyCounters, seen: &mut JourneyCo
         &m.redelivered_events.with_label_values(&["journey"]),
         counters.redelivered,
         &mut seen.redelivered,
+    );
+    add_since(
+        &m.hot_customer_events.with_label_values(&["journey"]),
+        counters.hot_customer_events,
+        &mut seen.hot_customer_events,
     );
     export_feedback(m, &counters.feedback, &mut seen.feedback);
 }

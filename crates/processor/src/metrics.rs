@@ -46,6 +46,10 @@ pub struct Metrics {
     pub stage_restarts: IntCounterVec,
     /// Rows ClickHouse refused for good, sent to the dead-letter topic, by table.
     pub rejected_rows: IntCounterVec,
+    /// Partition snapshots saved, by stage and kind (`whole`, `delta`).
+    pub snapshots: IntCounterVec,
+    /// Their bytes as stored (compressed), by stage and kind.
+    pub snapshot_bytes: IntCounterVec,
     /// Events stored late (`is_late`, not placed), by stage and cause: `beyond_horizon`
     /// (older than the correction horizon behind the release frontier),
     /// `before_checkpoint` (inside the horizon but before the customer's checkpoint),
@@ -54,6 +58,9 @@ pub struct Metrics {
     /// Events placed in their customer's history: with `late_events`, the denominator of
     /// the late share (docs/ops.md, LateEventsShareHigh).
     pub placed_events: IntCounterVec,
+    /// Events over the hot-customer cap (`processor.hot_customer_max_events`): stored
+    /// without a session, not placed, by stage.
+    pub hot_customer_events: IntCounterVec,
     /// Events that arrived behind the release frontier but inside the horizon: placed,
     /// and the rows they change rewritten.
     pub corrected_events: IntCounterVec,
@@ -189,10 +196,25 @@ impl Metrics {
             "Rows ClickHouse refused for good (permanent insert errors), sent to the dead-letter topic",
             &["table"],
         )?;
+        let snapshots = counter(
+            "touchstream_processor_snapshots_total",
+            "Partition state saves, by kind: whole snapshots and deltas (changes since the previous save)",
+            &["stage", "kind"],
+        )?;
+        let snapshot_bytes = counter(
+            "touchstream_processor_snapshot_bytes_total",
+            "Bytes of partition state saved (compressed, as stored), by kind",
+            &["stage", "kind"],
+        )?;
         let late_events = counter(
             "touchstream_processor_late_events_total",
             "Events stored late (is_late, not placed in sessions or funnels), by cause",
             &["stage", "cause"],
+        )?;
+        let hot_customer_events = counter(
+            "touchstream_processor_hot_customer_events_total",
+            "Events over the hot-customer cap (events per customer per session-gap window): stored without a session, not placed",
+            &["stage"],
         )?;
         let placed_events = counter(
             "touchstream_processor_placed_events_total",
@@ -365,6 +387,8 @@ impl Metrics {
             insert_seconds,
             insert_failures,
             rejected_rows,
+            snapshots,
+            snapshot_bytes,
             stage_restarts,
             suppressed_events,
             reattributed_events,
@@ -377,6 +401,7 @@ impl Metrics {
             identity_links,
             late_events,
             placed_events,
+            hot_customer_events,
             corrected_events,
             redelivered_events,
             identity_conflicts,

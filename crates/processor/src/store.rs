@@ -19,13 +19,38 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickhouse::{RowOwned, RowWrite};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::tables::processor_state::{self, Saved};
+use crate::tables::processor_state_delta::{self, SavedDelta};
 use crate::tables::Table;
-use crate::ProcessorError;
+use crate::{ProcessorError, StateError};
+
+/// A partition's saved state as [`Store::load_chain`] reads it.
+#[derive(Debug)]
+pub struct SavedChain {
+    /// The whole snapshot's chain id (0: saved without one, no deltas follow it).
+    pub chain: u64,
+    /// The position the state stands for: the last delta's, else the whole snapshot's.
+    pub offsets: String,
+    /// The whole snapshot's version.
+    pub version: u64,
+    /// The whole snapshot, as stored.
+    pub base: Vec<u8>,
+    /// The deltas after it, in order, as stored.
+    pub deltas: Vec<Vec<u8>>,
+}
+
+/// What the chain checks read of a saved position (`offsets`).
+#[derive(Deserialize)]
+struct ChainPosition {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    chain: u64,
+}
 
 /// ClickHouse access for the processor.
 #[derive(Clone)]
@@ -300,23 +325,99 @@ impl Store {
         insert.end().await
     }
 
-    /// The newest saved state of a partition, retrying while ClickHouse is away.
+    /// The newest saved whole state of a partition, retrying while ClickHouse is away.
     pub async fn load_state(
         &self,
         stage: &str,
         partition: i32,
     ) -> Result<Option<Saved>, ProcessorError> {
         let query = processor_state::load_query();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let res = self
-                .client
+        self.read_retrying(stage, partition, || {
+            self.client
                 .query(&query)
                 .bind(stage)
                 .bind(partition)
                 .fetch_optional::<Saved>()
-                .await;
-            match res {
+        })
+        .await
+    }
+
+    /// The newest saved state of a partition: its whole snapshot and the deltas saved
+    /// after it (README "Processor state"), retrying while ClickHouse is away.
+    pub async fn load_chain(
+        &self,
+        stage: &str,
+        partition: i32,
+    ) -> Result<Option<SavedChain>, ProcessorError> {
+        let Some(base) = self.load_state(stage, partition).await? else {
+            return Ok(None);
+        };
+        let fail = |e| ProcessorError::State {
+            at: format!("{stage}/{partition}"),
+            source: StateError::Offsets(e),
+        };
+        let mut at: ChainPosition = serde_json::from_str(&base.offsets).map_err(fail)?;
+        let mut chain = SavedChain {
+            chain: at.chain,
+            offsets: base.offsets,
+            version: base.version,
+            base: base.snapshot,
+            deltas: Vec::new(),
+        };
+        if chain.chain == 0 {
+            return Ok(Some(chain));
+        }
+        for d in self.load_deltas(stage, partition, chain.chain).await? {
+            // Slots 1, 2, ... in order: a gap means the rest was not saved in this chain
+            // (a save failed, or an older chain's rows remain there).
+            if usize::try_from(d.slot).ok() != Some(chain.deltas.len() + 1) {
+                break;
+            }
+            let next: ChainPosition = serde_json::from_str(&d.offsets).map_err(fail)?;
+            if next.chain != chain.chain || next.seq < at.seq {
+                break;
+            }
+            at = next;
+            chain.offsets = d.offsets;
+            chain.deltas.push(d.delta);
+        }
+        Ok(Some(chain))
+    }
+
+    /// The deltas saved after the whole state `chain` of a partition, in slot order
+    /// (gaps included: the caller stops at the first), retrying while ClickHouse is away.
+    pub async fn load_deltas(
+        &self,
+        stage: &str,
+        partition: i32,
+        chain: u64,
+    ) -> Result<Vec<SavedDelta>, ProcessorError> {
+        let query = processor_state_delta::load_query();
+        self.read_retrying(stage, partition, || {
+            self.client
+                .query(&query)
+                .bind(stage)
+                .bind(partition)
+                .bind(chain)
+                .fetch_all::<SavedDelta>()
+        })
+        .await
+    }
+
+    /// Run a read of saved state until it succeeds or the processor shuts down.
+    async fn read_retrying<T, F, Fut>(
+        &self,
+        stage: &str,
+        partition: i32,
+        read: F,
+    ) -> Result<T, ProcessorError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, clickhouse::error::Error>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match read().await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     tracing::warn!(stage, partition, error = %e, "loading processor state failed; retrying");

@@ -41,6 +41,16 @@ pub struct ProcessorConfig {
     /// The pause after a snapshot is also at least 10× what encoding it took, so large
     /// states (a million customers: 0.3–2 s per snapshot) cost at most ~10 % of a stage.
     pub snapshot_interval_ms: u64,
+    /// Between whole snapshots, a partition's save holds only what changed since its
+    /// previous save (a delta, `processor_state_delta`); after this many deltas the next
+    /// save is whole again (a compaction), and a restore reads the whole snapshot plus
+    /// at most this many deltas. 0 saves whole snapshots only. Default 24 (2 minutes at
+    /// the default interval).
+    pub snapshot_compact_after_deltas: u32,
+    /// Also compact once a partition's deltas since its whole snapshot add up to more
+    /// than this share of that snapshot's bytes (stored, compressed): a partition where
+    /// most keys change costs no more than whole snapshots would. Default 0.5.
+    pub snapshot_compact_delta_share: f64,
     /// Cut batches a stage may be writing at once (rows to ClickHouse, records to
     /// Kafka) while it processes the next input. More overlap the inserts' round trips;
     /// each holds one batch in memory. A cut that saves snapshots and commits offsets
@@ -67,6 +77,13 @@ pub struct ProcessorConfig {
     /// from its last saved state, with no batch stored in between), the processor's
     /// `/healthz` answers 503 naming the stage. Default 5.
     pub unhealthy_after_failures: u32,
+    /// The hot-customer cap: at most this many events of one customer are placed into
+    /// sessions and funnels per window of `session_gap_secs` of event time (windows
+    /// aligned to the epoch), the first in `(event_time, event_id)` order, whatever the
+    /// arrival order; the others are stored (touchpoint rows without a session) and
+    /// counted in `touchstream_processor_hot_customer_events_total`. Bounds what one bot
+    /// or shared kiosk id costs. 0: no cap. Default 1000.
+    pub hot_customer_max_events: usize,
     /// Events kept per not-yet-linked anonymous id, to re-send under the user when the
     /// id is linked; past it the oldest are not re-sent (counted in
     /// `touchstream_processor_reattribution_skipped_total`). Default 500.
@@ -116,6 +133,13 @@ pub const MAX_OVERDUE_SHARES: usize = 8;
 impl ProcessorConfig {
     /// Range checks serde cannot express.
     pub(super) fn problem(&self) -> Option<String> {
+        let share = self.snapshot_compact_delta_share;
+        if share.is_nan() || share < 0.0 {
+            return Some(format!(
+                "processor.snapshot_compact_delta_share: {} is not a share >= 0",
+                self.snapshot_compact_delta_share
+            ));
+        }
         let shares = &self.open_attempt_overdue_shares;
         if shares.len() > MAX_OVERDUE_SHARES {
             return Some(format!(
@@ -141,6 +165,8 @@ impl Default for ProcessorConfig {
             batch_max_rows: 50_000,
             batch_max_ms: 300,
             snapshot_interval_ms: 5000,
+            snapshot_compact_after_deltas: 24,
+            snapshot_compact_delta_share: 0.5,
             writes_in_flight: 4,
             funnels_path: PathBuf::from("deploy/funnels.toml"),
             catalog_path: PathBuf::from("deploy/catalog.toml"),
@@ -148,6 +174,7 @@ impl Default for ProcessorConfig {
             idle_watermark_secs: 30,
             restart_backoff_ms: 1000,
             unhealthy_after_failures: 5,
+            hot_customer_max_events: 1000,
             unlinked_history_max_events: 500,
             unlinked_history_ttl_secs: 8 * 24 * 3600,
             unlinked_history_max_bytes: 256 << 20,

@@ -23,6 +23,9 @@ use touchstream_core::is_placeholder_id;
 use crate::event::{JourneyEvent, MessageType, Retract, RoutedEvent};
 use crate::hash::{FastMap, FastState};
 
+mod delta;
+pub use delta::{IdentityDelta, IdentityDeltaRef};
+
 /// Stage-1 tuning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -344,6 +347,12 @@ pub struct IdentityStage {
     unlinked_bytes: usize,
     watermark_ms: Option<i64>,
     counters: IdentityCounters,
+    /// Anonymous ids changed since the last save, when tracked ([`Self::track_changes`]).
+    changed: Option<delta::Changed>,
+    /// The evicted links' fingerprints changed since the last save.
+    evicted_changed: bool,
+    /// The next save must be whole ([`Self::delta_ref`]).
+    whole_next: bool,
 }
 
 fn real_id(id: Option<String>) -> Option<String> {
@@ -397,9 +406,14 @@ impl IdentityStage {
             unlinked_bytes,
             watermark_ms: snapshot.watermark_ms,
             counters: snapshot.counters,
+            changed: None,
+            evicted_changed: false,
+            whole_next: false,
         };
         // A smaller budget than the one the snapshot was taken under applies at once.
+        let held = stage.unlinked.len();
         stage.evict_over_budget();
+        stage.whole_next = stage.unlinked.len() != held;
         stage
     }
 
@@ -472,7 +486,8 @@ impl IdentityStage {
     /// The stored link of an id [`Self::needs_lookup`] named (`None`: none was stored, a
     /// fingerprint collision or an erased person); it counts as used now.
     pub fn restore_link(&mut self, anonymous_id: &str, user: Option<&str>) {
-        self.evicted.remove(&fingerprint(anonymous_id));
+        self.evicted_changed |= self.evicted.remove(&fingerprint(anonymous_id));
+        self.mark(anonymous_id);
         if let Some(user) = user {
             let day = self.watermark_ms.map_or(0, day_of);
             self.links.insert(
@@ -501,6 +516,7 @@ impl IdentityStage {
         }
         let cutoff = day_of(wm).saturating_sub(ttl);
         let evicted = &mut self.evicted;
+        let changed = &mut self.changed;
         let mut n = 0;
         self.links.retain(|anon, l| {
             if l.day >= cutoff {
@@ -512,9 +528,13 @@ impl IdentityStage {
                 return true;
             }
             evicted.insert(fingerprint(anon));
+            if let Some(c) = changed.as_mut() {
+                c.insert(anon.clone());
+            }
             n += 1;
             false
         });
+        self.evicted_changed |= n > 0;
         self.counters.links_evicted += n;
         n
     }
@@ -524,10 +544,17 @@ impl IdentityStage {
     /// whether anything was held.
     pub fn erase(&mut self, ids: &std::collections::HashSet<String>) -> bool {
         let before = self.links.len() + self.unlinked.len();
-        self.links
-            .retain(|anon, l| !ids.contains(&**anon) && !ids.contains(&*l.user));
+        let changed = &mut self.changed;
+        self.links.retain(|anon, l| {
+            let keep = !ids.contains(&**anon) && !ids.contains(&*l.user);
+            if let (false, Some(c)) = (keep, changed.as_mut()) {
+                c.insert(anon.clone());
+            }
+            keep
+        });
         for id in ids {
             if let Some((key, history)) = self.unlinked.remove_entry(id.as_str()) {
+                self.mark(id);
                 self.expiry.remove(&(history.expiry_ms, key));
                 self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
             }
@@ -574,9 +601,15 @@ impl IdentityStage {
             (Some(user), _) => user.clone(),
             (None, Some(anon)) => match self.links.get_mut(anon.as_str()) {
                 Some(l) => {
-                    l.day = l.day.max(day_of(event.event_time_ms));
+                    let day = l.day.max(day_of(event.event_time_ms));
+                    let moved = day != l.day;
+                    l.day = day;
                     l.expiring = false;
-                    l.user.to_string()
+                    let user = l.user.to_string();
+                    if moved {
+                        self.mark(anon);
+                    }
+                    user
                 }
                 None => {
                     self.remember_unlinked(anon, Arc::clone(&event));
@@ -609,7 +642,9 @@ impl IdentityStage {
             return;
         }
         if let Some(linked) = self.links.get_mut(anon) {
-            linked.day = linked.day.max(day_of(event.event_time_ms));
+            let day = linked.day.max(day_of(event.event_time_ms));
+            let moved = day != linked.day;
+            linked.day = day;
             linked.expiring = false;
             let linked = &linked.user;
             if linked.as_ref() != user {
@@ -623,8 +658,12 @@ impl IdentityStage {
                     version: seq,
                 }));
             }
+            if moved {
+                self.mark(anon);
+            }
             return;
         }
+        self.mark(anon);
         self.links.insert(
             Box::from(anon),
             LinkEntry {
@@ -662,6 +701,7 @@ impl IdentityStage {
     }
 
     fn remember_unlinked(&mut self, anon: &str, event: Arc<JourneyEvent>) {
+        self.mark(anon);
         let cap = self.config.max_unlinked_history_events;
         let bytes = approx_event_bytes(&event);
         let Some(history) = self.unlinked.get_mut(anon) else {
@@ -733,6 +773,7 @@ impl IdentityStage {
                     if let Some(history) = self.unlinked.remove(&anon) {
                         self.unlinked_bytes = self.unlinked_bytes.saturating_sub(history.bytes);
                     }
+                    self.mark(&anon);
                     return true;
                 }
                 None => {}

@@ -93,6 +93,8 @@ impl JourneyStage {
         fi: u16,
         stored: &dyn Fn(&str) -> Option<JourneyEvent>,
     ) -> usize {
+        // Every buffered event may change: the next save is whole.
+        self.whole_next = true;
         let funnels = &self.funnels;
         let catalog = &self.catalog;
         let mut missing = 0;
@@ -124,10 +126,12 @@ impl JourneyStage {
         frontier_ms: i64,
         stored: &[StoredAttempt],
     ) -> usize {
+        self.settle();
         let id: Arc<str> = match self.customers.get_key_value(customer_id) {
             Some((id, _)) => Arc::clone(id),
             None => Arc::from(customer_id),
         };
+        self.mark(&id);
         let mut hist: Vec<HistEvent> = events.iter().map(|e| self.hist_event(e)).collect();
         hist.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         hist.dedup_by(|a, b| a.order_key() == b.order_key());

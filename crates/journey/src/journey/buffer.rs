@@ -149,6 +149,24 @@ impl Buffer {
         out
     }
 
+    /// `customer`'s buffered events, in no particular order.
+    pub(super) fn of_customer<'a>(
+        &'a self,
+        customer: &str,
+    ) -> impl Iterator<Item = (&'a Arc<str>, &'a HistEvent)> + 'a {
+        self.per_customer
+            .get_key_value(customer)
+            .into_iter()
+            .flat_map(move |(id, keys)| {
+                keys.iter().filter_map(move |(time_ms, event_id)| {
+                    let at = self
+                        .order
+                        .get(&(*time_ms, Arc::clone(event_id), Arc::clone(id)))?;
+                    Some((id, self.slots.get(*at)?.as_ref()?))
+                })
+            })
+    }
+
     /// `(customer, event)` in release order.
     /// Every buffered event, in no particular order, to change what it keeps (not its
     /// time or id, which order the buffer).

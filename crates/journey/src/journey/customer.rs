@@ -139,6 +139,45 @@ impl Customer {
     /// Returns the kept event when a duplicate raised the version of an event whose
     /// touchpoint row is already written: that row must go out again with the new version
     /// (see [`JourneyStage::insert_history`](super::JourneyStage)).
+    /// Apply the hot-customer cap to `hist` before it joins the history: at most `cap`
+    /// events per customer in each `window_ms` window of event time (aligned to the
+    /// epoch), the first ones in `(event_time, event_id)` order — the same ones whatever
+    /// order they arrive in (README "Hot customers"). A full window refuses an event
+    /// that sorts after all of its events; one that sorts before the window's last event
+    /// takes its place, and that event leaves the history (returned, to be written as
+    /// unplaced). A copy of an event the history holds is left to [`Self::add`]. The
+    /// window is counted in the history, so a window partly behind the checkpoint
+    /// counts only its part after it.
+    pub(super) fn cap(&mut self, hist: &HistEvent, cap: usize, window_ms: i64) -> Capped {
+        if cap == 0 || window_ms <= 0 || self.history.len() < cap {
+            return Capped::No;
+        }
+        let key = hist.order_key();
+        if self
+            .history
+            .binary_search_by(|e| e.order_key().cmp(&key))
+            .is_ok()
+        {
+            return Capped::No;
+        }
+        let start = hist.time_ms.div_euclid(window_ms).saturating_mul(window_ms);
+        let end = start.saturating_add(window_ms);
+        let lo = self.history.partition_point(|e| e.time_ms < start);
+        let hi = self.history.partition_point(|e| e.time_ms < end);
+        if hi - lo < cap {
+            return Capped::No;
+        }
+        let last = hi - 1;
+        if self.history[last].order_key() < key {
+            return Capped::Refused;
+        }
+        if last < self.stepped as usize {
+            // The kept tail machine has stepped over it: replay from the base.
+            self.tail = None;
+        }
+        Capped::Displaced(self.history.remove(last))
+    }
+
     pub(super) fn add(&mut self, hist: HistEvent, duplicates: &mut u64) -> Option<&mut HistEvent> {
         let fresh = self.history.is_empty() && self.base_until_ms.is_none();
         self.last_time_ms = if fresh {
@@ -255,6 +294,16 @@ pub(crate) fn regrow<T>(v: &mut Vec<T>, capacity: usize) {
     let mut grown = Vec::with_capacity(capacity.max(v.len()));
     grown.append(v);
     *v = grown;
+}
+
+/// What the hot-customer cap does with an event ([`Customer::cap`]).
+pub(super) enum Capped {
+    /// Under the cap (or a copy): added as usual.
+    No,
+    /// Its window is full of earlier events: stored unplaced.
+    Refused,
+    /// Added in place of this event, the window's last, which is stored unplaced.
+    Displaced(HistEvent),
 }
 
 /// A customer as saved in a snapshot.

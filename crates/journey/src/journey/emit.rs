@@ -52,6 +52,7 @@ impl Ctx<'_> {
 impl JourneyStage {
     /// Replay one customer and write what changed.
     pub(super) fn recompute(&mut self, id: &Arc<str>) {
+        self.mark(id);
         let ctx = Ctx {
             funnels: &self.funnels,
             funnel_keys: &self.funnel_keys,
@@ -107,6 +108,8 @@ pub(super) struct Scratch {
     rows: Vec<LiveRow>,
     live: Vec<LiveRow>,
     pairs: Vec<(u128, Option<u16>, bool)>,
+    /// History events stepped by replays so far ([`JourneyStage::replayed_events`]).
+    pub(super) stepped: u64,
 }
 
 /// The customer's machine during a replay: its kept tail, or built from the checkpoint.
@@ -140,6 +143,7 @@ fn replay(
         rows,
         live,
         pairs,
+        stepped: work,
     } = scratch;
     let replayer = Replayer::new(ctx.funnels, ctx.gap_ms, id);
     let evict = c.history.partition_point(|e| e.time_ms < ctx.cutoff_ms);
@@ -148,6 +152,7 @@ fn replay(
     let tail = c.tail.take().filter(|_| c.live_unique);
     if let (Some(mut tail), Some(new)) = (tail, c.history.get(c.stepped as usize..)) {
         p.clear();
+        *work += new.len() as u64;
         for e in new {
             replayer.step(&mut tail, e, p);
         }
@@ -165,6 +170,7 @@ fn replay(
         None => {
             p.clear();
             let mut m = c.base.as_deref().cloned().unwrap_or_default();
+            *work += c.history.len() as u64;
             for (i, e) in c.history.iter().enumerate() {
                 if i == evict && evict > 0 {
                     new_base = Some(m.clone());

@@ -75,6 +75,11 @@ pub(crate) struct Answer {
     /// Rows written for it (low bits of the row version).
     #[serde(default)]
     pub(crate) emitted: u16,
+    /// The touchpoint its last row names was displaced by the hot-customer cap (README
+    /// "Hot customers"): the next attribution is written whatever it finds, even a lower
+    /// one or none, since a batch run would never have placed that touchpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) rated_capped: bool,
 }
 
 /// Which attribution rule found the touchpoint; ordered by precedence.
@@ -143,6 +148,7 @@ pub(crate) fn extra_of(catalog: &Catalog, event: &JourneyEvent) -> Option<Extra>
                 .and_then(Channel::from_message),
             written: None,
             emitted: 0,
+            rated_capped: false,
         });
     (store_id.is_some() || answer.is_some()).then_some(Extra { store_id, answer })
 }
@@ -194,8 +200,8 @@ pub(crate) fn attribute(
 /// One customer's event details, saved in snapshots.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SavedExtra {
-    customer_id: Arc<str>,
-    event_id: Arc<str>,
+    pub(crate) customer_id: Arc<str>,
+    pub(crate) event_id: Arc<str>,
     extra: Extra,
 }
 
@@ -289,6 +295,33 @@ impl Extras {
             (&a.customer_id, &a.event_id).cmp(&(&b.customer_id, &b.event_id))
         });
         out
+    }
+
+    /// The details held for the customers `of` accepts (a delta's changed customers), in
+    /// the order of [`Self::saved`].
+    pub(crate) fn saved_of(&self, of: impl Fn(&str) -> bool) -> Vec<SavedExtra> {
+        let mut out: Vec<SavedExtra> = self
+            .by_event
+            .iter()
+            .flat_map(|(event_id, list)| {
+                list.iter().filter(|(customer_id, _)| of(customer_id)).map(
+                    |(customer_id, extra)| SavedExtra {
+                        customer_id: Arc::clone(customer_id),
+                        event_id: Arc::clone(event_id),
+                        extra: extra.clone(),
+                    },
+                )
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| {
+            (&a.customer_id, &a.event_id).cmp(&(&b.customer_id, &b.event_id))
+        });
+        out
+    }
+
+    /// Whether no details are held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_event.is_empty()
     }
 
     pub(crate) fn restore(saved: Vec<SavedExtra>) -> Self {
@@ -421,6 +454,7 @@ impl super::JourneyStage {
         let Some(c) = self.customers.get(customer) else {
             return;
         };
+        let mut wrote = false;
         for id in ids {
             let Some(answer) = self
                 .out
@@ -442,11 +476,12 @@ impl super::JourneyStage {
                 let t = &c.history[i];
                 (rule, t.time_ms, Arc::clone(&t.event_id))
             });
-            let raised = match (&answer.written, &key) {
-                (None, _) => true,
-                (Some(w), Some(k)) => k > w,
-                (Some(_), None) => false,
-            };
+            let raised = answer.rated_capped
+                || match (&answer.written, &key) {
+                    (None, _) => true,
+                    (Some(w), Some(k)) => k > w,
+                    (Some(_), None) => false,
+                };
             if !raised {
                 continue;
             }
@@ -482,6 +517,55 @@ impl super::JourneyStage {
             {
                 a.written = Some(key.unwrap_or((Rule::None, i64::MIN, Arc::from(""))));
                 a.emitted = a.emitted.saturating_add(1);
+                a.rated_capped = false;
+            }
+            wrote = true;
+        }
+        if wrote {
+            // The answer's saved details changed (`written`): the next delta carries them.
+            self.mark(customer);
+        }
+    }
+
+    /// `hist` of `customer` is over the hot-customer cap (refused, or displaced by an
+    /// earlier event that arrived later): stored, not placed. An answer's row says it is
+    /// unattributed, replacing an attribution written while it was placed; the event's
+    /// details go.
+    pub(super) fn capped_extra(&mut self, customer: &Arc<str>, hist: &HistEvent) {
+        if !hist.extra {
+            return;
+        }
+        let Some(extra) = self.out.extras.remove(customer, &hist.event_id) else {
+            return;
+        };
+        if let Some(answer) = extra.answer {
+            if answer.written.is_none() {
+                self.counters.feedback.count(&self.catalog, None, &answer);
+            } else {
+                self.counters.feedback.reattributed += 1;
+            }
+            // Not late: `emitted` counts the rows written, so this one's version is higher.
+            let row = row(customer, hist, &answer, Rule::None, None, false);
+            self.out.feedback(row);
+        }
+    }
+
+    /// `displaced` of `customer` left its place under the hot-customer cap: answers whose
+    /// last row names it are attributed again at the customer's recompute.
+    pub(super) fn unrate_displaced(&mut self, customer: &Arc<str>, displaced: &str) {
+        let Some(ids) = self.out.extras.answers.get(customer).cloned() else {
+            return;
+        };
+        for id in ids {
+            if let Some(a) = self
+                .out
+                .extras
+                .get_mut(customer, &id)
+                .and_then(|x| x.answer.as_mut())
+            {
+                if a.written.as_ref().is_some_and(|w| &*w.2 == displaced) {
+                    a.rated_capped = true;
+                }
             }
         }
     }
@@ -535,6 +619,7 @@ mod tests {
             steps: Steps::One(0, 0),
             version: 1,
             emitted: 0,
+            rated_capped: false,
             session: [0; 2],
             keyed: false,
             extra: false,
@@ -552,6 +637,7 @@ mod tests {
             about_channel: None,
             written: None,
             emitted: 0,
+            rated_capped: false,
         }
     }
 

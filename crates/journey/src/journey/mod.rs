@@ -30,6 +30,7 @@ mod backfill;
 mod buffer;
 pub(crate) mod catalog;
 mod customer;
+mod delta;
 mod emit;
 pub(crate) mod feedback;
 pub(crate) mod funnel;
@@ -56,7 +57,8 @@ use crate::journey::session::HistEvent;
 
 pub use backfill::StoredAttempt;
 use buffer::Buffer;
-use customer::{Customer, IdIndex, LiveRow, Names, SavedCustomer};
+use customer::{Capped, Customer, IdIndex, LiveRow, Names, SavedCustomer};
+pub use delta::{JourneyDelta, JourneyDeltaRef};
 use emit::Scratch;
 pub use open::OpenAttemptCount;
 use output::Output;
@@ -78,6 +80,14 @@ pub struct JourneyConfig {
     /// re-attributed event can still be placed into sessions and attempts, seconds; also
     /// how long an idle customer is kept. Default: longest funnel window + session gap.
     pub reattribution_horizon_secs: Option<u64>,
+    /// The hot-customer cap: at most this many events per customer are placed into
+    /// sessions and funnels in each window of `session_gap_secs` of event time (aligned
+    /// to the epoch); the first ones in `(event_time, event_id)` order, so arrival order
+    /// does not change which. The others are stored (touchpoint rows without a session)
+    /// and counted in [`JourneyCounters::hot_customer_events`]. 0: no cap. Default 1000
+    /// (one event every 1.8 s for 30 minutes, well past what a person does; a bot or a
+    /// shared kiosk id gets there).
+    pub hot_customer_max_events: usize,
     /// When true, events do not move the watermark; only [`JourneyStage::advance_watermark`]
     /// does. The processor sets it because its input is repartitioned: events from
     /// several upstream partitions interleave, so the safe watermark is the minimum of the
@@ -95,6 +105,7 @@ impl Default for JourneyConfig {
             session_gap_secs: 1800,
             allowed_lateness_secs: 300,
             reattribution_horizon_secs: None,
+            hot_customer_max_events: 1000,
             external_watermark: false,
             feedback_window_secs: feedback::DEFAULT_WINDOW_SECS,
         }
@@ -139,6 +150,11 @@ pub struct JourneyCounters {
     pub redelivered: u64,
     /// Survey answers and their attribution (README "Feedback attribution").
     pub feedback: FeedbackCounters,
+    /// Events over the hot-customer cap ([`JourneyConfig::hot_customer_max_events`]):
+    /// stored without a session, not placed. Counts each such event as it is refused,
+    /// or as an earlier event that arrived later takes its place (it was counted in
+    /// `placed_events` then).
+    pub hot_customer_events: u64,
 }
 
 /// Where a routed event comes from: the stage-1 input stream that produced it (the
@@ -185,6 +201,10 @@ pub struct JourneySnapshot {
     /// Details of events beyond their history entry (`journey/feedback.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     extras: Vec<SavedExtra>,
+    /// The customer whose recompute waits for the rest of a re-attributed burst
+    /// ([`JourneyStage::pending`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Arc<str>>,
 }
 
 /// [`JourneySnapshot`] by reference ([`JourneyStage::snapshot_ref`]): serializes to the
@@ -196,7 +216,8 @@ impl Serialize for JourneySnapshotRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let e = self.0;
-        let mut st = s.serialize_struct("JourneySnapshot", 9)?;
+        let fields = 9 + usize::from(!e.out.extras.is_empty()) + usize::from(e.pending.is_some());
+        let mut st = s.serialize_struct("JourneySnapshot", fields)?;
         st.serialize_field("watermark_ms", &e.watermark_ms)?;
         st.serialize_field("frontier_ms", &e.frontier_ms)?;
         st.serialize_field("buffer", &BufferRef(&e.buffer))?;
@@ -211,6 +232,9 @@ impl Serialize for JourneySnapshotRef<'_> {
             st.skip_field("extras")?;
         } else {
             st.serialize_field("extras", &extras)?;
+        }
+        if e.pending.is_some() {
+            st.serialize_field("pending", &e.pending)?;
         }
         st.end()
     }
@@ -257,6 +281,8 @@ pub struct JourneyStage {
     gap_ms: i64,
     lateness_ms: i64,
     horizon_ms: i64,
+    /// [`JourneyConfig::hot_customer_max_events`].
+    hot_cap: usize,
     external_watermark: bool,
     watermark_ms: Option<i64>,
     /// Every event before it has been released.
@@ -282,6 +308,20 @@ pub struct JourneyStage {
     delivered: BTreeMap<u32, (u64, u32)>,
     /// [`JourneyConfig::feedback_window_secs`], ms.
     feedback_window_ms: i64,
+    /// A customer whose recompute is deferred while the input goes on with re-attributed
+    /// copies for it: stage 1 re-sends an anonymous history as one run of events, each
+    /// landing inside the user's history, and replaying the history after each would cost
+    /// the square of the run's length. Recomputed once the run ends — before the next
+    /// input of any other kind, or when the output is taken ([`Self::take_output`], the
+    /// processor's flush), whichever comes first ([`Self::settle`]) — with the version the
+    /// last event so far gave, so the rows of a run end the same whether a flush split it
+    /// or not (a split run is replayed once per part). A snapshot names it, so a restore
+    /// recomputes it at the same point.
+    pending: Option<Arc<str>>,
+    /// Customers changed since the last save, when tracked ([`Self::track_changes`]).
+    changed: Option<delta::Changed>,
+    /// The next save must be whole ([`Self::delta_ref`]).
+    whole_next: bool,
 }
 
 impl JourneyStage {
@@ -335,6 +375,13 @@ impl JourneyStage {
             customer.timer_ms = customer.wake_ms.unwrap_or_default();
             customers.insert(id, Box::new(customer));
         }
+        let pending = snapshot.pending.filter(|id| match customers.get_mut(id) {
+            Some(c) => {
+                c.dirty = true;
+                true
+            }
+            None => false,
+        });
         let mut buffer = Buffer::default();
         for mut b in snapshot.buffer {
             if let Some(remap) = &remap {
@@ -349,6 +396,7 @@ impl JourneyStage {
             funnel_keys,
             gap_ms,
             lateness_ms: secs_to_ms(config.allowed_lateness_secs),
+            hot_cap: config.hot_customer_max_events,
             external_watermark: config.external_watermark,
             horizon_ms,
             watermark_ms: snapshot.watermark_ms,
@@ -366,6 +414,9 @@ impl JourneyStage {
             funnel_changes,
             delivered: snapshot.delivered,
             feedback_window_ms: secs_to_ms(config.feedback_window_secs),
+            pending,
+            changed: None,
+            whole_next: remap.is_some(),
         }
     }
 
@@ -400,6 +451,7 @@ impl JourneyStage {
             funnels: Some(remap::saved_funnels(&self.funnels)),
             delivered: self.delivered.clone(),
             extras: self.out.extras.saved(),
+            pending: self.pending.clone(),
         }
     }
 
@@ -455,6 +507,11 @@ impl JourneyStage {
 
     /// Handle one routed event. `seq` (the input offset ordinal) must not decrease.
     pub fn process(&mut self, routed: RoutedEvent, seq: u64) {
+        let continues_run =
+            routed.reattributed && self.pending.as_deref() == Some(routed.customer_id.as_str());
+        if !continues_run {
+            self.settle();
+        }
         self.out.bump_seq(seq);
         let RoutedEvent {
             customer_id,
@@ -495,6 +552,7 @@ impl JourneyStage {
             Some((id, c)) => (Arc::clone(id), c.base_until_ms),
             None => (Arc::from(customer_id), None),
         };
+        self.mark(&id);
         // One event counts once: a copy of an event id the customer's journey already
         // holds (placed, or waiting in the buffer) is a duplicate, whatever its event
         // time — a client's retry carries a new `sentAt`/receipt time, and a replayed
@@ -550,10 +608,36 @@ impl JourneyStage {
                 );
             }
         }
+        let defer = reattributed.then(|| Arc::clone(&id));
         if !self.buffer.insert(id, hist) {
             self.counters.duplicates += 1;
         }
-        self.advance(false);
+        self.advance_deferring(false, defer);
+    }
+
+    /// End a re-attributed run ([`Self::pending`]) at an input that is not an event, e.g.
+    /// the processor's in-band upstream watermarks, which move no watermark until every
+    /// upstream partition has sent one: the run's rows are then written without waiting
+    /// for the next event. [`Self::advance_watermark`], [`Self::retract`],
+    /// [`Self::flush_all`] and any event of another kind end a run too.
+    pub fn end_run(&mut self) {
+        self.settle();
+    }
+
+    /// Recompute the customer [`Self::pending`] names, if any: its re-attributed run
+    /// ended.
+    fn settle(&mut self) {
+        if let Some(id) = self.pending.take() {
+            // As in the release loop: answers before the replay evicts anything.
+            self.attribute_answers(&id);
+            self.recompute(&id);
+        }
+    }
+
+    /// Work done by replays so far: history events stepped through a customer's machine
+    /// (tests and benchmarks compare it across input sizes; not saved).
+    pub fn replayed_events(&self) -> u64 {
+        self.scratch.stepped
     }
 
     /// Delete everything known about `retract.customer_id` (an anonymous id whose events
@@ -561,9 +645,11 @@ impl JourneyStage {
     /// buffered events are written as session-less touchpoints (the re-sent copies carry
     /// a higher version and replace them).
     pub fn retract(&mut self, retract: &Retract, seq: u64) {
+        self.settle();
         self.out.bump_seq(seq);
         self.counters.retractions += 1;
         let id = retract.customer_id.as_str();
+        self.mark_str(id);
         for (customer, hist) in self.buffer.remove_customer(id) {
             self.out.unplaced(&customer, &hist, false);
             self.forget_extras(&customer, [&hist]);
@@ -585,6 +671,12 @@ impl JourneyStage {
     /// not even a tombstone may name them again. Their buffered events, history, open
     /// attempts and timers go. Returns whether anything was held.
     pub fn erase(&mut self, customer_id: &str) -> bool {
+        if self.pending.as_deref() == Some(customer_id) {
+            // Not recomputed: nothing may be written about them.
+            self.pending = None;
+        }
+        self.settle();
+        self.mark_str(customer_id);
         let removed = self.buffer.remove_customer(customer_id);
         self.forget_extras(customer_id, removed.iter().map(|(_, h)| h));
         let buffered = !removed.is_empty();
@@ -607,6 +699,7 @@ impl JourneyStage {
     /// later are treated exactly as if a newer event had moved the watermark: placed and
     /// their customer's rows rewritten inside the correction horizon, late beyond it.
     pub fn advance_watermark(&mut self, ms: i64, seq: u64) {
+        self.settle();
         self.out.bump_seq(seq);
         self.watermark_ms = Some(self.watermark_ms.map_or(ms, |w| w.max(ms)));
         self.advance(false);
@@ -615,12 +708,16 @@ impl JourneyStage {
     /// End of input: release every buffered event and treat the watermark as final for
     /// dropping attempts (an attempt drops once the watermark is past start + window).
     pub fn flush_all(&mut self, seq: u64) {
+        self.settle();
         self.out.bump_seq(seq);
         self.advance(true);
     }
 
     /// Rows produced since the last call, newest per key, sorted by version.
     pub fn take_output(&mut self) -> JourneyOutput {
+        // A re-attributed run's rows are written at the latest with the rest of the
+        // output (the processor takes it at every flush).
+        self.settle();
         self.out.take(&self.funnels)
     }
 
@@ -670,6 +767,12 @@ impl JourneyStage {
     }
 
     fn advance(&mut self, flush: bool) {
+        self.advance_deferring(flush, None);
+    }
+
+    /// [`Self::advance`], leaving `defer`'s recompute to [`Self::settle`] (it becomes
+    /// [`Self::pending`]).
+    fn advance_deferring(&mut self, flush: bool, defer: Option<Arc<str>>) {
         if let Some(w) = self.watermark_ms {
             let target = if flush {
                 w
@@ -713,6 +816,11 @@ impl JourneyStage {
             let mut dirty = std::mem::take(&mut self.dirty);
             dirty.sort_unstable();
             for id in dirty.drain(..) {
+                if defer.as_ref() == Some(&id) {
+                    // Stays `dirty`, so later events of the run do not queue it again.
+                    self.pending = Some(id);
+                    continue;
+                }
                 // Answers first: the replay evicts what fell behind the cutoff, which
                 // may be a just released answer or the touchpoint it rates.
                 self.attribute_answers(&id);
@@ -723,6 +831,7 @@ impl JourneyStage {
     }
 
     fn insert_history(&mut self, customer_id: Arc<str>, hist: HistEvent) {
+        self.mark(&customer_id);
         match self.customers.get_mut(&customer_id) {
             Some(customer) => {
                 if customer.base_until_ms.is_some_and(|b| hist.time_ms < b) {
@@ -733,6 +842,23 @@ impl JourneyStage {
                     self.out.unplaced(&customer_id, &hist, true);
                     self.unplaced_extra(&customer_id, &hist);
                     return;
+                }
+                let mut displaced = None;
+                match customer.cap(&hist, self.hot_cap, self.gap_ms) {
+                    Capped::No => {}
+                    Capped::Refused => {
+                        self.counters.hot_customer_events += 1;
+                        self.out.unplaced(&customer_id, &hist, false);
+                        self.capped_extra(&customer_id, &hist);
+                        return;
+                    }
+                    Capped::Displaced(out) => {
+                        // Its placed row (if written) is replaced: `emitted` has moved
+                        // past that row's version.
+                        self.counters.hot_customer_events += 1;
+                        self.out.unplaced(&customer_id, &out, false);
+                        displaced = Some(out);
+                    }
                 }
                 self.ids.placed(&customer_id, &hist);
                 let duplicates = self.counters.duplicates;
@@ -749,8 +875,13 @@ impl JourneyStage {
                         .touchpoint(&customer_id, kept, kept.emitted_session(), false);
                     kept.emitted = kept.emitted.saturating_add(1);
                 }
-                if !customer.dirty {
-                    customer.dirty = true;
+                let queue = !customer.dirty;
+                customer.dirty = true;
+                if let Some(out) = displaced {
+                    self.unrate_displaced(&customer_id, &out.event_id);
+                    self.capped_extra(&customer_id, &out);
+                }
+                if queue {
                     self.dirty.push(customer_id);
                 }
             }

@@ -975,13 +975,10 @@ fn restoring_a_snapshot_anywhere_changes_no_output() {
     }
 }
 
-#[test]
-fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
-    // A seeded mix of customers, anonymous ids and links, events within and beyond the
-    // lateness, duplicate ids, idle watermark moves and flushes: every output batch must
-    // be identical whether customers step their kept tail (from the first event on) or
-    // always replay from the checkpoint.
-    let mut seed = 7u64;
+/// A seeded mix of `n` events: customers, anonymous ids and links, events within and
+/// beyond the lateness, duplicate ids.
+fn mixed_log(seed: u64, n: u64) -> Vec<JourneyEvent> {
+    let mut seed = seed;
     let mut next = move |n: u64| {
         seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = seed;
@@ -1000,7 +997,7 @@ fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
     ];
     let mut log = Vec::new();
     let mut t = 0i64;
-    for i in 0..600u64 {
+    for i in 0..n {
         t += [0, MIN, 3 * MIN, 20 * MIN, 2 * 60 * MIN][next(5) as usize];
         let jitter = if next(10) == 0 {
             8 * MIN
@@ -1020,6 +1017,17 @@ fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
             user,
         ));
     }
+    log
+}
+
+#[test]
+fn the_tail_shortcut_writes_exactly_what_full_replays_write() {
+    // A seeded mix of customers, anonymous ids and links, events within and beyond the
+    // lateness, duplicate ids, idle watermark moves and flushes: every output batch must
+    // be identical whether customers step their kept tail (from the first event on) or
+    // always replay from the checkpoint.
+    let log = mixed_log(7, 600);
+    let t = log.iter().map(|e| e.event_time_ms).max().unwrap_or(0);
     let run = |tail_min: usize| {
         let mut ids = IdentityStage::new(IdentityConfig::default());
         let mut st = stage();
@@ -1234,4 +1242,305 @@ fn a_copy_re_sent_after_the_watermark_moved_on_is_recognised_not_late() {
     // What follows from the same source is new.
     st.process_from(routed("d", "e3", "Home", FAR + 1, 8), 8, origin(8, 1));
     assert_eq!(st.counters().redelivered, 2);
+}
+
+/// A customer with `n` events of its own, then a re-attributed run of `n` older events
+/// (an anonymous history re-sent under it, landing before its own events) between two
+/// flushes, then one event of another customer (the run ends). Returns the rows and the
+/// replay work the run took. `snapshot_at`: restore from a snapshot (taken without a
+/// flush) after that event of the run.
+fn reattributed_run(n: i64, snapshot_at: Option<i64>) -> (Vec<JourneyOutput>, u64) {
+    let t0 = 2 * 24 * 60 * MIN;
+    let mut st = stage();
+    let mut seq = 0;
+    let mut outs = Vec::new();
+    for i in 0..n {
+        seq += 1;
+        st.process(
+            routed("u", &format!("u{i}"), "Product Viewed", t0 + i * MIN, 1),
+            seq,
+        );
+    }
+    outs.push(st.take_output());
+    let before = st.replayed_events();
+    for i in 0..n {
+        seq += 1;
+        let mut r = routed(
+            "u",
+            &format!("a{i}"),
+            "Product Viewed",
+            t0 - (n - i) * 1000,
+            2,
+        );
+        r.reattributed = true;
+        // The run arrives between two flushes, as one identity cut's output does.
+        st.process(r, seq);
+        if snapshot_at == Some(i) {
+            let json = serde_json::to_string(&st.snapshot_ref()).expect("serialize");
+            let snap = serde_json::from_str(&json).expect("deserialize");
+            st = JourneyStage::from_snapshot(
+                JourneyConfig::default(),
+                Catalog::default(),
+                funnels(),
+                snap,
+            );
+        }
+    }
+    seq += 1;
+    st.process(routed("z", "z", "Product Viewed", t0 + n * MIN, 1), seq);
+    outs.push(st.take_output());
+    (outs, st.replayed_events() - before)
+}
+
+/// A re-attributed run is replayed once, when it ends, not after each of its events:
+/// 10× the events cost ~10× the work (counted in history events stepped, not time),
+/// where replaying after each event cost 100×.
+#[test]
+fn a_reattributed_run_replays_in_linear_work() {
+    let (_, small) = reattributed_run(100, None);
+    let (_, large) = reattributed_run(1000, None);
+    assert!(small > 0);
+    assert!(
+        large <= 12 * small,
+        "10x the events took {large} / {small} = {:.1}x the work",
+        large as f64 / small as f64
+    );
+    assert!(large <= 3 * 2 * 1000, "{large} steps for 2000 events");
+}
+
+/// The deferred recompute of a run survives a snapshot and restore in the middle of
+/// it: the same rows, the same versions.
+#[test]
+fn a_snapshot_inside_a_reattributed_run_changes_no_output() {
+    let (whole, _) = reattributed_run(40, None);
+    let (split, _) = reattributed_run(40, Some(17));
+    assert_eq!(whole, split);
+    assert!(whole.iter().map(|o| o.sessions.len()).sum::<usize>() > 0);
+}
+
+/// The whole snapshot of `st`'s state as a restore would save it again (the buffer in
+/// release order, whatever order a snapshot listed it in).
+fn canonical(snap: JourneySnapshot) -> String {
+    let st = JourneyStage::from_snapshot(
+        JourneyConfig::default(),
+        Catalog::default(),
+        funnels(),
+        snap,
+    );
+    serde_json::to_string(&st.snapshot()).expect("serialize")
+}
+
+/// Incremental snapshots: a whole snapshot with the deltas saved after it, laid over it
+/// in order, is the state the last delta was taken from — over a seeded mixed stream
+/// with links (retractions, re-attributed runs), idle watermark moves that forget
+/// customers, flushes and an erasure, saved at irregular points, with a whole snapshot
+/// every few deltas (README "Processor state").
+#[test]
+fn deltas_laid_over_their_base_give_the_whole_snapshot() {
+    let log = mixed_log(11, 500);
+    let mut ids = IdentityStage::new(IdentityConfig::default());
+    let mut st = stage();
+    st.track_changes();
+    let mut stored: Option<JourneySnapshot> = None;
+    let (mut deltas, mut saves, mut seq2) = (0, 0, 0);
+    for (seq1, e) in log.iter().enumerate() {
+        for out in ids.process(e.clone(), seq1 as u64 + 1) {
+            seq2 += 1;
+            match out {
+                IdentityOutput::Event(r) => st.process(r, seq2),
+                IdentityOutput::Retract(r) => st.retract(&r, seq2),
+                _ => {}
+            }
+        }
+        if seq1 % 89 == 88 {
+            seq2 += 1;
+            st.advance_watermark(e.event_time_ms + 9 * 24 * 60 * MIN, seq2);
+        }
+        if seq1 == 300 {
+            st.erase("u1");
+        }
+        let _ = st.take_output();
+        if seq1 % (3 + seq1 % 5) != 0 {
+            continue;
+        }
+        saves += 1;
+        match (stored.as_mut(), st.delta_ref()) {
+            (Some(base), Some(delta)) if saves % 6 != 0 => {
+                let json = serde_json::to_string(&delta).expect("serialize");
+                base.apply(serde_json::from_str(&json).expect("deserialize"));
+                deltas += 1;
+            }
+            _ => {
+                let json = serde_json::to_string(&st.snapshot_ref()).expect("serialize");
+                stored = Some(serde_json::from_str(&json).expect("deserialize"));
+            }
+        }
+        st.mark_saved();
+        let base = stored.clone().expect("saved");
+        assert_eq!(
+            canonical(base),
+            canonical(st.snapshot()),
+            "after message {seq1}"
+        );
+    }
+    assert!(deltas > 50, "{deltas} deltas");
+    assert!(st.counters().customers_expired > 0 && st.counters().retractions > 0);
+}
+
+/// What a delta costs follows the customers changed since the last save, not how many
+/// the partition keeps.
+#[test]
+fn a_delta_grows_with_the_change_not_the_state() {
+    let sizes = |customers: i64| {
+        let mut st = stage();
+        st.track_changes();
+        let mut seq = 0;
+        for c in 0..customers {
+            seq += 1;
+            st.process(
+                routed(
+                    &format!("c{c}"),
+                    &format!("e{c}"),
+                    "Product Viewed",
+                    c * 1000,
+                    1,
+                ),
+                seq,
+            );
+        }
+        let _ = st.take_output();
+        st.mark_saved();
+        for c in 0..10 {
+            seq += 1;
+            // Behind the watermark: it stays where it was, nothing else is released.
+            let t = (customers - 1) * 1000 - c;
+            st.process(
+                routed(&format!("c{c}"), &format!("x{c}"), "Product Added", t, 1),
+                seq,
+            );
+        }
+        let _ = st.take_output();
+        assert_eq!(st.changed_customers(), 10);
+        let delta = serde_json::to_vec(&st.delta_ref().expect("tracked")).expect("serialize");
+        let whole = serde_json::to_vec(&st.snapshot_ref()).expect("serialize");
+        (delta.len(), whole.len())
+    };
+    let (small_delta, small_whole) = sizes(1_000);
+    let (large_delta, large_whole) = sizes(10_000);
+    assert!(
+        large_whole > 8 * small_whole,
+        "{large_whole} vs {small_whole}"
+    );
+    assert!(
+        large_delta < small_delta + small_delta / 2,
+        "10x the customers, same change: delta {large_delta} vs {small_delta} bytes"
+    );
+    assert!(
+        large_delta * 100 < large_whole,
+        "{large_delta} vs {large_whole}"
+    );
+}
+
+/// Hot-customer cap (README "Hot customers"): 5 events per 30-minute window. A bot sends
+/// 12 events in one window and 3 in the next, plus an ordinary customer: in time order,
+/// in reverse and interleaved, the same 5 + 3 are placed (the first of each window in
+/// `(event_time, event_id)` order), the other 7 stored without a session and counted,
+/// and the rows are the same.
+#[test]
+fn a_hot_customer_is_capped_per_window_whatever_the_arrival_order() {
+    let config = JourneyConfig {
+        hot_customer_max_events: 5,
+        ..JourneyConfig::default()
+    };
+    let base = 100 * 30 * MIN;
+    let mut events: Vec<RoutedEvent> = (0..12)
+        .map(|i| {
+            routed(
+                "bot",
+                &format!("b{i:02}"),
+                "Product Viewed",
+                base + i * MIN,
+                1,
+            )
+        })
+        .chain((0..3).map(|i| {
+            routed(
+                "bot",
+                &format!("n{i}"),
+                "Product Viewed",
+                base + 30 * MIN + i * MIN,
+                1,
+            )
+        }))
+        .chain((0..3).map(|i| routed("person", &format!("p{i}"), "Home", base + i * MIN, 1)))
+        .collect();
+    let feed = |events: &[RoutedEvent]| {
+        let mut st = JourneyStage::new(config.clone(), Catalog::default(), funnels());
+        let mut t = Tables::default();
+        let n = events.len() as u64;
+        for (seq, e) in events.iter().enumerate() {
+            st.process(e.clone(), seq as u64 + 1);
+            t.apply(st.take_output());
+        }
+        st.flush_all(n + 1);
+        t.apply(st.take_output());
+        (t, st.counters().clone())
+    };
+    let (ordered, counters) = feed(&events);
+    let placed: Vec<&str> = ordered
+        .touchpoints
+        .values()
+        .filter(|r| !r.session_id.is_empty())
+        .map(|r| r.event_id.as_str())
+        .collect();
+    assert_eq!(
+        placed,
+        ["b00", "b01", "b02", "b03", "b04", "n0", "n1", "n2", "p0", "p1", "p2"]
+    );
+    for r in ordered
+        .touchpoints
+        .values()
+        .filter(|r| r.session_id.is_empty())
+    {
+        assert!(!r.is_late, "{r:?}");
+        assert_eq!(r.customer_id, "bot");
+    }
+    assert_eq!(ordered.touchpoints.len(), 18, "every event is stored");
+    assert_eq!(counters.hot_customer_events, 7);
+    let bot_events: u32 = ordered
+        .sessions
+        .values()
+        .filter(|s| s.customer_id == "bot")
+        .map(|s| s.event_count)
+        .sum();
+    assert_eq!(bot_events, 8);
+
+    let by_key = |t: &Tables| -> Vec<(String, String, bool)> {
+        t.touchpoints
+            .values()
+            .map(|r| (r.event_id.clone(), r.session_id.clone(), r.is_late))
+            .collect()
+    };
+    events.reverse();
+    let (reversed, rc) = feed(&events);
+    let mut mixed = events.clone();
+    mixed.sort_by_key(|r| {
+        (r.event.event_id.len() * 7 + r.event.event_id.as_bytes()[1] as usize) % 5
+    });
+    let (interleaved, ic) = feed(&mixed);
+    for (t, c) in [(&reversed, &rc), (&interleaved, &ic)] {
+        assert_eq!(by_key(t), by_key(&ordered));
+        let strip = |t: &Tables| -> Vec<SessionRow> {
+            t.sessions
+                .values()
+                .map(|s| SessionRow {
+                    version: 0,
+                    ..s.clone()
+                })
+                .collect()
+        };
+        assert_eq!(strip(t), strip(&ordered));
+        assert_eq!(c.hot_customer_events, 7);
+        t.assert_by_customer_matches();
+    }
 }

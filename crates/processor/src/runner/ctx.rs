@@ -21,6 +21,27 @@ pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 /// How long the processor's producer retries a record before failing it, ms.
 pub const PRODUCE_TIMEOUT_MS: u64 = 30_000;
 
+/// When a partition's save is a whole snapshot rather than a delta (README "Processor
+/// state"; `processor.snapshot_compact_*`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compaction {
+    /// Whole after this many deltas (0: every save is whole).
+    pub after_deltas: u32,
+    /// Whole once the deltas since the last whole snapshot weigh more than this share of
+    /// it.
+    pub delta_share: f64,
+}
+
+impl Compaction {
+    /// From the processor's config.
+    pub fn from_config(pc: &touchstream_core::config::ProcessorConfig) -> Self {
+        Self {
+            after_deltas: pc.snapshot_compact_after_deltas,
+            delta_share: pc.snapshot_compact_delta_share,
+        }
+    }
+}
+
 /// Where the stage runs and writes.
 pub struct RunCtx {
     /// Kafka settings.
@@ -44,6 +65,8 @@ pub struct RunCtx {
     /// rows only). Snapshots hold a partition's whole state, so saving them on every
     /// flush would cost more than the rows; a crash replays at most this much input.
     pub snapshot_every: Duration,
+    /// When a partition's save is whole rather than a delta.
+    pub compaction: Compaction,
     /// Cut batches being written at once (at least 1).
     pub writes_in_flight: usize,
     /// Pause before restarting after a failure; doubles with each failure in a row, up

@@ -18,11 +18,12 @@ use tracing::Instrument as _;
 
 use super::consumer::LagContext;
 use super::ctx::RunCtx;
-use super::part::{state_error, Part};
+use super::part::{new_chain_id, state_error, Chain, Part};
 use super::stage::Stage;
 use crate::batch::{Batch, Record};
 use crate::store::Rejected;
 use crate::tables::processor_state::{ProcessorState, StateRow};
+use crate::tables::processor_state_delta::{DeltaRow, ProcessorStateDelta};
 use crate::{ProcessorError, StateError};
 
 /// When the next flush also saves snapshots and commits offsets.
@@ -71,6 +72,8 @@ struct Outgoing {
     /// ClickHouse refuses.
     inputs: serde_json::Value,
     states: Vec<StateRow>,
+    /// Partitions saved as deltas (the others of the cut are in `states`).
+    deltas: Vec<DeltaRow>,
     tpl: TopicPartitionList,
 }
 
@@ -159,8 +162,10 @@ async fn cut<S: Stage>(
         enqueue(&acks, &producer, r).await?;
     }
     batch.records.clear();
-    // 3. Snapshots and 4. offsets, when due, written after the rows.
+    // 3. Snapshots (whole, or the changes since the previous save) and 4. offsets, when
+    // due, written after the rows.
     let mut states = Vec::new();
+    let mut deltas = Vec::new();
     let mut tpl = TopicPartitionList::new();
     if save {
         let encoding = Instant::now();
@@ -169,18 +174,58 @@ async fn cut<S: Stage>(
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         for (p, part) in parts.iter_mut().filter(|(_, p)| p.unsaved) {
             let fail = |e| state_error(&key, *p, e);
-            let snapshot = crate::state_codec::encode(&stage.snapshot(&part.state))
-                .map_err(|e| fail(StateError::Snapshot(e)))?;
-            let offsets =
-                serde_json::to_string(&part.pos).map_err(|e| fail(StateError::Offsets(e)))?;
-            states.push(StateRow {
-                stage: key.clone(),
-                partition: *p,
-                offsets,
-                snapshot,
-                saved_at_ms: now_ms,
-                version: part.pos.seq,
-            });
+            let delta = if compaction_due(&part.chain, part.whole_next, ctx) {
+                None
+            } else {
+                stage
+                    .delta(&part.state)
+                    .map(|d| crate::state_codec::encode(&d))
+                    .transpose()
+                    .map_err(|e| fail(StateError::Snapshot(e)))?
+            };
+            let kind = if delta.is_some() { "delta" } else { "whole" };
+            match delta {
+                Some(delta) => {
+                    part.chain.deltas += 1;
+                    part.chain.delta_bytes += delta.len() as u64;
+                    let offsets = serde_json::to_string(&part.pos)
+                        .map_err(|e| fail(StateError::Offsets(e)))?;
+                    count_saved(ctx, stage.name(), kind, delta.len());
+                    deltas.push(DeltaRow {
+                        stage: key.clone(),
+                        partition: *p,
+                        chain: part.chain.id,
+                        slot: part.chain.deltas,
+                        offsets,
+                        delta,
+                        saved_at_ms: now_ms,
+                        version: part.pos.seq,
+                    });
+                }
+                None => {
+                    let snapshot = crate::state_codec::encode(&stage.snapshot(&part.state))
+                        .map_err(|e| fail(StateError::Snapshot(e)))?;
+                    part.chain = Chain {
+                        id: new_chain_id(),
+                        base_bytes: snapshot.len() as u64,
+                        ..Chain::default()
+                    };
+                    part.pos.chain = part.chain.id;
+                    let offsets = serde_json::to_string(&part.pos)
+                        .map_err(|e| fail(StateError::Offsets(e)))?;
+                    count_saved(ctx, stage.name(), kind, snapshot.len());
+                    states.push(StateRow {
+                        stage: key.clone(),
+                        partition: *p,
+                        offsets,
+                        snapshot,
+                        saved_at_ms: now_ms,
+                        version: part.pos.seq,
+                    });
+                }
+            }
+            stage.saved(&mut part.state);
+            part.whole_next = false;
             for (topic, next) in &part.pos.next {
                 tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
             }
@@ -196,8 +241,31 @@ async fn cut<S: Stage>(
         scope,
         inputs,
         states,
+        deltas,
         tpl,
     })
+}
+
+/// Whether a partition's next save must be whole: it has no whole snapshot with a chain
+/// id yet (new, restored from an older processor's or a backfill's), was changed outside
+/// its input, or its deltas reached the configured count or share of the whole one.
+fn compaction_due(chain: &Chain, whole_next: bool, ctx: &RunCtx) -> bool {
+    let limits = ctx.compaction;
+    whole_next
+        || chain.id == 0
+        || chain.deltas >= limits.after_deltas
+        || chain.delta_bytes as f64 > limits.delta_share * chain.base_bytes as f64
+}
+
+fn count_saved(ctx: &RunCtx, stage: &str, kind: &str, bytes: usize) {
+    ctx.metrics
+        .snapshots
+        .with_label_values(&[stage, kind])
+        .inc();
+    ctx.metrics
+        .snapshot_bytes
+        .with_label_values(&[stage, kind])
+        .inc_by(bytes as u64);
 }
 
 /// Enqueue one record on the producer, waiting while its queue is full (up to 30 s).
@@ -275,8 +343,17 @@ async fn write_out(
         // then this cut must not save or commit anything either.
         after.await.map_err(ProcessorError::EarlierWrite)?;
     }
-    if !job.states.is_empty() {
-        ctx.store.write::<ProcessorState>(&job.states, None).await?;
+    if !job.states.is_empty() || !job.deltas.is_empty() {
+        // A partition's whole snapshot starts a new chain; its deltas name theirs, so
+        // the two tables need no order between them (a partition is in one of them).
+        if !job.states.is_empty() {
+            ctx.store.write::<ProcessorState>(&job.states, None).await?;
+        }
+        if !job.deltas.is_empty() {
+            ctx.store
+                .write::<ProcessorStateDelta>(&job.deltas, None)
+                .await?;
+        }
         if job.tpl.count() > 0 {
             // Advisory: the snapshot is the source of truth; a failed commit (e.g. the
             // partition moved in a rebalance) only means a longer skip-replay next time.

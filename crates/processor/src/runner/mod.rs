@@ -34,7 +34,7 @@ mod run_loop;
 mod seek;
 pub mod stage;
 
-pub use ctx::{RunCtx, PRODUCER_LINGER_MS, PRODUCE_TIMEOUT_MS};
+pub use ctx::{Compaction, RunCtx, PRODUCER_LINGER_MS, PRODUCE_TIMEOUT_MS};
 pub use health::{Health, StageHealth};
 pub use run_loop::run_stage;
 pub use stage::{Input, Stage};

@@ -211,6 +211,7 @@ async fn run_once<S: Stage>(
                     if stage.refresh(&mut part.state) {
                         part.dirty = true;
                         part.unsaved = true;
+                        part.whole_next = true;
                     }
                 }
                 let due = last_flush.elapsed() >= ctx.batch_max;

@@ -61,6 +61,33 @@ pub trait Stage: Send + Sync + 'static {
     /// What to save of a state: the runner serializes it as JSON and compresses it
     /// ([`crate::state_codec::encode`]); [`Stage::restore`] gets that JSON back.
     fn snapshot<'a>(&'a self, state: &'a Self::State) -> impl Serialize + 'a;
+    /// What changed since the last save ([`Stage::saved`]), to write instead of the
+    /// whole state (a delta, README "Processor state"); `None` when the stage cannot tell,
+    /// and the default: then the whole state is written. [`Stage::restore_deltas`] lays
+    /// the deltas over the whole state they followed.
+    fn delta<'a>(&'a self, _state: &'a Self::State) -> Option<impl Serialize + 'a> {
+        None::<()>
+    }
+    /// The state was just captured for saving (whole or as a delta): changes count from
+    /// here.
+    fn saved(&self, _state: &mut Self::State) {}
+    /// State from a saved whole snapshot's JSON and the JSON of the deltas saved after
+    /// it, oldest first. The default is [`Stage::restore`], for stages without deltas.
+    fn restore_deltas(
+        &self,
+        json: &[u8],
+        deltas: &[Vec<u8>],
+    ) -> Result<Self::State, serde_json::Error> {
+        if deltas.is_empty() {
+            self.restore(json)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "the {} stage saves no deltas, yet {} were found",
+                self.name(),
+                deltas.len()
+            )))
+        }
+    }
     /// Process one input message.
     fn handle(&self, state: &mut Self::State, input: &Input<'_>, batch: &mut Batch);
     /// Move outputs the state holds into the batch (called before every flush).

@@ -22,6 +22,7 @@ pub mod funnel_open_attempts;
 pub mod identities;
 pub mod identity_conflicts;
 pub mod processor_state;
+pub mod processor_state_delta;
 pub mod sessions;
 pub mod touchpoint_journey;
 
