@@ -619,7 +619,6 @@ mod tests {
             steps: Steps::One(0, 0),
             version: 1,
             emitted: 0,
-            rated_capped: false,
             session: [0; 2],
             keyed: false,
             extra: false,

@@ -1321,13 +1321,43 @@ fn a_snapshot_inside_a_reattributed_run_changes_no_output() {
 /// The whole snapshot of `st`'s state as a restore would save it again (the buffer in
 /// release order, whatever order a snapshot listed it in).
 fn canonical(snap: JourneySnapshot) -> String {
-    let st = JourneyStage::from_snapshot(
-        JourneyConfig::default(),
-        Catalog::default(),
-        funnels(),
-        snap,
-    );
+    let st =
+        JourneyStage::from_snapshot(JourneyConfig::default(), answers_catalog(), funnels(), snap);
     serde_json::to_string(&st.snapshot()).expect("serialize")
+}
+
+/// The default catalog plus a survey answer (README "Feedback attribution").
+fn answers_catalog() -> Catalog {
+    Catalog::from_toml_str(
+        r#"
+[events]
+"Order Completed" = { stage = "purchase", channel = "web" }
+"Complaint Filed" = { stage = "service", channel = "call_center" }
+"Follow-up Completed" = { stage = "service", channel = "call_center" }
+"Survey Completed" = { stage = "feedback", channel = "email", feedback = "any", rates_stage = "service" }
+"#,
+        None,
+    )
+    .expect("valid catalog")
+}
+
+/// [`mixed_log`] with every fifth event a survey answer rating an `Order Completed` and
+/// every seventh in a store: events whose details (`journey/feedback.rs`) are saved
+/// beside the history, and answers whose attribution later events change.
+fn mixed_log_with_answers(seed: u64, n: u64) -> Vec<JourneyEvent> {
+    let mut log = mixed_log(seed, n);
+    for (i, e) in log.iter_mut().enumerate() {
+        if i % 5 == 4 {
+            e.event = Some("Survey Completed".into());
+            e.properties = crate::event::Properties::from_json(&format!(
+                r#"{{"scale":"csat","score":{},"about_event":"Order Completed"}}"#,
+                1 + i % 5
+            ));
+        } else if i % 7 == 3 {
+            e.properties = crate::event::Properties::from_json(r#"{"store_id":"s1"}"#);
+        }
+    }
+    log
 }
 
 /// Incremental snapshots: a whole snapshot with the deltas saved after it, laid over it
@@ -1337,9 +1367,9 @@ fn canonical(snap: JourneySnapshot) -> String {
 /// every few deltas (README "Processor state").
 #[test]
 fn deltas_laid_over_their_base_give_the_whole_snapshot() {
-    let log = mixed_log(11, 500);
+    let log = mixed_log_with_answers(11, 500);
     let mut ids = IdentityStage::new(IdentityConfig::default());
-    let mut st = stage();
+    let mut st = JourneyStage::new(JourneyConfig::default(), answers_catalog(), funnels());
     st.track_changes();
     let mut stored: Option<JourneySnapshot> = None;
     let (mut deltas, mut saves, mut seq2) = (0, 0, 0);
@@ -1385,6 +1415,12 @@ fn deltas_laid_over_their_base_give_the_whole_snapshot() {
     }
     assert!(deltas > 50, "{deltas} deltas");
     assert!(st.counters().customers_expired > 0 && st.counters().retractions > 0);
+    // Answers were saved through deltas, attributed and not.
+    let fb = &st.counters().feedback;
+    assert!(
+        fb.answers > 20 && fb.answers > fb.unattributed + 10,
+        "{fb:?}"
+    );
 }
 
 /// What a delta costs follows the customers changed since the last save, not how many
