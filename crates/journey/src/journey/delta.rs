@@ -96,7 +96,12 @@ impl Serialize for JourneyDeltaRef<'_> {
         let e = self.0;
         let mut ids: Vec<&Arc<str>> = e.changed.iter().flat_map(|c| c.iter()).collect();
         ids.sort_unstable();
-        let mut st = s.serialize_struct("JourneyDelta", 12)?;
+        let changed = e.changed.as_ref();
+        let extras = e
+            .out
+            .extras
+            .saved_of(|c| changed.is_some_and(|set| set.contains(c)));
+        let mut st = s.serialize_struct("JourneyDelta", 11 + usize::from(!extras.is_empty()))?;
         st.serialize_field("watermark_ms", &e.watermark_ms)?;
         st.serialize_field("frontier_ms", &e.frontier_ms)?;
         st.serialize_field("counters", &e.counters)?;
@@ -113,13 +118,11 @@ impl Serialize for JourneyDeltaRef<'_> {
             .collect();
         st.serialize_field("removed", &removed)?;
         st.serialize_field("buffer", &BufferedOfRef(e, &ids))?;
-        let changed = e.changed.as_ref();
-        st.serialize_field(
-            "extras",
-            &e.out
-                .extras
-                .saved_of(|c| changed.is_some_and(|set| set.contains(c))),
-        )?;
+        if extras.is_empty() {
+            st.skip_field("extras")?;
+        } else {
+            st.serialize_field("extras", &extras)?;
+        }
         st.end()
     }
 }
