@@ -227,6 +227,16 @@ CFG
   start zookeeper "$ZK_PORT" "$LOCAL/log/zookeeper.log" java -Xms64m -Xmx256m \
     -cp "$dir/conf:/usr/share/java/zookeeper.jar" \
     org.apache.zookeeper.server.ZooKeeperServerMain "$dir/conf/zoo.cfg"
+  # An open port is not a serving ZooKeeper: a ClickHouse 18.16 server that starts while
+  # the handshake still fails can crash later in its DDL worker. Wait for `stat` to
+  # report a serving mode.
+  local i reply
+  for ((i = 0; i < 300; i++)); do
+    reply=$(timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$ZK_PORT && printf stat >&3 && cat <&3" 2>/dev/null || true)
+    [[ $reply == *"Mode:"* ]] && return 0
+    sleep 0.2
+  done
+  die "zookeeper opened port $ZK_PORT but does not serve; log: $LOCAL/log/zookeeper.log"
 }
 
 # node number (1..3) -> shard
@@ -302,7 +312,9 @@ start_cluster_node() { # chN
   cfg=$(cluster_node_config "$n")
   port=$((CLUSTER_HTTP_BASE + n))
   start "$1" "$port" "$LOCAL/log/$1.out" clickhouse-server --config-file="$cfg"
-  for ((i = 0; i < 300; i++)); do
+  # Up to 60 s: a restarted replica loads every replicated table and reconnects each to
+  # ZooKeeper before it answers.
+  for ((i = 0; i < 600; i++)); do
     curl -sf "http://127.0.0.1:$port/?query=SELECT%201" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
