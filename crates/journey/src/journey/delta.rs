@@ -81,9 +81,7 @@ impl JourneySnapshot {
         self.buffer.extend(delta.buffer);
         self.extras.retain(|x| !changed.contains(&x.customer_id));
         self.extras.extend(delta.extras);
-        self.extras.sort_unstable_by(|a, b| {
-            (&a.customer_id, &a.event_id).cmp(&(&b.customer_id, &b.event_id))
-        });
+        super::feedback::sort_saved(&mut self.extras);
     }
 }
 

@@ -197,6 +197,12 @@ pub(crate) fn attribute(
     (Rule::None, None)
 }
 
+/// The order details are saved in: by customer, then event id.
+pub(crate) fn sort_saved(saved: &mut [SavedExtra]) {
+    saved
+        .sort_unstable_by(|a, b| (&a.customer_id, &a.event_id).cmp(&(&b.customer_id, &b.event_id)));
+}
+
 /// One customer's event details, saved in snapshots.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SavedExtra {
@@ -279,26 +285,13 @@ impl Extras {
         self.by_event.values().map(Vec::len).sum()
     }
 
+    /// Every detail held, in saved order ([`sort_saved`]).
     pub(crate) fn saved(&self) -> Vec<SavedExtra> {
-        let mut out: Vec<SavedExtra> = self
-            .by_event
-            .iter()
-            .flat_map(|(event_id, list)| {
-                list.iter().map(|(customer_id, extra)| SavedExtra {
-                    customer_id: Arc::clone(customer_id),
-                    event_id: Arc::clone(event_id),
-                    extra: extra.clone(),
-                })
-            })
-            .collect();
-        out.sort_unstable_by(|a, b| {
-            (&a.customer_id, &a.event_id).cmp(&(&b.customer_id, &b.event_id))
-        });
-        out
+        self.saved_of(|_| true)
     }
 
     /// The details held for the customers `of` accepts (a delta's changed customers), in
-    /// the order of [`Self::saved`].
+    /// saved order ([`sort_saved`]).
     pub(crate) fn saved_of(&self, of: impl Fn(&str) -> bool) -> Vec<SavedExtra> {
         let mut out: Vec<SavedExtra> = self
             .by_event
@@ -313,9 +306,7 @@ impl Extras {
                 )
             })
             .collect();
-        out.sort_unstable_by(|a, b| {
-            (&a.customer_id, &a.event_id).cmp(&(&b.customer_id, &b.event_id))
-        });
+        sort_saved(&mut out);
         out
     }
 
