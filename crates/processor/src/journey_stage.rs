@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
     Catalog, FeedbackCounters, FunnelChangeKind, FunnelSet, JourneyConfig, JourneyCounters,
-    JourneyDelta, JourneyDeltaRef, JourneyEvent, JourneySnapshot, JourneyStage, MessageType,
-    OpenAttemptCount, Outcome, RoutedEvent, ALL,
+    JourneyDelta, JourneyDeltaRef, JourneyEvent, JourneyOutput, JourneySnapshot, JourneyStage,
+    MessageType, OpenAttemptCount, Outcome, RoutedEvent, ALL,
 };
 
 use crate::batch::Batch;
@@ -322,7 +322,23 @@ impl Stage for Journey {
     }
 
     fn drain(&self, state: &mut JourneyState, partition: i32, batch: &mut Batch) {
-        let out = state.engine.take_output();
+        // The rows go straight into the batch's lists (no second copy per row).
+        let rows = &mut batch.rows;
+        let mut out = JourneyOutput {
+            touchpoints: std::mem::take(&mut rows.touchpoint_journey),
+            customer_touchpoints: std::mem::take(&mut rows.customer_touchpoints),
+            sessions: std::mem::take(&mut rows.sessions),
+            attempts: std::mem::take(&mut rows.funnel_attempts),
+            open_attempts: std::mem::take(&mut rows.funnel_open_attempts),
+            feedback: std::mem::take(&mut rows.feedback),
+        };
+        let first_attempt = out.attempts.len();
+        state.engine.take_output_into(&mut out);
+        rows.touchpoint_journey = out.touchpoints;
+        rows.customer_touchpoints = out.customer_touchpoints;
+        rows.sessions = out.sessions;
+        rows.funnel_open_attempts = out.open_attempts;
+        rows.feedback = out.feedback;
         export_counters(&self.metrics, state.engine.counters(), &mut state.seen);
         let label = partition.to_string();
         if let Some(w) = state.engine.watermark_ms() {
@@ -335,7 +351,10 @@ impl Stage for Journey {
             .buffered_events
             .with_label_values(&[&label])
             .set(i64::try_from(state.engine.buffered_events()).unwrap_or(i64::MAX));
-        for a in out.attempts.iter().filter(|a| !a.is_deleted) {
+        for a in out.attempts[first_attempt..]
+            .iter()
+            .filter(|a| !a.is_deleted)
+        {
             if !state.counted.insert(a.attempt_id.clone()) {
                 continue;
             }
@@ -400,16 +419,8 @@ impl Stage for Journey {
                 Outcome::Excluded => {}
             }
         }
+        batch.rows.funnel_attempts = out.attempts;
         self.open_gauges(state, partition);
-        batch.rows.funnel_attempts.extend(out.attempts);
-        batch.rows.funnel_open_attempts.extend(out.open_attempts);
-        batch.rows.touchpoint_journey.extend(out.touchpoints);
-        batch
-            .rows
-            .customer_touchpoints
-            .extend(out.customer_touchpoints);
-        batch.rows.sessions.extend(out.sessions);
-        batch.rows.feedback.extend(out.feedback);
     }
 }
 impl Journey {

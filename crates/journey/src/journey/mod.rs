@@ -715,10 +715,18 @@ impl JourneyStage {
 
     /// Rows produced since the last call, newest per key, sorted by version.
     pub fn take_output(&mut self) -> JourneyOutput {
+        let mut out = JourneyOutput::default();
+        self.take_output_into(&mut out);
+        out
+    }
+
+    /// [`Self::take_output`], appended to `out`'s lists: a caller gathering several
+    /// partitions' rows for one write (the processor's batch) copies none of them again.
+    pub fn take_output_into(&mut self, out: &mut JourneyOutput) {
         // A re-attributed run's rows are written at the latest with the rest of the
         // output (the processor takes it at every flush).
         self.settle();
-        self.out.take(&self.funnels)
+        self.out.take_into(&self.funnels, out);
     }
 
     /// Whether `customer` already holds a copy of `hist`'s event id, in its history or

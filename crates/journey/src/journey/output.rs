@@ -5,6 +5,13 @@
 //! state) and become [`crate::journey::rows`] structs, with their strings, only at
 //! [`Output::take`]: a customer's open session is usually rewritten several times
 //! between two takes, and only the last version is returned.
+//!
+//! Sizing: a take hands everything pending over and frees the lists, so a quiet stage
+//! holds nothing here between flushes; the next row of a list reserves as many as the
+//! previous take had ([`Sizes`]). During a backlog every take is about as large as the
+//! one before, so the lists are allocated once per take instead of growing by doubling
+//! (each doubling copies the list and touches fresh pages: several percent of the
+//! processor's CPU, docs/performance.md).
 
 use std::sync::Arc;
 
@@ -101,6 +108,27 @@ pub(super) struct Output {
     pub(super) extras: Extras,
     pub(super) version_seq: u64,
     pub(super) version_n: u64,
+    /// What the previous take held per list: the next first row reserves that much.
+    sizes: Sizes,
+}
+
+/// Rows per list at the previous take (see the module docs).
+#[derive(Debug, Default, Clone, Copy)]
+struct Sizes {
+    touchpoints: usize,
+    sessions: usize,
+    attempts: usize,
+    open_attempts: usize,
+}
+
+/// Reserve `n` rows in `list` and its index `at` when the list is empty and unallocated
+/// (the first row since a take).
+fn size_first<T, K: std::hash::Hash + Eq>(list: &mut Vec<T>, at: &mut FastMap<K, usize>, n: usize) {
+    if list.capacity() == 0 {
+        let n = n.min(MAX_RESERVE);
+        list.reserve(n);
+        at.reserve(n);
+    }
 }
 
 impl Output {
@@ -142,16 +170,25 @@ impl Output {
         v
     }
 
-    /// Newest row per key, each list sorted by version (touchpoints: then event id).
-    pub(super) fn take(&mut self, funnels: &FunnelSet) -> JourneyOutput {
-        clear_bounded(&mut self.touchpoint_at);
-        clear_bounded(&mut self.session_at);
-        clear_bounded(&mut self.attempt_at);
-        clear_bounded(&mut self.open_at);
-        clear_bounded(&mut self.feedback_at);
+    /// Newest row per key, each list sorted by version (touchpoints: then event id),
+    /// appended to `out`'s lists (so a caller gathering several partitions' rows, as the
+    /// processor's batch does, copies none of them again).
+    pub(super) fn take_into(&mut self, funnels: &FunnelSet, out: &mut JourneyOutput) {
+        self.sizes = Sizes {
+            touchpoints: self.touchpoints.len(),
+            sessions: self.sessions.len(),
+            attempts: self.attempts.len(),
+            open_attempts: self.open_attempts.len(),
+        };
+        self.touchpoint_at = FastMap::default();
+        self.session_at = FastMap::default();
+        self.attempt_at = FastMap::default();
+        self.open_at = FastMap::default();
+        self.feedback_at = FastMap::default();
         let mut feedback = std::mem::take(&mut self.feedback);
         feedback.sort_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
-        let mut touchpoints = keep_capacity(&mut self.touchpoints);
+        out.feedback.append(&mut feedback);
+        let mut touchpoints = std::mem::take(&mut self.touchpoints);
         touchpoints
             .sort_unstable_by(|a, b| (a.version, &a.event_id).cmp(&(b.version, &b.event_id)));
         let mut moved = std::mem::take(&mut self.moved);
@@ -167,38 +204,33 @@ impl Output {
             (&a.customer_id, a.event_time_ms, &a.event_id)
                 == (&b.customer_id, b.event_time_ms, &b.event_id)
         });
-        let sessions = keep_capacity(&mut self.sessions);
-        let attempts = keep_capacity(&mut self.attempts);
-        let open_attempts = keep_capacity(&mut self.open_attempts);
-        let mut out = JourneyOutput {
-            touchpoints: Vec::with_capacity(touchpoints.len()),
-            customer_touchpoints: Vec::with_capacity(touchpoints.len() + moved.len()),
-            sessions: Vec::with_capacity(sessions.len()),
-            attempts: Vec::with_capacity(attempts.len()),
-            open_attempts: Vec::with_capacity(open_attempts.len()),
-            feedback,
-        };
+        let first = out.customer_touchpoints.len();
+        out.customer_touchpoints
+            .reserve(touchpoints.len() + moved.len());
         out.customer_touchpoints
             .extend(touchpoints.iter().map(customer_touchpoint_row));
-        out.customer_touchpoints.extend(moved);
-        out.customer_touchpoints.sort_by_key(|r| r.version);
+        out.customer_touchpoints.append(&mut moved);
+        out.customer_touchpoints[first..].sort_by_key(|r| r.version);
         out.touchpoints
             .extend(touchpoints.into_iter().map(touchpoint_row));
-        out.sessions
-            .extend(sessions.into_iter().flatten().map(session_row));
+        out.sessions.extend(
+            std::mem::take(&mut self.sessions)
+                .into_iter()
+                .flatten()
+                .map(session_row),
+        );
         out.attempts.extend(
-            attempts
+            std::mem::take(&mut self.attempts)
                 .into_iter()
                 .flatten()
                 .map(|a| attempt_row(funnels, a)),
         );
         out.open_attempts.extend(
-            open_attempts
+            std::mem::take(&mut self.open_attempts)
                 .into_iter()
                 .flatten()
                 .map(|a| open_attempt_row(funnels, a)),
         );
-        out
     }
 
     /// The event's touchpoint row, unless one with a higher version is already pending.
@@ -213,6 +245,11 @@ impl Output {
             .version
             .saturating_mul(1 << 16)
             .saturating_add(u64::from(e.emitted));
+        size_first(
+            &mut self.touchpoints,
+            &mut self.touchpoint_at,
+            self.sizes.touchpoints,
+        );
         let at = self.touchpoint_at.get(&e.event_id).copied();
         if at.is_some_and(|i| self.touchpoints[i].version > version) {
             return;
@@ -297,6 +334,11 @@ impl Output {
         partition_ms: i64,
         acc: Option<SessionAcc>,
     ) {
+        size_first(
+            &mut self.sessions,
+            &mut self.session_at,
+            self.sizes.sessions,
+        );
         let version = self.next_version();
         let at = self.sessions.len();
         if let Some(old) = self.session_at.insert((key, partition_ms), at) {
@@ -320,6 +362,11 @@ impl Output {
         partition_ms: i64,
         closed: Option<ClosedAttempt>,
     ) {
+        size_first(
+            &mut self.attempts,
+            &mut self.attempt_at,
+            self.sizes.attempts,
+        );
         let version = self.next_version();
         let at = self.attempts.len();
         if let Some(old) = self.attempt_at.insert((funnel, key, partition_ms), at) {
@@ -344,6 +391,11 @@ impl Output {
         partition_ms: i64,
         open: Option<(OpenAttempt, i64)>,
     ) {
+        size_first(
+            &mut self.open_attempts,
+            &mut self.open_at,
+            self.sizes.open_attempts,
+        );
         let version = self.next_version();
         let at = self.open_attempts.len();
         if let Some(old) = self.open_at.insert((funnel, key, partition_ms), at) {
@@ -435,24 +487,9 @@ pub(super) enum Row {
     },
 }
 
-/// Pending rows a partition keeps room for between flushes. A steady flow reuses its
-/// buffers; a burst (a watermark releasing a backlog at once) does not keep its peak size
-/// for the life of the partition.
-const KEEP_ROWS: usize = 256;
-
-/// The contents of `v`, leaving an empty vector as large (up to [`KEEP_ROWS`]): the next
-/// batch of rows is likely about as large.
-fn keep_capacity<T>(v: &mut Vec<T>) -> Vec<T> {
-    std::mem::replace(v, Vec::with_capacity(v.capacity().min(KEEP_ROWS)))
-}
-
-/// Empty `map`, giving back room beyond [`KEEP_ROWS`] entries.
-fn clear_bounded<K: std::hash::Hash + Eq, V>(map: &mut FastMap<K, V>) {
-    map.clear();
-    if map.capacity() > 2 * KEEP_ROWS {
-        map.shrink_to(KEEP_ROWS);
-    }
-}
+/// The most rows a list reserves ahead ([`Sizes`]): a burst (a watermark releasing a
+/// backlog at once) sizes the next take by at most this much; more rows grow the list.
+const MAX_RESERVE: usize = 1 << 16;
 
 fn touchpoint_row(t: PendingTouchpoint) -> TouchpointRow {
     TouchpointRow {

@@ -20,7 +20,7 @@ use super::consumer::LagContext;
 use super::ctx::RunCtx;
 use super::part::{new_chain_id, state_error, Chain, Part};
 use super::stage::Stage;
-use crate::batch::{Batch, Record};
+use crate::batch::{Batch, Record, RowCounts};
 use crate::store::Rejected;
 use crate::tables::processor_state::{ProcessorState, StateRow};
 use crate::tables::processor_state_delta::{DeltaRow, ProcessorStateDelta};
@@ -60,6 +60,47 @@ pub(super) struct Outbox {
     pub(super) snap: SnapshotDue,
     /// Fires when the latest cut's write and every earlier one have finished.
     pub(super) prev_done: Option<oneshot::Receiver<()>>,
+    /// What the last cut's batch held: the next batch is sized like it.
+    pub(super) last_counts: RowCounts,
+    /// The current batch has been sized ([`Outbox::size_batch`]).
+    pub(super) sized: bool,
+}
+
+impl Outbox {
+    pub(super) fn new(snap: SnapshotDue) -> Self {
+        Self {
+            batch: Batch::default(),
+            ranges: BTreeMap::new(),
+            snap,
+            prev_done: None,
+            last_counts: RowCounts::default(),
+            sized: false,
+        }
+    }
+
+    /// Size the batch like the last cut's before its first input (see [`Batch`]).
+    pub(super) fn size_batch(&mut self) {
+        if !self.sized {
+            self.batch.size_like(&self.last_counts);
+            self.sized = true;
+        }
+    }
+
+    /// Note `offset` of `topic`/`partition` as part of the current batch.
+    pub(super) fn note_offset(&mut self, topic: &str, partition: i32, offset: i64) {
+        // Looked up by reference first: the topic is copied once per batch, not per input.
+        if let Some(r) = self
+            .ranges
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && t == topic)
+            .map(|(_, r)| r)
+        {
+            r.1 = offset;
+        } else {
+            self.ranges
+                .insert((topic.to_string(), partition), (offset, offset));
+        }
+    }
 }
 
 /// A cut batch on its way out: its records already enqueued in the producer (in order),
@@ -149,11 +190,14 @@ async fn cut<S: Stage>(
             .collect(),
     );
     out.ranges.clear();
+    out.size_batch();
     for (p, part) in parts.iter_mut().filter(|(_, p)| p.dirty) {
         stage.drain(&mut part.state, *p, &mut out.batch);
         part.dirty = false;
     }
     let mut batch = std::mem::take(&mut out.batch);
+    out.last_counts = batch.counts();
+    out.sized = false;
     let producer = ctx.producer();
     // 1. Internal topics and DLQ, enqueued now so they keep the order of the cuts; their
     // acknowledgements are awaited before anything of this cut is committed.

@@ -2,7 +2,7 @@
 //! size and time, follow revocations, let caught-up partitions go idle, and restart the
 //! stage run after a failure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt as _};
@@ -16,7 +16,6 @@ use super::flush::{finish, flush, InFlight, Outbox, SnapshotDue};
 use super::part::{load_part, Part, Position};
 use super::seek::{admit, reseek_stalled, SEEK_SETTLE};
 use super::stage::{Input, Stage};
-use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::ProcessorError;
 
@@ -127,17 +126,12 @@ async fn run_once<S: Stage>(
             .max(Duration::from_millis(10)),
     );
     let mut revocations_seen = 0u64;
-    let mut out = Outbox {
-        batch: Batch::default(),
-        ranges: BTreeMap::new(),
-        snap: SnapshotDue {
-            last: Instant::now(),
-            every: ctx.snapshot_every,
-            min_pause: Duration::ZERO,
-            force: false,
-        },
-        prev_done: None,
-    };
+    let mut out = Outbox::new(SnapshotDue {
+        last: Instant::now(),
+        every: ctx.snapshot_every,
+        min_pause: Duration::ZERO,
+        force: false,
+    });
     let mut in_flight: InFlight<'_> = FuturesOrdered::new();
     let counters = Counters::new(&ctx.metrics, stage.name());
 
@@ -225,24 +219,22 @@ async fn run_once<S: Stage>(
             msg = consumer.recv() => {
                 let msg = msg?;
                 last_msg = Instant::now();
-                let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
                 if let std::collections::hash_map::Entry::Vacant(v) = parts.entry(partition) {
                     v.insert(load_part(stage, ctx, partition).await?);
                 }
-                let admit = admit(stage, ctx, &consumer, &mut parts, &topic, partition, offset).await?;
+                let admit = admit(stage, ctx, &consumer, &mut parts, topic, partition, offset).await?;
                 if !admit {
                     counters.skipped.inc();
                     continue;
                 }
+                out.size_batch();
                 if let Some(part) = parts.get_mut(&partition) {
-                    let seq = part.advance(&topic, offset);
-                    let input = Input { topic: &topic, partition, offset, payload: msg.payload().unwrap_or_default(), seq };
+                    let seq = part.advance(topic, offset);
+                    let input = Input { topic, partition, offset, payload: msg.payload().unwrap_or_default(), seq };
                     stage.handle(&mut part.state, &input, &mut out.batch);
                 }
-                out.ranges
-                    .entry((topic.clone(), partition))
-                    .and_modify(|r| r.1 = offset)
-                    .or_insert((offset, offset));
+                out.note_offset(topic, partition, offset);
                 counters.processed.inc();
                 pending_msgs += 1;
                 if pending_msgs >= ctx.batch_max_rows {
