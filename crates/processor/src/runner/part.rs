@@ -78,18 +78,24 @@ pub(super) struct Part<S> {
 }
 
 impl<S> Part<S> {
-    /// Account for the in-order message `offset` of `topic` about to be handled; its seq.
-    pub(super) fn advance(&mut self, topic: &str, offset: i64) -> u64 {
+    /// Account for the in-order message `offset` of `topic` about to be handled at `now`
+    /// (the run loop's coarse clock); its seq.
+    pub(super) fn advance(&mut self, topic: &str, offset: i64, now: Instant) -> u64 {
         // In order again: a later gap gets a fresh reload and seek.
         self.gap_reloaded = false;
         self.idle_seek = false;
         self.seeks = 0;
         self.last_seek = None;
         self.pos.seq += 1;
-        self.pos.next.insert(topic.to_string(), offset + 1);
+        match self.pos.next.get_mut(topic) {
+            Some(next) => *next = offset + 1,
+            None => {
+                self.pos.next.insert(topic.to_string(), offset + 1);
+            }
+        }
         self.dirty = true;
         self.unsaved = true;
-        self.last_input = Instant::now();
+        self.last_input = now;
         self.pos.seq
     }
 }
