@@ -271,6 +271,9 @@ impl Serialize for CustomersRef<'_> {
     }
 }
 
+/// Room [`JourneyStage::dirty`] keeps once drained.
+const KEEP_DIRTY: usize = 1024;
+
 /// Stage 2 state machine. One per stage-2 partition.
 #[derive(Debug)]
 pub struct JourneyStage {
@@ -825,6 +828,11 @@ impl JourneyStage {
                 // may be a just released answer or the touchpoint it rates.
                 self.attribute_answers(&id);
                 self.recompute(&id);
+            }
+            // A release after a backlog queues most customers at once: that room is not
+            // kept for the life of the partition (16 bytes per customer).
+            if dirty.capacity() > KEEP_DIRTY {
+                dirty.shrink_to(KEEP_DIRTY);
             }
             self.dirty = dirty;
         }
