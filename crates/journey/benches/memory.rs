@@ -8,7 +8,8 @@
 //! Each (stage, customer count) runs in a child process of this binary: RSS is read from
 //! `/proc/self/status` before and after feeding the events, and the growth divided by the
 //! customer count. Outputs are drained and dropped every 500 events, as the processor does,
-//! so what remains is the state (plus allocator slack, which the processor pays too).
+//! so what remains is the state (plus allocator slack, which the processor pays too). The
+//! allocator is the processor's (jemalloc), read after its purge of unused pages.
 //!
 //! Run: `cargo bench -p touchstream-journey --bench memory` (counts from
 //! `TS_BENCH_MEMORY_CUSTOMERS`, comma-separated, default `10000,100000,1000000`). Linux
