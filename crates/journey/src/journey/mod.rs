@@ -272,7 +272,7 @@ impl Serialize for CustomersRef<'_> {
 }
 
 /// Room [`JourneyStage::dirty`] keeps once drained.
-const KEEP_DIRTY: usize = 1024;
+const KEEP_DIRTY: usize = 256;
 
 /// Stage 2 state machine. One per stage-2 partition.
 #[derive(Debug)]

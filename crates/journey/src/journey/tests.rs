@@ -1608,3 +1608,21 @@ fn a_release_of_a_backlog_does_not_keep_its_dirty_queue() {
         st.dirty.capacity()
     );
 }
+
+#[test]
+fn a_save_gives_back_the_change_set_a_burst_filled() {
+    let mut st = stage();
+    st.track_changes();
+    let n = 4 * delta::KEEP_CHANGED;
+    for i in 0..n {
+        let (c, e) = (format!("c{i}"), format!("e{i}"));
+        st.process(
+            routed(&c, &e, "Product Viewed", MIN, i as u64 + 1),
+            i as u64 + 1,
+        );
+    }
+    assert_eq!(st.changed_customers(), n);
+    st.mark_saved();
+    let room = st.changed.as_ref().map_or(0, |c| c.capacity());
+    assert!(room <= 2 * delta::KEEP_CHANGED, "room for {room} ids kept");
+}
