@@ -8,7 +8,8 @@
 //! Each (stage, customer count) runs in a child process of this binary: RSS is read from
 //! `/proc/self/status` before and after feeding the events, and the growth divided by the
 //! customer count. Outputs are drained and dropped every 500 events, as the processor does,
-//! so what remains is the state (plus allocator slack, which the processor pays too).
+//! so what remains is the state (plus allocator slack, which the processor pays too). The
+//! allocator is the processor's (jemalloc), read after its purge of unused pages.
 //!
 //! Run: `cargo bench -p touchstream-journey --bench memory` (counts from
 //! `TS_BENCH_MEMORY_CUSTOMERS`, comma-separated, default `10000,100000,1000000`). Linux
@@ -22,6 +23,12 @@ use touchstream_journey::{
     Catalog, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent,
     JourneyStage, MessageType, Properties, RoutedEvent,
 };
+
+/// The processor's allocator (crates/cli/src/main.rs), with the settings
+/// `.cargo/config.toml` compiles in: size classes and purging decide what a customer
+/// costs in resident memory, and glibc's differ.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const MIN: i64 = 60_000;
 /// The final watermark (2025-11-25T12:00:00Z).
@@ -109,6 +116,9 @@ fn child(stage: &str, n: usize) -> u64 {
     }
     journey.advance_watermark(NOW_MS, seq + 1);
     drop(journey.take_output());
+    // jemalloc's background thread purges pages unused for 1 s (`dirty_decay_ms`): what
+    // the processing freed is given back before the reading, as in the processor bench.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     let grown = rss_bytes().saturating_sub(before);
     assert_eq!(
         journey.customer_count(),

@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 use super::{AnonHistory, IdentityCounters, IdentitySnapshot, IdentityStage, SavedLink};
 use crate::hash::FastState;
 
+/// Room the change set keeps once saved. Each partition has one, and a backlog or a
+/// burst fills it with most of its anonymous ids: kept at that size (it was up to 4,096), the
+/// sets of a processor's partitions held ~40 bytes per active customer at 10k
+/// customers (docs/performance.md "2026-12-03: memory per active customer"). Regrowing
+/// costs less than saving the ids it holds.
+pub(super) const KEEP_CHANGED: usize = 256;
+
 /// Anonymous ids changed since the last save.
 pub(super) type Changed = HashSet<Box<str>, FastState>;
 
@@ -110,8 +117,8 @@ impl IdentityStage {
     pub fn mark_saved(&mut self) {
         if let Some(c) = &mut self.changed {
             c.clear();
-            if c.capacity() > 4096 {
-                c.shrink_to(4096);
+            if c.capacity() > KEEP_CHANGED {
+                c.shrink_to(KEEP_CHANGED);
             }
         }
         self.evicted_changed = false;

@@ -586,3 +586,20 @@ fn identity_deltas_laid_over_their_base_give_the_whole_snapshot() {
         "{c:?}"
     );
 }
+
+#[test]
+fn a_save_gives_back_the_change_set_a_burst_filled() {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    stage.track_changes();
+    let n = 4 * delta::KEEP_CHANGED;
+    for i in 0..n {
+        let (anon, user) = (format!("a{i}"), format!("u{i}"));
+        stage.process(
+            track(&format!("e{i}"), Some(&anon), Some(&user), 0),
+            i as u64 + 1,
+        );
+    }
+    stage.mark_saved();
+    let room = stage.changed.as_ref().map_or(0, |c| c.capacity());
+    assert!(room <= 2 * delta::KEEP_CHANGED, "room for {room} ids kept");
+}

@@ -62,7 +62,7 @@ impl JourneyStage {
     pub fn earliest_checkpoint_ms(&self) -> Option<i64> {
         self.customers
             .values()
-            .filter_map(|c| c.base_until_ms)
+            .filter_map(|c| c.base_until_ms())
             .min()
     }
 
@@ -171,7 +171,7 @@ impl JourneyStage {
         let mut m = Machine::default();
         let held = self.customers.get_mut(&id);
         let before = match &held {
-            Some(c) => c.base_until_ms.unwrap_or(i64::MIN),
+            Some(c) => c.base_until_ms().unwrap_or(i64::MIN),
             None => i64::MAX,
         };
         for e in hist.iter().take_while(|e| e.time_ms < before) {
@@ -181,10 +181,11 @@ impl JourneyStage {
             Some(c) => {
                 // Rows just tombstoned must be written again by the recompute if it still
                 // produces them: forget them as written.
-                c.live
-                    .retain(|r| r.funnel != Some(fi) || !stored_keys.contains(&r.key));
+                let mut live = std::mem::take(&mut c.live).into_vec();
+                live.retain(|r| r.funnel != Some(fi) || !stored_keys.contains(&r.key));
+                c.live = live.into_boxed_slice();
                 missing = refill_history(c, fi, &hist);
-                if c.base_until_ms.is_some() {
+                if c.base_until_ms().is_some() {
                     let slot = m.attempts.get(usize::from(fi)).cloned().unwrap_or_default();
                     set_slot(c, fi, slot, self.funnels.funnels().len());
                 }

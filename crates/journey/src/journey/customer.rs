@@ -49,25 +49,29 @@ impl LiveRow {
     }
 }
 
-/// One customer's state.
+/// One customer's state. Every active customer has one, boxed in the stage's map, so its
+/// size is paid per customer: 96 bytes, one jemalloc size class (a unit test pins it;
+/// docs/performance.md, "memory per active customer"). Hence the two optional times as a
+/// value and a flag each (an `Option<i64>` takes 16 bytes) and the written rows as a
+/// boxed slice (they are replaced whole, so no spare room is needed).
 #[derive(Debug, Default)]
 pub(super) struct Customer {
-    /// Checkpoint covering every event before `base_until_ms`; `None` when empty.
+    /// Checkpoint covering every event before [`Self::base_until_ms`]; `None` when empty.
     pub(super) base: Option<Box<Machine>>,
-    pub(super) base_until_ms: Option<i64>,
+    /// [`Self::base_until_ms`] when `has_base_until`.
+    base_until: i64,
     /// Released events from the checkpoint on, sorted by `(time, event_id)`.
     pub(super) history: Vec<HistEvent>,
     /// Rows derived from `base` + `history` as last written: sessions first, then
     /// attempts, each in replay order.
-    pub(super) live: Vec<LiveRow>,
+    pub(super) live: Box<[LiveRow]>,
     /// Newest event time ever released for the customer.
     pub(super) last_time_ms: i64,
-    /// When the customer must be recomputed without new events (an attempt's deadline,
-    /// or forgetting it).
-    pub(super) wake_ms: Option<i64>,
-    /// Time of its entry in the timer set, which exists while `wake_ms` is set: at most
-    /// `wake_ms`, moved later only when it fires early (the wake moves with nearly every
-    /// event).
+    /// [`Self::wake_ms`] when `has_wake`.
+    wake: i64,
+    /// Time of its entry in the timer set, which exists while [`Self::wake_ms`] is set: at
+    /// most the wake, moved later only when it fires early (the wake moves with nearly
+    /// every event).
     pub(super) timer_ms: i64,
     /// Machine after `history[..stepped]`, kept for customers with a long history so
     /// that events appended at its end are stepped from here instead of replaying it
@@ -78,17 +82,48 @@ pub(super) struct Customer {
     pub(super) dirty: bool,
     /// No two `live` rows share a key (the tail shortcut relies on it).
     pub(super) live_unique: bool,
+    has_base_until: bool,
+    has_wake: bool,
 }
 
 impl Customer {
+    /// The checkpoint's time: it covers every event before it; `None` before the first
+    /// replay.
+    pub(super) fn base_until_ms(&self) -> Option<i64> {
+        self.has_base_until.then_some(self.base_until)
+    }
+
+    pub(super) fn set_base_until_ms(&mut self, ms: Option<i64>) {
+        self.has_base_until = ms.is_some();
+        self.base_until = ms.unwrap_or_default();
+    }
+
+    /// When the customer must be recomputed without new events (an attempt's deadline,
+    /// or forgetting it).
+    pub(super) fn wake_ms(&self) -> Option<i64> {
+        self.has_wake.then_some(self.wake)
+    }
+
+    pub(super) fn set_wake_ms(&mut self, ms: Option<i64>) {
+        self.has_wake = ms.is_some();
+        self.wake = ms.unwrap_or_default();
+    }
+
+    /// [`Self::wake_ms`], cleared.
+    pub(super) fn take_wake_ms(&mut self) -> Option<i64> {
+        let wake = self.wake_ms();
+        self.set_wake_ms(None);
+        wake
+    }
+
     pub(super) fn saved(&self) -> SavedCustomer {
         SavedCustomer {
             base: self.base.as_deref().cloned(),
-            base_until_ms: self.base_until_ms,
+            base_until_ms: self.base_until_ms(),
             history: self.history.clone(),
-            live: self.live.clone(),
+            live: self.live.to_vec(),
             last_time_ms: self.last_time_ms,
-            wake_ms: self.wake_ms,
+            wake_ms: self.wake_ms(),
         }
     }
 
@@ -96,11 +131,11 @@ impl Customer {
     pub(super) fn saved_ref(&self) -> SavedCustomerRef<'_> {
         SavedCustomerRef {
             base: self.base.as_deref(),
-            base_until_ms: self.base_until_ms,
+            base_until_ms: self.base_until_ms(),
             history: &self.history,
             live: &self.live,
             last_time_ms: self.last_time_ms,
-            wake_ms: self.wake_ms,
+            wake_ms: self.wake_ms(),
         }
     }
 
@@ -112,9 +147,7 @@ impl Customer {
         // Deserialized vectors grow by doubling from 4 (JSON gives no length): a
         // one-event customer would keep room for four after every restart.
         history.shrink_to_fit();
-        let mut live = saved.live;
-        live.shrink_to_fit();
-        Self {
+        let mut customer = Self {
             base: saved.base.filter(|b| !b.is_empty()).map(|mut b| {
                 b.compact();
                 // Deserialized breakdown values are strings of their own: share the
@@ -126,13 +159,14 @@ impl Customer {
                 }
                 Box::new(b)
             }),
-            base_until_ms: saved.base_until_ms,
             history,
-            live,
+            live: saved.live.into_boxed_slice(),
             last_time_ms: saved.last_time_ms,
-            wake_ms: saved.wake_ms,
             ..Self::default()
-        }
+        };
+        customer.set_base_until_ms(saved.base_until_ms);
+        customer.set_wake_ms(saved.wake_ms);
+        customer
     }
 
     /// Add a released event to the history (a duplicate only raises the kept version).
@@ -179,7 +213,7 @@ impl Customer {
     }
 
     pub(super) fn add(&mut self, hist: HistEvent, duplicates: &mut u64) -> Option<&mut HistEvent> {
-        let fresh = self.history.is_empty() && self.base_until_ms.is_none();
+        let fresh = self.history.is_empty() && !self.has_base_until;
         self.last_time_ms = if fresh {
             hist.time_ms
         } else {
@@ -348,5 +382,34 @@ impl Names {
             self.0.insert(Arc::clone(&name));
         }
         name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every active customer pays for its boxed [`Customer`]: at 96 bytes it takes
+    /// jemalloc's 96-byte class (glibc: a 112-byte chunk); at 120, as before, 128 in both.
+    #[test]
+    fn a_customer_takes_96_bytes() {
+        assert!(
+            std::mem::size_of::<Customer>() <= 96,
+            "Customer is {} bytes",
+            std::mem::size_of::<Customer>()
+        );
+    }
+
+    #[test]
+    fn optional_times_round_trip() {
+        let mut c = Customer::default();
+        assert_eq!((c.base_until_ms(), c.wake_ms()), (None, None));
+        c.set_base_until_ms(Some(i64::MIN));
+        c.set_wake_ms(Some(0));
+        assert_eq!((c.base_until_ms(), c.wake_ms()), (Some(i64::MIN), Some(0)));
+        assert_eq!(c.take_wake_ms(), Some(0));
+        assert_eq!(c.wake_ms(), None);
+        c.set_base_until_ms(None);
+        assert_eq!(c.base_until_ms(), None);
     }
 }

@@ -24,6 +24,13 @@ use super::remap::{self, SavedFunnel};
 use super::{Buffered, BufferedRef, JourneyCounters, JourneySnapshot, JourneyStage};
 use crate::hash::FastState;
 
+/// Room the change set keeps once saved. Each partition has one, and a backlog or a
+/// burst fills it with most of its customers: kept at that size (it was up to 4,096), the
+/// sets of a processor's partitions held ~40 bytes per active customer at 10k
+/// customers (docs/performance.md "2026-12-03: memory per active customer"). Regrowing
+/// costs less than saving the ids it holds.
+pub(super) const KEEP_CHANGED: usize = 256;
+
 /// The customers changed since the last save.
 pub(super) type Changed = HashSet<Arc<str>, FastState>;
 
@@ -179,8 +186,8 @@ impl JourneyStage {
     pub fn mark_saved(&mut self) {
         if let Some(c) = &mut self.changed {
             c.clear();
-            if c.capacity() > 4096 {
-                c.shrink_to(4096);
+            if c.capacity() > KEEP_CHANGED {
+                c.shrink_to(KEEP_CHANGED);
             }
         }
         self.whole_next = false;

@@ -68,7 +68,7 @@ impl JourneyStage {
         };
         customer.dirty = false;
         // Its timer entry, if it has one (not when the timer just fired).
-        let timer = customer.wake_ms.take().map(|_| customer.timer_ms);
+        let timer = customer.take_wake_ms().map(|_| customer.timer_ms);
         let next_deadline = replay(customer, id, &ctx, &mut self.out, &mut self.scratch);
 
         // Nothing can change a customer whose newest event is further back than any session
@@ -86,7 +86,7 @@ impl JourneyStage {
         }
         let expire_at = settled_at.saturating_add(self.horizon_ms);
         let wake = next_deadline.map_or(expire_at, |d| d.min(expire_at));
-        customer.wake_ms = Some(wake);
+        customer.set_wake_ms(Some(wake));
         // An entry no later than the wake may stay: it only fires early (see `advance`).
         if timer.is_none_or(|at| at > wake) {
             if let Some(at) = timer {
@@ -338,7 +338,7 @@ fn replay(
             c.history.shrink_to_fit();
         }
     }
-    c.base_until_ms = Some(c.base_until_ms.map_or(cutoff, |b| b.max(cutoff)));
+    c.set_base_until_ms(Some(c.base_until_ms().map_or(cutoff, |b| b.max(cutoff))));
 
     match u32::try_from(c.history.len()) {
         Ok(len) if len as usize >= ctx.tail_min_events => {
@@ -358,13 +358,14 @@ fn replay(
     p.next_deadline_ms
 }
 
-/// `dst = src`, with no more spare room than a few rows: every customer keeps its list.
-fn copy_tight(dst: &mut Vec<LiveRow>, src: &[LiveRow]) {
-    dst.clear();
-    if dst.capacity() < src.len() || dst.capacity() > src.len() + 4 {
-        *dst = Vec::with_capacity(src.len());
+/// `dst = src`, with no spare room: every customer keeps its list. In place when the
+/// length is the same (most replays rewrite the same rows).
+fn copy_tight(dst: &mut Box<[LiveRow]>, src: &[LiveRow]) {
+    if dst.len() == src.len() {
+        dst.copy_from_slice(src);
+    } else {
+        *dst = src.into();
     }
-    dst.extend_from_slice(src);
 }
 
 fn attempt_keys(ctx: &Ctx<'_>, id: &str, p: &Produced, keys: &mut Vec<Option<u128>>) {

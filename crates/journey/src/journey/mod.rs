@@ -271,6 +271,9 @@ impl Serialize for CustomersRef<'_> {
     }
 }
 
+/// Room [`JourneyStage::dirty`] keeps once drained.
+const KEEP_DIRTY: usize = 256;
+
 /// Stage 2 state machine. One per stage-2 partition.
 #[derive(Debug)]
 pub struct JourneyStage {
@@ -369,10 +372,10 @@ impl JourneyStage {
                 }
             }
             let mut customer = Customer::restore(saved, &mut names, &funnels);
-            if let Some(wake) = customer.wake_ms {
+            if let Some(wake) = customer.wake_ms() {
                 timers.insert((wake, Arc::clone(&id)));
             }
-            customer.timer_ms = customer.wake_ms.unwrap_or_default();
+            customer.timer_ms = customer.wake_ms().unwrap_or_default();
             customers.insert(id, Box::new(customer));
         }
         let pending = snapshot.pending.filter(|id| match customers.get_mut(id) {
@@ -549,7 +552,7 @@ impl JourneyStage {
             }
         }
         let (id, checkpoint_ms) = match self.customers.get_key_value(customer_id.as_str()) {
-            Some((id, c)) => (Arc::clone(id), c.base_until_ms),
+            Some((id, c)) => (Arc::clone(id), c.base_until_ms()),
             None => (Arc::from(customer_id), None),
         };
         self.mark(&id);
@@ -660,7 +663,7 @@ impl JourneyStage {
                 self.out.tombstone(&key, row);
             }
             self.forget_extras(&key, &customer.history);
-            if customer.wake_ms.is_some() {
+            if customer.wake_ms().is_some() {
                 self.timers.remove(&(customer.timer_ms, key));
             }
         }
@@ -684,7 +687,7 @@ impl JourneyStage {
         match self.customers.remove_entry(customer_id) {
             Some((key, customer)) => {
                 self.forget_extras(&key, &customer.history);
-                if customer.wake_ms.is_some() {
+                if customer.wake_ms().is_some() {
                     self.timers.remove(&(customer.timer_ms, key));
                 }
                 true
@@ -803,7 +806,7 @@ impl JourneyStage {
             let Some(c) = self.customers.get_mut(&id) else {
                 continue;
             };
-            match c.wake_ms {
+            match c.wake_ms() {
                 // Fired early: the wake moved on since the entry was made.
                 Some(wake) if wake >= frontier => {
                     c.timer_ms = wake;
@@ -811,7 +814,7 @@ impl JourneyStage {
                 }
                 None => {}
                 Some(_) => {
-                    c.wake_ms = None;
+                    c.set_wake_ms(None);
                     if !c.dirty {
                         c.dirty = true;
                         self.dirty.push(id);
@@ -834,6 +837,11 @@ impl JourneyStage {
                 self.attribute_answers(&id);
                 self.recompute(&id);
             }
+            // A release after a backlog queues most customers at once: that room is not
+            // kept for the life of the partition (16 bytes per customer).
+            if dirty.capacity() > KEEP_DIRTY {
+                dirty.shrink_to(KEEP_DIRTY);
+            }
             self.dirty = dirty;
         }
     }
@@ -842,7 +850,7 @@ impl JourneyStage {
         self.mark(&customer_id);
         match self.customers.get_mut(&customer_id) {
             Some(customer) => {
-                if customer.base_until_ms.is_some_and(|b| hist.time_ms < b) {
+                if customer.base_until_ms().is_some_and(|b| hist.time_ms < b) {
                     // Before the checkpoint: only reachable with a horizon shorter than
                     // the lateness. Keep the promise of never losing an event.
                     self.counters.late_events += 1;

@@ -1580,3 +1580,49 @@ fn a_hot_customer_is_capped_per_window_whatever_the_arrival_order() {
         t.assert_by_customer_matches();
     }
 }
+
+#[test]
+fn a_release_of_a_backlog_does_not_keep_its_dirty_queue() {
+    // The processor's case: a backlog buffered under an external watermark, then
+    // released by one advance, which queues every customer at once.
+    let config = JourneyConfig {
+        external_watermark: true,
+        ..JourneyConfig::default()
+    };
+    let mut st = JourneyStage::new(config, Catalog::default(), funnels());
+    let n = 4 * KEEP_DIRTY;
+    for i in 0..n {
+        let (c, e) = (format!("c{i}"), format!("e{i}"));
+        st.process(
+            routed(&c, &e, "Product Viewed", MIN, i as u64 + 1),
+            i as u64 + 1,
+        );
+    }
+    st.advance_watermark(60 * MIN, n as u64 + 1);
+    drop(st.take_output());
+    assert_eq!(st.customer_count(), n);
+    assert!(st.dirty.is_empty());
+    assert!(
+        st.dirty.capacity() <= KEEP_DIRTY,
+        "{} slots kept",
+        st.dirty.capacity()
+    );
+}
+
+#[test]
+fn a_save_gives_back_the_change_set_a_burst_filled() {
+    let mut st = stage();
+    st.track_changes();
+    let n = 4 * delta::KEEP_CHANGED;
+    for i in 0..n {
+        let (c, e) = (format!("c{i}"), format!("e{i}"));
+        st.process(
+            routed(&c, &e, "Product Viewed", MIN, i as u64 + 1),
+            i as u64 + 1,
+        );
+    }
+    assert_eq!(st.changed_customers(), n);
+    st.mark_saved();
+    let room = st.changed.as_ref().map_or(0, |c| c.capacity());
+    assert!(room <= 2 * delta::KEEP_CHANGED, "room for {room} ids kept");
+}

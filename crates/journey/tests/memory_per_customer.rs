@@ -1,0 +1,144 @@
+//! What the journey stage keeps per active customer, counted allocation by allocation
+//! (docs/performance.md, "memory per active customer").
+//!
+//! The shape of the memory bench (`benches/memory.rs`, `touchstream bench --only
+//! memory`): customer `i` sends one signed-in `Product Viewed`, so the stage holds an open
+//! session and an open `web_checkout` attempt for each. A counting global allocator sums
+//! the allocations still live after the last event, each rounded up to its jemalloc size
+//! class (the processor's allocator keeps no header, but rounds every small allocation up
+//! to a class), so the figure is exact and the same on every run, unlike resident memory.
+
+#![expect(unsafe_code, reason = "a counting global allocator")]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+use serde_json::{json, Map, Value};
+use touchstream_journey::{
+    Catalog, FunnelSet, JourneyConfig, JourneyEvent, JourneyStage, MessageType, Properties,
+    RoutedEvent,
+};
+
+/// Bytes of live allocations, each in its jemalloc size class, and their number.
+static BYTES: AtomicI64 = AtomicI64::new(0);
+static COUNT: AtomicI64 = AtomicI64::new(0);
+
+struct Counting;
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        BYTES.fetch_add(size_class(l.size()), Relaxed);
+        COUNT.fetch_add(1, Relaxed);
+        // SAFETY: the caller's layout, as received.
+        unsafe { System.alloc(l) }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        BYTES.fetch_sub(size_class(l.size()), Relaxed);
+        COUNT.fetch_sub(1, Relaxed);
+        // SAFETY: allocated above with this layout.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// jemalloc's size class of an allocation of `size` bytes: 8, 16, then steps of 16 up to
+/// 128, then four classes per doubling (160, 192, 224, 256, 320, ...); pages beyond.
+fn size_class(size: usize) -> i64 {
+    let class = if size <= 8 {
+        8
+    } else if size <= 128 {
+        size.div_ceil(16) * 16
+    } else if size <= 16 * 1024 {
+        let group = size.next_power_of_two() / 2;
+        let step = group / 4;
+        size.div_ceil(step) * step
+    } else {
+        size.div_ceil(4096) * 4096
+    };
+    i64::try_from(class).unwrap_or(i64::MAX)
+}
+
+const MIN: i64 = 60_000;
+const NOW_MS: i64 = 1_764_072_000_000;
+
+fn routed(i: usize, n: usize) -> RoutedEvent {
+    let mut properties = Map::new();
+    properties.insert("sku".into(), json!(format!("SKU-{}", i % 40)));
+    let event = JourneyEvent {
+        event_id: format!("m-7f3a9c21-{i}"),
+        kind: MessageType::Track,
+        event: Some("Product Viewed".into()),
+        anonymous_id: Some(format!("a-7f3a9c21-{i}")),
+        user_id: Some(format!("u-7f3a9c21-{i}")),
+        previous_id: None,
+        event_time_ms: NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64,
+        channel: None,
+        properties: Properties::from_json(&Value::Object(properties).to_string()),
+    };
+    RoutedEvent {
+        customer_id: format!("u-7f3a9c21-{i}"),
+        event: event.into(),
+        version: i as u64 + 1,
+        reattributed: false,
+    }
+}
+
+/// (bytes, allocations) per customer the stage keeps after `n` customers.
+fn kept_per_customer(n: usize) -> (f64, f64) {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"));
+    let funnels = FunnelSet::load(&dir.join("funnels.toml")).expect("funnels.toml");
+    let catalog = Catalog::load(&dir.join("catalog.toml")).expect("catalog.toml");
+    let config = JourneyConfig {
+        external_watermark: true,
+        ..JourneyConfig::default()
+    };
+    let mut stage = JourneyStage::new(config, catalog, funnels);
+    stage.track_changes();
+    let (bytes, count) = (BYTES.load(Relaxed), COUNT.load(Relaxed));
+    for i in 0..n {
+        let seq = i as u64 + 1;
+        stage.process(routed(i, n), seq);
+        if seq % 1000 == 0 {
+            stage.advance_watermark(NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64, seq);
+        }
+        if seq % 500 == 0 {
+            drop(stage.take_output());
+        }
+    }
+    stage.advance_watermark(NOW_MS, n as u64 + 1);
+    drop(stage.take_output());
+    stage.mark_saved();
+    assert_eq!(stage.customer_count(), n, "every customer active");
+    assert_eq!(stage.buffered_events(), 0, "every event released");
+    let kept = (
+        (BYTES.load(Relaxed) - bytes) as f64 / n as f64,
+        (COUNT.load(Relaxed) - count) as f64 / n as f64,
+    );
+    drop(stage);
+    kept
+}
+
+/// The state per customer (10k customers, the bench's smaller count): its id and its
+/// event's id (32 bytes each), the boxed customer (96), its one history event (88, in
+/// 96), its two written rows (96), its timer entry (BTree nodes, ~49), its share of the
+/// customer map (25 bytes a bucket at 61 % load, ~41) and of the change set's room kept
+/// between saves: 468 bytes. 516 with the 120-byte customer struct and room for 4,096
+/// changed ids before; the bound leaves room for a few bytes, not for a size class.
+#[test]
+fn the_journey_state_per_customer_stays_under_480_bytes() {
+    let (bytes, allocations) = kept_per_customer(10_000);
+    println!("{bytes:.1} bytes in {allocations:.2} allocations per customer");
+    assert!(
+        bytes <= 480.0,
+        "{bytes:.1} bytes per customer ({allocations:.2} allocations)"
+    );
+    assert!(
+        allocations <= 5.2,
+        "{allocations:.2} allocations per customer"
+    );
+}
