@@ -204,3 +204,53 @@ async fn a_crowd_of_slow_bodies_all_get_408_and_others_are_served() {
     assert!(took < Duration::from_secs(8), "the crowd was held {took:?}");
     c.stop().await;
 }
+
+/// A client that sends a too-large body whole before reading (as most HTTP clients do)
+/// gets the 413: the collector reads the rest of the body and throws it away before
+/// answering. Answering and closing with the body unread made the kernel reset the
+/// connection, so such a client saw "connection reset" or "broken pipe" instead.
+#[tokio::test]
+async fn a_too_large_body_sent_whole_gets_its_413() {
+    support::require_port("Kafka", &support::kafka_brokers());
+    let config = config();
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let c = CollectorHandle::start(config).await;
+    let addr = addr(&c);
+    // Over the 512,000-byte limit, by Content-Length and (without it) while reading.
+    for declared in [true, false] {
+        let body = vec![b' '; 6_000_000];
+        let head = if declared {
+            format!(
+                "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic ZGVtby13ZWIta2V5Og==\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+        } else {
+            "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic ZGVtby13ZWIta2V5Og==\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string()
+        };
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("write head");
+        let sent = if declared {
+            s.write_all(&body).await
+        } else {
+            let mut chunked = Vec::new();
+            for part in body.chunks(64 * 1024) {
+                chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                chunked.extend_from_slice(part);
+                chunked.extend_from_slice(b"\r\n");
+            }
+            chunked.extend_from_slice(b"0\r\n\r\n");
+            s.write_all(&chunked).await
+        };
+        sent.unwrap_or_else(|e| panic!("declared {declared}: the body could not be sent: {e}"));
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            matches!(read, Ok(Ok(_))) && text.starts_with("HTTP/1.1 413"),
+            "declared {declared}: {read:?}, got {:?}",
+            &text[..text.len().min(200)]
+        );
+    }
+}

@@ -4,6 +4,12 @@
 //! buffered) and again while inflating, so a gzip bomb costs at most `limit` bytes. Every
 //! chunk kept, read or inflated, is first handed to the caller's `reserve`, which counts
 //! it against the collector's in-flight budget while the body is still arriving.
+//!
+//! A body refused as too large is read on and thrown away, up to [`DISCARD_MAX`] bytes,
+//! before the 413 goes out (nginx's "lingering close"): a server that answers and closes
+//! while the client is still sending leaves unread bytes in its socket, the kernel then
+//! resets the connection, and the client sees "connection reset" or "broken pipe"
+//! instead of the 413 that says what was wrong (README "Limits").
 
 use std::io::Read;
 
@@ -29,17 +35,20 @@ pub async fn read_limited(
     too_large: impl Fn() -> ApiError,
     mut reserve: impl FnMut(usize) -> Result<(), ApiError>,
 ) -> Result<Bytes, ApiError> {
+    let mut body = body;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > limit as u64 {
+            if len <= DISCARD_MAX as u64 {
+                discard(&mut body, 0, timeout).await;
+            }
             return Err(too_large());
         }
     }
     let read = async {
-        let mut body = body;
         let mut out = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
@@ -47,16 +56,41 @@ pub async fn read_limited(
                 continue; // trailers
             };
             if out.len() + data.len() > limit {
-                return Err(too_large());
+                return Ok(Err(out.len() + data.len()));
             }
             reserve(data.len())?;
             out.extend_from_slice(&data);
         }
-        Ok(out.freeze())
+        Ok(Ok(out.freeze()))
     };
-    tokio::time::timeout(timeout, read)
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(timeout, read)
         .await
-        .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))?
+        .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))??
+    {
+        Ok(bytes) => Ok(bytes),
+        Err(seen) => {
+            discard(&mut body, seen, timeout.saturating_sub(started.elapsed())).await;
+            Err(too_large())
+        }
+    }
+}
+
+/// The most bytes of a refused body read and thrown away before the 413 (module docs).
+pub const DISCARD_MAX: usize = 8 << 20;
+
+/// Read and drop the rest of `body` (`seen` bytes of it read already) until it ends, it
+/// passes [`DISCARD_MAX`], or `timeout` passes; nothing is kept.
+async fn discard(body: &mut Body, mut seen: usize, timeout: std::time::Duration) {
+    let drain = async {
+        while seen <= DISCARD_MAX {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
 }
 
 /// Undo `Content-Encoding: gzip`; the inflated body must also fit `limit` (else
