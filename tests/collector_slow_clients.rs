@@ -32,6 +32,17 @@ fn addr(c: &CollectorHandle) -> String {
     c.base.trim_start_matches("http://").to_string()
 }
 
+/// The collector on `config`, with its topics, and its address (host:port).
+async fn start(config: Config) -> (CollectorHandle, String) {
+    support::require_port("Kafka", &support::kafka_brokers());
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let c = CollectorHandle::start(config).await;
+    let addr = addr(&c);
+    (c, addr)
+}
+
 /// Read until the peer closes (or `limit` passes); what was read.
 async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<String> {
     let mut out = Vec::new();
@@ -54,13 +65,8 @@ const SLOW_BODY: &str = "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Ba
 
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_capped() {
-    support::require_port("Kafka", &support::kafka_brokers());
     let config = config();
-    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
-        .await
-        .expect("topics");
-    let c = CollectorHandle::start(config).await;
-    let addr = addr(&c);
+    let (c, addr) = start(config).await;
 
     // Half the headers, then nothing: closed after the header timeout.
     let started = Instant::now();
@@ -127,17 +133,12 @@ async fn slow_clients_are_cut_off_and_capped() {
 
 #[tokio::test]
 async fn shutdown_is_bounded_with_a_busy_client() {
-    support::require_port("Kafka", &support::kafka_brokers());
     let mut config = config();
     // Long timeouts: only the shutdown grace can end these connections.
     config.collector.header_read_timeout_ms = 60_000;
     config.collector.body_read_timeout_ms = 60_000;
     config.collector.max_connections = crowd() + 16;
-    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
-        .await
-        .expect("topics");
-    let c = CollectorHandle::start(config).await;
-    let addr = addr(&c);
+    let (c, addr) = start(config).await;
     let mut held = Vec::new();
     for _ in 0..crowd() {
         let mut s = TcpStream::connect(&addr).await.expect("connect");
@@ -156,15 +157,10 @@ async fn shutdown_is_bounded_with_a_busy_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_of_slow_bodies_all_get_408_and_others_are_served() {
-    support::require_port("Kafka", &support::kafka_brokers());
     let n = crowd();
     let mut config = config();
     config.collector.max_connections = n + 16;
-    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
-        .await
-        .expect("topics");
-    let c = CollectorHandle::start(config).await;
-    let addr = addr(&c);
+    let (c, addr) = start(config).await;
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = TcpStream::connect(&addr).await.expect("connect");
@@ -211,13 +207,8 @@ async fn a_crowd_of_slow_bodies_all_get_408_and_others_are_served() {
 /// connection, so such a client saw "connection reset" or "broken pipe" instead.
 #[tokio::test]
 async fn a_too_large_body_sent_whole_gets_its_413() {
-    support::require_port("Kafka", &support::kafka_brokers());
     let config = config();
-    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
-        .await
-        .expect("topics");
-    let c = CollectorHandle::start(config).await;
-    let addr = addr(&c);
+    let (_collector, addr) = start(config).await;
     // Over the 512,000-byte limit, by Content-Length and (without it) while reading.
     for declared in [true, false] {
         let body = vec![b' '; 6_000_000];
