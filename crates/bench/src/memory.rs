@@ -55,6 +55,33 @@ struct Reading {
     high: u64,
     /// `VmHWM`: the peak since start, processing included.
     peak: u64,
+    /// The allocator's `allocated` and `active` bytes at the end of the window (the
+    /// processor's `touchstream_processor_allocator_bytes`); `None` if it has none.
+    heap: Option<(u64, u64)>,
+}
+
+/// `touchstream_processor_allocator_bytes{kind="<kind>"}` from a `/metrics` text.
+fn allocator_bytes(metrics: &str, kind: &str) -> Option<u64> {
+    let prefix = format!("touchstream_processor_allocator_bytes{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// The processor's heap figures (allocated, active), best effort.
+async fn heap_reading(metrics: &str) -> Option<(u64, u64)> {
+    let text = reqwest::get(format!("{metrics}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some((
+        allocator_bytes(&text, "allocated")?,
+        allocator_bytes(&text, "active")?,
+    ))
 }
 
 /// One processor over `customers` active customers: (settled RSS, peak RSS).
@@ -83,7 +110,7 @@ async fn measure(ctx: &Ctx, tag: &str, customers: usize) -> Result<Reading, Benc
     bar.finish();
 
     let bar = ctx.bar(customers as u64, &format!("{customers} customers: process"));
-    let (mut child, _) = ctx.spawn_processor(tag, &cfg)?;
+    let (mut child, metrics) = ctx.spawn_processor(tag, &cfg)?;
     wait_journey_rows(&cfg, &mut child, customers as u64, &bar).await?;
     bar.finish();
     // One snapshot and trim interval to settle, then two of them sampled.
@@ -96,8 +123,14 @@ async fn measure(ctx: &Ctx, tag: &str, customers: usize) -> Result<Reading, Benc
     let window = (interval * 2).max(Duration::from_secs(5));
     let (rest, high) = rss_window(&mut child, settle, window).await?;
     let peak = child.peak_rss_bytes()?;
+    let heap = heap_reading(&metrics).await;
     child.stop(Duration::from_secs(30)).await;
-    Ok(Reading { rest, high, peak })
+    Ok(Reading {
+        rest,
+        high,
+        peak,
+        heap,
+    })
 }
 
 /// Run the memory phase: `reps` times the idle processor and every customer count (each
@@ -183,6 +216,40 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
                 per(|r| r.high),
             )?,
         ]);
+        // Where the resting bytes are: live data (allocated) and the pages it sits in
+        // (active), per customer over the idle run's; no target, a diagnosis.
+        let heap = |pick: fn((u64, u64)) -> u64| -> Option<Vec<f64>> {
+            reps.iter()
+                .zip(&idle)
+                .map(|(r, i)| Some((pick(r.heap?) as f64 - pick(i.heap?) as f64) / c as f64))
+                .collect()
+        };
+        for (kind, pick) in [
+            ("allocated", (|h: (u64, u64)| h.0) as fn((u64, u64)) -> u64),
+            ("active", |h: (u64, u64)| h.1),
+        ] {
+            if let Some(samples) = heap(pick) {
+                figures.push(worst(
+                    format!("memory_heap_{kind}_per_customer_{c}"),
+                    format!("heap {kind} bytes per active customer, resting ({c}), worst rep"),
+                    samples,
+                )?);
+            }
+        }
     }
     Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_bytes_are_read_by_kind() {
+        let text = "# HELP x\ntouchstream_processor_allocator_bytes{kind=\"active\"} 2048\n\
+                    touchstream_processor_allocator_bytes{kind=\"allocated\"} 1500\n";
+        assert_eq!(allocator_bytes(text, "allocated"), Some(1500));
+        assert_eq!(allocator_bytes(text, "active"), Some(2048));
+        assert_eq!(allocator_bytes(text, "resident"), None);
+    }
 }

@@ -1,7 +1,9 @@
 //! Giving freed memory back to the operating system.
 //!
-//! Rust code allocates through the binary's global allocator (jemalloc, which purges on
-//! its own), but librdkafka is C and allocates through glibc's `malloc`: every message
+//! The `touchstream` binary's default build replaces `malloc` process-wide with jemalloc,
+//! which purges on its own and reports its figures ([`heap_stats`]; docs/ops.md
+//! "Memory"). What follows is for a build without it (`--no-default-features`, for heap
+//! profilers), where librdkafka, which is C, allocates through glibc's `malloc`: every message
 //! fetched by a consumer and every record queued by a producer is a glibc allocation.
 //! glibc returns freed memory to the kernel only from the top of each arena, so after a
 //! burst (a processor catching up on a backlog, a traffic spike) the freed message
@@ -92,6 +94,48 @@ pub async fn trim_periodically(every: Duration, shutdown: CancellationToken) {
             took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "returned free C heap pages to the OS"
         );
+    }
+}
+
+/// The global allocator's own account of the heap, in bytes (jemalloc's `stats.*`).
+/// Next to the RSS it tells live data from allocator overhead: `allocated` is what the
+/// program holds, `active` the pages those allocations sit in (the gap is fragmentation
+/// within pages), `resident` what the allocator keeps mapped in RAM (freed pages not yet
+/// given back count here), `metadata` the allocator's own bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes in live allocations.
+    pub allocated: u64,
+    /// Bytes in the pages that hold live allocations.
+    pub active: u64,
+    /// Bytes the allocator keeps resident (active, freed-not-yet-returned, metadata).
+    pub resident: u64,
+    /// The allocator's own bookkeeping.
+    pub metadata: u64,
+    /// Address space kept mapped but not resident (returned to the OS).
+    pub retained: u64,
+}
+
+/// The allocator's figures now, where the binary's global allocator is jemalloc (the
+/// `jemalloc-stats` feature, set by the `touchstream` binary's default build); `None`
+/// otherwise. Refreshes jemalloc's cached statistics first (`epoch`), a few microseconds.
+pub fn heap_stats() -> Option<HeapStats> {
+    #[cfg(feature = "jemalloc-stats")]
+    {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        epoch::advance().ok()?;
+        let n = |r: Result<usize, tikv_jemalloc_ctl::Error>| r.ok().map(|v| v as u64);
+        Some(HeapStats {
+            allocated: n(stats::allocated::read())?,
+            active: n(stats::active::read())?,
+            resident: n(stats::resident::read())?,
+            metadata: n(stats::metadata::read())?,
+            retained: n(stats::retained::read())?,
+        })
+    }
+    #[cfg(not(feature = "jemalloc-stats"))]
+    {
+        None
     }
 }
 

@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use serde_json::{json, Map, Value};
 use touchstream_journey::{
-    Catalog, FunnelSet, JourneyConfig, JourneyEvent, JourneyStage, MessageType, Properties,
-    RoutedEvent,
+    Catalog, FunnelSet, IdentityConfig, IdentityStage, JourneyConfig, JourneyEvent, JourneyStage,
+    MessageType, Properties, RoutedEvent,
 };
 
 /// Bytes of live allocations, each in its jemalloc size class, and their number.
 static BYTES: AtomicI64 = AtomicI64::new(0);
 static COUNT: AtomicI64 = AtomicI64::new(0);
+/// The counters are global: one measurement at a time (tests run in parallel).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Counting;
 
@@ -99,7 +101,29 @@ fn kept_per_customer(n: usize) -> (f64, f64) {
     };
     let mut stage = JourneyStage::new(config, catalog, funnels);
     stage.track_changes();
+    let kept = live_per_customer(n, || {
+        fill_journey(&mut stage, n);
+        stage.mark_saved();
+    });
+    assert_eq!(stage.customer_count(), n, "every customer active");
+    assert_eq!(stage.buffered_events(), 0, "every event released");
+    drop(stage);
+    kept
+}
+
+/// (bytes, allocations) per customer that `fill` left live, for `n` customers.
+fn live_per_customer(n: usize, fill: impl FnOnce()) -> (f64, f64) {
     let (bytes, count) = (BYTES.load(Relaxed), COUNT.load(Relaxed));
+    fill();
+    (
+        (BYTES.load(Relaxed) - bytes) as f64 / n as f64,
+        (COUNT.load(Relaxed) - count) as f64 / n as f64,
+    )
+}
+
+/// Customer `i`'s one event for each of `n` customers, the watermark moved along and the
+/// output taken as the processor does.
+fn fill_journey(stage: &mut JourneyStage, n: usize) {
     for i in 0..n {
         let seq = i as u64 + 1;
         stage.process(routed(i, n), seq);
@@ -112,15 +136,6 @@ fn kept_per_customer(n: usize) -> (f64, f64) {
     }
     stage.advance_watermark(NOW_MS, n as u64 + 1);
     drop(stage.take_output());
-    stage.mark_saved();
-    assert_eq!(stage.customer_count(), n, "every customer active");
-    assert_eq!(stage.buffered_events(), 0, "every event released");
-    let kept = (
-        (BYTES.load(Relaxed) - bytes) as f64 / n as f64,
-        (COUNT.load(Relaxed) - count) as f64 / n as f64,
-    );
-    drop(stage);
-    kept
 }
 
 /// The state per customer (10k customers, the bench's smaller count): its id and its
@@ -131,6 +146,7 @@ fn kept_per_customer(n: usize) -> (f64, f64) {
 /// changed ids before; the bound leaves room for a few bytes, not for a size class.
 #[test]
 fn the_journey_state_per_customer_stays_under_480_bytes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (bytes, allocations) = kept_per_customer(10_000);
     println!("{bytes:.1} bytes in {allocations:.2} allocations per customer");
     assert!(
@@ -141,4 +157,36 @@ fn the_journey_state_per_customer_stays_under_480_bytes() {
         allocations <= 5.2,
         "{allocations:.2} allocations per customer"
     );
+}
+
+/// (bytes, allocations) per customer the identity stage keeps after `n` customers, each
+/// linked by one signed-in event (the memory bench's shape).
+fn identity_kept_per_customer(n: usize) -> (f64, f64) {
+    let mut stage = IdentityStage::new(IdentityConfig::default());
+    stage.track_changes();
+    let kept = live_per_customer(n, || {
+        for i in 0..n {
+            let seq = i as u64 + 1;
+            let event = std::sync::Arc::unwrap_or_clone(routed(i, n).event);
+            drop(stage.process(event, seq));
+        }
+        stage.mark_saved();
+    });
+    assert_eq!(stage.link_count(), n, "every customer linked");
+    drop(stage);
+    kept
+}
+
+/// A link is one allocation (both ids, 64 bytes here) plus its share of the link map
+/// (32-byte entries): ~88 bytes in 1.0 allocations. Two small allocations per link
+/// before (anonymous id and user apart) left a burst's short-lived strings' pages
+/// half-full around them: ~260 of the ~1,050 resting bytes per customer at 10k in the
+/// bench were such pages (docs/performance.md "2026-12-04").
+#[test]
+fn an_identity_link_is_one_allocation() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (bytes, allocations) = identity_kept_per_customer(10_000);
+    println!("{bytes:.1} bytes in {allocations:.2} allocations per linked customer");
+    assert!(allocations <= 1.05, "{allocations:.2} allocations per link");
+    assert!(bytes <= 100.0, "{bytes:.1} bytes per link");
 }

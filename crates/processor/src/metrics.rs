@@ -113,6 +113,10 @@ pub struct Metrics {
     pub touchpoint_floor: GaugeVec,
     /// The catalog's `target` per touchpoint and measure.
     pub touchpoint_target: GaugeVec,
+    /// The allocator's account of the heap by `kind` (`allocated`, `active`, `resident`,
+    /// `metadata`, `retained`: [`touchstream_core::memory::HeapStats`]), read at each
+    /// scrape; absent where the allocator cannot report (a build without jemalloc).
+    pub allocator_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -379,6 +383,14 @@ impl Metrics {
             "touchstream_processor_touchpoint_target",
             "Catalog target of a touchpoint's answers by measure",
         )?;
+        let allocator_bytes = IntGaugeVec::new(
+            Opts::new(
+                "touchstream_processor_allocator_bytes",
+                "The heap allocator's own figures by kind: allocated (live data), active, resident, metadata, retained",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(allocator_bytes.clone()))?;
         Ok(Arc::new(Self {
             registry,
             messages,
@@ -423,6 +435,7 @@ impl Metrics {
             feedback_attribution,
             touchpoint_floor,
             touchpoint_target,
+            allocator_bytes,
         }))
     }
 
@@ -448,6 +461,19 @@ impl Metrics {
 
     /// Text exposition format.
     pub fn render(&self) -> String {
+        if let Some(h) = touchstream_core::memory::heap_stats() {
+            for (kind, v) in [
+                ("allocated", h.allocated),
+                ("active", h.active),
+                ("resident", h.resident),
+                ("metadata", h.metadata),
+                ("retained", h.retained),
+            ] {
+                self.allocator_bytes
+                    .with_label_values(&[kind])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "encoding metrics");

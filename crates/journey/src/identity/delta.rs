@@ -87,7 +87,10 @@ impl Serialize for IdsRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.0;
         s.collect_map(self.1.iter().map(|id| {
-            let link = e.links.get(*id).map(|l| (&*l.user, l.day));
+            let link = e
+                .links
+                .get_key_value(*id)
+                .map(|(k, l)| (k.user(), l.day.get()));
             (*id, (link, e.unlinked.get(*id)))
         }))
     }

@@ -14,6 +14,7 @@
 //! same stage-1 partition in order. An `alias` without `anonymousId` is keyed by `userId`
 //! on the raw topic, so re-key it by `previousId` before this stage.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -85,14 +86,84 @@ fn fingerprint(id: &str) -> u64 {
     })
 }
 
-/// A link in memory: the user, the day it was last used, and whether the last
-/// [`IdentityStage::expire_links`] found it unused past the TTL (evicted at the next
-/// one if still unused).
+/// A link's two ids in one allocation, the anonymous id then the user id. The map hashes
+/// and compares by the anonymous id alone (`Borrow<str>`), so it is looked up by `&str`.
+/// One allocation per link instead of two: a burst of events leaves its short-lived id
+/// strings' size classes half-filled at rest, and two small long-lived ids per customer
+/// pinned ~260 B of such pages per customer at 10k (docs/performance.md "2026-12-04").
+#[derive(Debug, Clone)]
+struct LinkKey {
+    ids: Box<str>,
+    anon_len: u32,
+}
+
+impl LinkKey {
+    fn new(anon: &str, user: &str) -> Self {
+        let mut ids = String::with_capacity(anon.len() + user.len());
+        ids.push_str(anon);
+        ids.push_str(user);
+        Self {
+            ids: ids.into_boxed_str(),
+            anon_len: u32::try_from(anon.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn anon(&self) -> &str {
+        &self.ids[..self.anon_len as usize]
+    }
+
+    fn user(&self) -> &str {
+        &self.ids[self.anon_len as usize..]
+    }
+}
+
+impl std::borrow::Borrow<str> for LinkKey {
+    fn borrow(&self) -> &str {
+        self.anon()
+    }
+}
+
+impl PartialEq for LinkKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.anon() == other.anon()
+    }
+}
+
+impl Eq for LinkKey {}
+
+impl std::hash::Hash for LinkKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so lookups by `&str` find the key.
+        self.anon().hash(state);
+    }
+}
+
+/// A link in memory beside its [`LinkKey`]: the day it was last used, and whether the
+/// last [`IdentityStage::expire_links`] found it unused past the TTL (evicted at the next
+/// one if still unused). Cells, so a lookup that reads the key's user can also mark the
+/// link used.
 #[derive(Debug, Clone)]
 struct LinkEntry {
-    user: Box<str>,
-    day: u32,
-    expiring: bool,
+    day: Cell<u32>,
+    expiring: Cell<bool>,
+}
+
+impl LinkEntry {
+    fn new(day: u32) -> Self {
+        Self {
+            day: Cell::new(day),
+            expiring: Cell::new(false),
+        }
+    }
+
+    /// Mark used on `day` (the later of it and the last use); returns whether the day moved.
+    fn use_on(&self, day: u32) -> bool {
+        let day = self.day.get().max(day);
+        let moved = day != self.day.get();
+        self.day.set(day);
+        self.expiring.set(false);
+        moved
+    }
 }
 
 /// A link as saved: `[user, day]`, or (snapshots from before link expiry) the user alone.
@@ -300,7 +371,7 @@ impl Serialize for IdentitySnapshotRef<'_> {
         let mut links: Vec<(&str, (&str, u32))> = e
             .links
             .iter()
-            .map(|(a, l)| (&**a, (&*l.user, l.day)))
+            .map(|(k, l)| (k.anon(), (k.user(), l.day.get())))
             .collect();
         links.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut unlinked: Vec<(&str, &AnonHistory)> =
@@ -334,7 +405,7 @@ pub struct IdentityStage {
     config: IdentityConfig,
     /// anonymous id → user id; first link processed wins. Never shrinks: it is the
     /// identity graph (persisted in `identities` too).
-    links: FastMap<Box<str>, LinkEntry>,
+    links: FastMap<LinkKey, LinkEntry>,
     /// Fingerprints of links evicted by [`IdentityConfig::link_ttl_days`].
     evicted: std::collections::HashSet<u64, FastState>,
 
@@ -375,14 +446,7 @@ impl IdentityStage {
                 SavedLink::Dated(user, day) => (user, day),
                 SavedLink::Plain(user) => (user, restored_day),
             };
-            (
-                a.into_boxed_str(),
-                LinkEntry {
-                    user: user.into_boxed_str(),
-                    day,
-                    expiring: false,
-                },
-            )
+            (LinkKey::new(&a, &user), LinkEntry::new(day))
         }));
         let evicted = snapshot.evicted_links.into_iter().collect();
         let mut unlinked =
@@ -433,7 +497,12 @@ impl IdentityStage {
             links: self
                 .links
                 .iter()
-                .map(|(a, l)| (a.to_string(), SavedLink::Dated(l.user.to_string(), l.day)))
+                .map(|(k, l)| {
+                    (
+                        k.anon().to_string(),
+                        SavedLink::Dated(k.user().to_string(), l.day.get()),
+                    )
+                })
                 .collect(),
             unlinked: self
                 .unlinked
@@ -466,7 +535,9 @@ impl IdentityStage {
 
     /// The user an anonymous id is linked to, if any.
     pub fn linked_user(&self, anonymous_id: &str) -> Option<&str> {
-        self.links.get(anonymous_id).map(|l| &*l.user)
+        self.links
+            .get_key_value(anonymous_id)
+            .map(|(k, _)| k.user())
     }
 
     /// Links held in memory.
@@ -490,14 +561,8 @@ impl IdentityStage {
         self.mark(anonymous_id);
         if let Some(user) = user {
             let day = self.watermark_ms.map_or(0, day_of);
-            self.links.insert(
-                Box::from(anonymous_id),
-                LinkEntry {
-                    user: Box::from(user),
-                    day,
-                    expiring: false,
-                },
-            );
+            self.links
+                .insert(LinkKey::new(anonymous_id, user), LinkEntry::new(day));
             self.counters.links_restored += 1;
         }
     }
@@ -518,18 +583,19 @@ impl IdentityStage {
         let evicted = &mut self.evicted;
         let changed = &mut self.changed;
         let mut n = 0;
-        self.links.retain(|anon, l| {
-            if l.day >= cutoff {
-                l.expiring = false;
+        self.links.retain(|key, l| {
+            if l.day.get() >= cutoff {
+                l.expiring.set(false);
                 return true;
             }
-            if !l.expiring {
-                l.expiring = true;
+            if !l.expiring.get() {
+                l.expiring.set(true);
                 return true;
             }
+            let anon = key.anon();
             evicted.insert(fingerprint(anon));
             if let Some(c) = changed.as_mut() {
-                c.insert(anon.clone());
+                c.insert(Box::from(anon));
             }
             n += 1;
             false
@@ -545,10 +611,10 @@ impl IdentityStage {
     pub fn erase(&mut self, ids: &std::collections::HashSet<String>) -> bool {
         let before = self.links.len() + self.unlinked.len();
         let changed = &mut self.changed;
-        self.links.retain(|anon, l| {
-            let keep = !ids.contains(&**anon) && !ids.contains(&*l.user);
+        self.links.retain(|key, _| {
+            let keep = !ids.contains(key.anon()) && !ids.contains(key.user());
             if let (false, Some(c)) = (keep, changed.as_mut()) {
-                c.insert(anon.clone());
+                c.insert(Box::from(key.anon()));
             }
             keep
         });
@@ -599,13 +665,10 @@ impl IdentityStage {
         let event = Arc::new(event);
         let customer_id = match (&event.user_id, &event.anonymous_id) {
             (Some(user), _) => user.clone(),
-            (None, Some(anon)) => match self.links.get_mut(anon.as_str()) {
-                Some(l) => {
-                    let day = l.day.max(day_of(event.event_time_ms));
-                    let moved = day != l.day;
-                    l.day = day;
-                    l.expiring = false;
-                    let user = l.user.to_string();
+            (None, Some(anon)) => match self.links.get_key_value(anon.as_str()) {
+                Some((k, l)) => {
+                    let moved = l.use_on(day_of(event.event_time_ms));
+                    let user = k.user().to_string();
                     if moved {
                         self.mark(anon);
                     }
@@ -641,13 +704,10 @@ impl IdentityStage {
         if anon == user {
             return;
         }
-        if let Some(linked) = self.links.get_mut(anon) {
-            let day = linked.day.max(day_of(event.event_time_ms));
-            let moved = day != linked.day;
-            linked.day = day;
-            linked.expiring = false;
-            let linked = &linked.user;
-            if linked.as_ref() != user {
+        if let Some((k, l)) = self.links.get_key_value(anon) {
+            let moved = l.use_on(day_of(event.event_time_ms));
+            let linked = k.user();
+            if linked != user {
                 self.counters.conflicts += 1;
                 out.push(IdentityOutput::Conflict(Conflict {
                     anonymous_id: anon.to_owned(),
@@ -665,12 +725,8 @@ impl IdentityStage {
         }
         self.mark(anon);
         self.links.insert(
-            Box::from(anon),
-            LinkEntry {
-                user: Box::from(user),
-                day: day_of(event.event_time_ms),
-                expiring: false,
-            },
+            LinkKey::new(anon, user),
+            LinkEntry::new(day_of(event.event_time_ms)),
         );
         self.counters.links += 1;
         out.push(IdentityOutput::Link(Link {
