@@ -55,10 +55,14 @@ struct Reading {
     high: u64,
     /// `VmHWM`: the peak since start, processing included.
     peak: u64,
-    /// The allocator's `allocated` and `active` bytes at the end of the window (the
+    /// The allocator's bytes of each of [`HEAP_KINDS`] at the end of the window (the
     /// processor's `touchstream_processor_allocator_bytes`); `None` if it has none.
-    heap: Option<(u64, u64)>,
+    heap: Option<[u64; 2]>,
 }
+
+/// The allocator figures the phase reports per customer: live data, and the pages it
+/// sits in.
+const HEAP_KINDS: [&str; 2] = ["allocated", "active"];
 
 /// `touchstream_processor_allocator_bytes{kind="<kind>"}` from a `/metrics` text.
 fn allocator_bytes(metrics: &str, kind: &str) -> Option<u64> {
@@ -70,18 +74,18 @@ fn allocator_bytes(metrics: &str, kind: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
-/// The processor's heap figures (allocated, active), best effort.
-async fn heap_reading(metrics: &str) -> Option<(u64, u64)> {
+/// The processor's [`HEAP_KINDS`] figures, best effort.
+async fn heap_reading(metrics: &str) -> Option<[u64; 2]> {
     let text = reqwest::get(format!("{metrics}/metrics"))
         .await
         .ok()?
         .text()
         .await
         .ok()?;
-    Some((
-        allocator_bytes(&text, "allocated")?,
-        allocator_bytes(&text, "active")?,
-    ))
+    Some([
+        allocator_bytes(&text, HEAP_KINDS[0])?,
+        allocator_bytes(&text, HEAP_KINDS[1])?,
+    ])
 }
 
 /// One processor over `customers` active customers: (settled RSS, peak RSS).
@@ -218,17 +222,13 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
         ]);
         // Where the resting bytes are: live data (allocated) and the pages it sits in
         // (active), per customer over the idle run's; no target, a diagnosis.
-        let heap = |pick: fn((u64, u64)) -> u64| -> Option<Vec<f64>> {
-            reps.iter()
+        for (k, kind) in HEAP_KINDS.iter().enumerate() {
+            let samples: Option<Vec<f64>> = reps
+                .iter()
                 .zip(&idle)
-                .map(|(r, i)| Some((pick(r.heap?) as f64 - pick(i.heap?) as f64) / c as f64))
-                .collect()
-        };
-        for (kind, pick) in [
-            ("allocated", (|h: (u64, u64)| h.0) as fn((u64, u64)) -> u64),
-            ("active", |h: (u64, u64)| h.1),
-        ] {
-            if let Some(samples) = heap(pick) {
+                .map(|(r, i)| Some((r.heap?[k] as f64 - i.heap?[k] as f64) / c as f64))
+                .collect();
+            if let Some(samples) = samples {
                 figures.push(worst(
                     format!("memory_heap_{kind}_per_customer_{c}"),
                     format!("heap {kind} bytes per active customer, resting ({c}), worst rep"),

@@ -94,7 +94,7 @@ fn fingerprint(id: &str) -> u64 {
 #[derive(Debug, Clone)]
 struct LinkKey {
     ids: Box<str>,
-    anon_len: u32,
+    anon_len: usize,
 }
 
 impl LinkKey {
@@ -104,16 +104,16 @@ impl LinkKey {
         ids.push_str(user);
         Self {
             ids: ids.into_boxed_str(),
-            anon_len: u32::try_from(anon.len()).unwrap_or(u32::MAX),
+            anon_len: anon.len(),
         }
     }
 
     fn anon(&self) -> &str {
-        &self.ids[..self.anon_len as usize]
+        &self.ids[..self.anon_len]
     }
 
     fn user(&self) -> &str {
-        &self.ids[self.anon_len as usize..]
+        &self.ids[self.anon_len..]
     }
 }
 
