@@ -75,23 +75,9 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
         .expect("topics");
     let c = CollectorHandle::start(config.clone()).await;
     // A processor on the same broker, writing to its own database: after the restart,
-    // every event answered 200 must reach ClickHouse.
-    let repo = support::repo_root();
-    config.clickhouse = support::clickhouse_config("outage");
-    config.processor.group_id = support::unique("it-outage");
-    config.processor.funnels_path = repo.join("deploy/funnels.toml");
-    config.processor.catalog_path = repo.join("deploy/catalog.toml");
-    config.processor.batch_max_ms = 200;
-    config.processor.restart_backoff_ms = 500;
-    touchstream_clickhouse::migrate(&config.clickhouse)
-        .await
-        .expect("migrate");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let processor = tokio::spawn(touchstream_processor::run(
-        config.clone(),
-        None,
-        stop.clone(),
-    ));
+    // every event answered 200 must reach ClickHouse. It may still be starting when the
+    // broker goes away.
+    let mut processor = Processor::start(&mut config, "outage").await;
     let client = reqwest::Client::new();
     let send = |id: String| {
         client
@@ -155,31 +141,136 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
         ids.contains(&"web:before".to_string()) && ids.contains(&"web:after".to_string()),
         "{ids:?}"
     );
-    // Every event that got a 200 is in ClickHouse, once.
-    let ch = touchstream_clickhouse::client(&config.clickhouse);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let stored: Vec<String> = ch
-            .query("SELECT event_id FROM events FINAL ORDER BY event_id")
-            .fetch_all()
-            .await
-            .unwrap_or_default();
-        // A 503'd request may have partly landed (at-least-once); the 200s must all be there.
-        if stored.iter().any(|e| e == "web:before") && stored.iter().any(|e| e == "web:after") {
-            let mut unique = stored.clone();
-            unique.dedup();
-            assert_eq!(unique, stored, "no duplicates after FINAL");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "events in ClickHouse after the broker restart: {stored:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    stop.cancel();
-    let _ = processor.await;
+    // Every event that got a 200 is in ClickHouse, once. A 503'd request may have partly
+    // landed (at-least-once); the 200s must all be there.
+    let stored = processor
+        .stored_events(&config, |ids| {
+            ids.iter().any(|e| e == "web:before") && ids.iter().any(|e| e == "web:after")
+        })
+        .await;
+    let mut unique = stored.clone();
+    unique.dedup();
+    assert_eq!(unique, stored, "no duplicates after FINAL");
+    processor.stop().await;
     c.stop().await;
     support::drop_database(&config.clickhouse).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A processor started while Kafka is down (a deployment that starts it first) waits for
+/// the broker instead of exiting, then processes what arrives. Its start reads the
+/// topics' partition counts, which time out after 10 s without a broker; the broker
+/// comes up later than that.
+#[tokio::test]
+async fn a_processor_started_before_the_broker_waits_for_it() {
+    let port = support::free_port();
+    let dir = std::env::temp_dir().join(support::unique("tansu-late"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let mut config = Config {
+        kafka: support::kafka_config("late"),
+        ..Config::default()
+    };
+    config.kafka.brokers = format!("127.0.0.1:{port}");
+    config.collector.sources = vec![SourceConfig::new("web", "k", "web")];
+    let mut processor = Processor::start(&mut config, "late").await;
+
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    processor.assert_running().await;
+    let _broker = Broker::start(port, &dir);
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let c = CollectorHandle::start(config.clone()).await;
+    let status = reqwest::Client::new()
+        .post(format!("{}/v1/track", c.base))
+        .basic_auth("k", Some(""))
+        .json(&json!({"event": "Order Completed", "userId": "u-1", "messageId": "late"}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("req")
+        .status();
+    assert_eq!(status, 200);
+
+    processor
+        .stored_events(&config, |ids| ids == ["web:late"])
+        .await;
+    processor.stop().await;
+    c.stop().await;
+    support::drop_database(&config.clickhouse).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A processor in this process, on its own ClickHouse database and consumer group.
+struct Processor {
+    task: Option<tokio::task::JoinHandle<Result<(), touchstream_processor::ProcessorError>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Processor {
+    /// Sets `config`'s ClickHouse database and processor options, migrates, spawns.
+    async fn start(config: &mut Config, label: &str) -> Self {
+        let repo = support::repo_root();
+        config.clickhouse = support::clickhouse_config(label);
+        config.processor.group_id = support::unique(&format!("it-{label}"));
+        config.processor.funnels_path = repo.join("deploy/funnels.toml");
+        config.processor.catalog_path = repo.join("deploy/catalog.toml");
+        config.processor.batch_max_ms = 200;
+        config.processor.restart_backoff_ms = 500;
+        touchstream_clickhouse::migrate(&config.clickhouse)
+            .await
+            .expect("migrate");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(touchstream_processor::run(
+            config.clone(),
+            None,
+            stop.clone(),
+        ));
+        Self {
+            task: Some(task),
+            stop,
+        }
+    }
+
+    /// Fails the test with the processor's own result if it has stopped by itself.
+    async fn assert_running(&mut self) {
+        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+            let result = self.task.take().expect("task").await;
+            panic!("the processor stopped by itself: {result:?}");
+        }
+    }
+
+    /// The event ids in its database (`FINAL`, in order) once `done` holds for them;
+    /// fails the test if the processor stops by itself or 120 s pass first.
+    async fn stored_events(
+        &mut self,
+        config: &Config,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let ch = touchstream_clickhouse::client(&config.clickhouse);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let stored: Vec<String> = ch
+                .query("SELECT event_id FROM events FINAL ORDER BY event_id")
+                .fetch_all()
+                .await
+                .expect("query events");
+            if done(&stored) {
+                return stored;
+            }
+            self.assert_running().await;
+            assert!(
+                Instant::now() < deadline,
+                "events in ClickHouse: {stored:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
 }

@@ -220,9 +220,11 @@ pub async fn run(
         })
     };
     // Partition counts drive the in-band watermarks between the stages.
-    let kafka = config.kafka.clone();
-    let (source_partitions, routed_partitions) =
-        tokio::task::spawn_blocking(move || partition_counts(&kafka)).await??;
+    let Some((source_partitions, routed_partitions)) =
+        wait_for_partition_counts(&config.kafka, &shutdown).await?
+    else {
+        return Ok(());
+    };
     let idle_watermark =
         (pc.idle_watermark_secs > 0).then(|| Duration::from_secs(pc.idle_watermark_secs));
     let identity = identity_stage::Identity {
@@ -313,15 +315,49 @@ fn healthz(health: &runner::Health) -> (axum::http::StatusCode, String) {
     (axum::http::StatusCode::SERVICE_UNAVAILABLE, text)
 }
 
-/// Partition counts of the raw and routed topics, from broker metadata.
-fn partition_counts(
+/// Partition counts of the raw and routed topics, asked of the broker again with backoff
+/// (up to 10 s apart) while it is unreachable or the topics do not exist yet: a processor
+/// started before Kafka, or before `touchstream topics`, waits for them as its stages do
+/// after a broker outage (README "Guarantees"), instead of exiting. `None` if shutdown
+/// came first. A Kafka client that cannot be created (a bad property) fails at once.
+async fn wait_for_partition_counts(
     kafka: &touchstream_core::config::KafkaConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<(i32, i32)>, ProcessorError> {
+    let consumer: Arc<rdkafka::consumer::BaseConsumer> =
+        Arc::new(touchstream_core::kafka::client_config(kafka).create()?);
+    let topics = [kafka.raw_topic.clone(), kafka.routed_topic.clone()];
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let (c, t) = (Arc::clone(&consumer), topics.clone());
+        let ask = tokio::task::spawn_blocking(move || partition_counts(&c, &t));
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            counts = ask => match counts? {
+                Ok(counts) => return Ok(Some(counts)),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "reading the topics' partition counts failed (Kafka down, or the topics not created yet: `touchstream topics`); waiting"
+                ),
+            },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Partition counts of the raw and routed topics (`topics`), from broker metadata.
+fn partition_counts(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    [raw, routed]: &[String; 2],
 ) -> Result<(i32, i32), ProcessorError> {
-    let consumer: rdkafka::consumer::BaseConsumer =
-        touchstream_core::kafka::client_config(kafka).create()?;
     let count = |topic: &str| -> Result<i32, ProcessorError> {
         let md = rdkafka::consumer::Consumer::fetch_metadata(
-            &consumer,
+            consumer,
             Some(topic),
             Duration::from_secs(10),
         )?;
@@ -331,7 +367,7 @@ fn partition_counts(
         }
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     };
-    Ok((count(&kafka.raw_topic)?, count(&kafka.routed_topic)?))
+    Ok((count(raw)?, count(routed)?))
 }
 
 /// Shared so tests can hold it.
