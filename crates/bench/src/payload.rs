@@ -7,6 +7,8 @@
 //! them); the insert baseline writes the `events` and `touchpoint_journey` rows the
 //! processor would write for them.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{json, Value};
 use touchstream_collector::message::{to_touchpoint, RequestMeta};
@@ -96,14 +98,14 @@ pub fn record(tp: &Touchpoint) -> Result<(String, Vec<u8>), BenchError> {
 pub fn rows(tp: &Touchpoint, partition: i32, offset: i64) -> (EventRow, TouchpointRow) {
     let customer = tp
         .user_id
-        .clone()
-        .or_else(|| tp.anonymous_id.clone())
+        .as_deref()
+        .or(tp.anonymous_id.as_deref())
         .unwrap_or_default();
     let journey = TouchpointRow {
-        event_id: tp.event_id.clone(),
+        event_id: tp.event_id.as_str().into(),
         event_date: days(tp.event_time_ms),
-        session_id: format!("{:016x}{:016x}", fnv(&customer), offset.unsigned_abs()),
-        customer_id: customer,
+        session_id: format!("{:016x}{:016x}", fnv(customer), offset.unsigned_abs()).into(),
+        customer_id: customer.into(),
         stage: Stage::Consideration,
         // The row's channel as the journey stage reads a message's (`tp.channel` is a
         // collector channel name, so always recognised).
@@ -125,33 +127,36 @@ pub fn event_rows(
     partition: i32,
     offset: i64,
 ) -> (EventRow, TouchpointRow, CustomerTouchpointRow) {
-    let customer = tp
+    let customer: Arc<str> = tp
         .user_id
-        .clone()
-        .or_else(|| tp.anonymous_id.clone())
-        .unwrap_or_default();
-    let session_id = format!("{:016x}{:016x}", fnv(&customer), offset.unsigned_abs());
+        .as_deref()
+        .or(tp.anonymous_id.as_deref())
+        .unwrap_or_default()
+        .into();
+    let session_id: Arc<str> =
+        format!("{:016x}{:016x}", fnv(&customer), offset.unsigned_abs()).into();
+    let event_id: Arc<str> = tp.event_id.as_str().into();
     let channel = touchstream_journey::Channel::from_message(&tp.channel)
         .unwrap_or(touchstream_journey::Channel::Other);
     let version = offset.unsigned_abs();
     let by_customer = CustomerTouchpointRow {
-        customer_id: customer.clone(),
+        customer_id: Arc::clone(&customer),
         event_date: days(tp.event_time_ms),
         event_time_ms: tp.event_time_ms,
-        event_id: tp.event_id.clone(),
+        event_id: Arc::clone(&event_id),
         event_time: secs(tp.event_time_ms),
-        message_type: tp.message_type.as_str().to_owned(),
-        event: tp.event.clone().unwrap_or_default(),
+        message_type: tp.message_type.as_str(),
+        event: tp.event.as_deref().unwrap_or_default().into(),
         stage: Stage::Consideration,
         channel,
-        session_id: session_id.clone(),
-        store_id: String::new(),
+        session_id: Arc::clone(&session_id),
+        store_id: touchstream_journey::no_text(),
         is_late: false,
         is_deleted: false,
         version,
     };
     let journey = TouchpointRow {
-        event_id: tp.event_id.clone(),
+        event_id,
         event_date: days(tp.event_time_ms),
         session_id,
         customer_id: customer,
@@ -203,7 +208,7 @@ mod tests {
             assert!(!key.is_empty());
             assert_eq!(avro::decode(&value).unwrap(), tp);
             let (e, j) = rows(&tp, 0, 7);
-            assert_eq!(e.event_id, j.event_id);
+            assert_eq!(e.event_id, &*j.event_id);
             let (e3, j3, c3) = event_rows(tp.clone(), 0, 7);
             assert_eq!(e3.event_id, e.event_id);
             assert_eq!(j3, j);

@@ -56,6 +56,15 @@ impl Fnv128 {
 
 /// Lower-case hex of a 128-bit id: the form stored in ClickHouse.
 pub(crate) fn hex128(id: u128) -> String {
+    hex128_with(id, |s: &str| s.to_owned())
+}
+
+/// [`hex128`] as a shared string, in one allocation.
+pub(crate) fn hex128_shared(id: u128) -> std::sync::Arc<str> {
+    hex128_with(id, |s: &str| std::sync::Arc::from(s))
+}
+
+fn hex128_with<T: Default>(id: u128, make: impl for<'a> FnOnce(&'a str) -> T) -> T {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
     for (pair, byte) in buf.chunks_exact_mut(2).zip(id.to_be_bytes()) {
@@ -63,9 +72,7 @@ pub(crate) fn hex128(id: u128) -> String {
         pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
     // ASCII digits: always valid UTF-8.
-    std::str::from_utf8(&buf)
-        .map(str::to_owned)
-        .unwrap_or_default()
+    std::str::from_utf8(&buf).map(make).unwrap_or_default()
 }
 
 /// `BuildHasher` of the stage's in-memory maps: a keyed folded multiply, several times

@@ -36,8 +36,8 @@ pub use journey::funnel::{
 };
 pub use journey::properties::{FeedbackKind, PropertyRule, PropertyType, PropertyViolation, Scale};
 pub use journey::rows::{
-    CustomerTouchpointRow, FeedbackRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput,
-    SessionRow, TouchpointRow,
+    no_text, CustomerTouchpointRow, FeedbackRow, FunnelAttemptRow, FunnelOpenAttemptRow,
+    JourneyOutput, SessionRow, TouchpointRow,
 };
 pub use journey::{
     funnel_fingerprint, FeedbackCounters, FunnelChange, FunnelChangeKind, JourneyConfig,

@@ -23,6 +23,8 @@ use touchstream_journey::{
 /// Bytes of live allocations, each in its jemalloc size class, and their number.
 static BYTES: AtomicI64 = AtomicI64::new(0);
 static COUNT: AtomicI64 = AtomicI64::new(0);
+/// Allocations made, freed or not.
+static MADE: AtomicI64 = AtomicI64::new(0);
 /// The counters are global: one measurement at a time (tests run in parallel).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -33,6 +35,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         BYTES.fetch_add(size_class(l.size()), Relaxed);
         COUNT.fetch_add(1, Relaxed);
+        MADE.fetch_add(1, Relaxed);
         // SAFETY: the caller's layout, as received.
         unsafe { System.alloc(l) }
     }
@@ -90,8 +93,8 @@ fn routed(i: usize, n: usize) -> RoutedEvent {
     }
 }
 
-/// (bytes, allocations) per customer the stage keeps after `n` customers.
-fn kept_per_customer(n: usize) -> (f64, f64) {
+/// A journey stage on the deploy catalog and funnels, as the processor runs it.
+fn journey_stage() -> JourneyStage {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"));
     let funnels = FunnelSet::load(&dir.join("funnels.toml")).expect("funnels.toml");
     let catalog = Catalog::load(&dir.join("catalog.toml")).expect("catalog.toml");
@@ -101,6 +104,12 @@ fn kept_per_customer(n: usize) -> (f64, f64) {
     };
     let mut stage = JourneyStage::new(config, catalog, funnels);
     stage.track_changes();
+    stage
+}
+
+/// (bytes, allocations) per customer the stage keeps after `n` customers.
+fn kept_per_customer(n: usize) -> (f64, f64) {
+    let mut stage = journey_stage();
     let kept = live_per_customer(n, || {
         fill_journey(&mut stage, n);
         stage.mark_saved();
@@ -189,4 +198,28 @@ fn an_identity_link_is_one_allocation() {
     println!("{bytes:.1} bytes in {allocations:.2} allocations per linked customer");
     assert!(allocations <= 1.05, "{allocations:.2} allocations per link");
     assert!(bytes <= 100.0, "{bytes:.1} bytes per link");
+}
+
+/// Allocations `take_output` makes per event when each customer's one event is released:
+/// its `touchpoint_journey` and `customer_touchpoints` rows and its session row share the
+/// ids and names the state holds (each allocates only its hex id), then the customer's
+/// open-attempt row: 13 per event. 24 when every row copied its strings; a backlog's
+/// short-lived allocations cost CPU and leave pages half full behind them
+/// (docs/performance.md).
+#[test]
+fn the_touchpoint_rows_share_the_states_strings() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let n = 10_000;
+    let mut stage = journey_stage();
+    for i in 0..n {
+        stage.process(routed(i, n), i as u64 + 1);
+    }
+    stage.advance_watermark(NOW_MS, n as u64 + 1);
+    let made = MADE.load(Relaxed);
+    let out = stage.take_output();
+    let per_event = (MADE.load(Relaxed) - made) as f64 / n as f64;
+    assert_eq!(out.touchpoints.len(), n);
+    assert_eq!(out.customer_touchpoints.len(), n);
+    println!("{per_event:.2} allocations per event in take_output");
+    assert!(per_event <= 13.05, "{per_event:.2} allocations per event");
 }

@@ -395,20 +395,25 @@ impl Tables {
         for r in out.touchpoints {
             let newer = self
                 .touchpoints
-                .get(&r.event_id)
+                .get(&*r.event_id)
                 .is_none_or(|old| r.version > old.0);
             if newer {
                 self.touchpoints.insert(
-                    r.event_id,
-                    (r.version, r.customer_id, r.session_id, r.is_late),
+                    r.event_id.to_string(),
+                    (
+                        r.version,
+                        r.customer_id.to_string(),
+                        r.session_id.to_string(),
+                        r.is_late,
+                    ),
                 );
             }
         }
         for r in out.sessions {
-            if let Some(old) = self.sessions.get(&r.session_id) {
+            if let Some(old) = self.sessions.get(&*r.session_id) {
                 assert!(r.version > old.version, "session version went back: {r:?}");
             }
-            self.sessions.insert(r.session_id.clone(), r);
+            self.sessions.insert(r.session_id.to_string(), r);
         }
         for r in out.attempts {
             if let Some(old) = self.attempts.get(&r.attempt_id) {
@@ -695,15 +700,15 @@ fn capped_reference(log: &[JourneyEvent], horizon_ms: i64, hot_cap: usize) -> Ex
             sessions.insert(
                 id.clone(),
                 SessionRow {
-                    session_id: id,
-                    customer_id: c.clone(),
+                    session_id: id.into(),
+                    customer_id: c.as_str().into(),
                     started_at: secs(g[0].event_time_ms),
                     start_ms: g[0].event_time_ms,
                     end_ms: g[g.len() - 1].event_time_ms,
                     event_count: g.len() as u32,
-                    first_event_id: g[0].event_id.clone(),
-                    entry_event: g[0].display_name().to_owned(),
-                    exit_event: g[g.len() - 1].display_name().to_owned(),
+                    first_event_id: g[0].event_id.as_str().into(),
+                    entry_event: g[0].display_name().into(),
+                    exit_event: g[g.len() - 1].display_name().into(),
                     channels,
                     is_deleted: false,
                     version: 0,
@@ -1572,9 +1577,13 @@ impl FinalTables {
         for r in out.touchpoints {
             newest(
                 &mut tp,
-                r.event_id,
+                r.event_id.to_string(),
                 r.version,
-                (r.customer_id, r.session_id, r.is_late),
+                (
+                    r.customer_id.to_string(),
+                    r.session_id.to_string(),
+                    r.is_late,
+                ),
             )?;
         }
         self.touchpoints = tp
@@ -1586,7 +1595,7 @@ impl FinalTables {
             .map(|(k, r)| (k, (r.version, r)))
             .collect();
         for r in out.sessions {
-            newest(&mut sessions, r.session_id.clone(), r.version, r)?;
+            newest(&mut sessions, r.session_id.to_string(), r.version, r)?;
         }
         self.sessions = sessions.into_iter().map(|(k, (_, r))| (k, r)).collect();
         let mut attempts: BTreeMap<String, (u64, FunnelAttemptRow)> =

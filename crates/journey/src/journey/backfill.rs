@@ -499,7 +499,7 @@ steps = [{ event = "Viewed" }, { event = "Added" }, { event = "Bought" }]
                 .touchpoints
                 .iter()
                 .filter(|t| !t.session_id.is_empty())
-                .map(|t| t.event_id.clone())
+                .map(|t| t.event_id.to_string())
                 .collect();
             let mut json = serde_json::to_string(&st.snapshot_ref()).expect("serialize");
 

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use super::LiveRow;
 use crate::columns::{days, secs};
 use crate::event::MessageType;
-use crate::hash::{hex128, FastMap};
+use crate::hash::{hex128, hex128_shared, FastMap};
 use crate::journey::catalog::{Channel, Stage};
 use crate::journey::feedback::Extras;
 use crate::journey::funnel::{ClosedAttempt, FunnelSet, OpenAttempt, Outcome};
 use crate::journey::rows::{
-    CustomerTouchpointRow, FeedbackRow, FunnelAttemptRow, FunnelOpenAttemptRow, JourneyOutput,
-    SessionRow, TouchpointRow,
+    no_text, CustomerTouchpointRow, FeedbackRow, FunnelAttemptRow, FunnelOpenAttemptRow,
+    JourneyOutput, SessionRow, TouchpointRow,
 };
 use crate::journey::session::{HistEvent, SessionAcc};
 
@@ -207,12 +207,14 @@ impl Output {
         let first = out.customer_touchpoints.len();
         out.customer_touchpoints
             .reserve(touchpoints.len() + moved.len());
-        out.customer_touchpoints
-            .extend(touchpoints.iter().map(customer_touchpoint_row));
+        out.touchpoints.reserve(touchpoints.len());
+        for t in touchpoints {
+            let (journey, by_customer) = touchpoint_rows(t);
+            out.touchpoints.push(journey);
+            out.customer_touchpoints.push(by_customer);
+        }
         out.customer_touchpoints.append(&mut moved);
         out.customer_touchpoints[first..].sort_by_key(|r| r.version);
-        out.touchpoints
-            .extend(touchpoints.into_iter().map(touchpoint_row));
         out.sessions.extend(
             std::mem::take(&mut self.sessions)
                 .into_iter()
@@ -290,17 +292,17 @@ impl Output {
     /// whichever partition's insert lands first.
     pub(super) fn moved(&mut self, former: &str, e: &HistEvent, version: u64) {
         self.moved.push(CustomerTouchpointRow {
-            customer_id: former.to_owned(),
+            customer_id: former.into(),
             event_date: days(e.time_ms),
             event_time_ms: e.time_ms,
-            event_id: e.event_id.as_ref().to_owned(),
+            event_id: Arc::clone(&e.event_id),
             event_time: secs(e.time_ms),
-            message_type: String::new(),
-            event: String::new(),
+            message_type: "",
+            event: no_text(),
             stage: e.stage,
             channel: e.channel,
-            session_id: String::new(),
-            store_id: String::new(),
+            session_id: no_text(),
+            store_id: no_text(),
             is_late: false,
             is_deleted: true,
             version: version.saturating_mul(1 << 16).saturating_add(0xFFFF),
@@ -491,71 +493,72 @@ pub(super) enum Row {
 /// backlog at once) sizes the next take by at most this much; more rows grow the list.
 const MAX_RESERVE: usize = 1 << 16;
 
-fn touchpoint_row(t: PendingTouchpoint) -> TouchpointRow {
-    TouchpointRow {
-        event_id: t.event_id.as_ref().to_owned(),
-        customer_id: t.customer.as_ref().to_owned(),
-        session_id: t.session.map(hex128).unwrap_or_default(),
-        event_date: days(t.time_ms),
-        stage: t.stage,
-        channel: t.channel,
-        is_late: t.is_late,
-        version: t.version,
-    }
-}
-
-fn customer_touchpoint_row(t: &PendingTouchpoint) -> CustomerTouchpointRow {
+/// A touchpoint's `touchpoint_journey` and `customer_touchpoints` rows, sharing its
+/// strings (module docs of [`crate::journey::rows`]).
+fn touchpoint_rows(t: PendingTouchpoint) -> (TouchpointRow, CustomerTouchpointRow) {
     // The name is the event's own unless it only repeats the message type (an unnamed
     // page, an identify): `events.event` is empty then.
     let event = match t.kind {
-        Some(kind) if t.name.as_ref() == kind.as_str() => String::new(),
-        _ => t.name.as_ref().to_owned(),
+        Some(kind) if t.name.as_ref() == kind.as_str() => no_text(),
+        _ => t.name,
     };
-    CustomerTouchpointRow {
-        customer_id: t.customer.as_ref().to_owned(),
+    let session_id = t.session.map_or_else(no_text, hex128_shared);
+    let by_customer = CustomerTouchpointRow {
+        customer_id: Arc::clone(&t.customer),
         event_date: days(t.time_ms),
         event_time_ms: t.time_ms,
-        event_id: t.event_id.as_ref().to_owned(),
+        event_id: Arc::clone(&t.event_id),
         event_time: secs(t.time_ms),
-        message_type: t.kind.map(|k| k.as_str().to_owned()).unwrap_or_default(),
+        message_type: t.kind.map_or("", MessageType::as_str),
         event,
         stage: t.stage,
         channel: t.channel,
-        session_id: t.session.map(hex128).unwrap_or_default(),
-        store_id: t.store_id.as_deref().unwrap_or_default().to_owned(),
+        session_id: Arc::clone(&session_id),
+        store_id: t.store_id.unwrap_or_else(no_text),
         is_late: t.is_late,
         is_deleted: false,
         version: t.version,
-    }
+    };
+    let journey = TouchpointRow {
+        event_id: t.event_id,
+        customer_id: t.customer,
+        session_id,
+        event_date: days(t.time_ms),
+        stage: t.stage,
+        channel: t.channel,
+        is_late: t.is_late,
+        version: t.version,
+    };
+    (journey, by_customer)
 }
 
 fn session_row(s: PendingSession) -> SessionRow {
-    let customer_id = s.customer.as_ref().to_owned();
+    let customer_id = s.customer;
     match s.acc {
         Some(acc) => SessionRow {
-            session_id: hex128(s.key),
+            channels: acc.channel_list(),
+            session_id: hex128_shared(s.key),
             customer_id,
             started_at: secs(acc.start_ms),
             start_ms: acc.start_ms,
             end_ms: acc.end_ms,
             event_count: acc.event_count,
-            first_event_id: acc.first_event_id.as_ref().to_owned(),
-            entry_event: acc.entry_event.as_ref().to_owned(),
-            exit_event: acc.exit_event.as_ref().to_owned(),
-            channels: acc.channel_list(),
+            first_event_id: acc.first_event_id,
+            entry_event: acc.entry_event,
+            exit_event: acc.exit_event,
             is_deleted: false,
             version: s.version,
         },
         None => SessionRow {
-            session_id: hex128(s.key),
+            session_id: hex128_shared(s.key),
             customer_id,
             started_at: secs(s.partition_ms),
             start_ms: s.partition_ms,
             end_ms: s.partition_ms,
             event_count: 0,
-            first_event_id: String::new(),
-            entry_event: String::new(),
-            exit_event: String::new(),
+            first_event_id: no_text(),
+            entry_event: no_text(),
+            exit_event: no_text(),
             channels: Vec::new(),
             is_deleted: true,
             version: s.version,

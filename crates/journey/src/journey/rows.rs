@@ -5,9 +5,17 @@
 //! so a table's columns are declared here and nowhere else. The `touchpoints` view adds
 //! the raw payload columns from `events`, which the identity stage writes.
 //!
+//! The per-event and per-session rows ([`TouchpointRow`], [`CustomerTouchpointRow`],
+//! [`SessionRow`]) share their strings
+//! (`Arc<str>`) with the stage's state and with each other instead of copying them: two
+//! rows per event, each with its ids, were the most short-lived allocations of a backlog
+//! (docs/performance.md).
+//!
 //! Every table is a `ReplacingMergeTree(version)`: a later row with the same key and a
 //! higher `version` replaces an earlier one, and `is_deleted = 1` rows mark keys that no
 //! longer exist (same key and same partition time as the row they delete).
+
+use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
 
@@ -15,18 +23,25 @@ use crate::columns::{flag, name, names};
 use crate::journey::catalog::{Channel, Stage};
 use crate::journey::funnel::Outcome;
 
+/// The empty string of the per-event rows' shared strings ([`TouchpointRow`],
+/// [`CustomerTouchpointRow`]): a clone of one allocation instead of one per row.
+pub fn no_text() -> Arc<str> {
+    static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+    Arc::clone(&EMPTY)
+}
+
 /// One `touchpoint_journey` row (key `event_id`): what stage 2 decided for an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct TouchpointRow {
     /// Segment `messageId`.
-    pub event_id: String,
+    pub event_id: Arc<str>,
     /// Event time's day ([`crate::columns::days`]), the partition column.
     pub event_date: u16,
     /// The journey the event belongs to.
-    pub customer_id: String,
+    pub customer_id: Arc<str>,
     /// Its session; empty for late events (not placed in any session).
-    pub session_id: String,
+    pub session_id: Arc<str>,
     /// Catalog stage.
     #[serde(serialize_with = "name")]
     pub stage: Stage,
@@ -52,20 +67,20 @@ pub struct TouchpointRow {
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct CustomerTouchpointRow {
     /// The journey the event belongs to (first key column).
-    pub customer_id: String,
+    pub customer_id: Arc<str>,
     /// Event time's day ([`crate::columns::days`]), the partition column.
     pub event_date: u16,
     /// Event time, ms (second key column: the journey's order).
     pub event_time_ms: i64,
     /// Segment `messageId` (source-scoped), last key column.
-    pub event_id: String,
+    pub event_id: Arc<str>,
     /// `event_time_ms` as a `DateTime` ([`crate::columns::secs`]).
     pub event_time: u32,
     /// Message type (`track`, `page`, ...); empty on tombstones.
     #[serde(rename = "type")]
-    pub message_type: String,
+    pub message_type: &'static str,
     /// Track event name, or page/screen name; empty when the message has none.
-    pub event: String,
+    pub event: Arc<str>,
     /// Catalog stage.
     #[serde(serialize_with = "name")]
     pub stage: Stage,
@@ -73,10 +88,10 @@ pub struct CustomerTouchpointRow {
     #[serde(serialize_with = "name")]
     pub channel: Channel,
     /// Its session; empty for events in no session.
-    pub session_id: String,
+    pub session_id: Arc<str>,
     /// `properties.store_id` (the store it happened in), empty when none
     /// (`deploy/clickhouse/0010_feedback.sql`).
-    pub store_id: String,
+    pub store_id: Arc<str>,
     /// As in [`TouchpointRow::is_late`].
     #[serde(serialize_with = "flag")]
     pub is_late: bool,
@@ -93,9 +108,9 @@ pub struct CustomerTouchpointRow {
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct SessionRow {
     /// Hex hash of customer id and first event id.
-    pub session_id: String,
+    pub session_id: Arc<str>,
     /// Owner.
-    pub customer_id: String,
+    pub customer_id: Arc<str>,
     /// `start_ms` as a `DateTime` ([`crate::columns::secs`]), the partition column.
     pub started_at: u32,
     /// First event time, ms.
@@ -105,11 +120,11 @@ pub struct SessionRow {
     /// Events in the session.
     pub event_count: u32,
     /// First event's id.
-    pub first_event_id: String,
+    pub first_event_id: Arc<str>,
     /// First event's name (or message type).
-    pub entry_event: String,
+    pub entry_event: Arc<str>,
     /// Last event's name (or message type).
-    pub exit_event: String,
+    pub exit_event: Arc<str>,
     /// Distinct channels, in [`Channel`] declaration order.
     #[serde(serialize_with = "names")]
     pub channels: Vec<Channel>,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::*;
 use crate::event::{JourneyEvent, MessageType};
@@ -49,11 +50,11 @@ fn routed(customer: &str, id: &str, name: &str, t: i64, version: u64) -> RoutedE
 /// ClickHouse after `FINAL`: newest version per key, tombstones removed.
 #[derive(Default)]
 struct Tables {
-    touchpoints: BTreeMap<String, TouchpointRow>,
-    sessions: BTreeMap<String, SessionRow>,
+    touchpoints: BTreeMap<Arc<str>, TouchpointRow>,
+    sessions: BTreeMap<Arc<str>, SessionRow>,
     attempts: BTreeMap<String, FunnelAttemptRow>,
     /// `customer_touchpoints` by key, tombstones kept (checked against `touchpoints`).
-    by_customer: BTreeMap<(String, i64, String), CustomerTouchpointRow>,
+    by_customer: BTreeMap<(Arc<str>, i64, Arc<str>), CustomerTouchpointRow>,
 }
 
 impl Tables {
@@ -96,13 +97,13 @@ impl Tables {
             .filter(|r| !r.is_deleted)
             .map(|r| {
                 let row = (
-                    r.customer_id.as_str(),
-                    r.session_id.as_str(),
+                    &*r.customer_id,
+                    &*r.session_id,
                     r.stage,
                     r.channel,
                     r.is_late,
                 );
-                (r.event_id.as_str(), row)
+                (&*r.event_id, row)
             })
             .collect();
         let live_rows = self.by_customer.values().filter(|r| !r.is_deleted).count();
@@ -112,13 +113,13 @@ impl Tables {
             .values()
             .map(|r| {
                 let row = (
-                    r.customer_id.as_str(),
-                    r.session_id.as_str(),
+                    &*r.customer_id,
+                    &*r.session_id,
                     r.stage,
                     r.channel,
                     r.is_late,
                 );
-                (r.event_id.as_str(), row)
+                (&*r.event_id, row)
             })
             .collect();
         assert_eq!(live, want);
@@ -157,7 +158,7 @@ fn session_gap_of_exactly_30_min_continues_one_ms_more_splits() {
         (first.start_ms, first.end_ms, first.event_count),
         (0, 30 * MIN, 2)
     );
-    assert_eq!(first.first_event_id, "e1");
+    assert_eq!(&*first.first_event_id, "e1");
     assert_eq!(t.sessions.len(), 2);
 }
 
@@ -184,9 +185,9 @@ fn session_ids_are_deterministic_hashes_of_customer_and_first_event() {
         a.sessions.keys().collect::<Vec<_>>(),
         b.sessions.keys().collect::<Vec<_>>()
     );
-    let s = &a.sessions[&expected];
+    let s = &a.sessions[expected.as_str()];
     assert_eq!(
-        (s.entry_event.as_str(), s.exit_event.as_str()),
+        (&*s.entry_event, &*s.exit_event),
         ("Home", "Product Viewed")
     );
     assert_eq!(s.channels, vec![Channel::Web, Channel::Other]);
@@ -201,7 +202,7 @@ fn late_within_lateness_is_placed_in_order() {
     ]);
     let s = &t.sessions[t.session_of("e10")];
     assert_eq!(
-        (s.first_event_id.as_str(), s.start_ms, s.event_count),
+        (&*s.first_event_id, s.start_ms, s.event_count),
         ("e6", 6 * MIN, 2)
     );
     assert!(!t.touchpoints["e6"].is_late);
@@ -219,7 +220,7 @@ fn behind_the_frontier_inside_the_horizon_is_placed_and_the_session_rewritten() 
     ]);
     assert_eq!(t.sessions.len(), 1, "the superseded session is deleted");
     let s = &t.sessions[t.session_of("e20")];
-    assert_eq!((s.first_event_id.as_str(), s.event_count), ("e14", 3));
+    assert_eq!((&*s.first_event_id, s.event_count), ("e14", 3));
     for id in ["e14", "e15", "e20"] {
         assert!(!t.touchpoints[id].is_late, "{id}");
         assert_eq!(t.session_of(id), t.session_of("e20"), "{id}");
@@ -245,7 +246,7 @@ fn older_than_the_horizon_is_too_late_stored_and_counted() {
     assert!(!t.touchpoints["e60"].is_late);
     let late = &t.touchpoints["e59"];
     assert!(late.is_late && late.session_id.is_empty());
-    assert_eq!(late.customer_id, "c");
+    assert_eq!(&*late.customer_id, "c");
     assert_eq!(st.counters().late_events, 1);
     assert_eq!(st.counters().late_beyond_horizon, 1);
     assert_eq!(st.counters().late_before_checkpoint, 0);
@@ -279,7 +280,7 @@ fn a_raised_horizon_does_not_place_events_before_an_older_checkpoint() {
     let row = out
         .touchpoints
         .iter()
-        .find(|r| r.event_id == "e30")
+        .find(|r| &*r.event_id == "e30")
         .expect("row");
     assert!(row.is_late && row.session_id.is_empty());
     assert_eq!(st.counters().late_events, 1);
@@ -540,12 +541,12 @@ fn reattribution_moves_anonymous_events_sessions_and_attempts_to_the_user() {
     ]);
     // Everything is the user's, in one session starting with the anonymous view.
     for id in ["u-home", "a-view", "a-add", "login", "co", "oc"] {
-        assert_eq!(t.touchpoints[id].customer_id, "u", "{id}");
+        assert_eq!(&*t.touchpoints[id].customer_id, "u", "{id}");
     }
     let sid = hex128(id128(&["u", "a-view"]));
-    assert!(t.touchpoints.values().all(|r| r.session_id == sid));
+    assert!(t.touchpoints.values().all(|r| *r.session_id == *sid));
     assert_eq!(t.sessions.len(), 1, "{:?}", t.sessions);
-    assert_eq!(t.sessions[&sid].event_count, 6);
+    assert_eq!(t.sessions[sid.as_str()].event_count, 6);
     // The anonymous attempt became the user's, and converted.
     assert_eq!(t.attempts.len(), 1);
     let a = t.attempts.values().next().expect("attempt");
@@ -561,16 +562,13 @@ fn reattribution_moves_anonymous_events_sessions_and_attempts_to_the_user() {
     assert!(t
         .by_customer
         .keys()
-        .any(|(c, _, id)| c == "a" && id == "a-view"));
+        .any(|(c, _, id)| &**c == "a" && &**id == "a-view"));
     let login = t
         .by_customer
         .values()
-        .find(|r| r.event_id == "login" && !r.is_deleted);
+        .find(|r| &*r.event_id == "login" && !r.is_deleted);
     let login = login.expect("login row");
-    assert_eq!(
-        (login.message_type.as_str(), login.event.as_str()),
-        ("track", "Signed In")
-    );
+    assert_eq!((login.message_type, &*login.event), ("track", "Signed In"));
 }
 
 /// A full replay by a fresh consumer group: the journey stage reads the first run's
@@ -602,7 +600,7 @@ fn a_full_replay_leaves_reattributed_events_with_the_user() {
         }
         if pass == 0 {
             for id in ["a-view", "a-add", "login"] {
-                assert_eq!(t.touchpoints[id].customer_id, "u", "first run: {id}");
+                assert_eq!(&*t.touchpoints[id].customer_id, "u", "first run: {id}");
             }
         }
     }
@@ -614,11 +612,11 @@ fn a_full_replay_leaves_reattributed_events_with_the_user() {
     );
     for id in ["a-view", "a-add", "login"] {
         let row = &t.touchpoints[id];
-        assert_eq!(row.customer_id, "u", "after the replay: {id}");
+        assert_eq!(&*row.customer_id, "u", "after the replay: {id}");
         assert!(!row.is_late && !row.session_id.is_empty(), "{id}: {row:?}");
     }
     assert!(
-        t.sessions.values().all(|s| s.customer_id != "a"),
+        t.sessions.values().all(|s| &*s.customer_id != "a"),
         "a live session under the anonymous id"
     );
     assert!(
@@ -745,14 +743,14 @@ fn retries_are_found_in_long_histories_and_backlogs() {
     let counts: u32 = t
         .sessions
         .values()
-        .filter(|s| s.customer_id == "c")
+        .filter(|s| &*s.customer_id == "c")
         .map(|s| s.event_count)
         .sum();
     assert_eq!(counts, 200);
     let counts: u32 = t
         .sessions
         .values()
-        .filter(|s| s.customer_id == "b")
+        .filter(|s| &*s.customer_id == "b")
         .map(|s| s.event_count)
         .sum();
     assert_eq!(counts, 100);
@@ -845,7 +843,7 @@ fn idle_customers_are_forgotten_after_the_horizon() {
     let old = out
         .touchpoints
         .iter()
-        .find(|r| r.event_id == "old")
+        .find(|r| &*r.event_id == "old")
         .expect("row");
     assert!(old.is_late && old.session_id.is_empty());
     assert_eq!(st.counters().reattributed_too_old, 1);
@@ -1116,14 +1114,7 @@ fn open_attempts_appear_advance_and_vanish_on_close() {
     );
     let steps: Vec<_> = open
         .iter()
-        .map(|r| {
-            (
-                r.funnel.as_str(),
-                r.customer_id.as_str(),
-                r.reached_step,
-                r.due_ms,
-            )
-        })
+        .map(|r| (r.funnel.as_str(), &*r.customer_id, r.reached_step, r.due_ms))
         .collect();
     assert_eq!(
         steps,
@@ -1527,7 +1518,7 @@ fn a_hot_customer_is_capped_per_window_whatever_the_arrival_order() {
         .touchpoints
         .values()
         .filter(|r| !r.session_id.is_empty())
-        .map(|r| r.event_id.as_str())
+        .map(|r| &*r.event_id)
         .collect();
     assert_eq!(
         placed,
@@ -1539,14 +1530,14 @@ fn a_hot_customer_is_capped_per_window_whatever_the_arrival_order() {
         .filter(|r| r.session_id.is_empty())
     {
         assert!(!r.is_late, "{r:?}");
-        assert_eq!(r.customer_id, "bot");
+        assert_eq!(&*r.customer_id, "bot");
     }
     assert_eq!(ordered.touchpoints.len(), 18, "every event is stored");
     assert_eq!(counters.hot_customer_events, 7);
     let bot_events: u32 = ordered
         .sessions
         .values()
-        .filter(|s| s.customer_id == "bot")
+        .filter(|s| &*s.customer_id == "bot")
         .map(|s| s.event_count)
         .sum();
     assert_eq!(bot_events, 8);
@@ -1554,7 +1545,7 @@ fn a_hot_customer_is_capped_per_window_whatever_the_arrival_order() {
     let by_key = |t: &Tables| -> Vec<(String, String, bool)> {
         t.touchpoints
             .values()
-            .map(|r| (r.event_id.clone(), r.session_id.clone(), r.is_late))
+            .map(|r| (r.event_id.to_string(), r.session_id.to_string(), r.is_late))
             .collect()
     };
     events.reverse();
