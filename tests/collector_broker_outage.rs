@@ -172,10 +172,18 @@ async fn a_processor_started_before_the_broker_waits_for_it() {
     };
     config.kafka.brokers = format!("127.0.0.1:{port}");
     config.collector.sources = vec![SourceConfig::new("web", "k", "web")];
+    config.processor.unhealthy_after_failures = 1;
     let mut processor = Processor::start(&mut config, "late").await;
 
     tokio::time::sleep(Duration::from_secs(12)).await;
     processor.assert_running().await;
+    // Waiting is not healthy: /healthz names the start and why.
+    let (status, body) = processor.healthz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("stage start failed") && body.contains("kafka"),
+        "{body}"
+    );
     let _broker = Broker::start(port, &dir);
     touchstream_core::kafka::ensure_topics(&config.kafka, &[])
         .await
@@ -195,6 +203,9 @@ async fn a_processor_started_before_the_broker_waits_for_it() {
     processor
         .stored_events(&config, |ids| ids == ["web:late"])
         .await;
+    // Started: the start no longer counts against its health.
+    let (_, body) = processor.healthz().await;
+    assert!(!body.contains("stage start"), "{body}");
     processor.stop().await;
     c.stop().await;
     support::drop_database(&config.clickhouse).await;
@@ -205,6 +216,8 @@ async fn a_processor_started_before_the_broker_waits_for_it() {
 struct Processor {
     task: Option<tokio::task::JoinHandle<Result<(), touchstream_processor::ProcessorError>>>,
     stop: tokio_util::sync::CancellationToken,
+    /// Its `/metrics` and `/healthz` server.
+    base: String,
 }
 
 impl Processor {
@@ -221,15 +234,28 @@ impl Processor {
             .await
             .expect("migrate");
         let stop = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
         let task = tokio::spawn(touchstream_processor::run(
             config.clone(),
-            None,
+            Some(listener),
             stop.clone(),
         ));
         Self {
             task: Some(task),
             stop,
+            base,
         }
+    }
+
+    /// `/healthz`: status and body.
+    async fn healthz(&self) -> (u16, String) {
+        let r = reqwest::get(format!("{}/healthz", self.base))
+            .await
+            .expect("healthz");
+        (r.status().as_u16(), r.text().await.expect("body"))
     }
 
     /// Fails the test with the processor's own result if it has stopped by itself.

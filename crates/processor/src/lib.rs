@@ -64,7 +64,8 @@ pub enum ProcessorError {
         #[source]
         source: StateError,
     },
-    /// An input topic has no partitions (not created yet). Permanent until fixed.
+    /// An input topic has no partitions (not created yet). At start the processor waits
+    /// for it (retrying); afterwards permanent until fixed.
     #[error("topic {0} has no partitions; run `touchstream topics` first")]
     NoPartitions(String),
     /// Seeks back to a partition's saved position kept not taking; the position was
@@ -221,7 +222,7 @@ pub async fn run(
     };
     // Partition counts drive the in-band watermarks between the stages.
     let Some((source_partitions, routed_partitions)) =
-        wait_for_partition_counts(&config.kafka, &shutdown).await?
+        wait_for_partition_counts(&config.kafka, &health.stage("start"), &shutdown).await?
     else {
         return Ok(());
     };
@@ -320,8 +321,12 @@ fn healthz(health: &runner::Health) -> (axum::http::StatusCode, String) {
 /// started before Kafka, or before `touchstream topics`, waits for them as its stages do
 /// after a broker outage (README "Guarantees"), instead of exiting. `None` if shutdown
 /// came first. A Kafka client that cannot be created (a bad property) fails at once.
+/// Each failed read counts in `health` (`/healthz` names the `start` stage once
+/// `processor.unhealthy_after_failures` reads failed in a row), so a processor stuck
+/// here does not look healthy.
 async fn wait_for_partition_counts(
     kafka: &touchstream_core::config::KafkaConfig,
+    health: &runner::StageHealth,
     shutdown: &CancellationToken,
 ) -> Result<Option<(i32, i32)>, ProcessorError> {
     let consumer: Arc<rdkafka::consumer::BaseConsumer> =
@@ -334,12 +339,19 @@ async fn wait_for_partition_counts(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
             counts = ask => match counts? {
-                Ok(counts) => return Ok(Some(counts)),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "reading the topics' partition counts failed (Kafka down, or the topics not created yet: `touchstream topics`); waiting"
-                ),
+                Ok(counts) => {
+                    health.progressed();
+                    return Ok(Some(counts));
+                }
+                Err(e) => {
+                    let in_a_row = health.failed(&e.to_string());
+                    tracing::warn!(
+                        error = %e,
+                        failures_in_a_row = in_a_row,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "reading the topics' partition counts failed (Kafka down, or the topics not created yet: `touchstream topics`); waiting"
+                    );
+                }
             },
         }
         tokio::select! {

@@ -23,8 +23,9 @@ use crate::columns::{flag, name, names};
 use crate::journey::catalog::{Channel, Stage};
 use crate::journey::funnel::Outcome;
 
-/// The empty string of the per-event rows' shared strings ([`TouchpointRow`],
-/// [`CustomerTouchpointRow`]): a clone of one allocation instead of one per row.
+/// The empty string of the rows' shared strings ([`TouchpointRow`],
+/// [`CustomerTouchpointRow`], [`SessionRow`]; also for a caller building such rows): a
+/// clone of one allocation instead of one per row.
 pub fn no_text() -> Arc<str> {
     static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
     Arc::clone(&EMPTY)
