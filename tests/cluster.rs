@@ -415,7 +415,14 @@ fn the_cluster_gives_the_single_server_answers() {
         assert!(!links.is_empty() && !rest.is_empty());
         send(&rest, &sender(&collector), None).await.expect("send");
         wait_landed_events(&single.clickhouse, rest.len() as u64).await;
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // Each side has placed every event under its anonymous customer before the
+        // identifies arrive (the idle watermark, 5 s, releases them): a fixed pause
+        // here was too short on a loaded box, and then no row moved.
+        wait_journey_rows(
+            &[&single.clickhouse, &clustered.clickhouse],
+            rest.len() as u64,
+        )
+        .await;
         send(&links, &sender(&collector), None).await.expect("send");
         // The late identifies change attempts the plan's summary assumes in time order,
         // so wait until both sides have every event and stopped changing.
@@ -786,6 +793,30 @@ fn a_shard_down_holds_offsets_then_lands_everything() {
         assert_exact(&config.clickhouse, &summary).await;
         drop_cluster_database(&config.clickhouse).await;
     });
+}
+
+/// Until every database in `cfgs` holds `touchpoint_journey` rows for `n` events.
+async fn wait_journey_rows(cfgs: &[&ClickHouseConfig], n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for cfg in cfgs {
+        let ch = touchstream_clickhouse::client(cfg);
+        loop {
+            let placed: u64 = ch
+                .query("SELECT uniqExact(event_id) FROM touchpoint_journey")
+                .fetch_one()
+                .await
+                .unwrap_or(0);
+            if placed >= n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {placed} of {n} events placed",
+                cfg.database
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
 }
 
 async fn wait_landed_events(cfg: &ClickHouseConfig, n: u64) {
