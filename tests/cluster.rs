@@ -799,37 +799,42 @@ fn a_shard_down_holds_offsets_then_lands_everything() {
 async fn wait_journey_rows(cfgs: &[&ClickHouseConfig], n: u64) {
     let deadline = Instant::now() + Duration::from_secs(90);
     for cfg in cfgs {
-        let ch = touchstream_clickhouse::client(cfg);
-        loop {
-            let placed: u64 = ch
-                .query("SELECT uniqExact(event_id) FROM touchpoint_journey")
-                .fetch_one()
-                .await
-                .unwrap_or(0);
-            if placed >= n {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {placed} of {n} events placed",
-                cfg.database
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        wait_count(
+            cfg,
+            "SELECT uniqExact(event_id) FROM touchpoint_journey",
+            n,
+            "events placed",
+            deadline,
+        )
+        .await;
     }
 }
 
 async fn wait_landed_events(cfg: &ClickHouseConfig, n: u64) {
-    let ch = touchstream_clickhouse::client(cfg);
     let deadline = Instant::now() + Duration::from_secs(90);
-    while ch
-        .query("SELECT count() FROM events FINAL")
-        .fetch_one::<u64>()
-        .await
-        .unwrap_or(0)
-        < n
-    {
-        assert!(Instant::now() < deadline, "first half did not land");
+    wait_count(
+        cfg,
+        "SELECT count() FROM events FINAL",
+        n,
+        "events landed",
+        deadline,
+    )
+    .await;
+}
+
+/// Until `sql` (one count) gives at least `n` in `cfg`'s database; fails at `deadline`.
+async fn wait_count(cfg: &ClickHouseConfig, sql: &str, n: u64, what: &str, deadline: Instant) {
+    let ch = touchstream_clickhouse::client(cfg);
+    loop {
+        let count: u64 = ch.query(sql).fetch_one().await.unwrap_or(0);
+        if count >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {count} of {n} {what}",
+            cfg.database
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
