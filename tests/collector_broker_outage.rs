@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use touchstream_core::config::{Config, SourceConfig};
-use touchstream_tests::{self as support, CollectorHandle};
+use touchstream_tests::{self as support, CollectorHandle, ProcessorHandle};
 
 struct Broker {
     child: Child,
@@ -77,7 +77,7 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
     // A processor on the same broker, writing to its own database: after the restart,
     // every event answered 200 must reach ClickHouse. It may still be starting when the
     // broker goes away.
-    let mut processor = Processor::start(&mut config, "outage").await;
+    let mut processor = start_processor(&mut config, "outage").await;
     let client = reqwest::Client::new();
     let send = |id: String| {
         client
@@ -143,11 +143,10 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
     );
     // Every event that got a 200 is in ClickHouse, once. A 503'd request may have partly
     // landed (at-least-once); the 200s must all be there.
-    let stored = processor
-        .stored_events(&config, |ids| {
-            ids.iter().any(|e| e == "web:before") && ids.iter().any(|e| e == "web:after")
-        })
-        .await;
+    let stored = stored_events(&mut processor, &config, |ids| {
+        ids.iter().any(|e| e == "web:before") && ids.iter().any(|e| e == "web:after")
+    })
+    .await;
     let mut unique = stored.clone();
     unique.dedup();
     assert_eq!(unique, stored, "no duplicates after FINAL");
@@ -173,7 +172,7 @@ async fn a_processor_started_before_the_broker_waits_for_it() {
     config.kafka.brokers = format!("127.0.0.1:{port}");
     config.collector.sources = vec![SourceConfig::new("web", "k", "web")];
     config.processor.unhealthy_after_failures = 1;
-    let mut processor = Processor::start(&mut config, "late").await;
+    let mut processor = start_processor(&mut config, "late").await;
 
     tokio::time::sleep(Duration::from_secs(12)).await;
     processor.assert_running().await;
@@ -200,9 +199,7 @@ async fn a_processor_started_before_the_broker_waits_for_it() {
         .status();
     assert_eq!(status, 200);
 
-    processor
-        .stored_events(&config, |ids| ids == ["web:late"])
-        .await;
+    stored_events(&mut processor, &config, |ids| ids == ["web:late"]).await;
     // Started: the start no longer counts against its health.
     let (_, body) = processor.healthz().await;
     assert!(!body.contains("stage start"), "{body}");
@@ -212,91 +209,45 @@ async fn a_processor_started_before_the_broker_waits_for_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A processor in this process, on its own ClickHouse database and consumer group.
-struct Processor {
-    task: Option<tokio::task::JoinHandle<Result<(), touchstream_processor::ProcessorError>>>,
-    stop: tokio_util::sync::CancellationToken,
-    /// Its `/metrics` and `/healthz` server.
-    base: String,
+/// A processor in this process on `config`'s broker, with its own ClickHouse database
+/// (migrated) and consumer group, set in `config`.
+async fn start_processor(config: &mut Config, label: &str) -> ProcessorHandle {
+    let repo = support::repo_root();
+    config.clickhouse = support::clickhouse_config(label);
+    config.processor.group_id = support::unique(&format!("it-{label}"));
+    config.processor.funnels_path = repo.join("deploy/funnels.toml");
+    config.processor.catalog_path = repo.join("deploy/catalog.toml");
+    config.processor.batch_max_ms = 200;
+    config.processor.restart_backoff_ms = 500;
+    touchstream_clickhouse::migrate(&config.clickhouse)
+        .await
+        .expect("migrate");
+    ProcessorHandle::start(config.clone()).await
 }
 
-impl Processor {
-    /// Sets `config`'s ClickHouse database and processor options, migrates, spawns.
-    async fn start(config: &mut Config, label: &str) -> Self {
-        let repo = support::repo_root();
-        config.clickhouse = support::clickhouse_config(label);
-        config.processor.group_id = support::unique(&format!("it-{label}"));
-        config.processor.funnels_path = repo.join("deploy/funnels.toml");
-        config.processor.catalog_path = repo.join("deploy/catalog.toml");
-        config.processor.batch_max_ms = 200;
-        config.processor.restart_backoff_ms = 500;
-        touchstream_clickhouse::migrate(&config.clickhouse)
+/// The event ids in `config`'s database (`FINAL`, in order) once `done` holds for them;
+/// fails the test if the processor stops by itself or 120 s pass first.
+async fn stored_events(
+    processor: &mut ProcessorHandle,
+    config: &Config,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let ch = touchstream_clickhouse::client(&config.clickhouse);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored: Vec<String> = ch
+            .query("SELECT event_id FROM events FINAL ORDER BY event_id")
+            .fetch_all()
             .await
-            .expect("migrate");
-        let stop = tokio_util::sync::CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(touchstream_processor::run(
-            config.clone(),
-            Some(listener),
-            stop.clone(),
-        ));
-        Self {
-            task: Some(task),
-            stop,
-            base,
+            .expect("query events");
+        if done(&stored) {
+            return stored;
         }
-    }
-
-    /// `/healthz`: status and body.
-    async fn healthz(&self) -> (u16, String) {
-        let r = reqwest::get(format!("{}/healthz", self.base))
-            .await
-            .expect("healthz");
-        (r.status().as_u16(), r.text().await.expect("body"))
-    }
-
-    /// Fails the test with the processor's own result if it has stopped by itself.
-    async fn assert_running(&mut self) {
-        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
-            let result = self.task.take().expect("task").await;
-            panic!("the processor stopped by itself: {result:?}");
-        }
-    }
-
-    /// The event ids in its database (`FINAL`, in order) once `done` holds for them;
-    /// fails the test if the processor stops by itself or 120 s pass first.
-    async fn stored_events(
-        &mut self,
-        config: &Config,
-        done: impl Fn(&[String]) -> bool,
-    ) -> Vec<String> {
-        let ch = touchstream_clickhouse::client(&config.clickhouse);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let stored: Vec<String> = ch
-                .query("SELECT event_id FROM events FINAL ORDER BY event_id")
-                .fetch_all()
-                .await
-                .expect("query events");
-            if done(&stored) {
-                return stored;
-            }
-            self.assert_running().await;
-            assert!(
-                Instant::now() < deadline,
-                "events in ClickHouse: {stored:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        processor.assert_running().await;
+        assert!(
+            Instant::now() < deadline,
+            "events in ClickHouse: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

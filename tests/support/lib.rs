@@ -283,6 +283,21 @@ impl ProcessorHandle {
             .expect("metrics text")
     }
 
+    /// `/healthz`: status and body.
+    pub async fn healthz(&self) -> (u16, String) {
+        let url = self.metrics_url.replace("/metrics", "/healthz");
+        let r = reqwest::get(url).await.expect("healthz");
+        (r.status().as_u16(), r.text().await.expect("healthz text"))
+    }
+
+    /// Fails the test with the processor's own result if it has stopped by itself.
+    pub async fn assert_running(&mut self) {
+        if self.task.is_finished() {
+            let result = (&mut self.task).await;
+            panic!("the processor stopped by itself: {result:?}");
+        }
+    }
+
     /// Stop it (it writes, snapshots and commits what it holds) and wait.
     pub async fn stop(self) {
         self.stop.cancel();
