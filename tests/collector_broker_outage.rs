@@ -158,8 +158,8 @@ async fn broker_outage_gives_503_never_200_and_recovers() {
 
 /// A processor started while Kafka is down (a deployment that starts it first) waits for
 /// the broker instead of exiting, then processes what arrives. Its start reads the
-/// topics' partition counts, which time out after 10 s without a broker; the broker
-/// comes up later than that.
+/// topics' partition counts, which time out after 2 s without a broker and are retried;
+/// the broker comes up after several failed reads.
 #[tokio::test]
 async fn a_processor_started_before_the_broker_waits_for_it() {
     let port = support::free_port();

@@ -81,8 +81,9 @@ fn env_of(c: &Config) -> Vec<(String, String)> {
     .collect()
 }
 
-/// A child processor, killed if the test ends early (a panic must not leave it running).
-struct Proc(Child);
+/// A child processor (and its log file), killed if the test ends early (a panic must not
+/// leave it running).
+struct Proc(Child, std::path::PathBuf);
 
 impl Proc {
     fn sigkill(mut self) {
@@ -106,12 +107,12 @@ fn start_child(c: &Config, instance: Option<&str>) -> Proc {
         "{} missing: run `cargo build -p touchstream` (tests/run.sh does)",
         bin.display()
     );
-    let log = std::fs::File::create(std::env::temp_dir().join(format!(
+    let log_path = std::env::temp_dir().join(format!(
         "{}-{}.log",
         c.processor.group_id,
         support::unique("p")
-    )))
-    .expect("log file");
+    ));
+    let log = std::fs::File::create(&log_path).expect("log file");
     Proc(
         Command::new(bin)
             .args(["processor", "--metrics-listen", "127.0.0.1:0"])
@@ -121,16 +122,19 @@ fn start_child(c: &Config, instance: Option<&str>) -> Proc {
             .stderr(log)
             .spawn()
             .expect("start touchstream processor"),
+        log_path,
     )
 }
 
-fn sigterm(proc: &mut Proc) {
+/// SIGTERM, then wait (at most 30 s) for the exit; how long the exit took.
+fn sigterm(proc: &mut Proc) -> Duration {
     let child = &mut proc.0;
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let sent = Instant::now();
+    let deadline = sent + Duration::from_secs(30);
     while child.try_wait().ok().flatten().is_none() {
         assert!(
             Instant::now() < deadline,
@@ -138,6 +142,7 @@ fn sigterm(proc: &mut Proc) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    sent.elapsed()
 }
 
 async fn prepare(c: &Config) -> CollectorHandle {
@@ -346,4 +351,36 @@ async fn one_of_two_processors_killed_mid_backlog_changes_nothing() {
 #[ignore = "dynamic membership after SIGKILL on tansu: docs/ops.md"]
 async fn sigkilled_dynamic_members_lose_and_duplicate_nothing() {
     compare_with_uninterrupted(Faults::DynamicKills, "crash_dynamic").await;
+}
+
+/// SIGTERM while the processor waits for Kafka at its start (no broker on its address)
+/// ends the process within a few seconds. Each read of the topics' metadata runs on a
+/// blocking thread that the exiting runtime waits for, so a read with a 10 s timeout held
+/// the exit for up to that long after SIGTERM.
+#[tokio::test]
+async fn sigterm_while_waiting_for_the_broker_exits_promptly() {
+    let mut c = config("crash_wait");
+    c.kafka.brokers = format!("127.0.0.1:{}", support::free_port());
+    touchstream_clickhouse::migrate(&c.clickhouse)
+        .await
+        .expect("migrate");
+    let mut p = start_child(&c, None);
+    // The first failed read is logged once its timeout passed; the next one follows
+    // 200 ms later: SIGTERM arrives while that one waits on the absent broker.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&p.1)
+        .unwrap_or_default()
+        .contains("reading the topics' partition counts failed")
+    {
+        assert!(p.0.try_wait().ok().flatten().is_none(), "processor exited");
+        assert!(Instant::now() < deadline, "no failed read logged in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let took = sigterm(&mut p);
+    assert!(
+        took < Duration::from_secs(5),
+        "the exit took {took:?} after SIGTERM"
+    );
+    support::drop_database(&c.clickhouse).await;
 }

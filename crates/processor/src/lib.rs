@@ -334,8 +334,8 @@ async fn wait_for_partition_counts(
     let topics = [kafka.raw_topic.clone(), kafka.routed_topic.clone()];
     let mut backoff = Duration::from_millis(200);
     loop {
-        let (c, t) = (Arc::clone(&consumer), topics.clone());
-        let ask = tokio::task::spawn_blocking(move || partition_counts(&c, &t));
+        let (c, t, stop) = (Arc::clone(&consumer), topics.clone(), shutdown.clone());
+        let ask = tokio::task::spawn_blocking(move || partition_counts(&c, &t, &stop));
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
             counts = ask => match counts? {
@@ -362,16 +362,27 @@ async fn wait_for_partition_counts(
     }
 }
 
-/// Partition counts of the raw and routed topics (`topics`), from broker metadata.
+/// How long one metadata read at start may wait for the broker. Short because the read
+/// blocks a thread that the exiting runtime waits for: SIGTERM during the start wait
+/// ends the process at most about this long later (twice, were it inside the first of
+/// the two reads). A live broker answers in milliseconds; a slower answer is retried.
+const START_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Partition counts of the raw and routed topics (`topics`), from broker metadata. Stops
+/// between the two reads once `stop` is cancelled (shutdown).
 fn partition_counts(
     consumer: &rdkafka::consumer::BaseConsumer,
     [raw, routed]: &[String; 2],
+    stop: &CancellationToken,
 ) -> Result<(i32, i32), ProcessorError> {
     let count = |topic: &str| -> Result<i32, ProcessorError> {
+        if stop.is_cancelled() {
+            return Err(ProcessorError::ShuttingDown);
+        }
         let md = rdkafka::consumer::Consumer::fetch_metadata(
             consumer,
             Some(topic),
-            Duration::from_secs(10),
+            START_METADATA_TIMEOUT,
         )?;
         let n = md.topics().first().map_or(0, |t| t.partitions().len());
         if n == 0 {
