@@ -290,3 +290,66 @@ async fn a_clickhouse_outage_delays_but_loses_and_duplicates_nothing() {
     collector.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A processor deployed before `touchstream migrate` ran (its database has no tables):
+/// it waits instead of exiting, `/healthz` answers 503 naming its start and the
+/// ClickHouse error meanwhile, and once the migrations ran it starts and stores what
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_started_before_the_migrations_waits_and_is_unhealthy() {
+    let mut config = support::processor_config("before_migrate");
+    config.processor.unhealthy_after_failures = 1;
+    touchstream_core::kafka::ensure_topics(&config.kafka, &[])
+        .await
+        .expect("topics");
+    let mut processor = ProcessorHandle::start(config.clone()).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        processor.assert_running().await;
+        let (status, body) = processor.healthz().await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still {status} {body:?} while the database has no tables"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        body.contains("stage start failed") && body.contains("doesn't exist"),
+        "{body}"
+    );
+
+    touchstream_clickhouse::migrate(&config.clickhouse)
+        .await
+        .expect("migrate");
+    let c = CollectorHandle::start(config.clone()).await;
+    support::post_batch(
+        &c.base,
+        &[serde_json::json!({"type": "track", "event": "Order Completed", "userId": "u-1", "messageId": "after-migrate"})],
+    )
+    .await;
+    let ch = touchstream_clickhouse::client(&config.clickhouse);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        processor.assert_running().await;
+        let ids: Vec<String> = ch
+            .query("SELECT event_id FROM events FINAL")
+            .fetch_all()
+            .await
+            .expect("query events");
+        if !ids.is_empty() {
+            assert_eq!(ids, ["web:after-migrate"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the event was not stored");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, body) = processor.healthz().await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    processor.stop().await;
+    c.stop().await;
+    support::drop_database(&config.clickhouse).await;
+}

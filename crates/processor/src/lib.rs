@@ -182,14 +182,15 @@ pub async fn run(
     // Erased people: loaded before any input is read, so not one of their events is
     // stored again (README, "Privacy").
     let suppression = Arc::new(suppression::Suppression::default());
-    let mut backoff = Duration::from_millis(100);
-    while let Err(e) = suppression.load(&ch).await {
-        tracing::warn!(error = %e, "loading suppressed ids failed (run `touchstream migrate`?); retrying");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+    let loaded = retry_at_start(
+        "loading suppressed ids failed (ClickHouse down, or `touchstream migrate` not run yet)",
+        &health.stage("start"),
+        &shutdown,
+        || suppression.load(&ch),
+    )
+    .await;
+    if loaded.is_none() {
+        return Ok(());
     }
     tokio::spawn(Arc::clone(&suppression).refresh(
         ch.clone(),
@@ -316,14 +317,56 @@ fn healthz(health: &runner::Health) -> (axum::http::StatusCode, String) {
     (axum::http::StatusCode::SERVICE_UNAVAILABLE, text)
 }
 
-/// Partition counts of the raw and routed topics, asked of the broker again with backoff
-/// (up to 10 s apart) while it is unreachable or the topics do not exist yet: a processor
-/// started before Kafka, or before `touchstream topics`, waits for them as its stages do
-/// after a broker outage (README "Guarantees"), instead of exiting. `None` if shutdown
-/// came first. A Kafka client that cannot be created (a bad property) fails at once.
-/// Each failed read counts in `health` (`/healthz` names the `start` stage once
-/// `processor.unhealthy_after_failures` reads failed in a row), so a processor stuck
-/// here does not look healthy.
+/// Retry `attempt` at start, with backoff from 200 ms doubling to 10 s, until it succeeds
+/// (`Some`) or shutdown comes first (`None`, also while an attempt is in flight). Each
+/// failure is logged after `what` and counts in `health`, so `/healthz` names the `start`
+/// stage once `processor.unhealthy_after_failures` attempts failed in a row: a processor
+/// stuck at start (ClickHouse or Kafka away, a database not migrated, topics not
+/// created) does not look healthy, and it waits instead of exiting (README "Guarantees",
+/// Start in any order).
+async fn retry_at_start<T, E, F, Fut>(
+    what: &str,
+    health: &runner::StageHealth,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let error = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            result = attempt() => match result {
+                Ok(value) => {
+                    health.progressed();
+                    return Some(value);
+                }
+                Err(e) => e.to_string(),
+            },
+        };
+        let in_a_row = health.failed(&error);
+        tracing::warn!(
+            error = %error,
+            failures_in_a_row = in_a_row,
+            retry_in_ms = backoff.as_millis() as u64,
+            "{what}; waiting"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Partition counts of the raw and routed topics, asked of the broker again
+/// ([`retry_at_start`]) while it is unreachable or the topics do not exist yet: a
+/// processor started before Kafka, or before `touchstream topics`, waits for them as its
+/// stages do after a broker outage, instead of exiting. `None` if shutdown came first. A
+/// Kafka client that cannot be created (a bad property) fails at once.
 async fn wait_for_partition_counts(
     kafka: &touchstream_core::config::KafkaConfig,
     health: &runner::StageHealth,
@@ -332,34 +375,21 @@ async fn wait_for_partition_counts(
     let consumer: Arc<rdkafka::consumer::BaseConsumer> =
         Arc::new(touchstream_core::kafka::client_config(kafka).create()?);
     let topics = [kafka.raw_topic.clone(), kafka.routed_topic.clone()];
-    let mut backoff = Duration::from_millis(200);
-    loop {
+    let read = || {
         let (c, t, stop) = (Arc::clone(&consumer), topics.clone(), shutdown.clone());
-        let ask = tokio::task::spawn_blocking(move || partition_counts(&c, &t, &stop));
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            counts = ask => match counts? {
-                Ok(counts) => {
-                    health.progressed();
-                    return Ok(Some(counts));
-                }
-                Err(e) => {
-                    let in_a_row = health.failed(&e.to_string());
-                    tracing::warn!(
-                        error = %e,
-                        failures_in_a_row = in_a_row,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "reading the topics' partition counts failed (Kafka down, or the topics not created yet: `touchstream topics`); waiting"
-                    );
-                }
-            },
+        async move {
+            tokio::task::spawn_blocking(move || partition_counts(&c, &t, &stop))
+                .await
+                .map_err(ProcessorError::from)?
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+    };
+    Ok(retry_at_start(
+        "reading the topics' partition counts failed (Kafka down, or the topics not created yet: `touchstream topics`)",
+        health,
+        shutdown,
+        read,
+    )
+    .await)
 }
 
 /// How long one metadata read at start may wait for the broker. Short because the read
