@@ -172,13 +172,6 @@ pub async fn run(
     };
 
     let ch = touchstream_clickhouse::client(&config.clickhouse);
-    let dedup_tokens = match touchstream_clickhouse::server_version(&ch).await {
-        Ok(v) => v >= store::DEDUP_TOKEN_SINCE,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the ClickHouse version; inserting without deduplication tokens");
-            false
-        }
-    };
     // Erased people: loaded before any input is read, so not one of their events is
     // stored again (README, "Privacy").
     let suppression = Arc::new(suppression::Suppression::default());
@@ -192,6 +185,15 @@ pub async fn run(
     if loaded.is_none() {
         return Ok(());
     }
+    // Read once ClickHouse answered the load above: read while it was still away, the
+    // version would be missing and the deduplication tokens off for the process's life.
+    let dedup_tokens = match touchstream_clickhouse::server_version(&ch).await {
+        Ok(v) => v >= store::DEDUP_TOKEN_SINCE,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the ClickHouse version; inserting without deduplication tokens");
+            false
+        }
+    };
     tokio::spawn(Arc::clone(&suppression).refresh(
         ch.clone(),
         Duration::from_millis(pc.suppression_refresh_ms.max(100)),
