@@ -360,13 +360,17 @@ async fn sigkilled_dynamic_members_lose_and_duplicate_nothing() {
 #[tokio::test]
 async fn sigterm_while_waiting_for_the_broker_exits_promptly() {
     let mut c = config("crash_wait");
-    c.kafka.brokers = format!("127.0.0.1:{}", support::free_port());
+    // A "broker" that accepts connections and never answers, held for the whole test:
+    // every metadata read waits its full timeout, and no other test can take the port.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    c.kafka.brokers = silent.local_addr().expect("addr").to_string();
     touchstream_clickhouse::migrate(&c.clickhouse)
         .await
         .expect("migrate");
     let mut p = start_child(&c, None);
-    // The first failed read is logged once its timeout passed; the next one follows
-    // 200 ms later: SIGTERM arrives while that one waits on the absent broker.
+    // The first failed read is logged once its timeout passed; the next one follows after
+    // the start wait's first backoff (200 ms, `retry_at_start` in the processor), so
+    // SIGTERM 800 ms after the log line arrives while that read waits on the silent broker.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&p.1)
         .unwrap_or_default()
@@ -382,5 +386,6 @@ async fn sigterm_while_waiting_for_the_broker_exits_promptly() {
         took < Duration::from_secs(5),
         "the exit took {took:?} after SIGTERM"
     );
+    drop(silent);
     support::drop_database(&c.clickhouse).await;
 }

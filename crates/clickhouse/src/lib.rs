@@ -14,7 +14,9 @@ pub mod suppression;
 
 use touchstream_core::config::ClickHouseConfig;
 
-pub use migrate::{migrate, plan_sql, MigrateError, MigrationOutcome, MigrationReport};
+pub use migrate::{
+    migrate, plan_sql, status, MigrateError, MigrationOutcome, MigrationReport, MigrationStatus,
+};
 
 /// A client bound to the configured database.
 pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {

@@ -225,6 +225,38 @@ fn statements_for(
     }
 }
 
+/// Where a database stands against this binary's migrations (what a processor waits
+/// for at start: README "Guarantees", Start in any order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// The server's version.
+    pub server: ServerVersion,
+    /// Embedded migrations not applied yet, in order: neither recorded in
+    /// `schema_migrations` nor needing a newer server than this one (`migrate` skips those).
+    pub pending: Vec<String>,
+}
+
+/// Read [`MigrationStatus`]; an error when ClickHouse does not answer or the database (or
+/// its `schema_migrations` journal) does not exist yet.
+pub async fn status(cfg: &ClickHouseConfig) -> Result<MigrationStatus, MigrateError> {
+    let server = server_version(&server_client(cfg)).await?;
+    let db = ident(&cfg.database);
+    let applied: Vec<Applied> = client(cfg)
+        .query(&format!(
+            "SELECT name, checksum FROM {db}.schema_migrations"
+        ))
+        .fetch_all()
+        .await
+        .map_err(MigrateError::ClickHouse)?;
+    let pending = embedded()?
+        .into_iter()
+        .filter(|m| !applied.iter().any(|a| a.name == m.name))
+        .filter(|m| m.min_server.is_none_or(|req| server >= req))
+        .map(|m| m.name)
+        .collect();
+    Ok(MigrationStatus { server, pending })
+}
+
 /// Apply pending migrations to the configured database, creating it if needed.
 pub async fn migrate(cfg: &ClickHouseConfig) -> Result<MigrationReport, MigrateError> {
     migrate_files(cfg, &embedded()?).await

@@ -172,28 +172,34 @@ pub async fn run(
     };
 
     let ch = touchstream_clickhouse::client(&config.clickhouse);
-    // Erased people: loaded before any input is read, so not one of their events is
+    // Wait for ClickHouse and a database migrated to this binary's migrations, then load
+    // the erased people's ids before any input is read, so not one of their events is
     // stored again (README, "Privacy").
     let suppression = Arc::new(suppression::Suppression::default());
-    let loaded = retry_at_start(
-        "loading suppressed ids failed (ClickHouse down, or `touchstream migrate` not run yet)",
+    let clickhouse_ready = || async {
+        let status = touchstream_clickhouse::status(&config.clickhouse)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(first) = status.pending.first() {
+            return Err(format!(
+                "the database lacks {} migration(s), first {first}: run `touchstream migrate`",
+                status.pending.len()
+            ));
+        }
+        suppression.load(&ch).await.map_err(|e| e.to_string())?;
+        Ok(status.server)
+    };
+    let Some(clickhouse_version) = retry_at_start(
+        "ClickHouse is not ready (down, or the database not migrated)",
         &health.stage("start"),
         &shutdown,
-        || suppression.load(&ch),
+        || async { Ok::<_, ProcessorError>(clickhouse_ready().await) },
     )
-    .await;
-    if loaded.is_none() {
+    .await?
+    else {
         return Ok(());
-    }
-    // Read once ClickHouse answered the load above: read while it was still away, the
-    // version would be missing and the deduplication tokens off for the process's life.
-    let dedup_tokens = match touchstream_clickhouse::server_version(&ch).await {
-        Ok(v) => v >= store::DEDUP_TOKEN_SINCE,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the ClickHouse version; inserting without deduplication tokens");
-            false
-        }
     };
+    let dedup_tokens = clickhouse_version >= store::DEDUP_TOKEN_SINCE;
     tokio::spawn(Arc::clone(&suppression).refresh(
         ch.clone(),
         Duration::from_millis(pc.suppression_refresh_ms.max(100)),
@@ -320,31 +326,32 @@ fn healthz(health: &runner::Health) -> (axum::http::StatusCode, String) {
 }
 
 /// Retry `attempt` at start, with backoff from 200 ms doubling to 10 s, until it succeeds
-/// (`Some`) or shutdown comes first (`None`, also while an attempt is in flight). Each
-/// failure is logged after `what` and counts in `health`, so `/healthz` names the `start`
-/// stage once `processor.unhealthy_after_failures` attempts failed in a row: a processor
-/// stuck at start (ClickHouse or Kafka away, a database not migrated, topics not
-/// created) does not look healthy, and it waits instead of exiting (README "Guarantees",
-/// Start in any order).
+/// (`Some`) or shutdown comes first (`None`, also while an attempt is in flight). An
+/// attempt's inner error is worth waiting out: it is logged after `what` and counts in
+/// `health`, so `/healthz` names the `start` stage once
+/// `processor.unhealthy_after_failures` attempts failed in a row and a processor stuck at
+/// start (ClickHouse or Kafka away, a database not migrated, topics not created) does
+/// not look healthy; it waits instead of exiting (README "Guarantees", Start in any
+/// order). Its outer error (a bug, such as a panicked read) ends the start.
 async fn retry_at_start<T, E, F, Fut>(
     what: &str,
     health: &runner::StageHealth,
     shutdown: &CancellationToken,
     mut attempt: F,
-) -> Option<T>
+) -> Result<Option<T>, ProcessorError>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
+    Fut: std::future::Future<Output = Result<Result<T, E>, ProcessorError>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = START_FIRST_BACKOFF;
     loop {
         let error = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            result = attempt() => match result {
+            _ = shutdown.cancelled() => return Ok(None),
+            result = attempt() => match result? {
                 Ok(value) => {
                     health.progressed();
-                    return Some(value);
+                    return Ok(Some(value));
                 }
                 Err(e) => e.to_string(),
             },
@@ -357,18 +364,22 @@ where
             "{what}; waiting"
         );
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
+/// The pause after a start attempt's first failure (then doubling, at most 10 s).
+const START_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
 /// Partition counts of the raw and routed topics, asked of the broker again
 /// ([`retry_at_start`]) while it is unreachable or the topics do not exist yet: a
 /// processor started before Kafka, or before `touchstream topics`, waits for them as its
 /// stages do after a broker outage, instead of exiting. `None` if shutdown came first. A
-/// Kafka client that cannot be created (a bad property) fails at once.
+/// Kafka client that cannot be created (a bad property) fails at once, as does a read
+/// that panicked.
 async fn wait_for_partition_counts(
     kafka: &touchstream_core::config::KafkaConfig,
     health: &runner::StageHealth,
@@ -379,19 +390,15 @@ async fn wait_for_partition_counts(
     let topics = [kafka.raw_topic.clone(), kafka.routed_topic.clone()];
     let read = || {
         let (c, t, stop) = (Arc::clone(&consumer), topics.clone(), shutdown.clone());
-        async move {
-            tokio::task::spawn_blocking(move || partition_counts(&c, &t, &stop))
-                .await
-                .map_err(ProcessorError::from)?
-        }
+        async move { Ok(tokio::task::spawn_blocking(move || partition_counts(&c, &t, &stop)).await?) }
     };
-    Ok(retry_at_start(
+    retry_at_start(
         "reading the topics' partition counts failed (Kafka down, or the topics not created yet: `touchstream topics`)",
         health,
         shutdown,
         read,
     )
-    .await)
+    .await
 }
 
 /// How long one metadata read at start may wait for the broker. Short because the read
@@ -471,6 +478,57 @@ mod tests {
             text,
             "stage journey failed 2 runs in a row; last: boom again"
         );
+    }
+
+    #[tokio::test]
+    async fn a_start_wait_counts_failures_until_it_succeeds_and_ends_on_shutdown() {
+        let health = runner::Health::new(1);
+        let start = health.stage("start");
+        let shutdown = CancellationToken::new();
+        let mut tries = 0;
+        let seen = std::sync::Mutex::new(Vec::new());
+        let got = retry_at_start("test", &start, &shutdown, || {
+            tries += 1;
+            let n = tries;
+            let (health, seen) = (&health, &seen);
+            async move {
+                seen.lock().expect("seen").push(healthz(health).0);
+                Ok::<_, ProcessorError>(if n < 3 {
+                    Err(format!("not yet {n}"))
+                } else {
+                    Ok(n)
+                })
+            }
+        })
+        .await
+        .expect("no fatal error");
+        assert_eq!(got, Some(3));
+        // Healthy before the first failure, unhealthy after it, healthy once it succeeded.
+        let unavailable = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(
+            *seen.lock().expect("seen"),
+            [axum::http::StatusCode::OK, unavailable, unavailable]
+        );
+        assert_eq!(healthz(&health).0, axum::http::StatusCode::OK);
+
+        // A fatal error ends the wait at once.
+        let fatal = retry_at_start("test", &start, &shutdown, || async {
+            Err::<Result<(), String>, _>(ProcessorError::ShuttingDown)
+        })
+        .await;
+        assert!(
+            matches!(fatal, Err(ProcessorError::ShuttingDown)),
+            "{fatal:?}"
+        );
+
+        // Shutdown ends it while an attempt is still in flight.
+        shutdown.cancel();
+        let stopped = retry_at_start("test", &start, &shutdown, || {
+            std::future::pending::<Result<Result<(), String>, ProcessorError>>()
+        })
+        .await
+        .expect("no fatal error");
+        assert_eq!(stopped, None);
     }
 
     #[test]
