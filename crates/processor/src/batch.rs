@@ -40,8 +40,49 @@ const MAX_RESERVE: usize = 1 << 17;
 pub struct Batch {
     /// Internal-topic and DLQ records, in production order.
     pub records: Vec<Record>,
+    /// EXPERIMENT: open packs of routed entries per destination partition.
+    pub packs: Vec<Option<(String, Vec<u8>, u32)>>,
     /// Rows per table.
     pub rows: Rows,
+}
+
+const PACK_CAP: usize = 512 * 1024;
+
+impl Batch {
+    /// EXPERIMENT: append one routed entry to `partition`'s pack.
+    pub fn pack(&mut self, topic: &str, partition: i32, entry: &[u8]) {
+        let i = usize::try_from(partition).unwrap_or(0);
+        if self.packs.len() <= i {
+            self.packs.resize_with(i + 1, || None);
+        }
+        let slot = &mut self.packs[i];
+        let (_, buf, n) = slot.get_or_insert_with(|| (topic.to_string(), vec![0xE1, 3, 0, 0, 0, 0], 0));
+        buf.extend_from_slice(&u32::try_from(entry.len()).unwrap_or(u32::MAX).to_le_bytes());
+        buf.extend_from_slice(entry);
+        *n += 1;
+        if buf.len() >= PACK_CAP {
+            self.close_pack(i);
+        }
+    }
+
+    fn close_pack(&mut self, i: usize) {
+        if let Some((topic, mut buf, n)) = self.packs[i].take() {
+            buf[2..6].copy_from_slice(&n.to_le_bytes());
+            self.records.push(Record {
+                topic,
+                key: None,
+                partition: Some(i32::try_from(i).unwrap_or(0)),
+                payload: buf,
+            });
+        }
+    }
+
+    /// EXPERIMENT: every open pack becomes a record.
+    pub fn close_packs(&mut self) {
+        for i in 0..self.packs.len() {
+            self.close_pack(i);
+        }
+    }
 }
 
 /// One table's insert, as [`Rows::write`] runs them side by side: the rows it set aside.

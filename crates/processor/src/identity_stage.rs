@@ -249,6 +249,7 @@ impl Stage for Identity {
                 // previousId, which gets the alias through the aliases topic.
                 push_routed(
                     batch,
+                    self.routed_partitions,
                     &self.routed_topic,
                     user.clone(),
                     &Routed::EventFrom(
@@ -280,11 +281,11 @@ impl Stage for Identity {
                 IdentityOutput::Event(routed) => {
                     let key = routed.customer_id.clone();
                     let routed = Routed::EventFrom(routed, origin());
-                    push_routed(batch, &self.routed_topic, key, &routed);
+                    push_routed(batch, self.routed_partitions, &self.routed_topic, key, &routed);
                 }
                 IdentityOutput::Retract(r) => {
                     let key = r.customer_id.clone();
-                    push_routed(batch, &self.routed_topic, key, &Routed::Retract(r));
+                    push_routed(batch, self.routed_partitions, &self.routed_topic, key, &Routed::Retract(r));
                 }
                 IdentityOutput::Link(link) => batch.rows.identities.push(link),
                 IdentityOutput::Conflict(c) => {
@@ -345,12 +346,7 @@ impl Stage for Identity {
         })
         .unwrap_or_default();
         for p in 0..self.routed_partitions {
-            batch.records.push(Record {
-                topic: self.routed_topic.clone(),
-                key: None,
-                partition: Some(p),
-                payload: payload.clone(),
-            });
+            batch.pack(&self.routed_topic, p, &payload);
         }
         state.sent_ms = Some(w);
     }
@@ -456,13 +452,13 @@ fn stored_link(client: &clickhouse::Client, anonymous_id: &str) -> Option<String
     panic!("identity link lookup failed for a minute; restarting the stage");
 }
 
-fn push_routed(batch: &mut Batch, topic: &str, key: String, routed: &Routed) {
-    batch.records.push(Record {
-        topic: topic.to_string(),
-        key: Some(key),
-        partition: None,
-        payload: crate::routed_codec::encode(routed),
-    });
+fn push_routed(batch: &mut Batch, n: i32, topic: &str, key: String, routed: &Routed) {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key.as_bytes() {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    let p = i32::try_from(h % u32::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0);
+    batch.pack(topic, p, &crate::routed_codec::encode(routed));
 }
 
 #[cfg(test)]

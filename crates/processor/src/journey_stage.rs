@@ -254,58 +254,23 @@ impl Stage for Journey {
     }
 
     fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
-        let decoded = crate::routed_codec::decode(input.payload);
-        if self.erased(&decoded) {
-            self.metrics
-                .suppressed_events
-                .with_label_values(&["journey"])
-                .inc();
+        let p = input.payload;
+        if p.len() >= 6 && p[0] == 0xE1 && p[1] == 3 {
+            let n = u32::from_le_bytes([p[2], p[3], p[4], p[5]]);
+            let mut at = 6usize;
+            for _ in 0..n {
+                let len = u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]]) as usize;
+                at += 4;
+                let entry = Input {
+                    payload: &p[at..at + len],
+                    ..*input
+                };
+                self.handle_one(state, &entry, batch);
+                at += len;
+            }
             return;
         }
-        match decoded {
-            Ok(Routed::Event(e)) => {
-                self.count_touchpoint(&e);
-                state.engine.process(e, input.seq);
-            }
-            Ok(Routed::EventFrom(e, origin)) => {
-                // Counted only when new: a copy re-sent by a restarted identity partition
-                // is skipped by the engine.
-                let counted = (!e.reattributed).then(|| Arc::clone(&e.event));
-                if state.engine.process_from(e, input.seq, origin) {
-                    if let Some(event) = counted {
-                        self.count_touchpoint_event(&event);
-                    }
-                }
-            }
-            Ok(Routed::Retract(r)) => state.engine.retract(&r, input.seq),
-            Ok(Routed::Watermark {
-                source_partition,
-                watermark_ms,
-            }) => {
-                // An identity partition's drain sends it after the events of its cut, so a
-                // re-attributed run ends here at the latest.
-                state.engine.end_run();
-                let w = state
-                    .sources
-                    .entry(source_partition)
-                    .or_insert(watermark_ms);
-                *w = (*w).max(watermark_ms);
-                let all = i32::try_from(state.sources.len()).unwrap_or(i32::MAX)
-                    >= self.source_partitions;
-                if let (true, Some(min)) = (all, state.sources.values().min()) {
-                    state.engine.advance_watermark(*min, input.seq);
-                }
-            }
-            Err(e) => {
-                self.metrics
-                    .messages
-                    .with_label_values(&["journey", "undecodable"])
-                    .inc();
-                batch
-                    .records
-                    .push(input.dlq(&self.dlq_topic, "undecodable", &e));
-            }
-        }
+        self.handle_one(state, input, batch);
     }
 
     fn refresh(&self, state: &mut JourneyState) -> bool {
@@ -424,6 +389,61 @@ impl Stage for Journey {
     }
 }
 impl Journey {
+    fn handle_one(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
+        let decoded = crate::routed_codec::decode(input.payload);
+        if self.erased(&decoded) {
+            self.metrics
+                .suppressed_events
+                .with_label_values(&["journey"])
+                .inc();
+            return;
+        }
+        match decoded {
+            Ok(Routed::Event(e)) => {
+                self.count_touchpoint(&e);
+                state.engine.process(e, input.seq);
+            }
+            Ok(Routed::EventFrom(e, origin)) => {
+                // Counted only when new: a copy re-sent by a restarted identity partition
+                // is skipped by the engine.
+                let counted = (!e.reattributed).then(|| Arc::clone(&e.event));
+                if state.engine.process_from(e, input.seq, origin) {
+                    if let Some(event) = counted {
+                        self.count_touchpoint_event(&event);
+                    }
+                }
+            }
+            Ok(Routed::Retract(r)) => state.engine.retract(&r, input.seq),
+            Ok(Routed::Watermark {
+                source_partition,
+                watermark_ms,
+            }) => {
+                // An identity partition's drain sends it after the events of its cut, so a
+                // re-attributed run ends here at the latest.
+                state.engine.end_run();
+                let w = state
+                    .sources
+                    .entry(source_partition)
+                    .or_insert(watermark_ms);
+                *w = (*w).max(watermark_ms);
+                let all = i32::try_from(state.sources.len()).unwrap_or(i32::MAX)
+                    >= self.source_partitions;
+                if let (true, Some(min)) = (all, state.sources.values().min()) {
+                    state.engine.advance_watermark(*min, input.seq);
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .messages
+                    .with_label_values(&["journey", "undecodable"])
+                    .inc();
+                batch
+                    .records
+                    .push(input.dlq(&self.dlq_topic, "undecodable", &e));
+            }
+        }
+    }
+
     fn open_slot(&self) -> OpenSlot {
         OpenSlot {
             counts: Arc::clone(&self.open_counts),
