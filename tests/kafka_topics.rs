@@ -57,3 +57,33 @@ fn fewer_replicas_than_configured_is_a_warning() {
     );
     assert!(kafka::topic_mismatches("t", 6, 3, 6, 3).is_empty());
 }
+
+/// The processor packs a customer's `touchpoints.by_customer` values into records for an
+/// explicit partition (README "Processor state", packed routed records); it must be the
+/// partition librdkafka picks for the customer id as key, where earlier processors and
+/// tools put those values one record each, or a customer's values would be split between
+/// two journey partitions across an upgrade.
+#[tokio::test]
+async fn packed_routed_records_go_where_librdkafka_puts_the_key() {
+    use rdkafka::producer::FutureRecord;
+    support::require_port("Kafka", &support::kafka_brokers());
+    let mut cfg = support::kafka_config("partitioner");
+    cfg.partitions = 6;
+    kafka::ensure_topics(&cfg, &[]).await.expect("create");
+    let producer = kafka::producer(&cfg, 10_000).expect("producer");
+    for i in 0..200 {
+        let key = format!("u-{i}-{}", i * 7919);
+        let (partition, _) = producer
+            .send(
+                FutureRecord::to(&cfg.routed_topic).key(&key).payload("x"),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+        assert_eq!(
+            touchstream_processor::routed_codec::partition_for(&key, 6),
+            partition,
+            "key {key}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::routed_codec::Pack;
 use crate::store::{Rejected, Store};
 use crate::tables::{
     customer_touchpoints, events, feedback, funnel_attempts, funnel_open_attempts, identities,
@@ -40,44 +41,46 @@ const MAX_RESERVE: usize = 1 << 17;
 pub struct Batch {
     /// Internal-topic and DLQ records, in production order.
     pub records: Vec<Record>,
-    /// EXPERIMENT: open packs of routed entries per destination partition.
-    pub packs: Vec<Option<(String, Vec<u8>, u32)>>,
+    /// Open packs of `touchpoints.by_customer` values, by destination partition (topic
+    /// and pack); [`Batch::close_packs`] turns them into records at the cut.
+    packs: Vec<Option<(String, Pack)>>,
     /// Rows per table.
     pub rows: Rows,
 }
 
-const PACK_CAP: usize = 512 * 1024;
+/// Bytes at which a pack becomes a record and the next values start another: large
+/// enough that per-record costs vanish, far below librdkafka's `message.max.bytes`
+/// (1,000,000 by default) so a pack is never refused for its size.
+const PACK_CAP: usize = 256 * 1024;
 
 impl Batch {
-    /// EXPERIMENT: append one routed entry to `partition`'s pack.
-    pub fn pack(&mut self, topic: &str, partition: i32, entry: &[u8]) {
-        let i = usize::try_from(partition).unwrap_or(0);
+    /// Add `value` (one [`crate::routed_codec::encode`]d value) for `partition` of
+    /// `topic` to that partition's pack; a pack that reaches [`PACK_CAP`] becomes a record
+    /// now, so a partition's values keep their order across its records.
+    pub fn pack(&mut self, topic: &str, partition: i32, value: &[u8]) {
+        let i = usize::try_from(partition).unwrap_or_default();
         if self.packs.len() <= i {
             self.packs.resize_with(i + 1, || None);
         }
-        let slot = &mut self.packs[i];
-        let (_, buf, n) = slot.get_or_insert_with(|| (topic.to_string(), vec![0xE1, 3, 0, 0, 0, 0], 0));
-        buf.extend_from_slice(&u32::try_from(entry.len()).unwrap_or(u32::MAX).to_le_bytes());
-        buf.extend_from_slice(entry);
-        *n += 1;
-        if buf.len() >= PACK_CAP {
+        let (_, pack) = self.packs[i].get_or_insert_with(|| (topic.to_string(), Pack::default()));
+        pack.push(value);
+        if pack.len() >= PACK_CAP {
             self.close_pack(i);
         }
     }
 
     fn close_pack(&mut self, i: usize) {
-        if let Some((topic, mut buf, n)) = self.packs[i].take() {
-            buf[2..6].copy_from_slice(&n.to_le_bytes());
+        if let Some((topic, pack)) = self.packs[i].take() {
             self.records.push(Record {
                 topic,
                 key: None,
-                partition: Some(i32::try_from(i).unwrap_or(0)),
-                payload: buf,
+                partition: Some(i32::try_from(i).unwrap_or(i32::MAX)),
+                payload: pack.finish(),
             });
         }
     }
 
-    /// EXPERIMENT: every open pack becomes a record.
+    /// Every open pack becomes a record (at the cut, after the stages' drains).
     pub fn close_packs(&mut self) {
         for i in 0..self.packs.len() {
             self.close_pack(i);

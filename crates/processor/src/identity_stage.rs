@@ -251,7 +251,6 @@ impl Stage for Identity {
                     batch,
                     self.routed_partitions,
                     &self.routed_topic,
-                    user.clone(),
                     &Routed::EventFrom(
                         RoutedEvent {
                             customer_id: user,
@@ -279,13 +278,12 @@ impl Stage for Identity {
                     if !routed.reattributed
                         && forwarded.as_deref() == Some(routed.event.event_id.as_str()) => {}
                 IdentityOutput::Event(routed) => {
-                    let key = routed.customer_id.clone();
                     let routed = Routed::EventFrom(routed, origin());
-                    push_routed(batch, self.routed_partitions, &self.routed_topic, key, &routed);
+                    push_routed(batch, self.routed_partitions, &self.routed_topic, &routed);
                 }
                 IdentityOutput::Retract(r) => {
-                    let key = r.customer_id.clone();
-                    push_routed(batch, self.routed_partitions, &self.routed_topic, key, &Routed::Retract(r));
+                    let routed = Routed::Retract(r);
+                    push_routed(batch, self.routed_partitions, &self.routed_topic, &routed);
                 }
                 IdentityOutput::Link(link) => batch.rows.identities.push(link),
                 IdentityOutput::Conflict(c) => {
@@ -452,13 +450,17 @@ fn stored_link(client: &clickhouse::Client, anonymous_id: &str) -> Option<String
     panic!("identity link lookup failed for a minute; restarting the stage");
 }
 
-fn push_routed(batch: &mut Batch, n: i32, topic: &str, key: String, routed: &Routed) {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in key.as_bytes() {
-        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-    }
-    let p = i32::try_from(h % u32::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0);
-    batch.pack(topic, p, &crate::routed_codec::encode(routed));
+/// Add `routed` (an event or a retraction) to the pack of its customer's
+/// `touchpoints.by_customer` partition, the one librdkafka would pick for the customer id
+/// as key ([`crate::routed_codec::partition_for`]).
+fn push_routed(batch: &mut Batch, partitions: i32, topic: &str, routed: &Routed) {
+    let customer = match routed {
+        Routed::Event(e) | Routed::EventFrom(e, _) => e.customer_id.as_str(),
+        Routed::Retract(r) => r.customer_id.as_str(),
+        Routed::Watermark { .. } => "",
+    };
+    let partition = crate::routed_codec::partition_for(customer, partitions);
+    batch.pack(topic, partition, &crate::routed_codec::encode(routed));
 }
 
 #[cfg(test)]

@@ -253,22 +253,31 @@ impl Stage for Journey {
         state.engine.mark_saved();
     }
 
+    fn inputs_in(&self, input: &Input<'_>) -> usize {
+        crate::routed_codec::values_in(input.payload)
+    }
+
     fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
-        let p = input.payload;
-        if p.len() >= 6 && p[0] == 0xE1 && p[1] == 3 {
-            let n = u32::from_le_bytes([p[2], p[3], p[4], p[5]]);
-            let mut at = 6usize;
-            for _ in 0..n {
-                let len = u32::from_le_bytes([p[at], p[at + 1], p[at + 2], p[at + 3]]) as usize;
-                at += 4;
-                let entry = Input {
-                    payload: &p[at..at + len],
-                    ..*input
-                };
-                self.handle_one(state, &entry, batch);
-                at += len;
+        // A pack: each value in turn, as if it had been a record of its own at this
+        // offset (README "Processor state", packed routed records).
+        match crate::routed_codec::unpack(input.payload) {
+            None => {}
+            Some(Ok(values)) => {
+                for payload in values {
+                    self.handle_one(state, &Input { payload, ..*input }, batch);
+                }
+                return;
             }
-            return;
+            Some(Err(e)) => {
+                self.metrics
+                    .messages
+                    .with_label_values(&["journey", "undecodable"])
+                    .inc();
+                batch
+                    .records
+                    .push(input.dlq(&self.dlq_topic, "undecodable", &e));
+                return;
+            }
         }
         self.handle_one(state, input, batch);
     }

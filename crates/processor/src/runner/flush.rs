@@ -196,6 +196,7 @@ async fn cut<S: Stage>(
         part.dirty = false;
     }
     let mut batch = std::mem::take(&mut out.batch);
+    // After the drains: a partition's watermark follows its events in the same pack.
     batch.close_packs();
     out.last_counts = batch.counts();
     out.sized = false;

@@ -236,14 +236,16 @@ async fn run_once<S: Stage>(
                     continue;
                 }
                 out.size_batch();
+                let mut inputs = 1;
                 if let Some(part) = parts.get_mut(&partition) {
                     let seq = part.advance(topic, offset, now);
                     let input = Input { topic, partition, offset, payload: msg.payload().unwrap_or_default(), seq };
+                    inputs = stage.inputs_in(&input);
                     stage.handle(&mut part.state, &input, &mut out.batch);
                 }
                 out.note_offset(topic, partition, offset);
                 counters.processed.inc();
-                pending_msgs += 1;
+                pending_msgs += inputs;
                 if pending_msgs >= ctx.batch_max_rows {
                     flush(stage, ctx, &consumer, &mut parts, &mut out, &mut in_flight).await?;
                     pending_msgs = 0;

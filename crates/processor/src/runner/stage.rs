@@ -90,6 +90,11 @@ pub trait Stage: Send + Sync + 'static {
     }
     /// Process one input message.
     fn handle(&self, state: &mut Self::State, input: &Input<'_>, batch: &mut Batch);
+    /// How many inputs a message counts as toward `processor.batch_max_rows` (a packed
+    /// record holds many values, each as much work as a record of its own).
+    fn inputs_in(&self, _input: &Input<'_>) -> usize {
+        1
+    }
     /// Move outputs the state holds into the batch (called before every flush).
     fn drain(&self, state: &mut Self::State, partition: i32, batch: &mut Batch);
     /// Called for every partition held, a few times a second: apply what changed outside
