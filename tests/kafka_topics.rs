@@ -73,7 +73,7 @@ async fn packed_routed_records_go_where_librdkafka_puts_the_key() {
     let producer = kafka::producer(&cfg, 10_000).expect("producer");
     for i in 0..200 {
         let key = format!("u-{i}-{}", i * 7919);
-        let (partition, _) = producer
+        let delivered = producer
             .send(
                 FutureRecord::to(&cfg.routed_topic).key(&key).payload("x"),
                 std::time::Duration::from_secs(10),
@@ -82,7 +82,7 @@ async fn packed_routed_records_go_where_librdkafka_puts_the_key() {
             .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
         assert_eq!(
             touchstream_processor::routed_codec::partition_for(&key, 6),
-            partition,
+            delivered.partition,
             "key {key}"
         );
     }
