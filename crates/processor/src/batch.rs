@@ -62,6 +62,14 @@ impl Batch {
         if self.packs.len() <= i {
             self.packs.resize_with(i + 1, || None);
         }
+        // A value that would take the pack past the cap starts the next one, so a pack
+        // is at most the cap or a single value (which fitted as a record of its own).
+        if self.packs[i]
+            .as_ref()
+            .is_some_and(|(_, p)| !p.is_empty() && p.len() + 4 + value.len() > PACK_CAP)
+        {
+            self.close_pack(i);
+        }
         let (_, pack) = self.packs[i].get_or_insert_with(|| (topic.to_string(), Pack::default()));
         pack.push(value);
         if pack.len() >= PACK_CAP {
@@ -159,5 +167,36 @@ impl Rows {
     pub async fn write(&self, store: &Store, scope: &str) -> Result<Vec<Rejected>, ProcessorError> {
         let refused = futures::future::try_join_all(self.inserts(store, Some(scope))).await?;
         Ok(refused.into_iter().flatten().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_stay_under_the_cap_and_keep_each_partitions_order() {
+        let mut b = Batch::default();
+        let big = vec![7u8; PACK_CAP * 3 / 4];
+        b.pack("t", 1, &big);
+        b.pack("t", 0, b"a");
+        // Would take partition 1's pack past the cap: it is closed first.
+        b.pack("t", 1, &big);
+        b.pack("t", 1, b"b");
+        b.close_packs();
+        let parts: Vec<_> = b.records.iter().map(|r| r.partition).collect();
+        assert_eq!(parts, [Some(1), Some(0), Some(1)]);
+        assert!(b.records.iter().all(|r| r.payload.len() <= PACK_CAP));
+        let values = |i: usize| {
+            crate::routed_codec::unpack(&b.records[i].payload)
+                .expect("a pack")
+                .values
+                .iter()
+                .map(|v| v.len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values(0), [big.len()]);
+        assert_eq!(values(1), [1]);
+        assert_eq!(values(2), [big.len(), 1]);
     }
 }

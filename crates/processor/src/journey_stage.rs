@@ -260,24 +260,26 @@ impl Stage for Journey {
     fn handle(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
         // A pack: each value in turn, as if it had been a record of its own at this
         // offset (README "Processor state", packed routed records).
-        match crate::routed_codec::unpack(input.payload) {
-            None => {}
-            Some(Ok(values)) => {
-                for payload in values {
-                    self.handle_one(state, &Input { payload, ..*input }, batch);
-                }
-                return;
+        if let Some(pack) = crate::routed_codec::unpack(input.payload) {
+            for payload in pack.values {
+                self.handle_one(state, &Input { payload, ..*input }, batch);
             }
-            Some(Err(e)) => {
+            // A frame that stopped adding up (corruption): what follows the break goes to
+            // the DLQ, after the values before it were handled.
+            if let Some((why, rest)) = pack.broken {
                 self.metrics
                     .messages
                     .with_label_values(&["journey", "undecodable"])
                     .inc();
+                let rest = Input {
+                    payload: rest,
+                    ..*input
+                };
                 batch
                     .records
-                    .push(input.dlq(&self.dlq_topic, "undecodable", &e));
-                return;
+                    .push(rest.dlq(&self.dlq_topic, "undecodable", &why));
             }
+            return;
         }
         self.handle_one(state, input, batch);
     }

@@ -46,6 +46,10 @@ pub enum ProcessorError {
     /// Catalog or funnel file invalid. Permanent.
     #[error(transparent)]
     Journey(#[from] JourneyError),
+    /// `kafka.client_properties` sets a partitioner other than the one the identity stage
+    /// computes for its packed records. Permanent.
+    #[error("kafka.client_properties sets partitioner = {0:?}: the processor places the records of touchpoints.by_customer as librdkafka's default (consistent_random) would, so a customer's events would be split between partitions; remove the setting or set consistent_random")]
+    Partitioner(String),
     /// Kafka client error. Retryable (the stage restarts).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -147,6 +151,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ProcessorError> {
     let pc = &config.processor;
+    // The identity stage places packed records itself (routed_codec::partition_for).
+    if let Some(p) = config.kafka.client_properties.get("partitioner") {
+        if !matches!(p.as_str(), "consistent_random" | "consistent") {
+            return Err(ProcessorError::Partitioner(p.clone()));
+        }
+    }
     let catalog = Catalog::load(&pc.catalog_path)?;
     let funnels = FunnelSet::load(&pc.funnels_path)?;
     let metrics = Metrics::new()?;
@@ -478,6 +488,20 @@ mod tests {
             text,
             "stage journey failed 2 runs in a row; last: boom again"
         );
+    }
+
+    #[tokio::test]
+    async fn another_partitioner_is_refused_at_start() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .client_properties
+            .insert("partitioner".into(), "murmur2_random".into());
+        let err = run(config, None, CancellationToken::new())
+            .await
+            .expect_err("refused");
+        assert!(matches!(&err, ProcessorError::Partitioner(p) if p == "murmur2_random"));
+        assert!(err.to_string().contains("consistent_random"), "{err}");
     }
 
     #[tokio::test]

@@ -332,45 +332,62 @@ impl Pack {
     }
 }
 
+/// A pack read back: its values in order, and where its frame stopped adding up, if it
+/// did (what went wrong, and the bytes from there on).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unpacked<'a> {
+    /// The values before any break.
+    pub values: Vec<&'a [u8]>,
+    /// A length past the end, a count not reached, bytes left over: why, and the rest.
+    pub broken: Option<(String, &'a [u8])>,
+}
+
 /// The entries of a pack, or `None` when `payload` is not one (a single value, read by
-/// [`decode`]). A frame that does not add up (a length past the end, bytes left over) is
-/// an error naming where.
-pub fn unpack(payload: &[u8]) -> Option<Result<Vec<&[u8]>, String>> {
+/// [`decode`]). A frame that stops adding up keeps the values before the break.
+pub fn unpack(payload: &[u8]) -> Option<Unpacked<'_>> {
     if payload.len() < 2 || payload[0] != EVENT_MAGIC || payload[1] != PACK_VERSION {
         return None;
     }
-    Some(unpack_frame(payload))
-}
-
-fn unpack_frame(payload: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let count = payload
+    let Some(count) = payload
         .get(2..PACK_HEADER)
         .and_then(|b| b.try_into().ok())
         .map(u32::from_le_bytes)
-        .ok_or("pack shorter than its header")?;
-    let mut entries = Vec::with_capacity(count.min(1 << 16) as usize);
+    else {
+        return Some(Unpacked {
+            values: Vec::new(),
+            broken: Some(("pack shorter than its header".into(), payload)),
+        });
+    };
+    let mut values = Vec::with_capacity(count.min(1 << 16) as usize);
     let mut at = PACK_HEADER;
     for k in 0..count {
         let len = payload
             .get(at..at + 4)
             .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| format!("pack entry {k} of {count}: length cut off at byte {at}"))?;
-        let start = at + 4;
-        let end = start
-            .checked_add(len as usize)
-            .filter(|end| *end <= payload.len())
-            .ok_or_else(|| format!("pack entry {k} of {count}: {len} bytes past the end"))?;
-        entries.push(&payload[start..end]);
-        at = end;
+            .map(u32::from_le_bytes);
+        let end = len.and_then(|len| (at + 4).checked_add(len as usize));
+        match (len, end) {
+            (Some(_), Some(end)) if end <= payload.len() => {
+                values.push(&payload[at + 4..end]);
+                at = end;
+            }
+            _ => {
+                let why = format!("pack entry {k} of {count} runs past the end at byte {at}");
+                return Some(Unpacked {
+                    values,
+                    broken: Some((why, &payload[at..])),
+                });
+            }
+        }
     }
-    if at != payload.len() {
-        return Err(format!(
+    let broken = (at != payload.len()).then(|| {
+        let why = format!(
             "pack of {count} entries has {} bytes left over",
             payload.len() - at
-        ));
-    }
-    Ok(entries)
+        );
+        (why, &payload[at..])
+    });
+    Some(Unpacked { values, broken })
 }
 
 /// How many values a record holds: a pack's entry count, else 1.
@@ -596,16 +613,23 @@ mod tests {
         let bytes = pack.finish();
         assert_eq!(values_in(&bytes), 3);
         assert_eq!(values_in(&a), 1);
-        let entries = unpack(&bytes).expect("a pack").expect("whole");
-        assert_eq!(entries, [&a[..], b"", &a[..]]);
+        let whole = unpack(&bytes).expect("a pack");
+        assert_eq!(whole.values, [&a[..], b"", &a[..]]);
+        assert_eq!(whole.broken, None);
         assert!(unpack(&a).is_none(), "a single value is not a pack");
-        for cut in [3, 8, bytes.len() - 1] {
-            let err = unpack(&bytes[..cut]).expect("a pack").expect_err("cut off");
-            assert!(err.contains("pack"), "{err}");
-        }
+        // Cut inside the third entry: the first two are kept, the rest is broken.
+        let cut = unpack(&bytes[..bytes.len() - 1]).expect("a pack");
+        assert_eq!(cut.values, [&a[..], b""]);
+        let (why, rest) = cut.broken.expect("broken");
+        assert!(why.contains("entry 2 of 3"), "{why}");
+        assert_eq!(rest.len(), 4 + a.len() - 1);
+        let short = unpack(&bytes[..3]).expect("a pack");
+        assert!(short.values.is_empty() && short.broken.is_some());
         let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(unpack(&longer).expect("a pack").is_err());
+        longer.push(7);
+        let extra = unpack(&longer).expect("a pack");
+        assert_eq!(extra.values.len(), 3);
+        assert_eq!(extra.broken.map(|(_, rest)| rest), Some(&[7u8][..]));
     }
 
     #[test]
