@@ -267,17 +267,11 @@ impl Stage for Journey {
             // A frame that stopped adding up (corruption): what follows the break goes to
             // the DLQ, after the values before it were handled.
             if let Some((why, rest)) = pack.broken {
-                self.metrics
-                    .messages
-                    .with_label_values(&["journey", "undecodable"])
-                    .inc();
                 let rest = Input {
                     payload: rest,
                     ..*input
                 };
-                batch
-                    .records
-                    .push(rest.dlq(&self.dlq_topic, "undecodable", &why));
+                self.undecodable(&rest, &why, batch);
             }
             return;
         }
@@ -400,6 +394,17 @@ impl Stage for Journey {
     }
 }
 impl Journey {
+    /// Count `input` as undecodable and send it to the DLQ with `why`.
+    fn undecodable(&self, input: &Input<'_>, why: &str, batch: &mut Batch) {
+        self.metrics
+            .messages
+            .with_label_values(&["journey", "undecodable"])
+            .inc();
+        batch
+            .records
+            .push(input.dlq(&self.dlq_topic, "undecodable", why));
+    }
+
     fn handle_one(&self, state: &mut JourneyState, input: &Input<'_>, batch: &mut Batch) {
         let decoded = crate::routed_codec::decode(input.payload);
         if self.erased(&decoded) {
@@ -443,15 +448,7 @@ impl Journey {
                     state.engine.advance_watermark(*min, input.seq);
                 }
             }
-            Err(e) => {
-                self.metrics
-                    .messages
-                    .with_label_values(&["journey", "undecodable"])
-                    .inc();
-                batch
-                    .records
-                    .push(input.dlq(&self.dlq_topic, "undecodable", &e));
-            }
+            Err(e) => self.undecodable(input, &e, batch),
         }
     }
 
