@@ -241,13 +241,7 @@ pub struct MigrationStatus {
 pub async fn status(cfg: &ClickHouseConfig) -> Result<MigrationStatus, MigrateError> {
     let server = server_version(&server_client(cfg)).await?;
     let db = ident(&cfg.database);
-    let applied: Vec<Applied> = client(cfg)
-        .query(&format!(
-            "SELECT name, checksum FROM {db}.schema_migrations"
-        ))
-        .fetch_all()
-        .await
-        .map_err(MigrateError::ClickHouse)?;
+    let applied = applied(&client(cfg), &db).await?;
     let pending = embedded()?
         .into_iter()
         .filter(|m| !applied.iter().any(|a| a.name == m.name))
@@ -255,6 +249,16 @@ pub async fn status(cfg: &ClickHouseConfig) -> Result<MigrationStatus, MigrateEr
         .map(|m| m.name)
         .collect();
     Ok(MigrationStatus { server, pending })
+}
+
+/// What `schema_migrations` of `db` (a quoted identifier) records as applied.
+async fn applied(ch: &clickhouse::Client, db: &str) -> Result<Vec<Applied>, MigrateError> {
+    ch.query(&format!(
+        "SELECT name, checksum FROM {db}.schema_migrations"
+    ))
+    .fetch_all()
+    .await
+    .map_err(MigrateError::ClickHouse)
 }
 
 /// Apply pending migrations to the configured database, creating it if needed.
@@ -296,13 +300,7 @@ pub async fn migrate_files(
         .execute()
         .await
         .map_err(MigrateError::ClickHouse)?;
-    let applied: Vec<Applied> = ch
-        .query(&format!(
-            "SELECT name, checksum FROM {db}.schema_migrations"
-        ))
-        .fetch_all()
-        .await
-        .map_err(MigrateError::ClickHouse)?;
+    let applied = applied(&ch, &db).await?;
 
     let mut report = MigrationReport {
         server: version,
