@@ -27,6 +27,9 @@
 //!    every event has its `touchpoint_journey` row. CPU: the child's, from its start to
 //!    then (start-up included: version check, empty state, group join, mostly waits).
 //!
+//! After its load each child is also watched idle for 6 s ([`idle_share`]): the share of
+//! a core it burns with nothing to do is reported beside the ratios.
+//!
 //! A repetition's ratio is collector / raw producer and processor / raw consume + insert
 //! of that repetition ([`crate::stats::paired_ratios`]); the figures give min / median /
 //! max over the repetitions, and the targets (≤ 2× and ≤ 3×) are judged at the median.
@@ -79,12 +82,35 @@ struct Rep {
     raw_rows: f64,
     raw_insert: f64,
     processor: f64,
+    /// Share of a core each child used while idle, right after its load ([`idle_share`]).
+    collector_idle: f64,
+    processor_idle: f64,
 }
 
 impl Rep {
     fn raw_consume_insert(&self) -> f64 {
         self.raw_consume + self.raw_rows + self.raw_insert
     }
+}
+
+/// A child is watched after its load for this many slices of [`IDLE_SLICE`].
+const IDLE_SLICES: usize = 6;
+const IDLE_SLICE: Duration = Duration::from_secs(1);
+
+/// The share of one core `child` uses with nothing to do: what a deployment pays between
+/// bursts (polling threads, timers), and part of every figure above, since each child's
+/// CPU is counted from its start. The least of [`IDLE_SLICES`] one-second slices: the
+/// processor saves the state its load changed at its next snapshot (every 5 s by
+/// default), which is work, not idling, and falls in one slice or two.
+async fn idle_share(child: &crate::procs::ChildProc) -> Result<f64, BenchError> {
+    let mut least = f64::INFINITY;
+    for _ in 0..IDLE_SLICES {
+        let before = child.cpu_secs()?;
+        let started = Instant::now();
+        tokio::time::sleep(IDLE_SLICE).await;
+        least = least.min((child.cpu_secs()? - before) / started.elapsed().as_secs_f64());
+    }
+    Ok(least)
 }
 
 fn per_100k(cpu: f64, events: f64) -> f64 {
@@ -196,6 +222,18 @@ pub async fn run(ctx: &Ctx, w: &Workload) -> Result<Vec<Figure>, BenchError> {
             "×",
         )?
         .target(Target::TimesAtMost(PROCESSOR_TARGET)),
+        fig(
+            "cpu_collector_idle_core_share",
+            "collector idle after its load, share of a core",
+            &col(|r| r.collector_idle),
+            "cores",
+        )?,
+        fig(
+            "cpu_processor_idle_core_share",
+            "processor idle after its events, share of a core",
+            &col(|r| r.processor_idle),
+            "cores",
+        )?,
     ])
 }
 
@@ -233,6 +271,7 @@ async fn repetition(
     let (mut child, base) =
         crate::collector::start(ctx, &format!("cpu-r{rep}-collector"), &ccfg).await?;
     let load = crate::collector::load(ctx, &mut child, &base, &key, w).await?;
+    r.collector_idle = idle_share(&child).await?;
     child.stop(Duration::from_secs(10)).await;
     r.collector = per_100k(load.cpu, load.accepted);
     let collector_threads: BTreeMap<String, f64> = load
@@ -305,6 +344,7 @@ async fn repetition(
     let (mut child, _) = ctx.spawn_processor(&format!("cpu-r{rep}-processor"), &pcfg)?;
     let seen = wait_journey_rows(&pcfg, &mut child, n, &bar).await?;
     bar.finish();
+    r.processor_idle = idle_share(&child).await?;
     child.stop(Duration::from_secs(30)).await;
     r.processor = per_100k(seen.done_cpu, n as f64);
     let processor_threads: BTreeMap<String, f64> = seen

@@ -8,21 +8,78 @@
 //! count increment, no allocation); the delivery callback counts it down and wakes the
 //! waiter once, when the last record of the group is settled. The first delivery error
 //! is kept and returned.
+//!
+//! The delivery callbacks run on a polling thread of our own ([`PolledProducer`]) rather
+//! than rdkafka's `ThreadedProducer`'s: that one polls for 100 ms at a time, and each
+//! poll ends by spinning through its last partial millisecond (the wait is given to
+//! librdkafka in whole milliseconds, rounded down, and the loop repeats with a zero wait
+//! until the deadline has passed), about 1 % of a core whether or not anything is sent
+//! (docs/performance.md, "An idle producer spins"). Polling for a second at a time keeps
+//! the same spin to a tenth of that; callbacks still run as each report arrives.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use tokio::sync::Notify;
 
 use super::KafkaSetupError;
 use crate::config::KafkaConfig;
 
-/// The producer: librdkafka's own polling thread runs the delivery callbacks.
-/// Cheap to clone (shared).
-pub type GroupProducer = Arc<ThreadedProducer<GroupAcks>>;
+/// The producer: its polling thread runs the delivery callbacks. Cheap to clone (shared).
+pub type GroupProducer = Arc<PolledProducer>;
+
+/// How long one poll of the polling thread lasts. Delivery reports are handled as they
+/// arrive whatever this is; it bounds how long the thread outlives its producer handle
+/// and, per poll, a spin of under a millisecond in rdkafka's poll loop (module docs).
+const POLL: Duration = Duration::from_secs(1);
+
+/// A librdkafka producer with a thread that polls it for delivery reports, stopped when
+/// the producer is dropped. It dereferences to the `BaseProducer` (send, flush, client).
+pub struct PolledProducer {
+    producer: Arc<BaseProducer<GroupAcks>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PolledProducer {
+    fn start(producer: BaseProducer<GroupAcks>) -> Result<Self, KafkaSetupError> {
+        let producer = Arc::new(producer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (Arc::clone(&producer), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("producer poll".into())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    p.poll(POLL);
+                }
+                // The last reference may be this one: the producer is then purged and
+                // closed here (rdkafka's drop), off the caller's thread.
+            })
+            .map_err(KafkaSetupError::Thread)?;
+        Ok(Self { producer, stop })
+    }
+}
+
+impl Deref for PolledProducer {
+    type Target = BaseProducer<GroupAcks>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.producer
+    }
+}
+
+impl Drop for PolledProducer {
+    /// Ask the thread to stop after its current poll (at most [`POLL`]), without waiting
+    /// for it: callers flush what they need acknowledged before they drop the producer,
+    /// and a shutdown should not wait a poll interval for nothing.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
 
 /// The producer's context: settles each record on its [`AckGroup`].
 pub struct GroupAcks;
@@ -49,7 +106,8 @@ pub fn group_producer(
     message_timeout_ms: u64,
     linger_ms: u32,
 ) -> Result<GroupProducer, KafkaSetupError> {
-    super::create_producer(cfg, message_timeout_ms, linger_ms, GroupAcks).map(Arc::new)
+    let producer = super::create_producer(cfg, message_timeout_ms, linger_ms, GroupAcks)?;
+    PolledProducer::start(producer).map(Arc::new)
 }
 
 /// The acknowledgements of one group of records.
@@ -77,7 +135,7 @@ impl AckGroup {
     /// part of the group: the error is returned and nothing waits for it.
     pub fn send(
         self: &Arc<Self>,
-        producer: &ThreadedProducer<GroupAcks>,
+        producer: &BaseProducer<GroupAcks>,
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
@@ -164,6 +222,44 @@ mod tests {
             got.unwrap_err(),
             KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
         );
+    }
+
+    /// Threads of this process named like the producer's polling thread.
+    fn polling_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .filter_map(Result::ok)
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "producer poll")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_polling_thread_stops_after_the_producer_is_dropped() {
+        // No broker is needed to create a producer (librdkafka connects lazily).
+        let cfg = KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            ..KafkaConfig::default()
+        };
+        // A thread names itself once it runs: wait for the name to show.
+        let wait_for = |n: usize| {
+            let deadline = std::time::Instant::now() + POLL * 5;
+            while polling_threads() != n && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            polling_threads()
+        };
+        let producer = group_producer(&cfg, 1_000, 0).expect("producer");
+        assert_eq!(wait_for(1), 1, "one polling thread while it lives");
+        let started = std::time::Instant::now();
+        drop(producer);
+        assert!(started.elapsed() < POLL, "drop does not wait for the poll");
+        assert_eq!(wait_for(0), 0, "the thread ends after its last poll");
     }
 
     #[tokio::test]

@@ -32,6 +32,9 @@ pub enum KafkaSetupError {
         /// Broker's answer.
         reason: String,
     },
+    /// The producer's polling thread could not be started.
+    #[error("starting the kafka producer's polling thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Base client settings: brokers plus the configured pass-through properties.

@@ -59,7 +59,7 @@ pub async fn run_stage<S: Stage>(stage: S, ctx: RunCtx) -> Result<(), ProcessorE
     }
     let producer = ctx.producer();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
-        rdkafka::producer::Producer::flush(&*producer, Duration::from_secs(10))
+        rdkafka::producer::Producer::flush(&**producer, Duration::from_secs(10))
     })
     .await
     {
