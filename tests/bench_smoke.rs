@@ -171,6 +171,16 @@ async fn tiny_bench_reports_every_figure() {
         assert!(min > 0.0, "{name}: a repetition measured no CPU");
         assert_eq!(value(name), median, "{name} is valued at its median");
     }
+    // Idle shares: one per repetition, each a share of the box's cores (never timed).
+    let cores = std::thread::available_parallelism().map_or(64, |n| n.get()) as f64;
+    for name in [
+        "cpu_collector_idle_core_share",
+        "cpu_processor_idle_core_share",
+    ] {
+        let (samples, min, _, max) = spread(name);
+        assert_eq!(samples.len() as u64, reps, "{name}");
+        assert!(min >= 0.0 && max <= cores, "{name}: {samples:?}");
+    }
     for (ratio, target) in [("cpu_collector_ratio", 2.0), ("cpu_processor_ratio", 3.0)] {
         let f = figures.iter().find(|f| f["name"] == ratio).expect(ratio);
         assert_eq!(f["targets"][0]["value"].as_f64(), Some(target), "{f}");
