@@ -14,8 +14,9 @@
 //! poll ends by spinning through its last partial millisecond (the wait is given to
 //! librdkafka in whole milliseconds, rounded down, and the loop repeats with a zero wait
 //! until the deadline has passed), about 1 % of a core whether or not anything is sent
-//! (docs/performance.md, "An idle producer spins"). Polling for a second at a time keeps
-//! the same spin to a tenth of that; callbacks still run as each report arrives.
+//! (docs/performance.md, "2026-12-04 (night): an idle producer spins"). Polling for a
+//! second at a time keeps the same spin to a tenth of that; callbacks still run as each
+//! report arrives.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
