@@ -44,6 +44,8 @@ pub struct Batch {
     /// Open packs of `touchpoints.by_customer` values, by destination partition (topic
     /// and pack); [`Batch::close_packs`] turns them into records at the cut.
     packs: Vec<Option<(String, Pack)>>,
+    /// Per partition: whether a pack of this batch reached [`PACK_CAP`].
+    filled: Vec<bool>,
     /// Rows per table.
     pub rows: Rows,
 }
@@ -55,24 +57,44 @@ const PACK_CAP: usize = 256 * 1024;
 
 impl Batch {
     /// Add `value` (one [`crate::routed_codec::encode`]d value) for `partition` of
-    /// `topic` to that partition's pack; a pack that reaches [`PACK_CAP`] becomes a record
-    /// now, so a partition's values keep their order across its records.
+    /// `topic` to that partition's pack: [`Batch::pack_with`].
     pub fn pack(&mut self, topic: &str, partition: i32, value: &[u8]) {
+        self.pack_with(topic, partition, |buf| buf.extend_from_slice(value));
+    }
+
+    /// Add the value `write` appends (e.g. [`crate::routed_codec::encode_into`]) for
+    /// `partition` of `topic` to that partition's pack, written in place. A value that
+    /// takes the pack past [`PACK_CAP`] moves to the next pack, and a pack that reaches
+    /// the cap becomes a record now, so a pack is at most the cap or a single value (which
+    /// fits as a record of its own), and a partition's values keep their order across its
+    /// records.
+    pub fn pack_with(&mut self, topic: &str, partition: i32, write: impl FnOnce(&mut Vec<u8>)) {
         let i = usize::try_from(partition).unwrap_or_default();
         if self.packs.len() <= i {
             self.packs.resize_with(i + 1, || None);
+            self.filled.resize(i + 1, false);
         }
-        // A value that would take the pack past the cap starts the next one, so a pack
-        // is at most the cap or a single value (which fitted as a record of its own).
-        if self.packs[i]
-            .as_ref()
-            .is_some_and(|(_, p)| !p.is_empty() && p.len() + 4 + value.len() > PACK_CAP)
-        {
+        let filled = self.filled[i];
+        let (_, pack) = self.packs[i].get_or_insert_with(|| {
+            // A partition that filled a pack this batch will likely fill the next: room
+            // for the cap and one more value, so the buffer never grows by copying.
+            let room = if filled {
+                PACK_CAP + PACK_CAP / 4
+            } else {
+                16 * 1024
+            };
+            (topic.to_string(), Pack::with_capacity(room))
+        });
+        pack.push_with(write);
+        if pack.len() > PACK_CAP && pack.entries() > 1 {
+            let value = pack.pop().unwrap_or_default();
+            self.filled[i] = true;
             self.close_pack(i);
+            self.pack(topic, partition, &value);
+            return;
         }
-        let (_, pack) = self.packs[i].get_or_insert_with(|| (topic.to_string(), Pack::default()));
-        pack.push(value);
         if pack.len() >= PACK_CAP {
+            self.filled[i] = true;
             self.close_pack(i);
         }
     }
@@ -198,5 +220,18 @@ mod tests {
         assert_eq!(values(0), [big.len()]);
         assert_eq!(values(1), [1]);
         assert_eq!(values(2), [big.len(), 1]);
+        // The same values written in place give the same records.
+        let mut c = Batch::default();
+        for (p, v) in [(1, &big[..]), (0, b"a"), (1, &big[..]), (1, b"b")] {
+            c.pack_with("t", p, |buf| buf.extend_from_slice(v));
+        }
+        c.close_packs();
+        let payloads = |b: &Batch| {
+            b.records
+                .iter()
+                .map(|r| r.payload.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(payloads(&c), payloads(&b));
     }
 }

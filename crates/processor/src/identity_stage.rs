@@ -460,7 +460,9 @@ fn push_routed(batch: &mut Batch, partitions: i32, topic: &str, routed: &Routed)
         Routed::Watermark { .. } => "",
     };
     let partition = crate::routed_codec::partition_for(customer, partitions);
-    batch.pack(topic, partition, &crate::routed_codec::encode(routed));
+    batch.pack_with(topic, partition, |buf| {
+        crate::routed_codec::encode_into(routed, buf)
+    });
 }
 
 #[cfg(test)]

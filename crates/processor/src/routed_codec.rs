@@ -66,26 +66,43 @@ const NONE: u32 = u32::MAX;
 
 /// Encode any [`Routed`] value: events in binary, the rest as JSON.
 pub fn encode(routed: &Routed) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(routed, &mut out);
+    out
+}
+
+/// [`encode`], appended to `out`: the identity stage writes each value straight into its
+/// pack ([`Pack::push_with`]) instead of into a buffer of its own that is then copied.
+pub fn encode_into(routed: &Routed, out: &mut Vec<u8>) {
     match routed {
-        Routed::Event(e) => encode_event(e),
-        Routed::EventFrom(e, origin) => encode_event_from(e, origin),
+        Routed::Event(e) => encode_binary(e, None, out),
+        Routed::EventFrom(e, origin) => encode_binary(e, Some(origin), out),
         // Serializing our own plain structs cannot fail; an empty value would be caught
         // by the journey stage's decoder and sent to the DLQ rather than lost silently.
-        other => serde_json::to_vec(other).unwrap_or_default(),
+        other => {
+            let start = out.len();
+            if serde_json::to_writer(&mut *out, other).is_err() {
+                out.truncate(start);
+            }
+        }
     }
 }
 
 /// The binary record of one routed event (format version 1, no origin).
 pub fn encode_event(r: &RoutedEvent) -> Vec<u8> {
-    encode_binary(r, None)
+    let mut out = Vec::new();
+    encode_binary(r, None, &mut out);
+    out
 }
 
 /// The binary record of one routed event with its origin (format version 2).
 pub fn encode_event_from(r: &RoutedEvent, origin: &Origin) -> Vec<u8> {
-    encode_binary(r, Some(origin))
+    let mut out = Vec::new();
+    encode_binary(r, Some(origin), &mut out);
+    out
 }
 
-fn encode_binary(r: &RoutedEvent, origin: Option<&Origin>) -> Vec<u8> {
+fn encode_binary(r: &RoutedEvent, origin: Option<&Origin>, out: &mut Vec<u8>) {
     let e = &r.event;
     let optional = [
         &e.event,
@@ -100,19 +117,19 @@ fn encode_binary(r: &RoutedEvent, origin: Option<&Origin>) -> Vec<u8> {
         .map(String::len)
         .sum();
     let text = text + e.properties.json().len();
-    let mut out = Vec::with_capacity(80 + r.customer_id.len() + e.event_id.len() + text);
+    out.reserve(80 + r.customer_id.len() + e.event_id.len() + text);
     out.push(EVENT_MAGIC);
     out.push(if origin.is_some() {
         FORMAT_VERSION_ORIGIN
     } else {
         FORMAT_VERSION
     });
-    put_str(&mut out, &r.customer_id);
-    put_str(&mut out, &e.event_id);
+    put_str(out, &r.customer_id);
+    put_str(out, &e.event_id);
     out.push(kind_byte(e.kind));
     for s in optional {
         match s {
-            Some(s) => put_str(&mut out, s),
+            Some(s) => put_str(out, s),
             None => out.extend_from_slice(&NONE.to_le_bytes()),
         }
     }
@@ -120,13 +137,12 @@ fn encode_binary(r: &RoutedEvent, origin: Option<&Origin>) -> Vec<u8> {
     out.extend_from_slice(&r.version.to_le_bytes());
     out.push(u8::from(r.reattributed));
     // The text as it arrived (empty for none), not re-serialized.
-    put_str(&mut out, e.properties.json());
+    put_str(out, e.properties.json());
     if let Some(o) = origin {
         out.extend_from_slice(&o.source.to_le_bytes());
         out.extend_from_slice(&o.position.to_le_bytes());
         out.extend_from_slice(&o.index.to_le_bytes());
     }
-    out
 }
 
 /// Decode a `touchpoints.by_customer` value, binary or JSON.
@@ -296,23 +312,58 @@ const PACK_HEADER: usize = 6;
 pub struct Pack {
     buf: Vec<u8>,
     entries: u32,
+    /// Where the last entry's length starts, for [`Pack::pop`].
+    last: Option<usize>,
 }
 
 impl Default for Pack {
     fn default() -> Self {
-        let mut buf = Vec::with_capacity(16 * 1024);
-        buf.extend_from_slice(&[EVENT_MAGIC, PACK_VERSION, 0, 0, 0, 0]);
-        Pack { buf, entries: 0 }
+        Self::with_capacity(16 * 1024)
     }
 }
 
 impl Pack {
+    /// An empty pack whose buffer holds `bytes` before it grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes.max(PACK_HEADER));
+        buf.extend_from_slice(&[EVENT_MAGIC, PACK_VERSION, 0, 0, 0, 0]);
+        Pack {
+            buf,
+            entries: 0,
+            last: None,
+        }
+    }
+
     /// Append one value exactly as [`encode`] wrote it.
     pub fn push(&mut self, entry: &[u8]) {
-        let len = u32::try_from(entry.len()).unwrap_or(u32::MAX);
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(entry);
+        self.push_with(|buf| buf.extend_from_slice(entry));
+    }
+
+    /// Append one value that `write` appends to the pack's buffer (e.g. [`encode_into`]),
+    /// so the value is written once, in place.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        write(&mut self.buf);
+        let len = u32::try_from(self.buf.len() - at - 4).unwrap_or(u32::MAX);
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
         self.entries += 1;
+        self.last = Some(at);
+    }
+
+    /// Take the last value back out of the pack (its bytes, without the length).
+    pub fn pop(&mut self) -> Option<Vec<u8>> {
+        let at = self.last?;
+        let value = self.buf.split_off(at + 4);
+        self.buf.truncate(at);
+        self.entries -= 1;
+        self.last = None;
+        Some(value)
+    }
+
+    /// Values so far.
+    pub fn entries(&self) -> u32 {
+        self.entries
     }
 
     /// Bytes so far.
@@ -597,6 +648,47 @@ mod tests {
             bytes.extend(tail);
             let _ = decode(&bytes);
         }
+    }
+
+    #[test]
+    fn values_written_in_place_equal_values_written_alone() {
+        let watermark = Routed::Watermark {
+            source_partition: 3,
+            watermark_ms: 17,
+        };
+        let values = [
+            Routed::EventFrom(sample(), origin()),
+            Routed::Event(sample()),
+            watermark,
+        ];
+        let mut in_place = Pack::default();
+        let mut copied = Pack::default();
+        for v in &values {
+            in_place.push_with(|buf| encode_into(v, buf));
+            copied.push(&encode(v));
+        }
+        let (a, b) = (in_place.finish(), copied.finish());
+        assert_eq!(a, b);
+        let back: Vec<Routed> = unpack(&a)
+            .expect("a pack")
+            .values
+            .iter()
+            .map(|v| decode(v).expect("decodes"))
+            .collect();
+        assert_eq!(back, values);
+    }
+
+    #[test]
+    fn the_last_value_comes_back_out_whole() {
+        let mut pack = Pack::default();
+        assert_eq!(pack.pop(), None);
+        pack.push(b"first");
+        let before = pack.len();
+        pack.push_with(|buf| buf.extend_from_slice(b"second"));
+        assert_eq!(pack.pop().as_deref(), Some(&b"second"[..]));
+        assert_eq!((pack.len(), pack.entries()), (before, 1));
+        assert_eq!(pack.pop(), None, "only the last value can be taken back");
+        assert_eq!(unpack(&pack.finish()).expect("a pack").values, [b"first"]);
     }
 
     #[test]
