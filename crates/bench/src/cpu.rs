@@ -324,8 +324,8 @@ async fn repetition(
         journey.push(j);
         by_customer.push(c);
     }
-    // A client is done with the records once decoded: freeing them is part of its work,
-    // as it is of the processor's (counted since 2026-12-04, docs/bench.md).
+    // The client is done with its copies of the records once decoded: freeing them is
+    // part of its work, counted since 2026-12-04 (late) (docs/bench.md).
     drop(payloads);
     r.raw_rows = per_100k(procs::self_cpu_secs()? - cpu0, n as f64);
 

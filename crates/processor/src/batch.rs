@@ -55,6 +55,9 @@ pub struct Batch {
 /// (1,000,000 by default) so a pack is never refused for its size.
 const PACK_CAP: usize = 256 * 1024;
 
+/// Room a pack near the cap is given: the cap and a quarter, for the value that crosses it.
+const PACK_ROOM: usize = PACK_CAP + PACK_CAP / 4;
+
 impl Batch {
     /// Add `value` (one [`crate::routed_codec::encode`]d value) for `partition` of
     /// `topic` to that partition's pack: [`Batch::pack_with`].
@@ -77,14 +80,15 @@ impl Batch {
         let filled = self.filled[i];
         let (_, pack) = self.packs[i].get_or_insert_with(|| {
             // A partition that filled a pack this batch will likely fill the next: room
-            // for the cap and one more value, so the buffer never grows by copying.
-            let room = if filled {
-                PACK_CAP + PACK_CAP / 4
-            } else {
-                16 * 1024
-            };
+            // for the cap and one more value from the start.
+            let room = if filled { PACK_ROOM } else { 16 * 1024 };
             (topic.to_string(), Pack::with_capacity(room))
         });
+        // A pack that nears its buffer's end grows once to the cap and a quarter (not by
+        // doubling to twice the cap when the value that crosses the cap is written).
+        if pack.len() >= PACK_CAP / 2 {
+            pack.reserve_total(PACK_ROOM);
+        }
         pack.push_with(write);
         if pack.len() > PACK_CAP && pack.entries() > 1 {
             let value = pack.pop().unwrap_or_default();
@@ -220,18 +224,61 @@ mod tests {
         assert_eq!(values(0), [big.len()]);
         assert_eq!(values(1), [1]);
         assert_eq!(values(2), [big.len(), 1]);
-        // The same values written in place give the same records.
-        let mut c = Batch::default();
-        for (p, v) in [(1, &big[..]), (0, b"a"), (1, &big[..]), (1, b"b")] {
-            c.pack_with("t", p, |buf| buf.extend_from_slice(v));
+    }
+
+    /// The packs as the identity stage made them before values were written in place: a
+    /// value that would take a non-empty pack past the cap closed it first; a pack at
+    /// the cap after a value closed.
+    fn packs_as_before(values: &[(i32, Vec<u8>)]) -> Vec<(i32, Vec<u8>)> {
+        let mut open: std::collections::BTreeMap<i32, Pack> = Default::default();
+        let mut out = Vec::new();
+        for (p, v) in values {
+            if open
+                .get(p)
+                .is_some_and(|k| !k.is_empty() && k.len() + 4 + v.len() > PACK_CAP)
+            {
+                out.push((*p, open.remove(p).expect("open").finish()));
+            }
+            let pack = open.entry(*p).or_default();
+            pack.push(v);
+            if pack.len() >= PACK_CAP {
+                out.push((*p, open.remove(p).expect("open").finish()));
+            }
         }
-        c.close_packs();
-        let payloads = |b: &Batch| {
-            b.records
+        // The cut closes the open packs in partition order.
+        out.extend(open.into_iter().map(|(p, k)| (p, k.finish())));
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn packs_written_in_place_equal_the_packs_made_before(
+            values in proptest::collection::vec(
+                (0..3i32, proptest::prop_oneof![
+                    0..64usize,
+                    PACK_CAP / 2 - 64..PACK_CAP / 2 + 64,
+                    PACK_CAP - 64..PACK_CAP + 64,
+                    PACK_CAP..PACK_CAP * 2,
+                ]),
+                0..12,
+            )
+        ) {
+            let values: Vec<(i32, Vec<u8>)> = values
+                .into_iter()
+                .enumerate()
+                .map(|(n, (p, len))| (p, vec![u8::try_from(n % 251).unwrap_or(0); len]))
+                .collect();
+            let mut b = Batch::default();
+            for (p, v) in &values {
+                b.pack_with("t", *p, |buf| buf.extend_from_slice(v));
+            }
+            b.close_packs();
+            let got: Vec<(i32, Vec<u8>)> = b
+                .records
                 .iter()
-                .map(|r| r.payload.clone())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(payloads(&c), payloads(&b));
+                .map(|r| (r.partition.unwrap_or(-1), r.payload.clone()))
+                .collect();
+            proptest::prop_assert_eq!(got, packs_as_before(&values));
+        }
     }
 }

@@ -351,6 +351,11 @@ impl Pack {
         self.last = Some(at);
     }
 
+    /// Make room for `total` bytes in all (nothing if there is already that much).
+    pub fn reserve_total(&mut self, total: usize) {
+        self.buf.reserve_exact(total.saturating_sub(self.buf.len()));
+    }
+
     /// Take the last value back out of the pack (its bytes, without the length).
     pub fn pop(&mut self) -> Option<Vec<u8>> {
         let at = self.last?;
