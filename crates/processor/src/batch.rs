@@ -84,8 +84,8 @@ impl Batch {
             let room = if filled { PACK_ROOM } else { 16 * 1024 };
             (topic.to_string(), Pack::with_capacity(room))
         });
-        // A pack that nears its buffer's end grows once to the cap and a quarter (not by
-        // doubling to twice the cap when the value that crosses the cap is written).
+        // A pack past half the cap grows once to the cap and a quarter (not by doubling
+        // to twice the cap when the value that crosses the cap is written).
         if pack.len() >= PACK_CAP / 2 {
             pack.reserve_total(PACK_ROOM);
         }

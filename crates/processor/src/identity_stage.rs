@@ -338,11 +338,11 @@ impl Stage for Identity {
             return;
         }
         // After this partition's events, so each journey partition sees them first.
-        let payload = serde_json::to_vec(&Routed::Watermark {
+        // Encoded once by the codec that writes every routed value, copied per partition.
+        let payload = crate::routed_codec::encode(&Routed::Watermark {
             source_partition: partition,
             watermark_ms: w,
-        })
-        .unwrap_or_default();
+        });
         for p in 0..self.routed_partitions {
             batch.pack(&self.routed_topic, p, &payload);
         }
