@@ -405,7 +405,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Before any Kafka client starts its threads (see touchstream_core::memory).
+    // Before any Kafka client starts its threads (see touchstream_core::memory): with
+    // jemalloc serving `malloc` too, glibc's arenas are left alone.
+    #[cfg(feature = "jemalloc")]
+    touchstream_core::memory::malloc_replaced();
     touchstream_core::memory::limit_c_heap_arenas();
     let cli = Cli::parse();
     // The bench and the demo draw progress bars and print a report; info lines (the

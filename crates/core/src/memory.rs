@@ -16,11 +16,32 @@
 //! (`malloc_trim(0)`); [`trim_periodically`] does it on an interval from a blocking
 //! thread. It takes each arena's lock in turn while it walks that arena's free lists
 //! (milliseconds), and memory given back costs a page fault when it is used again, so it
-//! runs every few seconds, not after every batch. Elsewhere than glibc it does nothing.
+//! runs every few seconds, not after every batch. Elsewhere than glibc it does nothing,
+//! and so does a process whose binary said that it replaced `malloc`
+//! ([`malloc_replaced`]): glibc's arenas are then empty and there is nothing to trim.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+/// Set once the binary's global allocator also serves C code's `malloc` (the
+/// `touchstream` binary's default jemalloc build): see [`malloc_replaced`].
+static MALLOC_REPLACED: AtomicBool = AtomicBool::new(false);
+
+/// Tell this module that `malloc` itself is replaced for the whole process (jemalloc
+/// with unprefixed symbols, as the `touchstream` binary's default build links it), so
+/// librdkafka allocates through it too: glibc's arenas then hold nothing, and
+/// [`limit_c_heap_arenas`] and [`trim_periodically`] do nothing instead of tuning and
+/// walking them. jemalloc purges freed pages on its own (docs/ops.md "Memory"). Call
+/// at start, before either.
+pub fn malloc_replaced() {
+    MALLOC_REPLACED.store(true, Ordering::Relaxed);
+}
+
+fn is_malloc_replaced() -> bool {
+    MALLOC_REPLACED.load(Ordering::Relaxed)
+}
 
 /// Return free pages of the C heap to the OS. Returns whether anything was released
 /// (always `false` where there is no `malloc_trim`).
@@ -51,14 +72,14 @@ pub fn release_free_memory() -> bool {
 pub const C_HEAP_ARENAS: i32 = 2;
 
 /// Limit glibc to [`C_HEAP_ARENAS`] arenas unless `MALLOC_ARENA_MAX` is set (then glibc
-/// has already applied it). Call at start, before the Kafka clients' threads exist.
+/// has already applied it) or `malloc` is replaced ([`malloc_replaced`]). Call at start, before the Kafka clients' threads exist.
 /// Returns whether the limit was set here.
 #[cfg_attr(
     all(target_os = "linux", target_env = "gnu"),
     expect(unsafe_code, reason = "mallopt is a C function (FFI)")
 )]
 pub fn limit_c_heap_arenas() -> bool {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+    if is_malloc_replaced() || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return false;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -72,9 +93,10 @@ pub fn limit_c_heap_arenas() -> bool {
     }
 }
 
-/// Call [`release_free_memory`] every `every` until `shutdown`. `every` of zero: never.
+/// Call [`release_free_memory`] every `every` until `shutdown`. `every` of zero, or
+/// `malloc` replaced ([`malloc_replaced`]): never, and it returns at once.
 pub async fn trim_periodically(every: Duration, shutdown: CancellationToken) {
-    if every.is_zero() {
+    if every.is_zero() || is_malloc_replaced() {
         return;
     }
     let mut tick = tokio::time::interval(every);

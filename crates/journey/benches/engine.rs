@@ -520,7 +520,10 @@ fn bench_engine(c: &mut Criterion) {
     // A partition's snapshot as the processor writes it: the whole state as JSON into an
     // LZ4 frame (`processor::state_codec::encode`), mid-stream (no closing watermark).
     // serde_json writes token by token: `unbuffered` hands each token to the encoder (the
-    // processor until 2026-11-26), `buffered_64k` gathers them first (the processor now).
+    // processor until 2026-11-26), `buffered_64k` gathers them first (then the encoder
+    // picks 64 KiB blocks from that first write; the processor until 2026-12-04).
+    // `blocks_*` set the frame's block size (the processor now: 1 MiB), `no_checksum`
+    // shows what the content checksum costs.
     let mut mid = Journey::new();
     for msg in clone_routed(&routed) {
         mid.feed(msg);
@@ -531,12 +534,30 @@ fn bench_engine(c: &mut Criterion) {
     let mut g = c.benchmark_group("journey_snapshot");
     g.sample_size(20);
     g.throughput(Throughput::Bytes(json_len as u64));
-    let lz4 = |write: &dyn Fn(&mut dyn std::io::Write)| {
-        let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
+    let lz4_with = |info: lz4_flex::frame::FrameInfo, write: &dyn Fn(&mut dyn std::io::Write)| {
         let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
         write(&mut enc);
         enc.finish().expect("compressed").len()
     };
+    let checked = || lz4_flex::frame::FrameInfo::new().content_checksum(true);
+    let lz4 = |write: &dyn Fn(&mut dyn std::io::Write)| lz4_with(checked(), write);
+    let buffered = |w: &mut dyn std::io::Write| {
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, w);
+        serde_json::to_writer(&mut w, &mid.stage.snapshot_ref()).expect("written");
+        std::io::Write::flush(&mut w).expect("flushed");
+    };
+    for (name, size) in [
+        ("json_lz4_blocks_256k", lz4_flex::frame::BlockSize::Max256KB),
+        ("json_lz4_blocks_1m", lz4_flex::frame::BlockSize::Max1MB),
+        ("json_lz4_blocks_4m", lz4_flex::frame::BlockSize::Max4MB),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| lz4_with(checked().block_size(size), &buffered))
+        });
+    }
+    g.bench_function("json_lz4_no_checksum", |b| {
+        b.iter(|| lz4_with(lz4_flex::frame::FrameInfo::new(), &buffered))
+    });
     g.bench_function("json_lz4_unbuffered", |b| {
         b.iter(|| lz4(&|w| serde_json::to_writer(w, &mid.stage.snapshot_ref()).expect("written")))
     });
