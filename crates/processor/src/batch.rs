@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use touchstream_journey::JourneyOutput;
+
 use crate::routed_codec::Pack;
 use crate::store::{Rejected, Store};
 use crate::tables::{
@@ -186,6 +188,37 @@ tables! {
 }
 
 impl Rows {
+    /// Lend the journey stage's six lists to `f` as one [`JourneyOutput`], which the
+    /// stage appends its rows to (`JourneyStage::take_output_into`): the lists are moved
+    /// out and back, so no row is copied. Taking the output apart again field by field
+    /// means a list added to `JourneyOutput` does not compile until it has its table here.
+    pub fn lend_journey<R>(&mut self, f: impl FnOnce(&mut JourneyOutput) -> R) -> R {
+        let mut out = JourneyOutput {
+            touchpoints: std::mem::take(&mut self.touchpoint_journey),
+            customer_touchpoints: std::mem::take(&mut self.customer_touchpoints),
+            sessions: std::mem::take(&mut self.sessions),
+            attempts: std::mem::take(&mut self.funnel_attempts),
+            open_attempts: std::mem::take(&mut self.funnel_open_attempts),
+            feedback: std::mem::take(&mut self.feedback),
+        };
+        let result = f(&mut out);
+        let JourneyOutput {
+            touchpoints,
+            customer_touchpoints,
+            sessions,
+            attempts,
+            open_attempts,
+            feedback,
+        } = out;
+        self.touchpoint_journey = touchpoints;
+        self.customer_touchpoints = customer_touchpoints;
+        self.sessions = sessions;
+        self.funnel_attempts = attempts;
+        self.funnel_open_attempts = open_attempts;
+        self.feedback = feedback;
+        result
+    }
+
     /// Write every table's rows (each retried until stored), all tables at once: the
     /// inserts are independent, and a flush waits for the slowest instead of the sum.
     /// `scope` names the input offset ranges of the batch (deduplication tokens). Returns

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use touchstream_journey::{
     Catalog, FeedbackCounters, FunnelChangeKind, FunnelSet, JourneyConfig, JourneyCounters,
-    JourneyDelta, JourneyDeltaRef, JourneyEvent, JourneyOutput, JourneySnapshot, JourneyStage,
-    MessageType, OpenAttemptCount, Outcome, RoutedEvent, ALL,
+    JourneyDelta, JourneyDeltaRef, JourneyEvent, JourneySnapshot, JourneyStage, MessageType,
+    OpenAttemptCount, Outcome, RoutedEvent, ALL,
 };
 
 use crate::batch::Batch;
@@ -293,22 +293,10 @@ impl Stage for Journey {
 
     fn drain(&self, state: &mut JourneyState, partition: i32, batch: &mut Batch) {
         // The rows go straight into the batch's lists (no second copy per row).
-        let rows = &mut batch.rows;
-        let mut out = JourneyOutput {
-            touchpoints: std::mem::take(&mut rows.touchpoint_journey),
-            customer_touchpoints: std::mem::take(&mut rows.customer_touchpoints),
-            sessions: std::mem::take(&mut rows.sessions),
-            attempts: std::mem::take(&mut rows.funnel_attempts),
-            open_attempts: std::mem::take(&mut rows.funnel_open_attempts),
-            feedback: std::mem::take(&mut rows.feedback),
-        };
-        let first_attempt = out.attempts.len();
-        state.engine.take_output_into(&mut out);
-        rows.touchpoint_journey = out.touchpoints;
-        rows.customer_touchpoints = out.customer_touchpoints;
-        rows.sessions = out.sessions;
-        rows.funnel_open_attempts = out.open_attempts;
-        rows.feedback = out.feedback;
+        let first_attempt = batch.rows.funnel_attempts.len();
+        batch
+            .rows
+            .lend_journey(|out| state.engine.take_output_into(out));
         export_counters(&self.metrics, state.engine.counters(), &mut state.seen);
         let label = partition.to_string();
         if let Some(w) = state.engine.watermark_ms() {
@@ -321,7 +309,7 @@ impl Stage for Journey {
             .buffered_events
             .with_label_values(&[&label])
             .set(i64::try_from(state.engine.buffered_events()).unwrap_or(i64::MAX));
-        for a in out.attempts[first_attempt..]
+        for a in batch.rows.funnel_attempts[first_attempt..]
             .iter()
             .filter(|a| !a.is_deleted)
         {
@@ -389,7 +377,6 @@ impl Stage for Journey {
                 Outcome::Excluded => {}
             }
         }
-        batch.rows.funnel_attempts = out.attempts;
         self.open_gauges(state, partition);
     }
 }
