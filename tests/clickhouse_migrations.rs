@@ -178,3 +178,65 @@ async fn migrations_create_tables_and_are_idempotent() {
 
     support::drop_database(&cfg).await;
 }
+
+/// `funnel_attempts.steps_hit` (0012): a bit per step an event reached (bit i - 1 for
+/// step i), computed from `step_event_ids` both for rows written without it and for
+/// parts written before the migration; query 1 (docs/queries) counts from it, a skipped
+/// optional step nowhere.
+#[tokio::test]
+async fn funnel_steps_hit_is_computed_for_new_rows_and_older_parts() {
+    let url = support::clickhouse_url();
+    support::require_port("ClickHouse", url.trim_start_matches("http://"));
+    let cfg = support::clickhouse_config("steps_hit");
+    migrate(&cfg).await.expect("migrate");
+    let client = touchstream_clickhouse::client(&cfg);
+    let insert = |rows: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .query(&format!(
+                    "INSERT INTO funnel_attempts (attempt_id, funnel, outcome, reached_step, \
+                     total_steps, step_event_ids, version) VALUES {rows}"
+                ))
+                .execute()
+                .await
+                .expect("insert attempts");
+        }
+    };
+    // A part from before 0012: without the column, then 0012 run again over it.
+    client
+        .query("ALTER TABLE funnel_attempts DROP COLUMN steps_hit")
+        .execute()
+        .await
+        .expect("drop the column");
+    insert("('old', 'f', 'dropped', 3, 4, ['e1', '', 'e3'], 1)").await;
+    let again = touchstream_clickhouse::migrate::parse(
+        "0099_steps_hit_again.sql",
+        include_str!("../deploy/clickhouse/0012_funnel_steps_hit.sql"),
+    )
+    .expect("parse");
+    migrate_files(&cfg, &[again])
+        .await
+        .expect("0012 over a table with older parts");
+    insert("('new', 'f', 'converted', 4, 4, ['e4', 'e5', '', 'e7'], 1), ('none', 'f', 'dropped', 0, 4, [], 1)").await;
+
+    let hits = client
+        .query("SELECT attempt_id, steps_hit FROM funnel_attempts ORDER BY attempt_id FORMAT TSV")
+        .fetch_bytes("TSV")
+        .expect("steps_hit")
+        .collect()
+        .await
+        .expect("steps_hit rows");
+    assert_eq!(String::from_utf8_lossy(&hits), "new\t11\nnone\t0\nold\t5\n");
+
+    // Step 2 of `old` and step 3 of `new` were skipped: each step counts the attempts
+    // with an event there; `old` dropped at its reached step 3.
+    let dropoff =
+        support::analyst_query(&client, &cfg.database, "1_funnel_dropoff_by_step.sql").await;
+    assert_eq!(
+        dropoff,
+        "f\t1\t2\t0\t0\nf\t2\t1\t0\t0\nf\t3\t1\t1\t100\nf\t4\t1\t0\t0"
+    );
+
+    support::drop_database(&cfg).await;
+}

@@ -1,7 +1,8 @@
 -- Funnel drop-off by step: of the attempts that reached a step, how many dropped there.
 -- One pass over funnel_attempts: attempts are counted per funnel, outcome, reached step
--- and the steps an event reached (a skipped optional step has none), then spread over
--- their steps. Excluded attempts left the funnel and count nowhere.
+-- and the steps an event reached (`steps_hit`, a bit per step; a skipped optional step
+-- has none), then spread over their steps. Excluded attempts left the funnel and count
+-- nowhere.
 SELECT
     funnel,
     step,
@@ -10,12 +11,12 @@ SELECT
     round(100 * attempts_dropped / attempts_reached, 1) AS dropoff_pct
 FROM
 (
-    SELECT funnel, outcome, reached_step, arrayMap(id -> id != '', step_event_ids) AS hit, count() AS n
+    SELECT funnel, outcome, reached_step, steps_hit, count() AS n
     FROM touchstream.funnel_attempts FINAL
     WHERE is_deleted = 0 AND outcome != 'excluded'
-    GROUP BY funnel, outcome, reached_step, hit
+    GROUP BY funnel, outcome, reached_step, steps_hit
 )
 ARRAY JOIN arrayMap(x -> toUInt8(x + 1), range(reached_step)) AS step
-WHERE hit[step] = 1
+WHERE bitAnd(steps_hit, bitShiftLeft(toUInt32(1), step - 1)) != 0
 GROUP BY funnel, step
 ORDER BY funnel, step

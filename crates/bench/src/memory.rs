@@ -26,7 +26,8 @@ use crate::report::{Figure, Target};
 const MIN: i64 = 60_000;
 
 /// RSS at rest: first `settle` passes unsampled (the allocator gives back what the
-/// processing of the backlog used: jemalloc's decay, the periodic `malloc_trim`), then
+/// processing of the backlog used: jemalloc's decay; in a build without jemalloc, the
+/// periodic `malloc_trim`), then
 /// the RSS is sampled every 100 ms for `window`. The lowest sample is the resting RSS
 /// (what the state holds); the highest includes the periodic snapshots.
 async fn rss_window(
@@ -117,7 +118,8 @@ async fn measure(ctx: &Ctx, tag: &str, customers: usize) -> Result<Reading, Benc
     let (mut child, metrics) = ctx.spawn_processor(tag, &cfg)?;
     wait_journey_rows(&cfg, &mut child, customers as u64, &bar).await?;
     bar.finish();
-    // One snapshot and trim interval to settle, then two of them sampled.
+    // One snapshot interval (or trim interval, if longer: the trim runs in a build
+    // without jemalloc only) to settle, then two of them sampled.
     let interval = Duration::from_millis(
         cfg.processor
             .snapshot_interval_ms

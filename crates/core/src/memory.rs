@@ -72,8 +72,9 @@ pub fn release_free_memory() -> bool {
 pub const C_HEAP_ARENAS: i32 = 2;
 
 /// Limit glibc to [`C_HEAP_ARENAS`] arenas unless `MALLOC_ARENA_MAX` is set (then glibc
-/// has already applied it) or `malloc` is replaced ([`malloc_replaced`]). Call at start, before the Kafka clients' threads exist.
-/// Returns whether the limit was set here.
+/// has already applied it) or `malloc` is replaced ([`malloc_replaced`]). Call at
+/// start, before the Kafka clients' threads exist. Returns whether the limit was set
+/// here.
 #[cfg_attr(
     all(target_os = "linux", target_env = "gnu"),
     expect(unsafe_code, reason = "mallopt is a C function (FFI)")

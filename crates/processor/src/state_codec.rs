@@ -49,16 +49,18 @@ pub enum CodecError {
 ///
 /// serde_json writes token by token, so the JSON goes through a buffer in front of the
 /// encoder, which then sees large writes only. Measured on a 10k-customer journey
-/// partition (`journey_snapshot` in `crates/journey/benches/engine.rs`): 103 ms
-/// unbuffered, 62 ms buffered.
+/// partition (`journey_snapshot` in `crates/journey/benches/engine.rs`, 2026-11-26):
+/// 103 ms unbuffered, 62 ms buffered.
 ///
 /// The frame's blocks are 1 MiB ([`BLOCK_SIZE`]) instead of the 64 KiB the encoder
-/// picks from a 64 KiB first write: each block starts its match search afresh, and on
-/// the same partition (16.6 MB of JSON, of which serializing is 37 ms) the whole encode
-/// took 79 ms with 64 KiB blocks, 70 ms with 256 KiB, 64 ms with 1 MiB and 82 ms with
-/// 4 MiB (no longer in cache). The encoder holds one block and its compressed copy
-/// while it runs (2 MiB), freed when it ends. Any block size is an LZ4 frame like
-/// before: frames written with 64 KiB blocks are read the same way.
+/// picks from a 64 KiB first write: each block starts its match search afresh. On the
+/// same partition (2026-12-04, one run, the box slower than on 2026-11-26: 16.6 MB of
+/// JSON, of which serializing is 37 ms) the whole encode took 79 ms with 64 KiB blocks,
+/// 70 ms with 256 KiB, 64 ms with 1 MiB and 82 ms with 4 MiB (no longer in cache). The
+/// encoder holds one block and its compressed copy while it runs (about 2 MiB, for a
+/// whole snapshot and for a delta alike), freed when it ends; reading one back holds as
+/// much. Any block size is an LZ4 frame like before: frames written with 64 KiB blocks
+/// are read the same way.
 pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     // The content checksum makes a damaged or cut-off snapshot an error at restore
     // instead of a state that silently lacks customers.
@@ -139,7 +141,10 @@ mod tests {
         enc.write_all(&plain).unwrap();
         let old = enc.finish().unwrap();
         let new = encode(&value).unwrap();
-        assert_ne!(old, new, "the two block sizes give different frames");
+        // The frame descriptor's BD byte (after the 4-byte magic and FLG) holds the
+        // block size: 0x40 for 64 KiB, 0x60 for 1 MiB.
+        assert_eq!(old[5], 0x40, "the old frame has 64 KiB blocks");
+        assert_eq!(new[5], 0x60, "snapshots are written in 1 MiB blocks");
         assert_eq!(&*decode(&old).unwrap(), plain.as_slice());
         assert_eq!(&*decode(&new).unwrap(), plain.as_slice());
     }

@@ -9,13 +9,13 @@ SELECT
     sumIf(n, outcome = 'dropped' AND reached_step = step) AS dropped
 FROM
 (
-    SELECT funnel, outcome, reached_step, arrayMap(id -> id != '', step_event_ids) AS hit, count() AS n
+    SELECT funnel, outcome, reached_step, steps_hit, count() AS n
     FROM funnel_attempts FINAL
     WHERE is_deleted = 0 AND outcome != 'excluded'
         AND closed_ms >= ? AND closed_ms < ? AND has(?, funnel)
-    GROUP BY funnel, outcome, reached_step, hit
+    GROUP BY funnel, outcome, reached_step, steps_hit
 )
 ARRAY JOIN arrayMap(x -> toUInt8(x + 1), range(reached_step)) AS step
-WHERE hit[step] = 1
+WHERE bitAnd(steps_hit, bitShiftLeft(toUInt32(1), step - 1)) != 0
 GROUP BY funnel, step
 ORDER BY funnel, step
