@@ -155,20 +155,13 @@ async fn migrations_create_tables_and_are_idempotent() {
         .execute()
         .await
         .expect("insert open attempts");
-    let cohorts = client
-        .query(
-            "SELECT step, reached, dropped, converted, open FROM funnel_entry_cohort_day \
-             WHERE day = '2026-11-25' ORDER BY step FORMAT TSV",
-        )
-        .fetch_bytes("TSV")
-        .expect("cohorts")
-        .collect()
-        .await
-        .expect("cohort rows");
-    assert_eq!(
-        String::from_utf8_lossy(&cohorts),
-        "1\t3\t0\t1\t1\n2\t2\t1\t1\t0\n3\t1\t0\t1\t0\n"
-    );
+    let cohorts = support::tsv(
+        &client,
+        "SELECT step, reached, dropped, converted, open FROM funnel_entry_cohort_day \
+         WHERE day = '2026-11-25' ORDER BY step",
+    )
+    .await;
+    assert_eq!(cohorts, "1\t3\t0\t1\t1\n2\t2\t1\t1\t0\n3\t1\t0\t1\t0");
     let hours: u64 = client
         .query("SELECT count() FROM funnel_entry_cohort_hour WHERE step = 1")
         .fetch_one()
@@ -220,14 +213,12 @@ async fn funnel_steps_hit_is_computed_for_new_rows_and_older_parts() {
         .expect("0012 over a table with older parts");
     insert("('new', 'f', 'converted', 4, 4, ['e4', 'e5', '', 'e7'], 1), ('none', 'f', 'dropped', 0, 4, [], 1)").await;
 
-    let hits = client
-        .query("SELECT attempt_id, steps_hit FROM funnel_attempts ORDER BY attempt_id FORMAT TSV")
-        .fetch_bytes("TSV")
-        .expect("steps_hit")
-        .collect()
-        .await
-        .expect("steps_hit rows");
-    assert_eq!(String::from_utf8_lossy(&hits), "new\t11\nnone\t0\nold\t5\n");
+    let hits = support::tsv(
+        &client,
+        "SELECT attempt_id, steps_hit FROM funnel_attempts ORDER BY attempt_id",
+    )
+    .await;
+    assert_eq!(hits, "new\t11\nnone\t0\nold\t5");
 
     // Step 2 of `old` and step 3 of `new` were skipped: each step counts the attempts
     // with an event there; `old` dropped at its reached step 3.
@@ -236,6 +227,126 @@ async fn funnel_steps_hit_is_computed_for_new_rows_and_older_parts() {
     assert_eq!(
         dropoff,
         "f\t1\t2\t0\t0\nf\t2\t1\t0\t0\nf\t3\t1\t1\t100\nf\t4\t1\t0\t0"
+    );
+
+    support::drop_database(&cfg).await;
+}
+
+/// The funnel views and docs/queries/8 count from `steps_hit` (0013) and give what they
+/// gave from `step_event_ids`: skipped optional steps, excluded and tombstoned attempts
+/// count nowhere; breakdowns per step; open attempts (a part from before 0013 included)
+/// in the entry cohorts.
+#[tokio::test]
+async fn funnel_views_count_from_steps_hit() {
+    let url = support::clickhouse_url();
+    support::require_port("ClickHouse", url.trim_start_matches("http://"));
+    let cfg = support::clickhouse_config("funnel_views");
+    migrate(&cfg).await.expect("migrate");
+    let client = touchstream_clickhouse::client(&cfg);
+    let run = |sql: String| {
+        let client = client.clone();
+        async move { client.query(&sql).execute().await.expect("statement") }
+    };
+    let tsv = |sql: &'static str| {
+        let client = client.clone();
+        async move { support::tsv(&client, sql).await }
+    };
+
+    // An open attempt in a part from before 0013, then 0013 run again over it.
+    run("ALTER TABLE funnel_open_attempts DROP COLUMN steps_hit".into()).await;
+    run(
+        "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
+         total_steps, step_event_ids, is_deleted, version) VALUES \
+         ('o1', 'f', '2026-11-25 09:30:00', 3, 4, ['e9', '', 'e10'], 0, 1)"
+            .into(),
+    )
+    .await;
+    let again = touchstream_clickhouse::migrate::parse(
+        "0099_funnel_views_again.sql",
+        include_str!("../deploy/clickhouse/0013_funnel_views_steps_hit.sql"),
+    )
+    .expect("parse");
+    migrate_files(&cfg, &[again])
+        .await
+        .expect("0013 over a table with older parts");
+    run(
+        "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
+         total_steps, step_event_ids, is_deleted, version) VALUES \
+         ('o2', 'f', '2026-11-25 09:40:00', 2, 4, ['e11', 'e12'], 0, 1), \
+         ('o2', 'f', '2026-11-25 09:40:00', 0, 4, [], 1, 2)"
+            .into(),
+    )
+    .await;
+    assert_eq!(
+        tsv("SELECT attempt_id, steps_hit FROM funnel_open_attempts ORDER BY attempt_id, version")
+            .await,
+        "o1\t5\no2\t3\no2\t0"
+    );
+
+    // Step 2 of a1 was skipped; a3 left the funnel; a4's newest row is a tombstone.
+    // Breakdown by channel for each step.
+    run(
+        "INSERT INTO funnel_attempts (attempt_id, funnel, started_at, closed_at, outcome, \
+         reached_step, total_steps, step_event_ids, breakdown_keys, breakdown_values, \
+         is_deleted, version) VALUES \
+         ('a1', 'f', '2026-11-25 09:00:00', '2026-11-25 10:00:10', 'dropped', 3, 4, \
+          ['e1', '', 'e3'], ['channel'], ['web', '', 'app'], 0, 1), \
+         ('a2', 'f', '2026-11-25 09:10:00', '2026-11-25 10:00:20', 'converted', 4, 4, \
+          ['e4', 'e5', 'e6', 'e7'], ['channel'], ['web', 'web', 'web', 'web'], 0, 1), \
+         ('a3', 'f', '2026-11-25 09:20:00', '2026-11-25 10:00:30', 'excluded', 2, 4, \
+          ['e8', 'e13'], ['channel'], ['web', 'web'], 0, 1), \
+         ('a4', 'f', '2026-11-25 09:25:00', '2026-11-25 10:00:40', 'dropped', 1, 4, \
+          ['e14'], ['channel'], ['app'], 0, 1), \
+         ('a4', 'f', '2026-11-25 09:25:00', '2026-11-25 10:00:40', 'dropped', 1, 4, \
+          ['e14'], ['channel'], ['app'], 1, 2)"
+            .into(),
+    )
+    .await;
+
+    assert_eq!(
+        tsv(
+            "SELECT minute, step, reached, dropped, converted FROM funnel_step_minute \
+             ORDER BY minute, step"
+        )
+        .await,
+        "2026-11-25 10:00:00\t1\t2\t0\t1\n\
+         2026-11-25 10:00:00\t2\t1\t0\t1\n\
+         2026-11-25 10:00:00\t3\t2\t1\t1\n\
+         2026-11-25 10:00:00\t4\t1\t0\t1"
+    );
+    assert_eq!(
+        tsv("SELECT step, breakdown, reached, dropped, converted \
+             FROM funnel_step_minute_by_breakdown ORDER BY step, breakdown")
+        .await,
+        "1\tweb\t2\t0\t1\n2\tweb\t1\t0\t1\n3\tapp\t1\t1\t0\n3\tweb\t1\t0\t1\n4\tweb\t1\t0\t1"
+    );
+    let by_breakdown =
+        support::analyst_query(&client, &cfg.database, "8_funnel_dropoff_by_breakdown.sql").await;
+    assert_eq!(
+        by_breakdown,
+        "f\tapp\t3\t1\t1\t100\nf\tweb\t1\t2\t0\t0\nf\tweb\t2\t1\t0\t0\n\
+         f\tweb\t3\t1\t0\t0\nf\tweb\t4\t1\t0\t0"
+    );
+    // Entry cohorts: a1 and a2 closed, o1 open (its step 2 skipped), o2 tombstoned.
+    let cohorts = "step, reached, dropped, converted, open";
+    assert_eq!(
+        tsv(
+            "SELECT step, reached, dropped, converted, open FROM funnel_entry_cohort_day \
+             WHERE day = '2026-11-25' ORDER BY step"
+        )
+        .await,
+        "1\t3\t0\t1\t1\n2\t1\t0\t1\t0\n3\t3\t1\t1\t1\n4\t1\t0\t1\t0",
+        "{cohorts} by day"
+    );
+    assert_eq!(
+        tsv(
+            "SELECT hour, step, reached, dropped, converted, open FROM funnel_entry_cohort_hour \
+             ORDER BY hour, step"
+        )
+        .await,
+        "2026-11-25 09:00:00\t1\t3\t0\t1\t1\n2026-11-25 09:00:00\t2\t1\t0\t1\t0\n\
+         2026-11-25 09:00:00\t3\t3\t1\t1\t1\n2026-11-25 09:00:00\t4\t1\t0\t1\t0",
+        "{cohorts} by hour"
     );
 
     support::drop_database(&cfg).await;

@@ -88,17 +88,6 @@ fn node(url: &str) -> clickhouse::Client {
         .with_validation(false)
 }
 
-async fn tsv(ch: &clickhouse::Client, sql: &str) -> String {
-    let bytes = ch
-        .query(&format!("{sql} FORMAT TSV"))
-        .fetch_bytes("TSV")
-        .expect("query")
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    String::from_utf8_lossy(&bytes).trim().to_string()
-}
-
 async fn drop_cluster_database(cfg: &ClickHouseConfig) {
     node(&cfg.url)
         .query(&format!(
@@ -134,7 +123,7 @@ fn migrations_resume_and_run_twice_without_change_on_the_cluster() {
         let schema = |url: &'static str| {
             let db = cfg.database.clone();
             async move {
-                tsv(
+                support::tsv(
                     &node(url),
                     &format!(
                         "SELECT name, engine, create_table_query FROM system.tables \
@@ -163,7 +152,7 @@ fn migrations_resume_and_run_twice_without_change_on_the_cluster() {
         // Every server has every table, replicated `_local` + Distributed, or replicated.
         assert!(PLACEMENT.iter().filter(|(t, _)| created(&all, t)).count() >= 12);
         for (name, url) in NODES {
-            let engines: BTreeMap<String, String> = tsv(
+            let engines: BTreeMap<String, String> = support::tsv(
                 &node(url),
                 &format!(
                     "SELECT name, engine FROM system.tables WHERE database = '{}'",
@@ -236,7 +225,7 @@ fn a_server_down_during_migrate_catches_up() {
         let tables = |url: &'static str| {
             let db = cfg.database.clone();
             async move {
-                tsv(
+                support::tsv(
                     &node(url),
                     &format!(
                         "SELECT name, engine FROM system.tables WHERE database = '{db}' ORDER BY name"
@@ -455,8 +444,8 @@ fn the_cluster_gives_the_single_server_answers() {
         );
         let in_db = |sql: &str, db: &str| sql.replace("{db}", &format!("`{db}`"));
         for (table, sql) in TABLE_DUMPS {
-            let a = tsv(&one, &in_db(sql, &single.clickhouse.database)).await;
-            let b = tsv(&many, &in_db(sql, &clustered.clickhouse.database)).await;
+            let a = support::tsv(&one, &in_db(sql, &single.clickhouse.database)).await;
+            let b = support::tsv(&many, &in_db(sql, &clustered.clickhouse.database)).await;
             // The demo's journeys have no conflicting identifies; the rest must have rows.
             assert!(
                 !a.is_empty() || table == "identity_conflicts",
@@ -490,7 +479,7 @@ fn the_cluster_gives_the_single_server_answers() {
         }
         // The README's analyst queries (docs/queries), one customer's journey for a
         // customer who has one.
-        let customer = tsv(
+        let customer = support::tsv(
             &one,
             &format!(
                 "SELECT customer_id FROM `{}`.customer_touchpoints FINAL WHERE is_deleted = 0 \
@@ -509,7 +498,7 @@ fn the_cluster_gives_the_single_server_answers() {
         for f in files {
             let sql = std::fs::read_to_string(&f).expect("query file");
             let sql = sql.replace("'user-0'", &format!("'{customer}'"));
-            let a = tsv(
+            let a = support::tsv(
                 &one,
                 &sql.replace(
                     "touchstream.",
@@ -517,7 +506,7 @@ fn the_cluster_gives_the_single_server_answers() {
                 ),
             )
             .await;
-            let b = tsv(
+            let b = support::tsv(
                 &many,
                 &sql.replace(
                     "touchstream.",
@@ -551,7 +540,7 @@ async fn wait_settled(cfgs: &[&ClickHouseConfig], events: u64) {
         let mut now = Vec::new();
         for cfg in cfgs {
             let c = touchstream_clickhouse::client(cfg);
-            now.push(tsv(&c, COUNTS).await);
+            now.push(support::tsv(&c, COUNTS).await);
         }
         let all_events = now
             .iter()
@@ -575,7 +564,7 @@ async fn local_content(url: &str, db: &str) -> Vec<(String, String)> {
         ("sessions", "session_id, version"),
         ("funnel_attempts", "attempt_id, version"),
     ] {
-        let v = tsv(
+        let v = support::tsv(
             &node(url),
             &format!(
                 "SELECT count(), sum(cityHash64({key})) FROM `{db}`.{table}{LOCAL_SUFFIX} FINAL"

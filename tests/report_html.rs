@@ -146,14 +146,8 @@ fn num(figs: &BTreeMap<String, String>, key: &str) -> f64 {
 /// Run `sql` (its `touchstream.` database renamed), TSV rows split into columns.
 async fn rows(ch: &clickhouse::Client, db: &str, sql: &str) -> Vec<Vec<String>> {
     let sql = sql.replace("touchstream.", &format!("`{db}`."));
-    let bytes = ch
-        .query(&format!("{sql} FORMAT TSV"))
-        .fetch_bytes("TSV")
-        .expect("query")
-        .collect()
+    support::tsv(ch, &sql)
         .await
-        .unwrap_or_else(|e| panic!("{e}: {sql}"));
-    String::from_utf8_lossy(&bytes)
         .lines()
         .filter(|l| !l.is_empty())
         .map(|l| l.split('\t').map(str::to_string).collect())
@@ -243,17 +237,10 @@ async fn check_funnels(
             "{base}: page {page}, query {pct} %"
         );
     }
-    // docs/queries/8 reads the view by minute of close; the period is on minute edges.
     let by_segment = rows(
         ch,
         db,
-        &query_file("8_funnel_dropoff_by_breakdown.sql").replace(
-            "FROM touchstream.funnel_step_minute_by_breakdown",
-            &format!(
-                "FROM touchstream.funnel_step_minute_by_breakdown WHERE {}",
-                condition.replace("closed_ms", "toUInt64(minute) * 1000")
-            ),
-        ),
+        &bounded(&query_file("8_funnel_dropoff_by_breakdown.sql"), condition),
     )
     .await;
     assert!(!by_segment.is_empty(), "no breakdown segments to compare");
@@ -630,12 +617,12 @@ async fn report_page_renders_and_equals_clickhouse() {
         png.len()
     );
 
-    // A shorter period: closed before the median close time (on a minute edge, so the
-    // breakdown view's minutes split the same way).
+    // A shorter period: closed before the median close time (on a second edge, as
+    // `--until` is given in seconds).
     let median = rows(
         &ch,
         &db,
-        "SELECT toInt64(intDiv(toInt64(quantileExact(0.5)(closed_ms)), 60000) * 60000) FROM touchstream.funnel_attempts FINAL WHERE is_deleted = 0",
+        "SELECT toInt64(intDiv(toInt64(quantileExact(0.5)(closed_ms)), 1000) * 1000) FROM touchstream.funnel_attempts FINAL WHERE is_deleted = 0",
     )
     .await[0][0]
         .parse::<i64>()

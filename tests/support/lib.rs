@@ -392,14 +392,22 @@ pub async fn analyst_query(ch: &clickhouse::Client, database: &str, file: &str) 
     let sql = std::fs::read_to_string(repo_path(&format!("docs/queries/{file}")))
         .expect("query file")
         .replace("touchstream.", &format!("`{database}`."));
+    tsv(ch, &sql).await
+}
+
+/// The rows of `sql` as TSV text, without the last newline (leading tabs stay: a row may
+/// start with an empty value).
+pub async fn tsv(ch: &clickhouse::Client, sql: &str) -> String {
     let bytes = ch
         .query(&format!("{sql} FORMAT TSV"))
         .fetch_bytes("TSV")
         .expect("query")
         .collect()
         .await
-        .expect("result");
-    String::from_utf8_lossy(&bytes).trim().to_string()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\n')
+        .to_string()
 }
 
 /// The sum of the samples of metric `name` in Prometheus text whose labels include all of
