@@ -1,9 +1,8 @@
 //! Memory per active customer of both stages (docs/bench.md), measured as resident set growth.
 //!
-//! Shaped like the `touchstream bench` memory phase: customer `i` sends one signed-in
-//! `Product Viewed` (anonymous id and user id in one message), so stage 1 holds a link and
-//! stage 2 an open session and an open `web_checkout` attempt. Event times lie 10 to 40
-//! minutes before the final watermark: every event is released, nothing has expired.
+//! Shaped like the `touchstream bench` memory phase (`tests/support/memory_shape.rs`, shared
+//! with the counting test): customer `i` sends one signed-in `Product Viewed`, so stage 1
+//! holds a link and stage 2 an open session and an open `web_checkout` attempt.
 //!
 //! Each (stage, customer count) runs in a child process of this binary: RSS is read from
 //! `/proc/self/status` before and after feeding the events, and the growth divided by the
@@ -15,14 +14,12 @@
 //! `TS_BENCH_MEMORY_CUSTOMERS`, comma-separated, default `10000,100000,1000000`). Linux
 //! only (reads `/proc`). See `docs/microbench.md`.
 
-use std::path::Path;
 use std::process::Command;
 
-use serde_json::{json, Map, Value};
-use touchstream_journey::{
-    Catalog, FunnelSet, IdentityConfig, IdentityOutput, IdentityStage, JourneyConfig, JourneyEvent,
-    JourneyStage, MessageType, Properties, RoutedEvent,
-};
+use touchstream_journey::{IdentityConfig, IdentityOutput, IdentityStage, RoutedEvent};
+
+#[path = "../tests/support/memory_shape.rs"]
+mod memory_shape;
 
 /// The processor's allocator (crates/cli/src/main.rs), with the settings
 /// `.cargo/config.toml` compiles in: size classes and purging decide what a customer
@@ -30,27 +27,7 @@ use touchstream_journey::{
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-const MIN: i64 = 60_000;
-/// The final watermark (2025-11-25T12:00:00Z).
-const NOW_MS: i64 = 1_764_072_000_000;
 const CHILD_ENV: &str = "TS_BENCH_MEMORY_CHILD";
-
-fn event(i: usize, n: usize) -> JourneyEvent {
-    let mut properties = Map::new();
-    properties.insert("sku".into(), json!(format!("SKU-{}", i % 40)));
-    JourneyEvent {
-        event_id: format!("m-7f3a9c21-{i}"),
-        kind: MessageType::Track,
-        event: Some("Product Viewed".into()),
-        anonymous_id: Some(format!("a-7f3a9c21-{i}")),
-        user_id: Some(format!("u-7f3a9c21-{i}")),
-        previous_id: None,
-        event_time_ms: NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n.max(1) as i64,
-        channel: None,
-        // As a decoded event carries them: the text, unparsed.
-        properties: Properties::from_json(&Value::Object(properties).to_string()),
-    }
-}
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -64,26 +41,15 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn journey_stage() -> JourneyStage {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"));
-    let funnels = FunnelSet::load(&dir.join("funnels.toml")).expect("funnels.toml");
-    let catalog = Catalog::load(&dir.join("catalog.toml")).expect("catalog.toml");
-    let config = JourneyConfig {
-        external_watermark: true,
-        ..JourneyConfig::default()
-    };
-    JourneyStage::new(config, catalog, funnels)
-}
-
 /// Feed `n` customers through `stage` ("identity", "journey" or "both"); returns the RSS
 /// growth and keeps the state alive until then.
 fn child(stage: &str, n: usize) -> u64 {
     let mut identity = IdentityStage::new(IdentityConfig::default());
-    let mut journey = journey_stage();
+    let mut journey = memory_shape::journey_stage();
     let before = rss_bytes();
     let mut seq = 0u64;
     for i in 0..n {
-        let e = event(i, n);
+        let e = memory_shape::event(i, n);
         seq += 1;
         let routed = match stage {
             "journey" => vec![RoutedEvent {
@@ -105,17 +71,10 @@ fn child(stage: &str, n: usize) -> u64 {
             for r in routed {
                 journey.process(r, seq);
             }
-            if seq % 1000 == 0 {
-                journey
-                    .advance_watermark(NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64, seq);
-            }
-            if seq % 500 == 0 {
-                drop(journey.take_output());
-            }
+            memory_shape::after_event(&mut journey, i, n, seq);
         }
     }
-    journey.advance_watermark(NOW_MS, seq + 1);
-    drop(journey.take_output());
+    memory_shape::finish(&mut journey, seq);
     // jemalloc's background thread purges pages unused for 1 s (`dirty_decay_ms`): what
     // the processing freed is given back before the reading, as in the processor bench.
     std::thread::sleep(std::time::Duration::from_millis(2500));

@@ -11,14 +11,12 @@
 #![expect(unsafe_code, reason = "a counting global allocator")]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
-use serde_json::{json, Map, Value};
-use touchstream_journey::{
-    Catalog, FunnelSet, IdentityConfig, IdentityStage, JourneyConfig, JourneyEvent, JourneyStage,
-    MessageType, Properties, RoutedEvent,
-};
+use touchstream_journey::{IdentityConfig, IdentityStage, JourneyStage, RoutedEvent};
+
+#[path = "support/memory_shape.rs"]
+mod memory_shape;
 
 /// Bytes of live allocations, each in its jemalloc size class, and their number.
 static BYTES: AtomicI64 = AtomicI64::new(0);
@@ -68,23 +66,9 @@ fn size_class(size: usize) -> i64 {
     i64::try_from(class).unwrap_or(i64::MAX)
 }
 
-const MIN: i64 = 60_000;
-const NOW_MS: i64 = 1_764_072_000_000;
-
+/// Customer `i`'s event (of `n`), routed to its customer as stage 1 routes it.
 fn routed(i: usize, n: usize) -> RoutedEvent {
-    let mut properties = Map::new();
-    properties.insert("sku".into(), json!(format!("SKU-{}", i % 40)));
-    let event = JourneyEvent {
-        event_id: format!("m-7f3a9c21-{i}"),
-        kind: MessageType::Track,
-        event: Some("Product Viewed".into()),
-        anonymous_id: Some(format!("a-7f3a9c21-{i}")),
-        user_id: Some(format!("u-7f3a9c21-{i}")),
-        previous_id: None,
-        event_time_ms: NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64,
-        channel: None,
-        properties: Properties::from_json(&Value::Object(properties).to_string()),
-    };
+    let event = memory_shape::event(i, n);
     RoutedEvent {
         customer_id: format!("u-7f3a9c21-{i}"),
         event: event.into(),
@@ -93,16 +77,9 @@ fn routed(i: usize, n: usize) -> RoutedEvent {
     }
 }
 
-/// A journey stage on the deploy catalog and funnels, as the processor runs it.
+/// The memory bench's journey stage, tracking changes as the processor's does.
 fn journey_stage() -> JourneyStage {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy"));
-    let funnels = FunnelSet::load(&dir.join("funnels.toml")).expect("funnels.toml");
-    let catalog = Catalog::load(&dir.join("catalog.toml")).expect("catalog.toml");
-    let config = JourneyConfig {
-        external_watermark: true,
-        ..JourneyConfig::default()
-    };
-    let mut stage = JourneyStage::new(config, catalog, funnels);
+    let mut stage = memory_shape::journey_stage();
     stage.track_changes();
     stage
 }
@@ -136,15 +113,9 @@ fn fill_journey(stage: &mut JourneyStage, n: usize) {
     for i in 0..n {
         let seq = i as u64 + 1;
         stage.process(routed(i, n), seq);
-        if seq % 1000 == 0 {
-            stage.advance_watermark(NOW_MS - 40 * MIN + (30 * MIN) * i as i64 / n as i64, seq);
-        }
-        if seq % 500 == 0 {
-            drop(stage.take_output());
-        }
+        memory_shape::after_event(stage, i, n, seq);
     }
-    stage.advance_watermark(NOW_MS, n as u64 + 1);
-    drop(stage.take_output());
+    memory_shape::finish(stage, n as u64);
 }
 
 /// The state per customer (10k customers, the bench's smaller count): its id and its
@@ -214,7 +185,7 @@ fn the_touchpoint_rows_share_the_states_strings() {
     for i in 0..n {
         stage.process(routed(i, n), i as u64 + 1);
     }
-    stage.advance_watermark(NOW_MS, n as u64 + 1);
+    memory_shape::release_all(&mut stage, n as u64);
     let made = MADE.load(Relaxed);
     let out = stage.take_output();
     let per_event = (MADE.load(Relaxed) - made) as f64 / n as f64;
