@@ -234,8 +234,10 @@ async fn funnel_steps_hit_is_computed_for_new_rows_and_older_parts() {
 
 /// The funnel views and docs/queries/8 count from `steps_hit` (0013) and give what they
 /// gave from `step_event_ids`: skipped optional steps, excluded and tombstoned attempts
-/// count nowhere; breakdowns per step; open attempts (a part from before 0013 included)
-/// in the entry cohorts.
+/// (closed and open) count nowhere; breakdowns per step (`each_step`) and per attempt
+/// (`last_step`, two keys); open attempts, a part from before 0013 included, in the entry
+/// cohorts. Twins (a2 and a6, o1 and o3) fall into one group before the steps are
+/// spread: the counts must be of attempts, not of groups.
 #[tokio::test]
 async fn funnel_views_count_from_steps_hit() {
     let url = support::clickhouse_url();
@@ -251,16 +253,16 @@ async fn funnel_views_count_from_steps_hit() {
         let client = client.clone();
         async move { support::tsv(&client, sql).await }
     };
+    let open_attempts = |rows: &'static str| {
+        run(format!(
+            "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
+             total_steps, step_event_ids, is_deleted, version) VALUES {rows}"
+        ))
+    };
 
     // An open attempt in a part from before 0013, then 0013 run again over it.
     run("ALTER TABLE funnel_open_attempts DROP COLUMN steps_hit".into()).await;
-    run(
-        "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
-         total_steps, step_event_ids, is_deleted, version) VALUES \
-         ('o1', 'f', '2026-11-25 09:30:00', 3, 4, ['e9', '', 'e10'], 0, 1)"
-            .into(),
-    )
-    .await;
+    open_attempts("('o1', 'f', '2026-11-25 09:30:00', 3, 4, ['e9', '', 'e10'], 0, 1)").await;
     let again = touchstream_clickhouse::migrate::parse(
         "0099_funnel_views_again.sql",
         include_str!("../deploy/clickhouse/0013_funnel_views_steps_hit.sql"),
@@ -269,22 +271,22 @@ async fn funnel_views_count_from_steps_hit() {
     migrate_files(&cfg, &[again])
         .await
         .expect("0013 over a table with older parts");
-    run(
-        "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
-         total_steps, step_event_ids, is_deleted, version) VALUES \
+    // o3 is o1's twin in a newer part; o2 closed (its newest row a tombstone).
+    open_attempts(
+        "('o3', 'f', '2026-11-25 09:35:00', 3, 4, ['e19', '', 'e20'], 0, 1), \
          ('o2', 'f', '2026-11-25 09:40:00', 2, 4, ['e11', 'e12'], 0, 1), \
-         ('o2', 'f', '2026-11-25 09:40:00', 0, 4, [], 1, 2)"
-            .into(),
+         ('o2', 'f', '2026-11-25 09:40:00', 2, 4, ['e11', 'e12'], 1, 2)",
     )
     .await;
     assert_eq!(
         tsv("SELECT attempt_id, steps_hit FROM funnel_open_attempts ORDER BY attempt_id, version")
             .await,
-        "o1\t5\no2\t3\no2\t0"
+        "o1\t5\no2\t3\no2\t3\no3\t5"
     );
 
-    // Step 2 of a1 was skipped; a3 left the funnel; a4's newest row is a tombstone.
-    // Breakdown by channel for each step.
+    // Step 2 of a1 was skipped; a6 is a2's twin; a3 left the funnel; a4's newest row is
+    // a tombstone. Funnel f breaks down by channel for each step, g by channel and source
+    // of its last step.
     run(
         "INSERT INTO funnel_attempts (attempt_id, funnel, started_at, closed_at, outcome, \
          reached_step, total_steps, step_event_ids, breakdown_keys, breakdown_values, \
@@ -293,59 +295,71 @@ async fn funnel_views_count_from_steps_hit() {
           ['e1', '', 'e3'], ['channel'], ['web', '', 'app'], 0, 1), \
          ('a2', 'f', '2026-11-25 09:10:00', '2026-11-25 10:00:20', 'converted', 4, 4, \
           ['e4', 'e5', 'e6', 'e7'], ['channel'], ['web', 'web', 'web', 'web'], 0, 1), \
+         ('a6', 'f', '2026-11-25 09:15:00', '2026-11-25 10:00:25', 'converted', 4, 4, \
+          ['e15', 'e16', 'e17', 'e18'], ['channel'], ['web', 'web', 'web', 'web'], 0, 1), \
          ('a3', 'f', '2026-11-25 09:20:00', '2026-11-25 10:00:30', 'excluded', 2, 4, \
           ['e8', 'e13'], ['channel'], ['web', 'web'], 0, 1), \
          ('a4', 'f', '2026-11-25 09:25:00', '2026-11-25 10:00:40', 'dropped', 1, 4, \
           ['e14'], ['channel'], ['app'], 0, 1), \
          ('a4', 'f', '2026-11-25 09:25:00', '2026-11-25 10:00:40', 'dropped', 1, 4, \
-          ['e14'], ['channel'], ['app'], 1, 2)"
+          ['e14'], ['channel'], ['app'], 1, 2), \
+         ('g1', 'g', '2026-11-25 09:50:00', '2026-11-25 10:00:50', 'dropped', 3, 4, \
+          ['x1', 'x2', 'x3'], ['channel', 'source'], ['app', 'crm'], 0, 1)"
             .into(),
     )
     .await;
 
     assert_eq!(
         tsv(
-            "SELECT minute, step, reached, dropped, converted FROM funnel_step_minute \
-             ORDER BY minute, step"
+            "SELECT funnel, minute, step, reached, dropped, converted FROM funnel_step_minute \
+             ORDER BY funnel, minute, step"
         )
         .await,
-        "2026-11-25 10:00:00\t1\t2\t0\t1\n\
-         2026-11-25 10:00:00\t2\t1\t0\t1\n\
-         2026-11-25 10:00:00\t3\t2\t1\t1\n\
-         2026-11-25 10:00:00\t4\t1\t0\t1"
+        "f\t2026-11-25 10:00:00\t1\t3\t0\t2\n\
+         f\t2026-11-25 10:00:00\t2\t2\t0\t2\n\
+         f\t2026-11-25 10:00:00\t3\t3\t1\t2\n\
+         f\t2026-11-25 10:00:00\t4\t2\t0\t2\n\
+         g\t2026-11-25 10:00:00\t1\t1\t0\t0\n\
+         g\t2026-11-25 10:00:00\t2\t1\t0\t0\n\
+         g\t2026-11-25 10:00:00\t3\t1\t1\t0"
     );
     assert_eq!(
-        tsv("SELECT step, breakdown, reached, dropped, converted \
-             FROM funnel_step_minute_by_breakdown ORDER BY step, breakdown")
+        tsv(
+            "SELECT funnel, step, breakdown, reached, dropped, converted \
+             FROM funnel_step_minute_by_breakdown ORDER BY funnel, step, breakdown"
+        )
         .await,
-        "1\tweb\t2\t0\t1\n2\tweb\t1\t0\t1\n3\tapp\t1\t1\t0\n3\tweb\t1\t0\t1\n4\tweb\t1\t0\t1"
+        "f\t1\tweb\t3\t0\t2\nf\t2\tweb\t2\t0\t2\nf\t3\tapp\t1\t1\t0\nf\t3\tweb\t2\t0\t2\n\
+         f\t4\tweb\t2\t0\t2\n\
+         g\t1\tapp/crm\t1\t0\t0\ng\t2\tapp/crm\t1\t0\t0\ng\t3\tapp/crm\t1\t1\t0"
     );
     let by_breakdown =
         support::analyst_query(&client, &cfg.database, "8_funnel_dropoff_by_breakdown.sql").await;
     assert_eq!(
         by_breakdown,
-        "f\tapp\t3\t1\t1\t100\nf\tweb\t1\t2\t0\t0\nf\tweb\t2\t1\t0\t0\n\
-         f\tweb\t3\t1\t0\t0\nf\tweb\t4\t1\t0\t0"
+        "f\tapp\t3\t1\t1\t100\nf\tweb\t1\t3\t0\t0\nf\tweb\t2\t2\t0\t0\n\
+         f\tweb\t3\t2\t0\t0\nf\tweb\t4\t2\t0\t0\n\
+         g\tapp/crm\t1\t1\t0\t0\ng\tapp/crm\t2\t1\t0\t0\ng\tapp/crm\t3\t1\t1\t100"
     );
-    // Entry cohorts: a1 and a2 closed, o1 open (its step 2 skipped), o2 tombstoned.
+    // Entry cohorts of f: a1, a2 and a6 closed, o1 and o3 open (their step 2 skipped).
     let cohorts = "step, reached, dropped, converted, open";
     assert_eq!(
         tsv(
             "SELECT step, reached, dropped, converted, open FROM funnel_entry_cohort_day \
-             WHERE day = '2026-11-25' ORDER BY step"
+             WHERE funnel = 'f' AND day = '2026-11-25' ORDER BY step"
         )
         .await,
-        "1\t3\t0\t1\t1\n2\t1\t0\t1\t0\n3\t3\t1\t1\t1\n4\t1\t0\t1\t0",
+        "1\t5\t0\t2\t2\n2\t2\t0\t2\t0\n3\t5\t1\t2\t2\n4\t2\t0\t2\t0",
         "{cohorts} by day"
     );
     assert_eq!(
         tsv(
             "SELECT hour, step, reached, dropped, converted, open FROM funnel_entry_cohort_hour \
-             ORDER BY hour, step"
+             WHERE funnel = 'f' ORDER BY hour, step"
         )
         .await,
-        "2026-11-25 09:00:00\t1\t3\t0\t1\t1\n2026-11-25 09:00:00\t2\t1\t0\t1\t0\n\
-         2026-11-25 09:00:00\t3\t3\t1\t1\t1\n2026-11-25 09:00:00\t4\t1\t0\t1\t0",
+        "2026-11-25 09:00:00\t1\t5\t0\t2\t2\n2026-11-25 09:00:00\t2\t2\t0\t2\t0\n\
+         2026-11-25 09:00:00\t3\t5\t1\t2\t2\n2026-11-25 09:00:00\t4\t2\t0\t2\t0",
         "{cohorts} by hour"
     );
 

@@ -322,7 +322,7 @@ async fn every_funnel_option_through_the_pipeline() {
         run("6_service_recovery_exclusions.sql").await,
         "1\t1\t1\t50"
     );
-    // The drop-off view leaves out the excluded attempt (service_recovery step 1: the
+    // The drop-off query leaves out the excluded attempt (service_recovery step 1: the
     // recovered and the lost one) and skipped optional steps (strict_checkout step 2:
     // only `slow` reached it; `skip` and `small` skipped it).
     let dropoff = run("1_funnel_dropoff_by_step.sql").await;

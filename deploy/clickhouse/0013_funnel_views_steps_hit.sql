@@ -2,10 +2,11 @@
 -- over their steps, as docs/queries/1 does: attempts are grouped by what the counts need
 -- (funnel, time bucket, outcome, reached step, steps hit, breakdown), so one row per
 -- group, not per attempt, is spread over its steps, and `step_event_ids` (every step's
--- event id) is not read at all. Same rows as before (the tests compare them); at 1M
--- attempts on ClickHouse 18.16, docs/queries/7 over funnel_entry_cohort_day went from
--- ~0.85 to ~0.15 s and funnel_step_minute summed over a month from ~1.5 to ~0.5 s
--- (README "Performance", analysts at scale).
+-- event id) is not read at all. The rows are the same as before (tests/
+-- clickhouse_migrations.rs checks each view's). At 1M attempts on ClickHouse 18.16,
+-- docs/queries/7 over funnel_entry_cohort_day went from ~0.85 to ~0.15 s and
+-- funnel_step_minute summed over a month from ~1.5 to ~0.5 s (docs/performance.md,
+-- "2026-12-04 (night)").
 --
 -- funnel_open_attempts gets `steps_hit` like funnel_attempts: a DEFAULT from its
 -- `step_event_ids`, so every writer gets it without sending it, and parts written before
