@@ -54,22 +54,6 @@ use crate::report::{Figure, Target};
 use crate::stats::paired_ratios;
 use crate::Workload;
 
-/// The primary figures: (ratio, ours, theirs, what), for the printed summary.
-pub const PRIMARY: [(&str, &str, &str, &str); 2] = [
-    (
-        "cpu_collector_ratio",
-        "cpu_collector_secs_per_100k_events",
-        "cpu_raw_produce_secs_per_100k_events",
-        "collector vs raw producer",
-    ),
-    (
-        "cpu_processor_ratio",
-        "cpu_processor_secs_per_100k_events",
-        "cpu_raw_consume_insert_secs_per_100k_events",
-        "processor vs raw consume + insert",
-    ),
-];
-
 /// Collector CPU per event at most this many times the raw producer's (the issue's).
 pub const COLLECTOR_TARGET: f64 = 2.0;
 /// Processor CPU per event at most this many times the raw clients' (the issue's).

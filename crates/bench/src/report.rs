@@ -14,6 +14,23 @@ pub use crate::stats::Spread;
 // Measured from /proc and git where the rest of the box's facts are read; reported here.
 pub use crate::procs::Machine;
 
+/// The primary figures, the cpu phase's ratios ([`crate::cpu`] names them): (ratio,
+/// ours, theirs, what), for the printed summary.
+pub const PRIMARY: [(&str, &str, &str, &str); 2] = [
+    (
+        "cpu_collector_ratio",
+        "cpu_collector_secs_per_100k_events",
+        "cpu_raw_produce_secs_per_100k_events",
+        "collector vs raw producer",
+    ),
+    (
+        "cpu_processor_ratio",
+        "cpu_processor_secs_per_100k_events",
+        "cpu_raw_consume_insert_secs_per_100k_events",
+        "processor vs raw consume + insert",
+    ),
+];
+
 /// A goal a figure should meet (the targets, for 2 cores and `--size full`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "value")]
@@ -302,7 +319,7 @@ impl Report {
     }
 
     /// The primary figures, for the lines printed above the table: each CPU ratio of
-    /// [`crate::cpu::PRIMARY`] with both sides' min / median / max and whether the
+    /// [`PRIMARY`] with both sides' min / median / max and whether the
     /// target holds at the median, and the memory limit's worst repetition. Empty when
     /// neither phase ran.
     pub fn summary(&self) -> String {
@@ -313,7 +330,7 @@ impl Report {
                 |s| format!("{} / {} / {}", human(s.min), human(s.median), human(s.max)),
             )
         };
-        for (ratio, ours, theirs, what) in crate::cpu::PRIMARY {
+        for (ratio, ours, theirs, what) in PRIMARY {
             let (Some(r), Some(o), Some(t)) =
                 (self.figure(ratio), self.figure(ours), self.figure(theirs))
             else {

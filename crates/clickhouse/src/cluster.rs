@@ -29,7 +29,7 @@
 //! `Distributed` table then gives the single-server answer. A test checks it for every
 //! table the migrations create.
 
-use crate::migrate::MigrateError;
+use crate::error::MigrateError;
 
 /// Where a table's rows live on a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

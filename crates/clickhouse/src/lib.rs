@@ -8,6 +8,7 @@
 //! on, lacks `RowBinaryWithNamesAndTypes`.
 
 pub mod cluster;
+pub mod error;
 pub mod migrate;
 pub mod retention;
 pub mod suppression;

@@ -24,6 +24,7 @@ pub mod scorecard;
 pub mod sla;
 pub mod stores;
 mod svg;
+mod text;
 
 use std::path::Path;
 use std::time::Instant;

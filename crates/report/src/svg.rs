@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::html::{esc, int, pct};
+use crate::text::{esc, int, pct};
 
 /// Colours of the segments, in order (colour-blind-safe, Okabe–Ito).
 pub const PALETTE: [&str; 8] = [
