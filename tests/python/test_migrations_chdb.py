@@ -92,3 +92,11 @@ def test_18_16_plan_leaves_out_newer_features():
     statements = plan("18.16", "ts")
     assert not any("CODEC" in s or "bloom_filter" in s for s in statements)
     assert any("ReplacingMergeTree" in s for s in statements)
+
+
+def test_a_migration_number_for_a_server_version_is_a_clear_error():
+    # "13" reads like migration 13; the option wants a server version.
+    r = subprocess.run([BIN, "migrate", "--print-sql-for", "13"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "--print-sql-for takes a ClickHouse server version, major.minor" in r.stderr, r.stderr
+    assert r.stdout == ""

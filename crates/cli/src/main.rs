@@ -426,7 +426,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate {
             print_sql_for: Some(version),
         } => {
-            let version = version.parse().map_err(anyhow::Error::msg)?;
+            let version = version.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "--print-sql-for takes a ClickHouse server version, major.minor \
+                     (e.g. 18.16 or 26.9): {e}"
+                )
+            })?;
             let sql = touchstream_clickhouse::plan_sql(
                 &config.clickhouse.database,
                 version,
