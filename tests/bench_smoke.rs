@@ -52,6 +52,7 @@ const POSITIVE: &[&str] = &[
     "analyst_q4_customer_journey_rows_read",
     "analyst_q4_customer_journey_peak_memory_bytes",
     "analyst_one_day_stage_channel_rows_read",
+    "analyst_view_funnel_step_minute_rows_read",
     "analyst_funnel_window_funnel_rows_read",
 ];
 
@@ -76,6 +77,7 @@ const FINITE: &[&str] = &[
     "cpu_raw_insert_secs_per_100k_events",
     "analyst_q4_customer_journey_warm_ms",
     "analyst_one_day_stage_channel_warm_ms",
+    "analyst_view_funnel_step_minute_warm_ms",
     "analyst_funnel_window_funnel_warm_ms",
     // Present only when the precomputed funnel equalled windowFunnel's (else the phase
     // fails and `errors` is not empty).

@@ -213,7 +213,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Figure>, BenchError> {
 }
 
 /// The queries timed: every `docs/queries/*.sql` (on the run's database), then the old
-/// and the fast path of one day's counts, the old journey, and the query-time funnel.
+/// and the fast path of one day's counts, the old journey, the per-minute funnel view
+/// (what docs/ops.md reads during an incident) summed over the month, and the query-time
+/// funnel.
 fn timed_queries(dir: &Path, db: &str, one_day: &str) -> Result<Vec<Timed>, BenchError> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| {
@@ -271,6 +273,16 @@ fn timed_queries(dir: &Path, db: &str, one_day: &str) -> Result<Vec<Timed>, Benc
         sql: format!(
             "SELECT event_time, type, event, stage, channel, session_id FROM `{db}`.touchpoints \
              WHERE customer_id = 'user-1' ORDER BY event_time_ms, event_id"
+        ),
+        target_ms: None,
+    });
+    out.push(Timed {
+        key: "view_funnel_step_minute".into(),
+        label: "analyst: funnel_step_minute over the month (view)".into(),
+        sql: format!(
+            "SELECT funnel, step, sum(reached) AS reached, sum(dropped) AS dropped, \
+             sum(converted) AS converted FROM `{db}`.funnel_step_minute \
+             GROUP BY funnel, step ORDER BY funnel, step"
         ),
         target_ms: None,
     });
