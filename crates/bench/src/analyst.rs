@@ -525,8 +525,13 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/queries");
         let q = timed_queries(&dir, "bench_db", "2026-11-30").unwrap();
         let files = std::fs::read_dir(&dir).unwrap().count();
-        assert_eq!(q.len(), files + 4);
+        // The docs/queries files, then the day's counts old and new, the old journey, the
+        // per-minute funnel view and the query-time funnel.
+        assert_eq!(q.len(), files + 5);
         assert!(q.iter().all(|t| !t.sql.contains("touchstream.")));
+        assert!(q
+            .iter()
+            .any(|t| t.key == "view_funnel_step_minute" && t.sql.contains("`bench_db`.")));
         assert!(q
             .iter()
             .any(|t| t.key == "q4_customer_journey" && t.target_ms == Some(100.0)));
