@@ -6,6 +6,7 @@ use clickhouse::Row;
 use serde::Deserialize;
 use touchstream_clickhouse::migrate::migrate_files;
 use touchstream_clickhouse::{migrate, MigrationOutcome};
+use touchstream_core::config::ClickHouseConfig;
 use touchstream_tests as support;
 
 #[derive(Row, Deserialize)]
@@ -41,6 +42,13 @@ const TABLES: [&str; 26] = [
     "touchpoints_by_day_mv",
     "touchpoints_daily",
 ];
+
+/// Apply a migration's text once more, recorded under another name: what a run that
+/// stopped after its statements but before recording it does when it starts again.
+async fn migrate_again(cfg: &ClickHouseConfig, text: &str, what: &str) {
+    let again = touchstream_clickhouse::migrate::parse("0099_again.sql", text).expect("parse");
+    migrate_files(cfg, &[again]).await.expect(what);
+}
 
 #[tokio::test]
 async fn migrations_create_tables_and_are_idempotent() {
@@ -94,14 +102,12 @@ async fn migrations_create_tables_and_are_idempotent() {
 
     // A run interrupted after 0008 added its columns but before it was recorded repeats
     // safely: 18.16 has no ADD COLUMN IF NOT EXISTS, the migrator counts them as added.
-    let again = touchstream_clickhouse::migrate::parse(
-        "0099_breakdowns_again.sql",
+    migrate_again(
+        &cfg,
         include_str!("../deploy/clickhouse/0008_funnel_breakdowns.sql"),
+        "0008 repeats after a half-finished run",
     )
-    .expect("parse");
-    migrate_files(&cfg, &[again])
-        .await
-        .expect("0008 repeats after a half-finished run");
+    .await;
 
     // Raw event plus two journey versions: the touchpoints view shows the newest.
     client
@@ -203,14 +209,12 @@ async fn funnel_steps_hit_is_computed_for_new_rows_and_older_parts() {
         .await
         .expect("drop the column");
     insert("('old', 'f', 'dropped', 3, 4, ['e1', '', 'e3'], 1)").await;
-    let again = touchstream_clickhouse::migrate::parse(
-        "0099_steps_hit_again.sql",
+    migrate_again(
+        &cfg,
         include_str!("../deploy/clickhouse/0012_funnel_steps_hit.sql"),
+        "0012 over a table with older parts",
     )
-    .expect("parse");
-    migrate_files(&cfg, &[again])
-        .await
-        .expect("0012 over a table with older parts");
+    .await;
     insert("('new', 'f', 'converted', 4, 4, ['e4', 'e5', '', 'e7'], 1), ('none', 'f', 'dropped', 0, 4, [], 1)").await;
 
     let hits = support::tsv(
@@ -249,10 +253,6 @@ async fn funnel_views_count_from_steps_hit() {
         let client = client.clone();
         async move { client.query(&sql).execute().await.expect("statement") }
     };
-    let tsv = |sql: &'static str| {
-        let client = client.clone();
-        async move { support::tsv(&client, sql).await }
-    };
     let open_attempts = |rows: &'static str| {
         run(format!(
             "INSERT INTO funnel_open_attempts (attempt_id, funnel, started_at, reached_step, \
@@ -263,14 +263,12 @@ async fn funnel_views_count_from_steps_hit() {
     // An open attempt in a part from before 0013, then 0013 run again over it.
     run("ALTER TABLE funnel_open_attempts DROP COLUMN steps_hit".into()).await;
     open_attempts("('o1', 'f', '2026-11-25 09:30:00', 3, 4, ['e9', '', 'e10'], 0, 1)").await;
-    let again = touchstream_clickhouse::migrate::parse(
-        "0099_funnel_views_again.sql",
+    migrate_again(
+        &cfg,
         include_str!("../deploy/clickhouse/0013_funnel_views_steps_hit.sql"),
+        "0013 over a table with older parts",
     )
-    .expect("parse");
-    migrate_files(&cfg, &[again])
-        .await
-        .expect("0013 over a table with older parts");
+    .await;
     // o3 is o1's twin in a newer part; o2 closed (its newest row a tombstone).
     open_attempts(
         "('o3', 'f', '2026-11-25 09:35:00', 3, 4, ['e19', '', 'e20'], 0, 1), \
@@ -279,8 +277,11 @@ async fn funnel_views_count_from_steps_hit() {
     )
     .await;
     assert_eq!(
-        tsv("SELECT attempt_id, steps_hit FROM funnel_open_attempts ORDER BY attempt_id, version")
-            .await,
+        support::tsv(
+            &client,
+            "SELECT attempt_id, steps_hit FROM funnel_open_attempts ORDER BY attempt_id, version"
+        )
+        .await,
         "o1\t5\no2\t3\no2\t3\no3\t5"
     );
 
@@ -310,7 +311,8 @@ async fn funnel_views_count_from_steps_hit() {
     .await;
 
     assert_eq!(
-        tsv(
+        support::tsv(
+            &client,
             "SELECT funnel, minute, step, reached, dropped, converted FROM funnel_step_minute \
              ORDER BY funnel, minute, step"
         )
@@ -324,7 +326,8 @@ async fn funnel_views_count_from_steps_hit() {
          g\t2026-11-25 10:00:00\t3\t1\t1\t0"
     );
     assert_eq!(
-        tsv(
+        support::tsv(
+            &client,
             "SELECT funnel, step, breakdown, reached, dropped, converted \
              FROM funnel_step_minute_by_breakdown ORDER BY funnel, step, breakdown"
         )
@@ -344,7 +347,8 @@ async fn funnel_views_count_from_steps_hit() {
     // Entry cohorts of f: a1, a2 and a6 closed, o1 and o3 open (their step 2 skipped).
     let cohorts = "step, reached, dropped, converted, open";
     assert_eq!(
-        tsv(
+        support::tsv(
+            &client,
             "SELECT step, reached, dropped, converted, open FROM funnel_entry_cohort_day \
              WHERE funnel = 'f' AND day = '2026-11-25' ORDER BY step"
         )
@@ -353,7 +357,8 @@ async fn funnel_views_count_from_steps_hit() {
         "{cohorts} by day"
     );
     assert_eq!(
-        tsv(
+        support::tsv(
+            &client,
             "SELECT hour, step, reached, dropped, converted, open FROM funnel_entry_cohort_hour \
              WHERE funnel = 'f' ORDER BY hour, step"
         )
