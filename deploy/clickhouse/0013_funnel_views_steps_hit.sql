@@ -68,36 +68,11 @@ ARRAY JOIN arrayMap(x -> toUInt8(x + 1), range(reached_step)) AS step
 WHERE bitAnd(steps_hit, bitShiftLeft(toUInt32(1), step - 1)) != 0
 GROUP BY funnel, minute, step, breakdown;
 
--- As 0005: entry cohorts, closed attempts and the open ones.
+-- As 0005: entry cohorts, closed attempts and the open ones, by the hour they started;
+-- the day's are the sums of its hours (every count is of attempts, each in one hour), so
+-- the grouping is written once. The hour view is created first: a view's query is
+-- checked when it is created.
 DROP TABLE IF EXISTS {db}.funnel_entry_cohort_day;
-
-CREATE VIEW IF NOT EXISTS {db}.funnel_entry_cohort_day AS
-SELECT
-    funnel,
-    day,
-    step,
-    sum(n) AS reached,
-    sumIf(n, state = 'dropped' AND reached_step = step) AS dropped,
-    sumIf(n, state = 'converted') AS converted,
-    sumIf(n, state = 'open') AS open
-FROM
-(
-    SELECT funnel, day, state, reached_step, steps_hit, count() AS n
-    FROM
-    (
-        SELECT funnel, toDate(started_at) AS day, outcome AS state, reached_step, steps_hit
-        FROM {db}.funnel_attempts FINAL
-        WHERE is_deleted = 0 AND outcome != 'excluded'
-        UNION ALL
-        SELECT funnel, toDate(started_at) AS day, 'open' AS state, reached_step, steps_hit
-        FROM {db}.funnel_open_attempts FINAL
-        WHERE is_deleted = 0
-    )
-    GROUP BY funnel, day, state, reached_step, steps_hit
-)
-ARRAY JOIN arrayMap(x -> toUInt8(x + 1), range(reached_step)) AS step
-WHERE bitAnd(steps_hit, bitShiftLeft(toUInt32(1), step - 1)) != 0
-GROUP BY funnel, day, step;
 
 DROP TABLE IF EXISTS {db}.funnel_entry_cohort_hour;
 
@@ -128,3 +103,15 @@ FROM
 ARRAY JOIN arrayMap(x -> toUInt8(x + 1), range(reached_step)) AS step
 WHERE bitAnd(steps_hit, bitShiftLeft(toUInt32(1), step - 1)) != 0
 GROUP BY funnel, hour, step;
+
+CREATE VIEW IF NOT EXISTS {db}.funnel_entry_cohort_day AS
+SELECT
+    funnel,
+    toDate(hour) AS day,
+    step,
+    sum(reached) AS reached,
+    sum(dropped) AS dropped,
+    sum(converted) AS converted,
+    sum(open) AS open
+FROM {db}.funnel_entry_cohort_hour
+GROUP BY funnel, day, step;
